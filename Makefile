@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` (quick start) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run serve test lint format schema bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Quick start: simulated backends + the gateway on 127.0.0.1:8080 (admin/metrics :8081).
+run: install
+	$(VENV)/bin/switchyard demo
+
+## The gateway alone, on the policies in policies/.
+serve: install
+	$(VENV)/bin/switchyard serve
+
+## The whole suite: unit and integration tests against real processes on loopback.
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check gateway tests loadtests
+	$(VENV)/bin/ruff format --check gateway tests loadtests
+	$(VENV)/bin/mypy gateway
+
+format: install
+	$(VENV)/bin/ruff format gateway tests loadtests
+	$(VENV)/bin/ruff check --fix gateway tests loadtests
+
+schema: install
+	$(VENV)/bin/switchyard policy schema --output policies/schema.json
+
+bench: install
+	$(PY) loadtests/bench --help
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+"""Switchyard: an inference gateway with traffic control."""
+
+__version__ = "0.1.0"

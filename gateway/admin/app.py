@@ -1,0 +1,105 @@
+"""The admin API and `/metrics`: Starlette under uvicorn, on its own port.
+
+Off the request path by design: the data plane never passes through here. Everything
+that changes state (reload) or reveals internals requires the bearer token when one is
+configured; `/metrics`, `/livez` and `/readyz` stay open for probes and Prometheus.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.admin.views import reload_view, routes_view, snapshot_view
+from gateway.controlplane.explain import explain
+from gateway.controlplane.reload import PolicyReloader
+from gateway.dataplane.decide import RequestHead
+from gateway.dataplane.plane import DataPlane
+from gateway.errors import UnknownRoute
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def build_admin_app(plane: DataPlane, reloader: PolicyReloader, token: str | None) -> Starlette:
+    """The admin ASGI app for one gateway process."""
+    registry = plane.metrics.registry()
+
+    def guarded(handler: Handler) -> Handler:
+        async def check(request: Request) -> Response:
+            if token is not None:
+                given = request.headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return JSONResponse(
+                        {"error": "admin API requires 'Authorization: Bearer <token>'"},
+                        status_code=401,
+                        headers={"www-authenticate": "Bearer"},
+                    )
+            return await handler(request)
+
+        return check
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def livez(_: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(_: Request) -> Response:
+        if plane.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        snap = plane.ref.current
+        if not snap.routes:
+            return JSONResponse({"status": "no routes loaded"}, status_code=503)
+        return JSONResponse({"status": "ready", "policy": snap.version})
+
+    async def reload(_: Request) -> Response:
+        result = reloader.reload(plane.ref, "admin")
+        status = 200 if result.outcome != "rejected" else 422
+        return JSONResponse(reload_view(result), status_code=status)
+
+    async def snapshot(_: Request) -> Response:
+        return JSONResponse(snapshot_view(plane.ref.current))
+
+    async def routes(_: Request) -> Response:
+        return JSONResponse(routes_view(plane.ref.current, plane.pool.stats()))
+
+    async def explain_view(request: Request) -> Response:
+        try:
+            payload: Any = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "body must be JSON: {route, headers?, body?}"}, 400)
+        if not isinstance(payload, dict) or not isinstance(payload.get("route"), str):
+            return JSONResponse({"error": "'route' (string) is required"}, status_code=400)
+        raw_headers = payload.get("headers") or {}
+        body = payload.get("body")
+        if not isinstance(raw_headers, dict) or (body is not None and not isinstance(body, dict)):
+            return JSONResponse(
+                {"error": "'headers' must be an object of strings, 'body' an object"}, 400
+            )
+        headers = [(str(k).lower().encode(), str(v).encode()) for k, v in raw_headers.items()]
+        head = RequestHead(payload["route"], headers, body)
+        try:
+            result = explain(plane.ref.current, head, random.Random(payload.get("seed")))
+        except UnknownRoute as exc:
+            return JSONResponse({"error": exc.message}, status_code=404)
+        return JSONResponse(result)
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics),
+            Route("/livez", livez),
+            Route("/readyz", readyz),
+            Route("/admin/reload", guarded(reload), methods=["POST"]),
+            Route("/admin/snapshot", guarded(snapshot)),
+            Route("/admin/routes", guarded(routes)),
+            Route("/admin/explain", guarded(explain_view), methods=["POST"]),
+        ]
+    )

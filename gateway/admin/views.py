@@ -1,0 +1,75 @@
+"""JSON views of the runtime snapshot for the admin API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.controlplane.reload import ReloadResult
+from gateway.dataplane.snapshot import Route, RuntimeSnapshot
+
+
+def snapshot_view(snap: RuntimeSnapshot) -> dict[str, Any]:
+    return {
+        "version": snap.version,
+        "created_at": snap.created_at,
+        "sources": list(snap.sources),
+        "routes": sorted(snap.routes),
+    }
+
+
+def route_view(route: Route, now: float) -> dict[str, Any]:
+    return {
+        "route": route.name,
+        "protocol": route.protocol,
+        "source": route.source,
+        "sticky": None if route.sticky is None else f"{route.sticky.source}:{route.sticky.key}",
+        "fallback": [route.variants[i].name for i in route.fallback],
+        "timeouts": {
+            "connect": route.timeouts.connect,
+            "first_byte": route.timeouts.first_byte,
+            "total": route.timeouts.total,
+            "idle": route.timeouts.idle,
+        },
+        "variants": [
+            {
+                "name": v.name,
+                "weight": v.weight,
+                "share": v.weight / route.total_weight if route.total_weight else 0.0,
+                "target": v.target,
+                "version": v.version,
+                "upstream_model": v.upstream_model,
+                "endpoints": [
+                    {
+                        "url": e.url,
+                        "in_flight": e.state.in_flight,
+                        "ejected_for_s": max(0.0, round(e.state.ejected_until - now, 3)),
+                        "ejections": e.state.ejections,
+                        "consecutive_failures": e.state.consecutive_failures,
+                    }
+                    for e in v.endpoints
+                ],
+            }
+            for v in route.variants
+        ],
+    }
+
+
+def routes_view(snap: RuntimeSnapshot, pool: dict[str, Any]) -> dict[str, Any]:
+    now = time.monotonic()
+    return {
+        "version": snap.version,
+        "routes": [route_view(snap.routes[name], now) for name in sorted(snap.routes)],
+        "upstream_connections": pool,
+    }
+
+
+def reload_view(result: ReloadResult) -> dict[str, Any]:
+    return {
+        "outcome": result.outcome,
+        "version": result.version,
+        "previous": result.previous,
+        "reason": result.reason,
+        "problems": [str(p) for p in result.problems],
+        "changes": list(result.changes),
+    }

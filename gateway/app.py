@@ -1,0 +1,242 @@
+"""Build a gateway process from settings, run it, and drain it on SIGTERM.
+
+One factory (`Gateway`) builds every long-lived object of the process and passes each
+its dependencies: no module-level state, so tests build as many gateways as they like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+from gateway import __version__
+from gateway.admin.app import build_admin_app
+from gateway.controlplane.loader import PolicyError
+from gateway.controlplane.reload import PolicyReloader
+from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.plane import DataPlane
+from gateway.dataplane.snapshot import SnapshotRef
+from gateway.observability.logs import configure_logging
+from gateway.observability.metrics import GatewayMetrics
+from gateway.settings import Settings, from_env
+
+log = logging.getLogger("switchyard")
+
+
+class Gateway:
+    """One gateway process: data plane, admin API and policy reloader."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.metrics.info_labels = {"version": __version__}
+        self.health = HealthRegistry(self.metrics)
+        self.reloader = PolicyReloader(settings.policies, self.metrics, self.health, log)
+        self.stopping = asyncio.Event()
+        self.port = settings.port
+        self.admin_port = settings.admin_port
+
+    async def run(self, ready: asyncio.Event | None = None) -> int:
+        settings = self.settings
+        _check_admin_exposure(settings)
+        loop = asyncio.get_running_loop()
+        try:
+            snapshot = self.reloader.load()
+        except PolicyError as exc:
+            for problem in exc.problems:
+                log.error("policy: %s", problem)
+            log.error(
+                "refusing to start: the policies in %s are invalid", ", ".join(settings.policies)
+            )
+            return 2
+        ref = SnapshotRef(snapshot)
+        self.metrics.policy_hash = snapshot.version
+        self.metrics.policy_routes = len(snapshot.routes)
+        plane = DataPlane(settings, ref, self.metrics, self.health, loop)
+        self.port = await plane.listen(settings.host, settings.port)
+
+        admin = _AdminServer(
+            uvicorn.Config(
+                build_admin_app(plane, self.reloader, settings.admin_token),
+                host=settings.admin_host,
+                port=settings.admin_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        admin_task = loop.create_task(admin.serve())
+        while not admin.started:
+            if admin_task.done():
+                plane.stop_listening()
+                log.error(
+                    "admin API could not start on %s:%d", settings.admin_host, settings.admin_port
+                )
+                return 2
+            await asyncio.sleep(0.01)
+        for server in admin.servers:
+            for sock in server.sockets:
+                self.admin_port = sock.getsockname()[1]
+        watch_task = None
+        if settings.watch_interval > 0:
+            watch_task = loop.create_task(self.reloader.watch(ref, settings.watch_interval))
+
+        def reload_signal() -> None:
+            self.reloader.reload(ref, "SIGHUP")
+
+        loop.add_signal_handler(signal.SIGHUP, reload_signal)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info(
+            "switchyard %s serving %d routes (policy %s) on http://%s:%d; admin and /metrics "
+            "on http://%s:%d",
+            __version__,
+            len(snapshot.routes),
+            snapshot.version,
+            settings.host,
+            self.port,
+            settings.admin_host,
+            self.admin_port,
+        )
+        print(
+            f"switchyard listening on http://{settings.host}:{self.port} "
+            f"admin http://{settings.admin_host}:{self.admin_port}",
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+        await self.stopping.wait()
+
+        # Drain: readiness fails first (so load balancers stop sending), then the
+        # listener closes and in-flight requests get up to drain_timeout to finish.
+        log.info("draining: readiness now fails; closing listeners in %.1fs", settings.drain_delay)
+        plane.draining = True
+        if settings.drain_delay > 0:
+            await asyncio.sleep(settings.drain_delay)
+        cut = await plane.drain(settings.drain_timeout)
+        log.info("drained; %d requests were still in flight at the deadline", cut)
+        if watch_task is not None:
+            watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch_task
+        admin.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await admin_task
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        return 0
+
+
+class _AdminServer(uvicorn.Server):
+    """uvicorn for the admin app, minus its signal handling: the gateway owns SIGTERM
+    (drain) and SIGHUP (reload), and uvicorn's handlers would replace ours."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _check_admin_exposure(settings: Settings) -> None:
+    try:
+        loopback = ipaddress.ip_address(settings.admin_host).is_loopback
+    except ValueError:
+        loopback = settings.admin_host == "localhost"
+    if not loopback and not settings.admin_token:
+        raise SystemExit(
+            f"refusing to expose the admin API on {settings.admin_host} without a token: "
+            "set --admin-token or SWITCHYARD_ADMIN_TOKEN"
+        )
+
+
+def run_gateway(settings: Settings) -> int:
+    """Run a gateway until SIGTERM/SIGINT, on uvloop."""
+    import uvloop
+
+    configure_logging(settings.log_level)
+    return uvloop.run(Gateway(settings).run())
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "admin_host": args.admin_host,
+        "admin_port": args.admin_port,
+        "policies": tuple(args.policies) if args.policies else None,
+        "watch_interval": args.watch_interval,
+        "admin_token": args.admin_token,
+        "log_level": args.log_level,
+        "access_log": True if args.access_log else None,
+        "drain_timeout": args.drain_timeout,
+        "drain_delay": args.drain_delay,
+        "seed": args.seed,
+        "limits__max_body_bytes": args.max_body_bytes,
+    }
+    return from_env().with_overrides(**values)
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="data plane address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="data plane port (default 8080)")
+    parser.add_argument("--admin-host", help="admin API and /metrics address (default 127.0.0.1)")
+    parser.add_argument("--admin-port", type=int, help="admin API port (default 8081)")
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        metavar="PATH",
+        help="policy files or directories (default: policies)",
+    )
+    parser.add_argument(
+        "--watch-interval",
+        type=float,
+        metavar="S",
+        help="seconds between policy file checks, 0 to disable (default 1)",
+    )
+    parser.add_argument("--admin-token", help="bearer token required by /admin/* endpoints")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--access-log", action="store_true", help="log one line per request")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="S",
+        help="longest wait for in-flight requests on SIGTERM (default 30)",
+    )
+    parser.add_argument(
+        "--drain-delay",
+        type=float,
+        metavar="S",
+        help="seconds readiness fails before listeners close (default 0)",
+    )
+    parser.add_argument("--seed", type=int, help="seed the routing RNG (reproducible splits)")
+    parser.add_argument("--max-body-bytes", type=int, help="request body limit (default 16 MiB)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return run_gateway(settings_from_args(args))
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Every option also reads SWITCHYARD_<OPTION> "
+        "from the environment (e.g. SWITCHYARD_PORT=8080).",
+    )
+    add_serve_options(serve)
+    serve.set_defaults(handler=_serve)
+    from gateway.demo import add_demo_command
+
+    add_demo_command(sub)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_gateway(from_env()))

@@ -1,0 +1,42 @@
+"""`switchyard` command line: serve, policy tools, simulators.
+
+Each area registers its own subcommands (`add_commands(subparsers)`), so this module
+only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.app import add_commands as add_serve
+    from gateway.controlplane.cli import add_commands as add_policy
+    from gateway.simulate.cli import add_commands as add_simulate
+
+    parser = argparse.ArgumentParser(
+        prog="switchyard",
+        description="Inference gateway with traffic control (canary, sticky, fallback).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve(sub)
+    add_policy(sub)
+    add_simulate(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = args.handler
+    try:
+        code: int = handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`switchyard policy ...`: validate, diff, explain and schema, for SREs and CI.
+
+Exit codes follow the tools SREs already script against: `validate` is 0 or 1 like a
+linter, `diff` is 0 (same), 1 (different) or 2 (bad input) like diff(1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.controlplane.compile import compile_snapshot, load_checked, policy_version
+from gateway.controlplane.diff import diff_policies
+from gateway.controlplane.explain import explain, render_text
+from gateway.controlplane.loader import PolicyError
+from gateway.controlplane.schema import render_json_schema
+from gateway.dataplane.decide import RequestHead
+from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.snapshot import RuntimeSnapshot
+from gateway.errors import UnknownRoute
+from gateway.observability.metrics import GatewayMetrics
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register `policy` and its subcommands on the top-level CLI's subparsers."""
+    policy = subparsers.add_parser(
+        "policy", help="validate, diff and explain routing policies", description=__doc__
+    )
+    sub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+
+    validate = sub.add_parser(
+        "validate", help="check policy files, directories or ConfigMaps (exit 1 on problems)"
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.set_defaults(handler=run_validate)
+
+    diff = sub.add_parser(
+        "diff", help="show what changes between two policy sets (exit 0 same, 1 different)"
+    )
+    diff.add_argument("old", metavar="OLD")
+    diff.add_argument("new", metavar="NEW")
+    diff.set_defaults(handler=run_diff)
+
+    exp = sub.add_parser("explain", help="show which variant and endpoint a request would get")
+    exp.add_argument("--route", required=True, help="the route (model name) requested")
+    exp.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a request header (repeatable)",
+    )
+    exp.add_argument("--body", metavar="FILE", help="JSON request body ('-' reads stdin)")
+    exp.add_argument(
+        "--policies",
+        action="append",
+        metavar="PATH",
+        help="policy file, directory or ConfigMap (repeatable; default: policies)",
+    )
+    exp.add_argument("--seed", type=int, help="seed for the weighted random draw")
+    exp.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    exp.set_defaults(handler=run_explain)
+
+    schema = sub.add_parser("schema", help="print the JSON schema of a policy document")
+    schema.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    schema.set_defaults(handler=run_schema)
+
+
+def _build(paths: list[str]) -> RuntimeSnapshot:
+    # A throwaway metrics/health pair: the CLI compiles exactly what the gateway would.
+    metrics = GatewayMetrics()
+    return compile_snapshot(
+        load_checked(paths), metrics=metrics, health=HealthRegistry(metrics), created_at=0.0
+    )
+
+
+def _print_problems(exc: PolicyError) -> None:
+    for problem in exc.problems:
+        print(problem)
+    print(f"{len(exc.problems)} problem(s)")
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """`policy validate PATH...`"""
+    try:
+        snapshot = _build(args.paths)
+    except PolicyError as exc:
+        _print_problems(exc)
+        return 1
+    print(f"ok: {len(snapshot.routes)} routes (hash {snapshot.version})")
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    """`policy diff OLD NEW`"""
+    sides = []
+    for path in (args.old, args.new):
+        try:
+            sides.append(load_checked(path))
+        except PolicyError as exc:
+            print(f"{path}: invalid policy set")
+            _print_problems(exc)
+            return 2
+    old, new = sides
+    before, after = policy_version(old), policy_version(new)
+    changes = diff_policies(old, new)
+    for line in changes:
+        print(line)
+    if not changes:
+        print(f"no changes (hash {before})")
+        return 0
+    print(f"{len(changes)} change(s): hash {before} -> {after}")
+    return 1
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """`policy explain --route R ...`"""
+    headers: list[tuple[bytes, bytes]] = []
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            print(f"--header {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return 2
+        headers.append((name.strip().lower().encode("latin-1"), value.encode()))
+    body: dict[str, Any] | None = None
+    if args.body is not None:
+        try:
+            text = sys.stdin.read() if args.body == "-" else Path(args.body).read_text()
+            parsed = json.loads(text)
+        except (OSError, ValueError) as exc:
+            print(f"--body {args.body}: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(parsed, dict):
+            print(f"--body {args.body}: expected a JSON object", file=sys.stderr)
+            return 2
+        body = parsed
+    try:
+        snapshot = _build(args.policies or ["policies"])
+    except PolicyError as exc:
+        _print_problems(exc)
+        return 1
+    head = RequestHead(route=args.route, headers=tuple(headers), body=body)
+    try:
+        result = explain(snapshot, head, random.Random(args.seed))
+    except UnknownRoute:
+        routes = ", ".join(sorted(snapshot.routes)) or "none"
+        print(f"unknown route {args.route!r}; routes: {routes}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(render_text(result))
+    return 0
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    """`policy schema [--output FILE]`"""
+    text = render_json_schema()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,267 @@
+"""Compile validated policies into the immutable `RuntimeSnapshot` the data plane reads.
+
+Everything the request path would otherwise compute per request is computed here once:
+cumulative weights, lower-cased header names as bytes, fallback indices, the response
+header lines naming route/variant/backend, and the `/v1/models` body.
+
+Compilation is pure except for get-or-create calls on `GatewayMetrics` and
+`HealthRegistry`: those return the *same* series, endpoint states and retry budgets for
+the same names, so health and counters carry over from one snapshot to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from itertools import accumulate
+
+import orjson
+
+from gateway.controlplane.fields import split_endpoint, split_target
+from gateway.controlplane.loader import (
+    LoadedPolicy,
+    PathsArg,
+    PolicyError,
+    PolicyProblem,
+    PolicySource,
+    collect_policies,
+)
+from gateway.controlplane.schema import RoutingPolicy, VariantSpec
+from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.snapshot import (
+    Endpoint,
+    OutlierPolicy,
+    Override,
+    RetryPolicy,
+    Route,
+    RuntimeSnapshot,
+    Sticky,
+    Timeouts,
+    Variant,
+)
+from gateway.observability.metrics import GatewayMetrics
+
+NO_REGISTRY = "registry targets need a registry (--registry-uri); not configured"
+
+
+def as_loaded(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[LoadedPolicy]:
+    """Accept bare `RoutingPolicy` objects too (built in code, no file behind them)."""
+    return [
+        p if isinstance(p, LoadedPolicy) else LoadedPolicy(p, PolicySource("<memory>", i))
+        for i, p in enumerate(policies)
+    ]
+
+
+def check_policies(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[PolicyProblem]:
+    """Problems a single document's schema cannot see: references between fields,
+    weights that add up to nothing, routes defined twice, targets nothing can resolve."""
+    problems: list[PolicyProblem] = []
+    first_seen: dict[str, PolicySource] = {}
+    for loaded in as_loaded(policies):
+        policy, source = loaded.policy, loaded.source
+        other = first_seen.setdefault(policy.route, source)
+        if other is not source:
+            problems.append(
+                source.problem(
+                    ("route",), f"route {policy.route!r} is already defined at {other.where()}"
+                )
+            )
+        problems.extend(_check_route(policy, source))
+    return problems
+
+
+def _check_route(policy: RoutingPolicy, source: PolicySource) -> list[PolicyProblem]:
+    out: list[PolicyProblem] = []
+    index: dict[str, int] = {}
+    for i, variant in enumerate(policy.variants):
+        if variant.name in index:
+            message = f"duplicate variant name (also variants[{index[variant.name]}])"
+            out.append(source.problem(("variants", i, "name"), message))
+        index.setdefault(variant.name, i)
+        if variant.endpoints is None:
+            out.append(source.problem(("variants", i, "target"), NO_REGISTRY))
+    if sum(v.weight for v in policy.variants) <= 0:
+        out.append(
+            source.problem(("variants",), "weights add up to 0; at least one must be above 0")
+        )
+    names = ", ".join(index)
+    for i, override in enumerate(policy.overrides):
+        if override.variant not in index:
+            out.append(
+                source.problem(
+                    ("overrides", i, "variant"),
+                    f"no variant named {override.variant!r} (variants: {names})",
+                )
+            )
+    for i, name in enumerate(policy.fallback):
+        if name not in index:
+            message = f"no variant named {name!r} (variants: {names})"
+            out.append(source.problem(("fallback", i), message))
+        elif name in policy.fallback[:i]:
+            out.append(source.problem(("fallback", i), f"variant {name!r} is listed twice"))
+    if policy.outlier.max_ejection < policy.outlier.base_ejection:
+        message = "must be at least base_ejection"
+        out.append(source.problem(("outlier", "max_ejection"), message))
+    return out
+
+
+def policy_version(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> str:
+    """Content hash of the effective policies (defaults filled in, file layout ignored).
+
+    Moving a policy between files, reordering files or spelling `10s` as `10` keeps the
+    hash, so a reload of such edits reports "unchanged".
+    """
+    docs = sorted(
+        (p.policy.model_dump(mode="json", by_alias=True) for p in as_loaded(policies)),
+        key=lambda d: str(d["route"]),
+    )
+    return hashlib.sha256(orjson.dumps(docs, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def load_checked(paths: PathsArg) -> list[LoadedPolicy]:
+    """Load and check policies, raising one `PolicyError` with every problem found."""
+    policies, problems = collect_policies(paths)
+    problems.extend(check_policies(policies))
+    if problems:
+        raise PolicyError(problems)
+    return policies
+
+
+def compile_snapshot(
+    policies: Iterable[LoadedPolicy | RoutingPolicy],
+    *,
+    metrics: GatewayMetrics,
+    health: HealthRegistry,
+    created_at: float | None = None,
+) -> RuntimeSnapshot:
+    """Build the snapshot for `policies`; raises `PolicyError` if they do not check out."""
+    loaded = as_loaded(policies)
+    problems = check_policies(loaded)
+    if problems:
+        raise PolicyError(problems)
+    created = time.time() if created_at is None else created_at
+    routes = {
+        p.policy.route: _route(p.policy, p.source, metrics, health)
+        for p in sorted(loaded, key=lambda p: p.policy.route)
+    }
+    sources = tuple(dict.fromkeys(p.source.file for p in loaded))
+    return RuntimeSnapshot(
+        routes=routes,
+        version=policy_version(loaded),
+        created_at=created,
+        sources=sources,
+        models_body=_models_body(loaded, created),
+    )
+
+
+def _route(
+    policy: RoutingPolicy, source: PolicySource, metrics: GatewayMetrics, health: HealthRegistry
+) -> Route:
+    variants = tuple(
+        _variant(policy.route, i, spec, metrics, health) for i, spec in enumerate(policy.variants)
+    )
+    index = {v.name: v.index for v in variants}
+    sticky = None
+    if policy.sticky is not None:
+        key = policy.sticky.key
+        key_bytes = key.encode("latin-1") if policy.sticky.source == "header" else b""
+        sticky = Sticky(source=policy.sticky.source, key=key, key_bytes=key_bytes)
+    overrides = tuple(
+        Override(
+            headers=tuple(
+                (name.encode("latin-1"), value.encode()) for name, value in o.match.header.items()
+            ),
+            variant=index[o.variant],
+        )
+        for o in policy.overrides
+    )
+    weights = [v.weight for v in variants]
+    t, r, o = policy.timeouts, policy.retries, policy.outlier
+    return Route(
+        name=policy.route,
+        protocol=policy.protocol,
+        variants=variants,
+        cumulative=tuple(accumulate(weights)),
+        total_weight=float(sum(weights)),
+        sticky=sticky,
+        overrides=overrides,
+        fallback=tuple(index[name] for name in policy.fallback),
+        timeouts=Timeouts(connect=t.connect, first_byte=t.first_byte, total=t.total, idle=t.idle),
+        retries=RetryPolicy(
+            attempts=r.attempts,
+            budget=r.budget,
+            min_per_second=r.min_per_second,
+            on_connect_error="connect-error" in r.on,
+            on_timeout="timeout" in r.on,
+            on_reset="reset" in r.on,
+            statuses=frozenset(s for s in r.on if isinstance(s, int)),
+        ),
+        outlier=OutlierPolicy(
+            consecutive_failures=o.consecutive_failures,
+            base_ejection=o.base_ejection,
+            max_ejection=o.max_ejection,
+            max_ejection_percent=o.max_ejection_percent,
+        ),
+        salt=policy.route.encode(),
+        budget=health.budget(policy.route),
+        counters=metrics.route(policy.route),
+        source=source.where(),
+        max_body_bytes=policy.max_body_bytes,
+    )
+
+
+def _variant(
+    route: str, index: int, spec: VariantSpec, metrics: GatewayMetrics, health: HealthRegistry
+) -> Variant:
+    # A pinned target (models:/NAME/3) names its version without a registry; alias
+    # targets get theirs when the registry client resolves them.
+    version = ""
+    if spec.target is not None:
+        version = split_target(spec.target)[2] or ""
+    endpoints = tuple(_endpoint(url, health) for url in spec.endpoints or ())
+    return Variant(
+        name=spec.name,
+        index=index,
+        weight=spec.weight,
+        endpoints=endpoints,
+        series=tuple(metrics.series(route, spec.name, version, e.backend) for e in endpoints),
+        version=version,
+        upstream_model=spec.model,
+        target=spec.target,
+        header_lines=tuple(header_lines(route, spec.name, version, e.backend) for e in endpoints),
+    )
+
+
+def _endpoint(url: str, health: HealthRegistry) -> Endpoint:
+    host, port, base_path = split_endpoint(url)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Endpoint(
+        url=url,
+        host=host,
+        port=port,
+        base_path=base_path,
+        backend=authority,
+        host_header=authority.encode(),
+        state=health.endpoint(authority),
+    )
+
+
+def header_lines(route: str, variant: str, version: str, backend: str) -> bytes:
+    """The response header lines that tell a client who served it."""
+    lines = (
+        f"x-switchyard-route: {route}\r\n"
+        f"x-switchyard-variant: {variant}\r\n"
+        f"x-switchyard-backend: {backend}\r\n"
+    )
+    if version:
+        lines += f"x-switchyard-version: {version}\r\n"
+    return lines.encode("latin-1")
+
+
+def _models_body(policies: Sequence[LoadedPolicy], created_at: float) -> bytes:
+    data = [
+        {"id": route, "object": "model", "created": int(created_at), "owned_by": "switchyard"}
+        for route in sorted(p.policy.route for p in policies if p.policy.protocol == "openai")
+    ]
+    return orjson.dumps({"object": "list", "data": data})

@@ -1,0 +1,178 @@
+"""Why a request would go where it goes: `decide` plus the reasoning, as plain data.
+
+Used by `switchyard policy explain` and the admin API. It runs the real `decide` on the
+real snapshot, so the answer cannot disagree with what the data plane does; it only adds
+what `decide` knows but does not return (the sticky key's point on the weight line, the
+random draw, which override headers matched).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from gateway.dataplane.decide import RequestHead, decide, header_value, sticky_point
+from gateway.dataplane.snapshot import Route, RuntimeSnapshot, Variant
+
+
+class _RecordingRandom(random.Random):
+    """Passes draws through from another generator and remembers them.
+
+    Only `random()` is forwarded, the one method `decide` draws with.
+    """
+
+    def __init__(self, source: random.Random) -> None:
+        super().__init__(0)
+        self._source = source
+        self.draws: list[float] = []
+
+    def random(self) -> float:
+        value = self._source.random()
+        self.draws.append(value)
+        return value
+
+
+def explain(
+    snapshot: RuntimeSnapshot, head: RequestHead, rng: random.Random, *, now: float | None = None
+) -> dict[str, Any]:
+    """How `decide` routes `head`, as JSON-ready data.
+
+    `now` is on the health registry's clock (monotonic by default) and decides which
+    endpoints count as ejected. Raises `UnknownRoute` like `decide`.
+    """
+    tape = _RecordingRandom(rng)
+    decision = decide(snapshot, head, tape)
+    route, chosen = decision.route, decision.variant
+    at = time.monotonic() if now is None else now
+    result: dict[str, Any] = {
+        "route": route.name,
+        "protocol": route.protocol,
+        "snapshot": snapshot.version,
+        "source": route.source,
+        "variant": chosen.name,
+        "version": chosen.version,
+        "target": chosen.target,
+        "upstream_model": chosen.upstream_model,
+        "reason": decision.reason,
+        "detail": "",
+        "weights": _weights(route),
+        "endpoints": _endpoints(chosen, at),
+        "fallback": [route.variants[i].name for i in route.fallback],
+        "order": [v.name for v in decision.order],
+    }
+    if decision.reason == "override":
+        index, matched = _matched_override(route, head, chosen)
+        shown = ", ".join(f"{k}={v}" for k, v in matched.items())
+        result["override"] = {"index": index, "headers": matched}
+        result["detail"] = f"overrides[{index}] matched {shown}"
+    elif decision.reason == "sticky" and route.sticky and decision.sticky_key is not None:
+        point = sticky_point(route, decision.sticky_key)
+        result["sticky"] = {
+            "source": route.sticky.source,
+            "key": route.sticky.key,
+            "value": decision.sticky_key,
+            "point": point,
+        }
+        landing = _landing(route, chosen, point)
+        result["detail"] = f"{_sticky_name(route)}={decision.sticky_key!r} hashes to {landing}"
+    elif decision.reason == "weighted":
+        missing = f"no {_sticky_name(route)} in the request; " if route.sticky else ""
+        if len(tape.draws) == 1:
+            point = tape.draws[0] * route.total_weight
+            result["draw"] = point
+            result["detail"] = f"{missing}random draw {_landing(route, chosen, point)}"
+        else:
+            result["detail"] = f"{missing}random draw by weight"
+    else:
+        result["detail"] = "the route has one variant"
+    return result
+
+
+def _sticky_name(route: Route) -> str:
+    sticky = route.sticky
+    return f"{sticky.source}:{sticky.key}" if sticky else ""
+
+
+def _landing(route: Route, chosen: Variant, point: float) -> str:
+    end = route.cumulative[chosen.index]
+    start = end - chosen.weight
+    return (
+        f"{point:.3f} on [0, {_num(route.total_weight)}), "
+        f"in {chosen.name}'s band [{_num(start)}, {_num(end)})"
+    )
+
+
+def _weights(route: Route) -> list[dict[str, Any]]:
+    out = []
+    start = 0.0
+    for variant, end in zip(route.variants, route.cumulative, strict=True):
+        out.append(
+            {
+                "variant": variant.name,
+                "weight": variant.weight,
+                "share": variant.weight / route.total_weight if route.total_weight else 0.0,
+                "band": [start, end],
+            }
+        )
+        start = end
+    return out
+
+
+def _endpoints(variant: Variant, now: float) -> list[dict[str, Any]]:
+    # The order the data plane tries them: available first, then fewest in flight.
+    ordered = sorted(
+        variant.endpoints,
+        key=lambda e: (not e.state.available(now), e.state.in_flight),
+    )
+    return [
+        {
+            "url": e.url,
+            "backend": e.backend,
+            "available": e.state.available(now),
+            "in_flight": e.state.in_flight,
+            "ejections": e.state.ejections,
+        }
+        for e in ordered
+    ]
+
+
+def _matched_override(
+    route: Route, head: RequestHead, chosen: Variant
+) -> tuple[int, dict[str, str]]:
+    for index, override in enumerate(route.overrides):
+        if override.variant == chosen.index and all(
+            header_value(head.headers, name) == value for name, value in override.headers
+        ):
+            return index, {
+                name.decode("latin-1"): value.decode("utf-8", "replace")
+                for name, value in override.headers
+            }
+    return -1, {}
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """`explain`'s result for a terminal."""
+    weights = ", ".join(
+        f"{w['variant']} {_num(w['weight'])} ({w['share']:.1%}) "
+        f"[{_num(w['band'][0])}, {_num(w['band'][1])})"
+        for w in result["weights"]
+    )
+    lines = [
+        f"route:     {result['route']} ({result['protocol']}), snapshot {result['snapshot']}",
+        f"variant:   {result['variant']}"
+        + (f" (version {result['version']})" if result["version"] else ""),
+        f"reason:    {result['reason']} - {result['detail']}",
+        f"weights:   {weights}",
+    ]
+    for i, e in enumerate(result["endpoints"]):
+        state = "available" if e["available"] else "ejected"
+        label = "endpoints:" if i == 0 else ""
+        lines.append(f"{label:<11}{e['url']} ({state}, {e['in_flight']} in flight)")
+    lines.append(f"fallback:  {', '.join(result['fallback']) or 'none'}")
+    lines.append(f"order:     {' -> '.join(result['order'])}")
+    return "\n".join(lines) + "\n"

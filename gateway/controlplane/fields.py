@@ -1,0 +1,196 @@
+"""Value types of policy fields: durations, endpoint URLs, registry targets, header
+names and retry conditions.
+
+Each type validates and normalises in one place and raises a pydantic error whose
+message is meant for the SRE reading `switchyard policy validate` output; each also
+declares the JSON schema editors see, since the Python-side parsing (units, `https`
+hints) is richer than a plain pattern.
+"""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+# RFC 9110 token characters.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+BODY_FIELD = re.compile(r"^[A-Za-z0-9_-]+$")
+_TARGET = re.compile(
+    r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9._ -]*?)"
+    r"(?:@(?P<alias>[A-Za-z0-9_][A-Za-z0-9_-]*)|/(?P<version>[1-9][0-9]*))$"
+)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_TEXT = r"^\s*(\d+(\.\d+)?(ms|s|m|h))+\s*$|^\s*\d+(\.\d+)?\s*$"
+_UNIT_SECONDS = MappingProxyType({"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0})
+RETRY_CONDITIONS = ("connect-error", "reset", "timeout")
+
+
+def problem(kind: str, message: str) -> PydanticCustomError:
+    """A validation error shown exactly as `message` (no "Value error, " prefix)."""
+    # The message goes in through the context so braces in user input are not templates.
+    return PydanticCustomError(kind, "{reason}", {"reason": message})
+
+
+def parse_duration(value: object) -> object:
+    """Seconds from `250ms`, `10s`, `2m`, `1h`, `1m30s` or a plain number of seconds.
+
+    Values that are neither numbers nor strings pass through so pydantic reports the
+    type error; the `> 0` bound is checked by the field after this runs.
+    """
+    if isinstance(value, bool):
+        raise problem("duration", "expected a duration such as 250ms, 10s or 2m, not a boolean")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise problem(
+            "duration",
+            f"invalid duration {value!r}: use a number of seconds or units ms, s, m, h "
+            "(for example 250ms, 10s, 2m, 1m30s)",
+        )
+    return total
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(gt=0, allow_inf_nan=False),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": _DURATION_TEXT},
+            ]
+        }
+    ),
+]
+
+
+def split_endpoint(url: str) -> tuple[str, int, str]:
+    """(host, port, base_path) of a plain `http://host[:port][/base]` endpoint URL.
+
+    Raises `ValueError` with an SRE-facing message for anything else.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("endpoint must be a non-empty http:// URL")
+    url = url.strip()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        raise ValueError(
+            f"{url!r}: https:// endpoints are not supported yet; use http:// "
+            "(terminate TLS in a sidecar or the backend's Service)"
+        )
+    if scheme != "http":
+        raise ValueError(f"{url!r}: endpoints must be plain http:// URLs (host, port, base path)")
+    if parts.username or parts.password:
+        raise ValueError(f"{url!r}: credentials in endpoint URLs are not supported")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(f"{url!r}: endpoint URLs take no query string or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: port must be a number from 1 to 65535") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{url!r}: endpoint URL has no host")
+    if port == 0:
+        raise ValueError(f"{url!r}: port must be a number from 1 to 65535")
+    return host, port or 80, parts.path.rstrip("/")
+
+
+def format_endpoint(host: str, port: int, base_path: str = "") -> str:
+    """The canonical URL of an endpoint (explicit port, no trailing slash)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{base_path}"
+
+
+def _endpoint_url(value: str) -> str:
+    try:
+        return format_endpoint(*split_endpoint(value))
+    except ValueError as exc:
+        raise problem("endpoint_url", str(exc)) from None
+
+
+EndpointURL = Annotated[
+    str,
+    AfterValidator(_endpoint_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": "^http://"}),
+]
+
+
+def split_target(target: str) -> tuple[str, str | None, str | None]:
+    """(model name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    match = _TARGET.fullmatch(target)
+    if match is None:
+        raise ValueError(
+            f"invalid registry target {target!r}: use models:/NAME@ALIAS "
+            "(for example models:/chat@champion) or models:/NAME/VERSION"
+        )
+    return match["name"], match["alias"], match["version"]
+
+
+def _target(value: str) -> str:
+    try:
+        split_target(value)
+    except ValueError as exc:
+        raise problem("registry_target", str(exc)) from None
+    return value
+
+
+RegistryTarget = Annotated[
+    str, AfterValidator(_target), WithJsonSchema({"type": "string", "pattern": _TARGET.pattern})
+]
+
+
+def header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise problem("header_name", f"{value!r} is not a valid HTTP header name")
+    return value.lower()
+
+
+HeaderName = Annotated[str, AfterValidator(header_name)]
+
+
+def _retry_on(value: object) -> str | int:
+    if isinstance(value, str) and value.strip().lower() in RETRY_CONDITIONS:
+        return value.strip().lower()
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+        return value
+    raise problem(
+        "retry_on",
+        f"{value!r}: expected connect-error, reset, timeout or an HTTP status from 400 to 599",
+    )
+
+
+RetryOn = Annotated[
+    str | int,
+    PlainValidator(_retry_on),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "enum": list(RETRY_CONDITIONS)},
+                {"type": "integer", "minimum": 400, "maximum": 599},
+            ]
+        }
+    ),
+]

@@ -1,0 +1,572 @@
+"""One proxied request: pick, send, relay, retry, time out; all as callbacks.
+
+The plain path runs without an asyncio task (measured +3 us, -11% req/s per request
+with one): an idle pooled connection gets the request in one `write`, the upstream's
+`data_received` feeds this object's response parser, and every upstream read becomes
+one client `write` (a separate header write measured +6 us, -16%). A task appears only
+when a new upstream connection must be opened.
+
+Invariants:
+- Nothing reaches the client before the response head is accepted, so a retry or
+  fallback is possible until then and never after.
+- After the head is relayed, any failure ends the client's response *incompletely*
+  (an error event, then the connection closed without the final chunk), so a cut
+  stream can never look like a clean finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+from gateway.dataplane import http11
+from gateway.dataplane.decide import Decision
+from gateway.dataplane.pick import candidates, ejection_allowed, pick
+from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
+from gateway.errors import (
+    GatewayError,
+    NoHealthyUpstream,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from gateway.observability.metrics import RequestSeries
+
+if TYPE_CHECKING:
+    from gateway.dataplane.fronts import ErrorStyle
+    from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.server import ClientConnection
+    from gateway.dataplane.upstream import UpstreamConnection
+
+_CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_CONTENT_TYPE = b"content-type"
+_EVENT_STREAM = b"text/event-stream"
+
+
+class Exchange:
+    """State of one client request while it is proxied (possibly several attempts)."""
+
+    __slots__ = (
+        "attempts",
+        "body",
+        "chunked_out",
+        "client",
+        "complete_pending",
+        "connect_task",
+        "decision",
+        "discard",
+        "endpoint",
+        "ep_index",
+        "finished",
+        "first_byte_deadline",
+        "framed",
+        "fwd_headers",
+        "head_done",
+        "keep_alive",
+        "last_activity",
+        "out",
+        "parser",
+        "plane",
+        "request",
+        "sent_at",
+        "series",
+        "sse",
+        "started",
+        "status",
+        "style",
+        "target",
+        "timer",
+        "total_deadline",
+        "tried",
+        "upstream",
+        "upstream_keep",
+        "variant",
+    )
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        client: ClientConnection,
+        request: http11.Request,
+        decision: Decision,
+        body: bytes,
+        style: ErrorStyle,
+    ) -> None:
+        self.plane = plane
+        self.client = client
+        self.request = request
+        self.decision = decision
+        self.body = body
+        self.style = style
+        self.target = request.path + request.query
+        self.fwd_headers = _forward_headers(request)
+        self.attempts = 0
+        self.tried: list[tuple[int, int]] = []
+        self.variant: Variant = decision.variant
+        self.ep_index = 0
+        self.endpoint: Endpoint | None = None
+        self.series: RequestSeries | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.out: list[bytes] = []
+        self.started = False
+        self.head_done = False
+        self.discard = False
+        self.finished = False
+        self.complete_pending = False
+        self.upstream_keep = False
+        self.chunked_out = False
+        self.framed = False
+        self.sse = False
+        self.keep_alive = request.keep_alive and not plane.draining
+        self.status = 0
+        self.sent_at = 0.0
+        self.last_activity = 0.0
+        self.first_byte_deadline = 0.0
+        loop_now = plane.loop.time()
+        self.total_deadline = loop_now + decision.route.timeouts.total
+
+    # Attempts -------------------------------------------------------------------
+
+    def start(self) -> None:
+        route = self.decision.route
+        route.budget.record_request(time.monotonic())
+        now = time.monotonic()
+        idx = pick(self.variant, now, self.plane.next_turn())
+        if idx >= 0:
+            self._send(self.variant, idx)
+            return
+        # The chosen variant has no endpoint in rotation: go straight to fallbacks; no
+        # retry is spent because nothing was sent.
+        for variant, i in candidates(self.decision, now, self.plane.next_turn()):
+            route.counters.fallbacks += 1
+            self._send(variant, i)
+            return
+        route.counters.no_healthy += 1
+        self._respond_error(
+            NoHealthyUpstream(
+                f"route '{route.name}': every endpoint of variant '{self.variant.name}'"
+                " and its fallbacks is ejected or unavailable"
+            )
+        )
+
+    def _send(self, variant: Variant, idx: int) -> None:
+        self.attempts += 1
+        self.variant = variant
+        self.ep_index = idx
+        self.tried.append((variant.index, idx))
+        endpoint = self.endpoint = variant.endpoints[idx]
+        self.series = variant.series[idx]
+        endpoint.state.in_flight += 1
+        conn = self.plane.pool.take_idle(endpoint)
+        if conn is not None:
+            self._write(conn)
+        else:
+            self.connect_task = self.plane.loop.create_task(self._connect(endpoint))
+
+    async def _connect(self, endpoint: Endpoint) -> None:
+        try:
+            conn = await self.plane.pool.connect(endpoint, self.decision.route.timeouts.connect)
+        except UpstreamError as exc:
+            self.connect_task = None
+            if not self.finished:
+                self._attempt_failed(exc)
+            return
+        self.connect_task = None
+        if self.finished:  # the client left while we were connecting
+            self.plane.pool.release(conn)
+            return
+        self._write(conn)
+
+    def _write(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.sink = self
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_done = False
+        self.framed = False
+        self.sse = False
+        endpoint = self.endpoint
+        assert endpoint is not None
+        body = self.body
+        variant = self.variant
+        if variant.upstream_model is not None:
+            body = self.plane.rewrite_model(body, variant.upstream_model)
+        assert conn.transport is not None
+        conn.transport.write(
+            b"".join(
+                (
+                    self.request.method,
+                    b" ",
+                    endpoint.base_path.encode() + self.target
+                    if endpoint.base_path
+                    else self.target,
+                    b" HTTP/1.1\r\nhost: ",
+                    endpoint.host_header,
+                    b"\r\n",
+                    self.fwd_headers,
+                    b"content-length: ",
+                    str(len(body)).encode(),
+                    b"\r\n\r\n",
+                    body,
+                )
+            )
+        )
+        self.sent_at = time.perf_counter()
+        loop = self.plane.loop
+        self.first_byte_deadline = loop.time() + self.decision.route.timeouts.first_byte
+        if self.timer is None:
+            self.timer = loop.call_at(
+                min(self.first_byte_deadline, self.total_deadline), self._on_timer
+            )
+
+    def _end_attempt(self, ok: bool) -> None:
+        endpoint = self.endpoint
+        if endpoint is None:
+            return
+        state = endpoint.state
+        state.in_flight -= 1
+        if ok:
+            state.record_success()
+        else:
+            outlier = self.decision.route.outlier
+            now = time.monotonic()
+            state.record_failure(
+                now,
+                outlier.consecutive_failures,
+                outlier.base_ejection,
+                outlier.max_ejection,
+                ejection_allowed(self.variant, now, outlier.max_ejection_percent),
+            )
+        self.endpoint = None
+
+    def _next_target(self, kind: str) -> tuple[Variant, int] | None:
+        """Where to retry after a failure of `kind`, or None (spends retry budget)."""
+        route = self.decision.route
+        policy = route.retries
+        if self.attempts >= policy.attempts or not _retryable(policy, kind):
+            return None
+        now = time.monotonic()
+        for variant, idx in candidates(self.decision, now, self.plane.next_turn()):
+            if (variant.index, idx) in self.tried:
+                continue
+            if not route.budget.try_retry(now, policy.budget, policy.min_per_second):
+                route.counters.retries_denied += 1
+                return None
+            route.counters.retries += 1
+            if variant is not self.decision.variant:
+                route.counters.fallbacks += 1
+            return variant, idx
+        return None
+
+    def _attempt_failed(self, err: UpstreamError) -> None:
+        conn = self.upstream
+        fresh = conn is None or conn.served == 0
+        self._detach_upstream(abort=True)
+        if self.started:
+            self._end_attempt(ok=False)
+            self._cut_client(err)
+            return
+        if not fresh and err.retryable_kind == "reset" and self.status == 0:
+            # A reused keep-alive connection the backend had already closed: the request
+            # never reached it. Resend on a fresh connection without spending a retry.
+            endpoint, variant, idx = self.endpoint, self.variant, self.ep_index
+            self._end_attempt(ok=True)
+            if endpoint is not None:
+                self.attempts -= 1
+                self.tried.pop()
+                self._send(variant, idx)
+                return
+        self._end_attempt(ok=False)
+        nxt = self._next_target(err.retryable_kind)
+        if nxt is not None:
+            self._send(*nxt)
+        else:
+            self._respond_error(err)
+
+    def _detach_upstream(self, abort: bool) -> None:
+        conn, self.upstream = self.upstream, None
+        self.parser = None
+        if conn is not None:
+            conn.sink = None
+            if abort:
+                conn.abort()
+
+    # Upstream callbacks (ResponseSink and httptools parser protocol) -----------------
+
+    def feed(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self.finished and not self.discard:
+                self._attempt_failed(
+                    UpstreamProtocolError(f"backend {self._backend()} sent invalid HTTP: {exc}")
+                )
+                return
+        if self.out:
+            self._flush()
+        if self.complete_pending:
+            self._finish_ok()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == _CONTENT_LENGTH:
+            self.framed = True
+        elif name == _TRANSFER_ENCODING:
+            if b"chunked" in value.lower():
+                self.chunked_out = True
+                self.framed = True
+            return
+        elif name in http11.HOP_BY_HOP_RESPONSE:
+            return
+        elif name == _CONTENT_TYPE and value.startswith(_EVENT_STREAM):
+            self.sse = True
+        self.out.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        status = parser.get_status_code()
+        self.status = status
+        self.head_done = True
+        self.last_activity = self.plane.loop.time()
+        if status in self.decision.route.retries.statuses and not self.discard:
+            nxt = self._next_target(str(status))
+            if nxt is not None:
+                # Retry: nothing has reached the client. The parser is mid-feed, so stop
+                # listening to it now and resend on the next loop turn.
+                self.discard = True
+                self.out.clear()
+                self.status = 0
+                self._detach_upstream(abort=True)
+                self._end_attempt(ok=False)
+                self.plane.loop.call_soon(self._resend, nxt)
+                return
+        if status < 200:  # 1xx interim answers are not relayed (we never send Expect)
+            self.out.clear()
+            return
+        self.started = True
+        no_body = status in (204, 304)
+        if not self.framed and not no_body:
+            self.chunked_out = True  # read-until-close body: re-frame it for the client
+        if not self.request.http_11:
+            if self.chunked_out:
+                self.keep_alive = False  # HTTP/1.0 client: body ends when we close
+            self.chunked_out = False
+        endpoint_lines = self.variant.header_lines[self.ep_index]
+        head = b"".join(self.out)
+        self.out = [
+            http11.status_line(status),
+            head,
+            b"x-request-id: ",
+            self.request.request_id,
+            b"\r\n",
+            endpoint_lines,
+            b"transfer-encoding: chunked\r\n" if self.chunked_out else b"",
+            b"" if self.keep_alive else b"connection: close\r\n",
+            b"\r\n",
+        ]
+
+    def on_body(self, data: bytes) -> None:
+        if self.discard or not self.started:
+            return
+        if self.chunked_out:
+            self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.out.append(data)
+        self.last_activity = self.plane.loop.time()
+
+    def on_message_complete(self) -> None:
+        if self.discard or not self.started:
+            return
+        if self.chunked_out:
+            self.out.append(http11.LAST_CHUNK)
+        # Completion waits until `feed` has flushed what this read produced: completing
+        # may start the client's next pipelined request, whose bytes must come after.
+        self.complete_pending = True
+        parser = self.parser
+        self.upstream_keep = parser is not None and parser.should_keep_alive()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream = None
+        if self.finished or self.discard:
+            return
+        if self.head_done and self.started and not self.framed:
+            # Read-until-close body: the close is the end of the message.
+            self.on_message_complete()
+            if self.out:
+                self._flush()
+            self._finish_ok()
+            return
+        detail = f": {exc}" if exc else ""
+        self._attempt_failed(
+            UpstreamProtocolError(
+                f"backend {self._backend()} closed the connection before the response "
+                f"was complete{detail}"
+            )
+        )
+
+    def upstream_paused(self, paused: bool) -> None:
+        self.client.pause_reading_for_upstream(paused)
+
+    def _resend(self, nxt: tuple[Variant, int]) -> None:
+        self.discard = False
+        if not self.finished:
+            self._send(*nxt)
+
+    # Client side --------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.client.write(data)
+
+    def client_paused(self, paused: bool) -> None:
+        """Client cannot take more: stop reading the backend (backpressure)."""
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            if paused:
+                upstream.transport.pause_reading()
+            else:
+                upstream.transport.resume_reading()
+
+    def client_gone(self) -> None:
+        """The client closed its connection: cancel the backend's work by closing ours."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        task, self.connect_task = self.connect_task, None
+        if task is not None:
+            task.cancel()
+        self._detach_upstream(abort=True)
+        self._end_attempt(ok=True)  # the backend did nothing wrong
+        if self.series is not None:
+            self.series.by_class[0] += 1
+        self.decision.route.counters.errors_by_code["client_closed"] = (
+            self.decision.route.counters.errors_by_code.get("client_closed", 0) + 1
+        )
+
+    def _complete(self) -> None:
+        self.finished = True
+        self._cancel_timer()
+        self._end_attempt(ok=self.status < 500)
+        series = self.series
+        if series is not None:
+            end = time.perf_counter()
+            total = end - self.request.received_at
+            upstream = end - self.sent_at
+            series.by_class[self.status // 100 if self.status < 600 else 5] += 1
+            series.duration.observe(total)
+            series.upstream.observe(upstream)
+            series.overhead.observe(max(total - upstream, 0.0))
+        self.plane.log_access(self)
+        self.client.exchange_done(self.keep_alive)
+
+    def _finish_ok(self) -> None:
+        self.complete_pending = False
+        conn, self.upstream = self.upstream, None
+        self.parser = None
+        if conn is not None:
+            if self.upstream_keep:
+                self.plane.pool.release(conn)
+            else:
+                conn.sink = None
+                conn.close()
+        self._complete()
+
+    def _respond_error(self, err: GatewayError) -> None:
+        """Answer the client with the gateway's own error (nothing relayed yet)."""
+        self.finished = True
+        self._cancel_timer()
+        route = self.decision.route
+        route.counters.errors_by_code[err.code] = route.counters.errors_by_code.get(err.code, 0) + 1
+        if self.series is not None:
+            self.series.by_class[err.status // 100] += 1
+        extra = self.variant.header_lines[self.ep_index] if self.attempts else b""
+        self.client.respond_error(err, self.style, extra=extra)
+
+    def _cut_client(self, err: GatewayError) -> None:
+        """End a response already under way so the client cannot mistake it as complete."""
+        self.finished = True
+        self._cancel_timer()
+        route = self.decision.route
+        route.counters.errors_by_code["stream_cut"] = (
+            route.counters.errors_by_code.get("stream_cut", 0) + 1
+        )
+        if self.series is not None:
+            self.series.by_class[5] += 1
+        tail = self.style.stream_error(err, sse=self.sse) if self.chunked_out else b""
+        if tail:
+            self.out.append(b"%x\r\n%s\r\n" % (len(tail), tail))
+        if self.out:
+            self._flush()
+        self.client.close_now()
+
+    # Timeouts -----------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        loop = self.plane.loop
+        now = loop.time()
+        timeouts = self.decision.route.timeouts
+        if now >= self.total_deadline:
+            self._timed_out(f"the route's total timeout of {timeouts.total:g}s")
+            return
+        if not self.head_done:
+            if self.upstream is not None and now >= self.first_byte_deadline:
+                self._timed_out(f"no response head within first_byte={timeouts.first_byte:g}s")
+                return
+            nxt = min(self.first_byte_deadline, self.total_deadline)
+            if self.upstream is None:  # still connecting; the connect timeout governs
+                nxt = min(now + timeouts.first_byte, self.total_deadline)
+        else:
+            idle_deadline = self.last_activity + timeouts.idle
+            if now >= idle_deadline:
+                self._timed_out(f"the stream was silent longer than idle={timeouts.idle:g}s")
+                return
+            nxt = min(idle_deadline, self.total_deadline)
+        self.timer = loop.call_at(nxt, self._on_timer)
+
+    def _timed_out(self, why: str) -> None:
+        self._attempt_failed(UpstreamTimeout(f"backend {self._backend()}: {why}"))
+
+    def _cancel_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _backend(self) -> str:
+        return self.endpoint.backend if self.endpoint is not None else "?"
+
+
+def _retryable(policy: RetryPolicy, kind: str) -> bool:
+    if kind == "connect-error":
+        return policy.on_connect_error
+    if kind == "timeout":
+        return policy.on_timeout
+    if kind == "reset":
+        return policy.on_reset
+    return kind.isdigit() and int(kind) in policy.statuses
+
+
+def _forward_headers(request: http11.Request) -> bytes:
+    """The client's headers as they go upstream: hop-by-hop and internal ones removed."""
+    parts = [
+        b"%s: %s\r\n" % (name, value)
+        for name, value in request.headers
+        if name not in http11.HOP_BY_HOP_REQUEST and not name.startswith(http11.INTERNAL_PREFIX)
+    ]
+    parts.append(b"x-request-id: %s\r\n" % request.request_id)
+    return b"".join(parts)

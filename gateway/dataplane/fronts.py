@@ -1,0 +1,134 @@
+"""Fronts: the protocols clients speak, mapped onto routes.
+
+A front reads the route name from the path or the body (one orjson parse, which also
+gives `stream` and sticky body fields), asks `decide`, and hands the exchange the body
+to send. Each front renders the gateway's own errors the way its clients expect.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from gateway.dataplane.decide import RequestHead, decide
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InvalidJSON,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnknownRoute,
+    openai_body,
+)
+
+if TYPE_CHECKING:
+    from gateway.dataplane.http11 import Request
+    from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.server import ClientConnection
+
+
+class ErrorStyle(Protocol):
+    """How one protocol's clients expect the gateway's own errors."""
+
+    content_type: bytes
+
+    def body(self, err: GatewayError) -> bytes: ...
+
+    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
+        """Bytes that end a streamed response in error (before the connection closes)."""
+        ...
+
+
+class OpenAIStyle:
+    content_type = b"application/json"
+
+    def body(self, err: GatewayError) -> bytes:
+        return openai_body(err)
+
+    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
+        # The openai SDK raises APIError for an SSE event carrying an "error" object.
+        return b"data: " + openai_body(err) + b"\n\n" if sse else b""
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong and where."""
+    if not body:
+        raise InvalidJSON("request body is empty; expected a JSON object")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidJSON(f"request body must be a JSON object, not {type(parsed).__name__}")
+    return parsed
+
+
+_OPENAI_PROXIED = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"})
+_OPENAI_PATHS = (
+    "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models"
+)
+
+
+class OpenAIFront:
+    """`/v1/...`: the OpenAI API as the `openai` SDK calls it."""
+
+    style = OpenAIStyle()
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def handle(self, conn: ClientConnection, request: Request) -> None:
+        path = request.path
+        if path in _OPENAI_PROXIED:
+            if request.method != b"POST":
+                raise MethodNotAllowed(f"{path.decode()} accepts POST only")
+            self._proxy(conn, request)
+            return
+        if path == b"/v1/models" or path == b"/v1/models/":
+            if request.method != b"GET":
+                raise MethodNotAllowed("/v1/models accepts GET only")
+            conn.respond(200, self.plane.ref.current.models_body)
+            return
+        if path.startswith(b"/v1/models/") and request.method == b"GET":
+            name = path[len(b"/v1/models/") :].decode("utf-8", "replace")
+            route = self.plane.ref.current.routes.get(name)
+            if route is None or route.protocol != "openai":
+                raise UnknownRoute(name)
+            snap = self.plane.ref.current
+            conn.respond(
+                200,
+                orjson.dumps(
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": int(snap.created_at),
+                        "owned_by": "switchyard",
+                    }
+                ),
+            )
+            return
+        raise NotFound(
+            f"no OpenAI endpoint at {path.decode('utf-8', 'replace')[:200]}; "
+            f"this gateway serves {_OPENAI_PATHS}"
+        )
+
+    def _proxy(self, conn: ClientConnection, request: Request) -> None:
+        body = parse_json_object(request.body)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required: a string naming the route", param="model")
+        plane = self.plane
+        decision = decide(plane.ref.current, RequestHead(model, request.headers, body), plane.rng)
+        route = decision.route
+        if route.protocol != "openai":
+            raise BadRequest(
+                f"route '{model}' speaks {route.protocol}, not the OpenAI API", param="model"
+            )
+        if route.max_body_bytes is not None and len(request.body) > route.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
+                f"of {route.max_body_bytes} bytes"
+            )
+        plane.proxy(conn, request, decision, request.body, self.style)

@@ -1,0 +1,119 @@
+"""Live state of backends and routes that outlives any one snapshot.
+
+Passive outlier ejection follows Envoy's consecutive-errors detector: after N failures
+in a row an endpoint leaves rotation for `base * times_ejected` (capped), then comes
+back on its own; one success resets the streak. Retry budgets follow Envoy's/Linkerd's
+idea: retries may add only a fixed share of a route's traffic, so a failing backend is
+not hit with a retry storm.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway.observability.metrics import EndpointGauges, GatewayMetrics
+
+
+class EndpointState:
+    """Mutable health and load of one backend endpoint (shared by every snapshot)."""
+
+    __slots__ = ("backend", "consecutive_failures", "ejected_until", "ejections", "in_flight")
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.in_flight = 0
+        self.consecutive_failures = 0
+        self.ejected_until = 0.0
+        self.ejections = 0
+
+    def available(self, now: float) -> bool:
+        return self.ejected_until <= now
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+
+    def record_failure(
+        self, now: float, threshold: int, base: float, cap: float, may_eject: bool
+    ) -> bool:
+        """Count a failure; return True when this failure ejected the endpoint."""
+        self.consecutive_failures += 1
+        if self.consecutive_failures < threshold or self.ejected_until > now or not may_eject:
+            return False
+        self.ejections += 1
+        self.ejected_until = now + min(base * self.ejections, cap)
+        self.consecutive_failures = 0
+        return True
+
+
+class RetryBudget:
+    """Allows retries up to `ratio` of requests over a sliding ~10 s window."""
+
+    __slots__ = ("_bucket", "_prev_requests", "_prev_retries", "_requests", "_retries")
+
+    WINDOW = 10.0
+
+    def __init__(self) -> None:
+        self._bucket = 0
+        self._requests = 0
+        self._retries = 0
+        self._prev_requests = 0
+        self._prev_retries = 0
+
+    def _roll(self, now: float) -> None:
+        bucket = int(now // self.WINDOW)
+        if bucket != self._bucket:
+            if bucket == self._bucket + 1:
+                self._prev_requests, self._prev_retries = self._requests, self._retries
+            else:
+                self._prev_requests = self._prev_retries = 0
+            self._requests = self._retries = 0
+            self._bucket = bucket
+
+    def record_request(self, now: float) -> None:
+        self._roll(now)
+        self._requests += 1
+
+    def try_retry(self, now: float, ratio: float, min_per_second: float) -> bool:
+        self._roll(now)
+        requests = self._requests + self._prev_requests
+        retries = self._retries + self._prev_retries
+        if retries < ratio * requests + min_per_second * self.WINDOW:
+            self._retries += 1
+            return True
+        return False
+
+
+class HealthRegistry:
+    """Get-or-create store of endpoint states and route budgets, keyed by name."""
+
+    def __init__(self, metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic):
+        self._metrics = metrics
+        self._clock = clock
+        self._endpoints: dict[str, EndpointState] = {}
+        self._budgets: dict[str, RetryBudget] = {}
+
+    def endpoint(self, backend: str) -> EndpointState:
+        state = self._endpoints.get(backend)
+        if state is None:
+            state = self._endpoints[backend] = EndpointState(backend)
+            s = state
+            clock = self._clock
+            self._metrics.track_endpoint(
+                EndpointGauges(
+                    backend=backend,
+                    in_flight=lambda: s.in_flight,
+                    ejected=lambda: not s.available(clock()),
+                    ejections=lambda: s.ejections,
+                )
+            )
+        return state
+
+    def budget(self, route: str) -> RetryBudget:
+        budget = self._budgets.get(route)
+        if budget is None:
+            budget = self._budgets[route] = RetryBudget()
+        return budget
+
+    def endpoints(self) -> dict[str, EndpointState]:
+        return dict(self._endpoints)

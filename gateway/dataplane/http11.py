@@ -1,0 +1,101 @@
+"""HTTP/1.1 vocabulary shared by the client-facing server and the upstream client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+# RFC 9110 7.6.1: hop-by-hop fields never cross a proxy. `host`, `content-length` and
+# `expect` are rewritten by the gateway itself, `x-request-id` replaced by ours.
+HOP_BY_HOP_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-request-id",
+    }
+)
+HOP_BY_HOP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"x-request-id",
+    }
+)
+# Headers that name the backend's internals; a client never chooses or sees them raw.
+INTERNAL_PREFIX = b"x-switchyard-"
+
+STATUS_LINES: dict[int, bytes] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus
+}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d Unknown\r\n" % status
+    return line
+
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 7.1)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@dataclass(slots=True)
+class Request:
+    """A complete client request, body included (bodies are buffered, bounded)."""
+
+    method: bytes
+    path: bytes  # path only, no query
+    query: bytes  # including the leading "?", or b""
+    headers: list[tuple[bytes, bytes]]  # names lower-cased
+    body: bytes
+    keep_alive: bool
+    http_11: bool
+    received_at: float  # time.perf_counter() when the message completed
+    request_id: bytes = b""
+
+
+def local_response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes = b"application/json",
+    request_id: bytes = b"",
+    keep_alive: bool = True,
+    extra: bytes = b"",
+) -> bytes:
+    """A complete response the gateway answers itself, as one buffer for one write."""
+    head = [
+        status_line(status),
+        b"content-type: ",
+        content_type,
+        b"\r\ncontent-length: ",
+        str(len(body)).encode(),
+        b"\r\n",
+    ]
+    if request_id:
+        head += [b"x-request-id: ", request_id, b"\r\n"]
+    if not keep_alive:
+        head.append(b"connection: close\r\n")
+    head += [extra, b"\r\n", body]
+    return b"".join(head)

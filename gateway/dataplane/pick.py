@@ -1,0 +1,54 @@
+"""Which endpoint of a variant's pool takes a request.
+
+Least in-flight among endpoints not ejected, ties broken by a rotating start so equal
+endpoints share load. Endpoint state is live (not part of the pure `decide`), which is
+why this is its own step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from gateway.dataplane.decide import Decision
+from gateway.dataplane.snapshot import Endpoint, Variant
+
+
+def pick(variant: Variant, now: float, turn: int) -> int:
+    """Index of the endpoint to use, or -1 when every endpoint is ejected."""
+    endpoints = variant.endpoints
+    if len(endpoints) == 1:
+        return 0 if endpoints[0].state.ejected_until <= now else -1
+    best = -1
+    best_load = 0
+    n = len(endpoints)
+    for step in range(n):
+        i = (turn + step) % n
+        state = endpoints[i].state
+        if state.ejected_until > now:
+            continue
+        if best < 0 or state.in_flight < best_load:
+            best, best_load = i, state.in_flight
+    return best
+
+
+def candidates(decision: Decision, now: float, turn: int) -> Iterator[tuple[Variant, int]]:
+    """Every (variant, endpoint index) worth trying, best first, fallbacks last."""
+    for variant in decision.order:
+        order = sorted(
+            range(len(variant.endpoints)),
+            key=lambda i: (
+                variant.endpoints[i].state.ejected_until > now,
+                variant.endpoints[i].state.in_flight,
+                (i - turn) % len(variant.endpoints),
+            ),
+        )
+        for i in order:
+            if variant.endpoints[i].state.ejected_until <= now:
+                yield variant, i
+
+
+def ejection_allowed(variant: Variant, now: float, max_percent: float) -> bool:
+    """Envoy's rule: eject while fewer than max% of the pool is out, always at least one."""
+    endpoints: tuple[Endpoint, ...] = variant.endpoints
+    out = sum(1 for e in endpoints if e.state.ejected_until > now)
+    return out < max(1, int(len(endpoints) * max_percent / 100.0))

@@ -1,0 +1,197 @@
+"""The data plane of one process: listener, fronts, upstream pool and what they share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+
+from gateway.dataplane.decide import Decision
+from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.fronts import ErrorStyle, OpenAIFront, OpenAIStyle
+from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.http11 import Request
+from gateway.dataplane.server import ClientConnection
+from gateway.dataplane.snapshot import SnapshotRef
+from gateway.dataplane.upstream import UpstreamPool
+from gateway.errors import GatewayError, InternalError, NotFound, Unavailable
+from gateway.observability.metrics import GatewayMetrics
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.dataplane.fronts import OpenAIFront as _Front
+
+log = logging.getLogger("switchyard.access")
+errlog = logging.getLogger("switchyard.dataplane")
+
+
+class DataPlane:
+    """Everything the request path needs, built once per process and passed in."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ref: SnapshotRef,
+        metrics: GatewayMetrics,
+        health: HealthRegistry,
+        loop: asyncio.AbstractEventLoop,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ref = ref
+        self.metrics = metrics
+        self.health = health
+        self.loop = loop
+        self.rng = rng or random.Random(settings.seed)
+        self.pool = UpstreamPool(settings.upstream, metrics, loop)
+        self.default_style: ErrorStyle = OpenAIStyle()
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._turn = 0
+        self._rid_prefix = os.urandom(4).hex().encode()
+        self._rid_counter = 0
+        self._fronts: list[tuple[bytes, _Front]] = [(b"/v1/", OpenAIFront(self))]
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.access_log = settings.access_log
+
+    # Serving ------------------------------------------------------------------------
+
+    async def listen(self, host: str, port: int) -> int:
+        """Start accepting clients; returns the bound port (useful with port 0)."""
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, backlog=4096, reuse_address=True
+        )
+        self._schedule_sweep()
+        sock = self._server.sockets[0]
+        bound: int = sock.getsockname()[1]
+        return bound
+
+    def handle(self, conn: ClientConnection, request: Request) -> None:
+        path = request.path
+        for prefix, front in self._fronts:
+            if path.startswith(prefix):
+                try:
+                    front.handle(conn, request)
+                except GatewayError as err:
+                    self._count_error(err)
+                    conn.respond_error(err, front.style)
+                except Exception:
+                    errlog.exception("request %s failed inside the gateway", request.request_id)
+                    if conn.exchange is None and conn.current is request:
+                        conn.respond_error(
+                            InternalError("internal gateway error; see the gateway log"),
+                            front.style,
+                        )
+                    else:
+                        conn.close_now()
+                return
+        missing = NotFound(
+            f"no front serves {path.decode('utf-8', 'replace')[:200]}; "
+            "OpenAI clients use /v1/ (e.g. POST /v1/chat/completions)"
+        )
+        self._count_error(missing)
+        conn.respond_error(missing, self.default_style)
+
+    def proxy(
+        self,
+        conn: ClientConnection,
+        request: Request,
+        decision: Decision,
+        body: bytes,
+        style: ErrorStyle,
+    ) -> None:
+        if self.draining:
+            raise Unavailable("the gateway is shutting down; retry on another replica")
+        conn.start_exchange(Exchange(self, conn, request, decision, body, style))
+
+    def _count_error(self, err: GatewayError) -> None:
+        if err.code == "model_not_found" or err.status == 404:
+            self.metrics.unknown_route += 1
+        elif 400 <= err.status < 500:
+            self.metrics.bad_request += 1
+
+    # Shared helpers for exchanges ---------------------------------------------------
+
+    def next_turn(self) -> int:
+        self._turn += 1
+        return self._turn
+
+    def new_request_id(self) -> bytes:
+        self._rid_counter += 1
+        return b"%s-%x" % (self._rid_prefix, self._rid_counter)
+
+    def rewrite_model(self, body: bytes, model: str) -> bytes:
+        """The body with `model` replaced by the backend's name for it."""
+        parsed = orjson.loads(body)
+        parsed["model"] = model
+        return orjson.dumps(parsed)
+
+    def log_access(self, exchange: Exchange) -> None:
+        if not self.access_log:
+            return
+        req = exchange.request
+        log.info(
+            "%s %s %s route=%s variant=%s backend=%s status=%d attempts=%d ms=%.2f",
+            req.request_id.decode(),
+            req.method.decode(),
+            req.path.decode("utf-8", "replace"),
+            exchange.decision.route.name,
+            exchange.variant.name,
+            exchange.variant.endpoints[exchange.ep_index].backend,
+            exchange.status,
+            exchange.attempts,
+            (time.perf_counter() - req.received_at) * 1000,
+        )
+
+    # Connections and drain ----------------------------------------------------------
+
+    def connection_opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        self.metrics.connections_open += 1
+        self.metrics.connections_total += 1
+        if self.draining:
+            conn.close_after_write()
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.metrics.connections_open -= 1
+
+    def _schedule_sweep(self) -> None:
+        self._sweeper = self.loop.call_later(5.0, self._sweep)
+
+    def _sweep(self) -> None:
+        self.pool.sweep()
+        self._schedule_sweep()
+
+    def stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> int:
+        """Stop accepting, let in-flight work finish up to `timeout`; returns those cut."""
+        self.draining = True
+        self.stop_listening()
+        for conn in list(self.connections):
+            if conn.exchange is None and not conn.pending:
+                conn.close_after_write()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            c.exchange is not None or c.pending for c in self.connections
+        ):
+            await asyncio.sleep(0.05)
+        cut = 0
+        for conn in list(self.connections):
+            if conn.exchange is not None:
+                cut += 1
+            conn.close_now()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.pool.close()
+        return cut

@@ -1,0 +1,378 @@
+"""The client-facing HTTP/1.1 server: one asyncio Protocol per client connection.
+
+Modelled on uvicorn's httptools protocol, minus ASGI: requests are parsed with llhttp,
+bodies buffered up to a limit (routing needs the body, retries need it again), and
+handed to the data plane. Pipelined requests are answered strictly in order: while one
+is served the next wait in a bounded queue, and reading pauses when it is full.
+
+Timeouts use one lazily re-armed timer per connection: the hot path only stores a
+deadline; the timer checks it when it fires and re-arms if the deadline moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from gateway.dataplane import http11
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    InternalError,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+
+if TYPE_CHECKING:
+    from gateway.dataplane.exchange import Exchange
+    from gateway.dataplane.fronts import ErrorStyle
+    from gateway.dataplane.plane import DataPlane
+
+log = logging.getLogger("switchyard.server")
+
+_IDLE, _HEAD, _BODY, _BUSY = range(4)
+_REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class ClientConnection(asyncio.Protocol):
+    """Parses requests from one client and writes the responses back, in order."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.limits = plane.settings.limits
+        self.loop = plane.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.exchange: Exchange | None = None
+        self.pending: deque[http11.Request] = deque()
+        self.closing = False
+        self.closing_after = False  # client half-closed: finish in-flight work, then close
+        self.current: http11.Request | None = None
+        self.read_paused_by: set[str] = set()
+        self.write_paused = False
+        # Per-message parse state.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._content_lengths = 0
+        self._content_length = 0
+        self._chunked = False
+        self._request_id = b""
+        # Timeouts.
+        self._state = _IDLE
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # Connection lifecycle -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.plane.connection_opened(self)
+        self._set_deadline(_IDLE, self.limits.keepalive_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.plane.connection_closed(self)
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_gone()
+        self.pending.clear()
+
+    def eof_received(self) -> bool | None:
+        # A half-close from the client means no more requests; an in-flight response
+        # is still delivered (keep the transport open until it is written).
+        if self.exchange is None and not self.pending:
+            return False
+        self.closing_after = True
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(BadRequest("protocol upgrades are not supported by this gateway"))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            # Our own callbacks raise GatewayError for limits and framing; anything else
+            # is a gateway bug and must not be reported as the client's fault.
+            cause = exc.__context__
+            if isinstance(cause, GatewayError):
+                self._reject(cause)
+            else:
+                log.error("request parsing failed", exc_info=cause)
+                self._reject(InternalError("internal error while reading the request"))
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(BadRequest(f"malformed HTTP request: {_parser_message(exc)}"))
+            return
+        if self.exchange is None and self.pending and self.current is None:
+            self._serve(self.pending.popleft())
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.exchange is not None:
+            self.exchange.client_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.exchange is not None:
+            self.exchange.client_paused(False)
+
+    # httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_len = 0
+        self._content_lengths = 0
+        self._content_length = 0
+        self._chunked = False
+        self._request_id = b""
+        self._set_deadline(_HEAD, self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise HeadersTooLarge("request line and headers exceed the size limit")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._header_bytes += len(name) + len(value) + 4
+        if (
+            self._header_bytes > self.limits.max_header_bytes
+            or len(self._headers) >= self.limits.max_header_count
+        ):
+            raise HeadersTooLarge(
+                f"request headers exceed the limits ({self.limits.max_header_count} fields, "
+                f"{self.limits.max_header_bytes} bytes)"
+            )
+        if name == b"content-length":
+            self._content_lengths += 1
+            self._content_length = int(value) if value.isdigit() else -1
+        elif name == b"transfer-encoding":
+            self._chunked = True
+        elif name == b"x-request-id":
+            self._request_id = value
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # Request smuggling defence (RFC 9112 6.3): never guess which framing wins.
+        if self._content_lengths > 1 or (self._content_lengths and self._chunked):
+            raise BadRequest(
+                "conflicting message framing: Content-Length together with Transfer-Encoding "
+                "or repeated Content-Length"
+            )
+        length = self._content_length
+        if length > self.limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {length} bytes exceeds the limit of "
+                f"{self.limits.max_body_bytes} bytes"
+            )
+        self._set_deadline(_BODY, self.limits.body_timeout)
+        for name, value in self._headers:
+            if name == b"expect":
+                if value.lower() != b"100-continue":
+                    raise _ExpectationFailed("only 'Expect: 100-continue' is supported")
+                if self.transport is not None and not self.closing:
+                    self.transport.write(http11.CONTINUE_100)
+                break
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self.limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body exceeds the limit of {self.limits.max_body_bytes} bytes"
+            )
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        url = self._url
+        q = url.find(b"?")
+        path, query = (url, b"") if q < 0 else (url[:q], url[q:])
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        rid = self._request_id
+        if not rid or len(rid) > 128 or not _REQUEST_ID_OK.issuperset(rid):
+            rid = self.plane.new_request_id()
+        request = http11.Request(
+            method=parser.get_method(),
+            path=path,
+            query=query,
+            headers=self._headers,
+            body=body,
+            keep_alive=parser.should_keep_alive(),
+            http_11=parser.get_http_version() == "1.1",
+            received_at=time.perf_counter(),
+            request_id=rid,
+        )
+        # Served after feed_data returns (see data_received), never inside the parser's
+        # callback, so routing errors are not mistaken for parse errors.
+        self.pending.append(request)
+        if len(self.pending) >= self.limits.max_pipelined:
+            self.pause_reading("pipeline")
+
+    # Serving ------------------------------------------------------------------------
+
+    def _serve(self, request: http11.Request) -> None:
+        self._state = _BUSY
+        self.current = request
+        self.plane.handle(self, request)
+
+    def start_exchange(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        if self.write_paused:
+            exchange.client_paused(True)
+        exchange.start()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        """The current response is fully written: go on to the next request or close."""
+        self.exchange = None
+        self.current = None
+        if not keep_alive or self.plane.draining or (self.closing_after and not self.pending):
+            self.close_after_write()
+            return
+        if self.pending:
+            request = self.pending.popleft()
+            if "pipeline" in self.read_paused_by and len(self.pending) < self.limits.max_pipelined:
+                self.resume_reading("pipeline")
+            self._serve(request)
+            return
+        if self.closing_after:
+            self.close_after_write()
+            return
+        self._set_deadline(_IDLE, self.limits.keepalive_timeout)
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = b"application/json",
+        extra: bytes = b"",
+    ) -> None:
+        """Answer the current request locally (no backend), then continue."""
+        request = self.current
+        keep_alive = request.keep_alive if request is not None else False
+        self.write(
+            http11.local_response(
+                status,
+                body,
+                content_type=content_type,
+                request_id=request.request_id if request is not None else b"",
+                keep_alive=keep_alive,
+                extra=extra,
+            )
+        )
+        self.exchange_done(keep_alive)
+
+    def respond_error(self, err: GatewayError, style: ErrorStyle, *, extra: bytes = b"") -> None:
+        self.respond(err.status, style.body(err), content_type=style.content_type, extra=extra)
+
+    def _reject(self, err: GatewayError) -> None:
+        """A request we cannot parse or accept: answer it and close (framing is unknown)."""
+        if self.closing:
+            return
+        self.plane.metrics.bad_request += 1
+        self.pending.clear()
+        if self.exchange is not None or self.current is not None:
+            # A response is under way on this connection; we cannot answer out of order.
+            self.close_now()
+            return
+        self.write(
+            http11.local_response(
+                err.status,
+                self.plane.default_style.body(err),
+                content_type=self.plane.default_style.content_type,
+                keep_alive=False,
+            )
+        )
+        self.close_after_write()
+
+    def close_after_write(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_now(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # Flow control -------------------------------------------------------------------
+
+    def pause_reading(self, why: str) -> None:
+        if not self.read_paused_by and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self.read_paused_by.add(why)
+
+    def resume_reading(self, why: str) -> None:
+        self.read_paused_by.discard(why)
+        if not self.read_paused_by and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def pause_reading_for_upstream(self, paused: bool) -> None:
+        if paused:
+            self.pause_reading("upstream")
+        else:
+            self.resume_reading("upstream")
+
+    # Timeouts -----------------------------------------------------------------------
+
+    def _set_deadline(self, state: int, seconds: float) -> None:
+        self._state = state
+        self._deadline = self.loop.time() + seconds
+        if self._timer is None and not self.closing:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closing:
+            return
+        now = self.loop.time()
+        if self._state == _BUSY:
+            # The exchange enforces upstream timeouts; look again later.
+            self._timer = self.loop.call_at(now + self.limits.keepalive_timeout, self._on_timer)
+            return
+        if now < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        if self._state == _IDLE:
+            self.close_after_write()
+        else:
+            what = "headers" if self._state == _HEAD else "body"
+            self._reject(RequestTimeout(f"request {what} not received in time"))
+
+
+class _ExpectationFailed(GatewayError):
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
+
+
+def _parser_message(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

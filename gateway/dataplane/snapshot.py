@@ -1,0 +1,138 @@
+"""The runtime snapshot: what the control plane compiles and the data plane reads.
+
+Everything here is built once per policy change and then only read. A request reads
+`SnapshotRef.current` once and keeps that object to its end, so in-flight requests
+finish on the snapshot they started with while a reload swaps the reference.
+
+The only mutable parts reachable from a snapshot are deliberately *shared across*
+snapshots: endpoint health (`EndpointState`), retry budgets and metric series. They
+describe the backends and the traffic, not the policy, and must survive a reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.dataplane.health import EndpointState, RetryBudget
+from gateway.observability.metrics import RequestSeries, RouteCounters
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One backend server of a variant's pool."""
+
+    url: str
+    host: str
+    port: int
+    base_path: str
+    backend: str  # metric label: "host:port"
+    host_header: bytes
+    state: EndpointState
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A weighted choice within a route: a pool of endpoints serving one model version."""
+
+    name: str
+    index: int
+    weight: float
+    endpoints: tuple[Endpoint, ...]
+    series: tuple[RequestSeries, ...]  # parallel to `endpoints`
+    version: str = ""
+    upstream_model: str | None = None
+    target: str | None = None  # the policy's `target`, e.g. models:/name@alias
+    # Bytes of the response headers naming this variant, precomputed per endpoint.
+    header_lines: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    """Where the sticky key comes from: a request header or a top-level body field."""
+
+    source: str  # "header" | "body"
+    key: str  # lower-case header name, or body field name
+    key_bytes: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """Send requests whose headers all match to one variant."""
+
+    headers: tuple[tuple[bytes, bytes], ...]  # (lower-case name, exact value)
+    variant: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 0.5
+    first_byte: float = 30.0
+    total: float = 300.0
+    idle: float = 60.0  # longest silence between two chunks of a streamed response
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 2  # total tries, the first included
+    budget: float = 0.2  # retries may add at most this share of the route's requests
+    min_per_second: float = 3.0  # always allowed, so a quiet route can still retry
+    on_connect_error: bool = True
+    on_timeout: bool = False  # a first-byte timeout may have run the model already
+    on_reset: bool = True
+    statuses: frozenset[int] = frozenset({502, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierPolicy:
+    consecutive_failures: int = 5
+    base_ejection: float = 30.0
+    max_ejection: float = 300.0
+    max_ejection_percent: float = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A compiled routing policy."""
+
+    name: str
+    protocol: str
+    variants: tuple[Variant, ...]
+    cumulative: tuple[float, ...]  # running sum of weights, parallel to variants
+    total_weight: float
+    sticky: Sticky | None
+    overrides: tuple[Override, ...]
+    fallback: tuple[int, ...]
+    timeouts: Timeouts
+    retries: RetryPolicy
+    outlier: OutlierPolicy
+    salt: bytes
+    budget: RetryBudget
+    counters: RouteCounters
+    source: str = ""  # file (and document) the policy came from
+    max_body_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSnapshot:
+    """All routes now serving, plus precomputed responses that need no backend."""
+
+    routes: Mapping[str, Route]
+    version: str  # content hash of the policies it was compiled from
+    created_at: float
+    sources: tuple[str, ...] = ()
+    models_body: bytes = b'{"object":"list","data":[]}'
+    problems: tuple[str, ...] = field(default=())
+
+
+class SnapshotRef:
+    """The one reference the data plane reads and the control plane swaps."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, snapshot: RuntimeSnapshot) -> None:
+        self.current = snapshot
+
+    def swap(self, snapshot: RuntimeSnapshot) -> RuntimeSnapshot:
+        old, self.current = self.current, snapshot
+        return old

@@ -1,0 +1,138 @@
+"""One error tree for failures the gateway itself causes, and one renderer per protocol.
+
+Upstream error responses are relayed untouched; these classes are only for what the
+gateway decides or detects (bad input, no route, unreachable backend, timeouts).
+The upstream pool is the one place that turns socket/parser failures into these.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    """Base class: an HTTP status, an OpenAI-style `type` and a stable `code`."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InternalError(GatewayError):
+    """A bug in the gateway: logged with its traceback, answered as 500."""
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class UnknownRoute(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, route: str) -> None:
+        shown = route if len(route) <= 128 else route[:128] + "..."
+        super().__init__(
+            f"The model '{shown}' is not served by any route of this gateway; "
+            "GET /v1/models lists the routes.",
+            param="model",
+        )
+        self.route = route
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class UpstreamError(GatewayError):
+    """The backend could not be used; `retryable_kind` feeds the retry policy."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+    retryable_kind = "reset"
+
+
+class UpstreamConnectError(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+    retryable_kind = "connect-error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    retryable_kind = "timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+    retryable_kind = "reset"
+
+
+class NoHealthyUpstream(UpstreamError):
+    status = 503
+    code = "no_healthy_upstream"
+    retryable_kind = "connect-error"
+
+
+class UpstreamOverflow(UpstreamError):
+    status = 503
+    code = "upstream_overflow"
+    retryable_kind = "connect-error"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "unavailable"
+
+
+def openai_body(err: GatewayError) -> bytes:
+    """OpenAI's error envelope, which the `openai` SDK turns into typed exceptions."""
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )
+
+
+def plain_body(err: GatewayError) -> bytes:
+    """The `{"error": "..."}` shape that KServe v2 and Ollama clients read."""
+    return orjson.dumps({"error": err.message})

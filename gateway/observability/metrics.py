@@ -1,0 +1,296 @@
+"""Every metric the gateway exports, declared once.
+
+The request path pays for metrics in single microseconds, so it never calls
+prometheus-client: it bumps plain integers and floats on objects it already holds
+(a `RequestSeries` hangs off each compiled variant/endpoint pair), and a custom
+collector turns them into Prometheus families at scrape time. Label values come only
+from compiled policy (route, variant, version, backend), never from client input, so
+cardinality is bounded by the policy.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+# Seconds. Dense below 10 ms because gateway overhead lives there; up to 5 min for
+# long LLM streams.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+OVERHEAD_BUCKETS: tuple[float, ...] = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+)
+
+
+class Histogram:
+    """A lock-free histogram: one bisect and two additions per observation."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((_fmt(bound), running))
+        running += self.counts[-1]
+        out.append(("+Inf", running))
+        return out
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass(eq=False, slots=True)
+class RequestSeries:
+    """Counters for one (route, variant, version, backend) combination.
+
+    `by_class[n]` counts responses with status n xx; index 0 counts requests that got
+    no status at all (client went away first).
+    """
+
+    route: str
+    variant: str
+    version: str
+    backend: str
+    by_class: list[int] = field(default_factory=lambda: [0] * 6)
+    duration: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    upstream: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    overhead: Histogram = field(default_factory=lambda: Histogram(OVERHEAD_BUCKETS))
+
+
+@dataclass(eq=False, slots=True)
+class RouteCounters:
+    """Per-route counters that do not depend on which backend answered."""
+
+    route: str
+    retries: int = 0
+    retries_denied: int = 0
+    fallbacks: int = 0
+    no_healthy: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False, slots=True)
+class EndpointGauges:
+    """What `/metrics` reads of one backend endpoint's live state."""
+
+    backend: str
+    in_flight: Callable[[], int]
+    ejected: Callable[[], bool]
+    ejections: Callable[[], int]
+
+
+class GatewayMetrics:
+    """Holds the gateway's counters and renders them for a `CollectorRegistry`.
+
+    One instance per process, built by the app factory and passed to whoever counts.
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str, str, str], RequestSeries] = {}
+        self._routes: dict[str, RouteCounters] = {}
+        self._endpoints: dict[str, EndpointGauges] = {}
+        self.reloads: dict[str, int] = {"success": 0, "rejected": 0, "unchanged": 0}
+        self.policy_hash = ""
+        self.policy_routes = 0
+        self.unknown_route = 0
+        self.bad_request = 0
+        self.connections_open = 0
+        self.connections_total = 0
+        self.overflow = 0
+        self.info_labels: dict[str, str] = {}
+
+    def series(self, route: str, variant: str, version: str, backend: str) -> RequestSeries:
+        """Get or create the series for one label set (called by the compiler)."""
+        key = (route, variant, version, backend)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = RequestSeries(route, variant, version, backend)
+        return found
+
+    def route(self, name: str) -> RouteCounters:
+        found = self._routes.get(name)
+        if found is None:
+            found = self._routes[name] = RouteCounters(name)
+        return found
+
+    def track_endpoint(self, gauges: EndpointGauges) -> None:
+        self._endpoints[gauges.backend] = gauges
+
+    def collector(self) -> Collector:
+        return _Collector(self)
+
+    def registry(self) -> CollectorRegistry:
+        """A fresh registry holding only this gateway's metrics."""
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(self.collector())
+        return reg
+
+    # Rendering -------------------------------------------------------------------
+
+    def families(self) -> Iterator[object]:
+        labels = ["route", "variant", "version", "backend"]
+        requests = CounterMetricFamily(
+            "switchyard_requests",
+            "Requests proxied, by route, variant, resolved version, backend and status class.",
+            labels=[*labels, "status_class"],
+        )
+        duration = HistogramMetricFamily(
+            "switchyard_request_duration_seconds",
+            "Time from a complete client request to the last byte relayed.",
+            labels=labels,
+        )
+        upstream = HistogramMetricFamily(
+            "switchyard_upstream_duration_seconds",
+            "Time from sending to the backend to its last response byte.",
+            labels=labels,
+        )
+        overhead = HistogramMetricFamily(
+            "switchyard_gateway_overhead_seconds",
+            "Time the gateway itself added: request duration minus upstream duration.",
+            labels=labels,
+        )
+        for s in list(self._series.values()):
+            lv = [s.route, s.variant, s.version, s.backend]
+            for cls, count in enumerate(s.by_class):
+                if count:
+                    requests.add_metric([*lv, f"{cls}xx" if cls else "none"], count)
+            if s.duration.counts:
+                duration.add_metric(lv, s.duration.buckets(), s.duration.total)
+                upstream.add_metric(lv, s.upstream.buckets(), s.upstream.total)
+                overhead.add_metric(lv, s.overhead.buckets(), s.overhead.total)
+        yield from (requests, duration, upstream, overhead)
+
+        retries = CounterMetricFamily(
+            "switchyard_retries", "Retries sent to another endpoint or variant.", labels=["route"]
+        )
+        denied = CounterMetricFamily(
+            "switchyard_retries_denied",
+            "Retries not attempted because the route's retry budget was spent.",
+            labels=["route"],
+        )
+        fallbacks = CounterMetricFamily(
+            "switchyard_fallbacks", "Requests served by a fallback variant.", labels=["route"]
+        )
+        errors = CounterMetricFamily(
+            "switchyard_gateway_errors",
+            "Error responses the gateway itself produced, by route and error code.",
+            labels=["route", "code"],
+        )
+        for r in list(self._routes.values()):
+            retries.add_metric([r.route], r.retries)
+            denied.add_metric([r.route], r.retries_denied)
+            fallbacks.add_metric([r.route], r.fallbacks)
+            for code, count in list(r.errors_by_code.items()):
+                errors.add_metric([r.route, code], count)
+        yield from (retries, denied, fallbacks, errors)
+
+        in_flight = GaugeMetricFamily(
+            "switchyard_backend_in_flight",
+            "Requests in flight per backend endpoint (the HPA signal).",
+            labels=["backend"],
+        )
+        ejected = GaugeMetricFamily(
+            "switchyard_backend_ejected",
+            "1 while passive outlier detection keeps the endpoint out of rotation.",
+            labels=["backend"],
+        )
+        ejections = CounterMetricFamily(
+            "switchyard_backend_ejections",
+            "Times an endpoint was ejected by outlier detection.",
+            labels=["backend"],
+        )
+        for g in list(self._endpoints.values()):
+            in_flight.add_metric([g.backend], g.in_flight())
+            ejected.add_metric([g.backend], 1.0 if g.ejected() else 0.0)
+            ejections.add_metric([g.backend], g.ejections())
+        yield from (in_flight, ejected, ejections)
+
+        reloads = CounterMetricFamily(
+            "switchyard_policy_reloads", "Policy reloads by outcome.", labels=["outcome"]
+        )
+        for outcome, count in self.reloads.items():
+            reloads.add_metric([outcome], count)
+        info = InfoMetricFamily("switchyard_policy", "The policy set now serving.", labels=["hash"])
+        info.add_metric([self.policy_hash], {"routes": str(self.policy_routes)})
+        unknown = CounterMetricFamily(
+            "switchyard_unknown_route_requests",
+            "Requests naming a model or path no route serves.",
+        )
+        unknown.add_metric([], self.unknown_route)
+        bad = CounterMetricFamily(
+            "switchyard_bad_requests", "Requests rejected as malformed (4xx by the gateway)."
+        )
+        bad.add_metric([], self.bad_request)
+        overflow = CounterMetricFamily(
+            "switchyard_upstream_overflow",
+            "Requests refused because a backend's connection limit was reached.",
+        )
+        overflow.add_metric([], self.overflow)
+        conns = GaugeMetricFamily(
+            "switchyard_client_connections", "Client connections open on the data plane."
+        )
+        conns.add_metric([], self.connections_open)
+        build = InfoMetricFamily("switchyard_build", "Gateway build information.")
+        build.add_metric([], self.info_labels)
+        yield from (reloads, info, unknown, bad, overflow, conns, build)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[object]:  # type: ignore[override]
+        return list(self._metrics.families())

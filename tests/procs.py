@@ -1,0 +1,193 @@
+"""Real processes on loopback for the tests: simulators and the gateway itself.
+
+Every process is started with `python -m gateway ...` exactly as a user would, waits
+for its one "listening" line (bounded), and is always stopped by the fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+_LISTEN_SIM = re.compile(r"switchyard-sim \S+ listening on (http://\S+)")
+_LISTEN_GW = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)")
+
+
+@dataclass
+class Proc:
+    """A child process whose output is collected in the background."""
+
+    popen: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    _q: queue.Queue[str] = field(default_factory=queue.Queue)
+    _pump: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        def pump() -> None:
+            assert self.popen.stdout is not None
+            for line in self.popen.stdout:
+                self.lines.append(line)
+                self._q.put(line)
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=0.1)
+            except queue.Empty:
+                if self.popen.poll() is not None:
+                    break
+                continue
+            m = pattern.search(line)
+            if m:
+                return m
+        raise RuntimeError(
+            f"process did not print {pattern.pattern!r} in {timeout}s; "
+            f"exit={self.popen.poll()} output:\n{''.join(self.lines)[-4000:]}"
+        )
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self._pump is not None:
+            self._pump.join(5)  # the pipe reaches EOF once the process is gone
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        return self.popen.returncode
+
+
+def spawn(args: list[str], env: dict[str, str] | None = None) -> Proc:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+    )
+    return Proc(popen)
+
+
+@dataclass
+class Simulator:
+    proc: Proc
+    url: str
+    name: str
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stats(self) -> dict[str, object]:
+        result: dict[str, object] = httpx.get(f"{self.url}/sim/stats", timeout=5).json()
+        return result
+
+
+def start_simulator(name: str, *extra: str, kind: str = "openai", port: int = 0) -> Simulator:
+    proc = spawn(["simulate", kind, "--port", str(port), "--name", name, *extra])
+    m = proc.wait_for(_LISTEN_SIM)
+    return Simulator(proc, m.group(1), name)
+
+
+@dataclass
+class GatewayProc:
+    proc: Proc
+    url: str
+    admin: str
+    policy_dir: Path
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.admin}/metrics", timeout=5).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include `labels`."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name = head.split("{", 1)[0]
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+def start_gateway(policy_dir: Path, *extra: str, env: dict[str, str] | None = None) -> GatewayProc:
+    proc = spawn(
+        [
+            "serve",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--policies",
+            str(policy_dir),
+            "--watch-interval",
+            "0.2",
+            *extra,
+        ],
+        env=env,
+    )
+    m = proc.wait_for(_LISTEN_GW)
+    return GatewayProc(proc, m.group(1), m.group(2), policy_dir)
+
+
+def canary_policy(
+    route: str, champion: str, challenger: str, weights: tuple[int, int] = (90, 10), extra: str = ""
+) -> str:
+    return f"""apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: {route}
+variants:
+  - name: champion
+    weight: {weights[0]}
+    endpoints: [{champion}]
+  - name: challenger
+    weight: {weights[1]}
+    endpoints: [{challenger}]
+sticky: {{hash_on: "header:x-user-id"}}
+overrides:
+  - match: {{header: {{x-cohort: beta}}}}
+    variant: challenger
+fallback: [champion]
+{extra}"""
+
+
+@contextlib.contextmanager
+def running(*procs: Proc) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.stop()
