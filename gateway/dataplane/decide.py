@@ -21,7 +21,9 @@ from gateway.errors import UnknownRoute
 _HASH_SPACE = float(1 << 32)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: frozen dataclasses pay object.__setattr__ per field, and these are built
+# per request. Treat them as immutable all the same.
+@dataclass(slots=True)
 class RequestHead:
     """What routing may look at: the route asked for, headers and the parsed body.
 
@@ -33,7 +35,7 @@ class RequestHead:
     body: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     route: Route
     variant: Variant
@@ -68,7 +70,7 @@ def sticky_key(route: Route, head: RequestHead) -> str | None:
 
 def sticky_point(route: Route, key: str) -> float:
     """Where a sticky key lands on [0, total_weight)."""
-    return crc32(key.encode(), crc32(route.salt)) / _HASH_SPACE * route.total_weight
+    return crc32(key.encode(), route.salt_crc) / _HASH_SPACE * route.total_weight
 
 
 def decide(snapshot: RuntimeSnapshot, head: RequestHead, rng: random.Random) -> Decision:

@@ -41,51 +41,51 @@ if TYPE_CHECKING:
     from gateway.dataplane.server import ClientConnection
     from gateway.dataplane.upstream import UpstreamConnection
 
-_CONTENT_LENGTH = b"content-length"
-_TRANSFER_ENCODING = b"transfer-encoding"
-_CONTENT_TYPE = b"content-type"
 _EVENT_STREAM = b"text/event-stream"
+_MAX_RESPONSE_HEAD = 64 * 1024
+# Response fields never relayed (RFC 9110 7.6.1 hop-by-hop, plus our own namespace),
+# as "\n" + lower-case name, searched in "\n" + the lower-cased header block.
+_DROPPED_RESPONSE_HEADERS = (
+    b"\nconnection:",
+    b"\nkeep-alive:",
+    b"\nproxy-connection:",
+    b"\nproxy-authenticate:",
+    b"\nte:",
+    b"\ntrailer:",
+    b"\ntransfer-encoding:",
+    b"\nupgrade:",
+    b"\nx-request-id:",
+    b"\nx-switchyard-",
+)
 
 
 class Exchange:
     """State of one client request while it is proxied (possibly several attempts)."""
 
-    __slots__ = (
-        "attempts",
-        "body",
-        "chunked_out",
-        "client",
-        "complete_pending",
-        "connect_task",
-        "decision",
-        "discard",
-        "endpoint",
-        "ep_index",
-        "finished",
-        "first_byte_deadline",
-        "framed",
-        "fwd_headers",
-        "head_done",
-        "keep_alive",
-        "last_activity",
-        "out",
-        "parser",
-        "plane",
-        "request",
-        "sent_at",
-        "series",
-        "sse",
-        "started",
-        "status",
-        "style",
-        "target",
-        "timer",
-        "total_deadline",
-        "tried",
-        "upstream",
-        "upstream_keep",
-        "variant",
-    )
+    # Defaults live on the class: an exchange is created per request, and storing
+    # forty attributes measured ~1.5 us. Only what differs per request is set in __init__.
+    attempts = 0
+    ep_index = 0
+    endpoint: Endpoint | None = None
+    series: RequestSeries | None = None
+    upstream: UpstreamConnection | None = None
+    parser: httptools.HttpResponseParser | None = None
+    connect_task: asyncio.Task[None] | None = None
+    tried: tuple[tuple[int, int], ...] = ()
+    started = False
+    head_done = False
+    head_buf = b""
+    discard = False
+    finished = False
+    complete_pending = False
+    upstream_keep = False
+    chunked_out = False
+    framed = False
+    sse = False
+    status = 0
+    sent_at = 0.0
+    last_activity = 0.0
+    first_byte_deadline = 0.0
 
     def __init__(
         self,
@@ -102,42 +102,20 @@ class Exchange:
         self.decision = decision
         self.body = body
         self.style = style
-        self.target = request.path + request.query
+        self.target = request.path + request.query if request.query else request.path
         self.fwd_headers = _forward_headers(request)
-        self.attempts = 0
-        self.tried: list[tuple[int, int]] = []
         self.variant: Variant = decision.variant
-        self.ep_index = 0
-        self.endpoint: Endpoint | None = None
-        self.series: RequestSeries | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.parser: httptools.HttpResponseParser | None = None
-        self.connect_task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.out: list[bytes] = []
-        self.started = False
-        self.head_done = False
-        self.discard = False
-        self.finished = False
-        self.complete_pending = False
-        self.upstream_keep = False
-        self.chunked_out = False
-        self.framed = False
-        self.sse = False
         self.keep_alive = request.keep_alive and not plane.draining
-        self.status = 0
-        self.sent_at = 0.0
-        self.last_activity = 0.0
-        self.first_byte_deadline = 0.0
-        loop_now = plane.loop.time()
-        self.total_deadline = loop_now + decision.route.timeouts.total
+        self.total_deadline = plane.now + decision.route.timeouts.total
+        self.deadline = self.total_deadline  # checked by the data plane's tick
 
     # Attempts -------------------------------------------------------------------
 
     def start(self) -> None:
         route = self.decision.route
-        route.budget.record_request(time.monotonic())
-        now = time.monotonic()
+        now = self.plane.now
+        route.budget.record_request(now)
         idx = pick(self.variant, now, self.plane.next_turn())
         if idx >= 0:
             self._send(self.variant, idx)
@@ -160,11 +138,11 @@ class Exchange:
         self.attempts += 1
         self.variant = variant
         self.ep_index = idx
-        self.tried.append((variant.index, idx))
+        self.tried += ((variant.index, idx),)
         endpoint = self.endpoint = variant.endpoints[idx]
         self.series = variant.series[idx]
         endpoint.state.in_flight += 1
-        conn = self.plane.pool.take_idle(endpoint)
+        conn = self.plane.pool.take_idle(endpoint, self.plane.now)
         if conn is not None:
             self._write(conn)
         else:
@@ -180,7 +158,7 @@ class Exchange:
             return
         self.connect_task = None
         if self.finished:  # the client left while we were connecting
-            self.plane.pool.release(conn)
+            self.plane.pool.release(conn, time.monotonic())
             return
         self._write(conn)
 
@@ -189,6 +167,7 @@ class Exchange:
         conn.sink = self
         self.parser = httptools.HttpResponseParser(self)
         self.head_done = False
+        self.head_buf = b""
         self.framed = False
         self.sse = False
         endpoint = self.endpoint
@@ -218,12 +197,8 @@ class Exchange:
             )
         )
         self.sent_at = time.perf_counter()
-        loop = self.plane.loop
-        self.first_byte_deadline = loop.time() + self.decision.route.timeouts.first_byte
-        if self.timer is None:
-            self.timer = loop.call_at(
-                min(self.first_byte_deadline, self.total_deadline), self._on_timer
-            )
+        self.first_byte_deadline = self.plane.now + self.decision.route.timeouts.first_byte
+        self.deadline = min(self.first_byte_deadline, self.total_deadline)
 
     def _end_attempt(self, ok: bool) -> None:
         endpoint = self.endpoint
@@ -235,7 +210,7 @@ class Exchange:
             state.record_success()
         else:
             outlier = self.decision.route.outlier
-            now = time.monotonic()
+            now = self.plane.now
             state.record_failure(
                 now,
                 outlier.consecutive_failures,
@@ -251,7 +226,7 @@ class Exchange:
         policy = route.retries
         if self.attempts >= policy.attempts or not _retryable(policy, kind):
             return None
-        now = time.monotonic()
+        now = self.plane.now
         for variant, idx in candidates(self.decision, now, self.plane.next_turn()):
             if (variant.index, idx) in self.tried:
                 continue
@@ -279,7 +254,7 @@ class Exchange:
             self._end_attempt(ok=True)
             if endpoint is not None:
                 self.attempts -= 1
-                self.tried.pop()
+                self.tried = self.tried[:-1]
                 self._send(variant, idx)
                 return
         self._end_attempt(ok=False)
@@ -303,6 +278,14 @@ class Exchange:
         parser = self.parser
         if parser is None:
             return
+        if not self.head_done:
+            # Keep the raw head: it is relayed nearly verbatim (see on_headers_complete).
+            self.head_buf = self.head_buf + data if self.head_buf else data
+            if len(self.head_buf) > _MAX_RESPONSE_HEAD and b"\r\n\r\n" not in self.head_buf:
+                self._attempt_failed(
+                    UpstreamProtocolError(f"backend {self._backend()} sent an oversized head")
+                )
+                return
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -316,28 +299,13 @@ class Exchange:
         if self.complete_pending:
             self._finish_ok()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == _CONTENT_LENGTH:
-            self.framed = True
-        elif name == _TRANSFER_ENCODING:
-            if b"chunked" in value.lower():
-                self.chunked_out = True
-                self.framed = True
-            return
-        elif name in http11.HOP_BY_HOP_RESPONSE:
-            return
-        elif name == _CONTENT_TYPE and value.startswith(_EVENT_STREAM):
-            self.sse = True
-        self.out.append(b"%s: %s\r\n" % (name, value))
-
     def on_headers_complete(self) -> None:
         parser = self.parser
         assert parser is not None
         status = parser.get_status_code()
         self.status = status
         self.head_done = True
-        self.last_activity = self.plane.loop.time()
+        self.last_activity = self.plane.now
         if status in self.decision.route.retries.statuses and not self.discard:
             nxt = self._next_target(str(status))
             if nxt is not None:
@@ -351,8 +319,38 @@ class Exchange:
                 self.plane.loop.call_soon(self._resend, nxt)
                 return
         if status < 200:  # 1xx interim answers are not relayed (we never send Expect)
-            self.out.clear()
+            self.head_buf = self.head_buf[self.head_buf.find(b"\r\n\r\n") + 4 :]
+            self.head_done = False
             return
+        # The header block is relayed as the backend wrote it, minus hop-by-hop and
+        # internal fields. Substring searches on a lower-cased copy find the few lines
+        # that matter (a Python callback per header, or a regex, measured far slower).
+        raw = self.head_buf
+        self.head_buf = b""
+        start = raw.find(b"\r\n") + 2
+        block = raw[start : raw.find(b"\r\n\r\n", start - 2) + 2]
+        probe = b"\n" + block.lower()  # probe[j] == "\n" <=> a header line starts at block[j]
+        self.framed = b"\ncontent-length:" in probe
+        at = probe.find(b"\ncontent-type:")
+        if at >= 0:
+            self.sse = probe[at + 14 : at + 40].lstrip().startswith(_EVENT_STREAM)
+        at = probe.find(b"\ntransfer-encoding:")
+        if at >= 0 and b"chunked" in probe[at : probe.find(b"\n", at + 1)]:
+            self.chunked_out = self.framed = True
+        drop: list[int] = []
+        for marker in _DROPPED_RESPONSE_HEADERS:
+            at = probe.find(marker)
+            while at >= 0:
+                drop.append(at)
+                at = probe.find(marker, at + 1)
+        if drop:
+            kept: list[bytes] = []
+            pos = 0
+            for at in sorted(drop):
+                kept.append(block[pos:at])
+                pos = block.find(b"\r\n", at) + 2
+            kept.append(block[pos:])
+            block = b"".join(kept)
         self.started = True
         no_body = status in (204, 304)
         if not self.framed and not no_body:
@@ -362,10 +360,9 @@ class Exchange:
                 self.keep_alive = False  # HTTP/1.0 client: body ends when we close
             self.chunked_out = False
         endpoint_lines = self.variant.header_lines[self.ep_index]
-        head = b"".join(self.out)
         self.out = [
             http11.status_line(status),
-            head,
+            block,
             b"x-request-id: ",
             self.request.request_id,
             b"\r\n",
@@ -382,7 +379,7 @@ class Exchange:
             self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
             self.out.append(data)
-        self.last_activity = self.plane.loop.time()
+        self.last_activity = self.plane.now
 
     def on_message_complete(self) -> None:
         if self.discard or not self.started:
@@ -444,7 +441,6 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
         task, self.connect_task = self.connect_task, None
         if task is not None:
             task.cancel()
@@ -458,7 +454,6 @@ class Exchange:
 
     def _complete(self) -> None:
         self.finished = True
-        self._cancel_timer()
         self._end_attempt(ok=self.status < 500)
         series = self.series
         if series is not None:
@@ -468,8 +463,9 @@ class Exchange:
             series.by_class[self.status // 100 if self.status < 600 else 5] += 1
             series.duration.observe(total)
             series.upstream.observe(upstream)
-            series.overhead.observe(max(total - upstream, 0.0))
-        self.plane.log_access(self)
+            series.overhead.observe(total - upstream if total > upstream else 0.0)
+        if self.plane.access_log:
+            self.plane.log_access(self)
         self.client.exchange_done(self.keep_alive)
 
     def _finish_ok(self) -> None:
@@ -478,7 +474,7 @@ class Exchange:
         self.parser = None
         if conn is not None:
             if self.upstream_keep:
-                self.plane.pool.release(conn)
+                self.plane.pool.release(conn, self.plane.now)
             else:
                 conn.sink = None
                 conn.close()
@@ -487,7 +483,6 @@ class Exchange:
     def _respond_error(self, err: GatewayError) -> None:
         """Answer the client with the gateway's own error (nothing relayed yet)."""
         self.finished = True
-        self._cancel_timer()
         route = self.decision.route
         route.counters.errors_by_code[err.code] = route.counters.errors_by_code.get(err.code, 0) + 1
         if self.series is not None:
@@ -498,7 +493,6 @@ class Exchange:
     def _cut_client(self, err: GatewayError) -> None:
         """End a response already under way so the client cannot mistake it as complete."""
         self.finished = True
-        self._cancel_timer()
         route = self.decision.route
         route.counters.errors_by_code["stream_cut"] = (
             route.counters.errors_by_code.get("stream_cut", 0) + 1
@@ -514,38 +508,29 @@ class Exchange:
 
     # Timeouts -----------------------------------------------------------------------
 
-    def _on_timer(self) -> None:
-        self.timer = None
+    def on_deadline(self, now: float) -> None:
+        """Called by the data plane's tick once `deadline` has passed."""
         if self.finished:
+            self.deadline = float("inf")
             return
-        loop = self.plane.loop
-        now = loop.time()
         timeouts = self.decision.route.timeouts
         if now >= self.total_deadline:
             self._timed_out(f"the route's total timeout of {timeouts.total:g}s")
-            return
-        if not self.head_done:
+        elif not self.head_done:
             if self.upstream is not None and now >= self.first_byte_deadline:
                 self._timed_out(f"no response head within first_byte={timeouts.first_byte:g}s")
-                return
-            nxt = min(self.first_byte_deadline, self.total_deadline)
-            if self.upstream is None:  # still connecting; the connect timeout governs
-                nxt = min(now + timeouts.first_byte, self.total_deadline)
+            else:  # still connecting: the connect timeout governs that part
+                self.deadline = min(now + timeouts.first_byte, self.total_deadline)
         else:
             idle_deadline = self.last_activity + timeouts.idle
             if now >= idle_deadline:
                 self._timed_out(f"the stream was silent longer than idle={timeouts.idle:g}s")
-                return
-            nxt = min(idle_deadline, self.total_deadline)
-        self.timer = loop.call_at(nxt, self._on_timer)
+            else:
+                self.deadline = min(idle_deadline, self.total_deadline)
 
     def _timed_out(self, why: str) -> None:
+        self.deadline = float("inf")
         self._attempt_failed(UpstreamTimeout(f"backend {self._backend()}: {why}"))
-
-    def _cancel_timer(self) -> None:
-        timer, self.timer = self.timer, None
-        if timer is not None:
-            timer.cancel()
 
     def _backend(self) -> str:
         return self.endpoint.backend if self.endpoint is not None else "?"

@@ -26,6 +26,9 @@ from gateway.settings import Settings
 if TYPE_CHECKING:
     from gateway.dataplane.fronts import OpenAIFront as _Front
 
+TICK = 0.1  # seconds between deadline checks: the precision of every timeout
+SWEEP_EVERY = 50  # ticks between closing idle upstream connections
+
 log = logging.getLogger("switchyard.access")
 errlog = logging.getLogger("switchyard.dataplane")
 
@@ -57,7 +60,11 @@ class DataPlane:
         self._rid_counter = 0
         self._fronts: list[tuple[bytes, _Front]] = [(b"/v1/", OpenAIFront(self))]
         self._server: asyncio.base_events.Server | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._ticks = 0
+        # A coarse clock for the request path (time.monotonic() base): refreshed per
+        # client read and per tick, so exchanges read a float instead of calling clocks.
+        self.now = time.monotonic()
         self.access_log = settings.access_log
 
     # Serving ------------------------------------------------------------------------
@@ -67,7 +74,7 @@ class DataPlane:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, backlog=4096, reuse_address=True
         )
-        self._schedule_sweep()
+        self._ticker = self.loop.call_later(TICK, self._tick)
         sock = self._server.sockets[0]
         bound: int = sock.getsockname()[1]
         return bound
@@ -133,8 +140,6 @@ class DataPlane:
         return orjson.dumps(parsed)
 
     def log_access(self, exchange: Exchange) -> None:
-        if not self.access_log:
-            return
         req = exchange.request
         log.info(
             "%s %s %s route=%s variant=%s backend=%s status=%d attempts=%d ms=%.2f",
@@ -163,12 +168,19 @@ class DataPlane:
             self.connections.discard(conn)
             self.metrics.connections_open -= 1
 
-    def _schedule_sweep(self) -> None:
-        self._sweeper = self.loop.call_later(5.0, self._sweep)
-
-    def _sweep(self) -> None:
-        self.pool.sweep()
-        self._schedule_sweep()
+    def _tick(self) -> None:
+        """Enforce every connection's and exchange's deadline; sweep idle upstreams."""
+        now = self.now = time.monotonic()
+        for conn in list(self.connections):
+            if conn.deadline <= now:
+                conn.on_deadline()
+            exchange = conn.exchange
+            if exchange is not None and exchange.deadline <= now:
+                exchange.on_deadline(now)
+        self._ticks += 1
+        if self._ticks % SWEEP_EVERY == 0:
+            self.pool.sweep()
+        self._ticker = self.loop.call_later(TICK, self._tick)
 
     def stop_listening(self) -> None:
         if self._server is not None:
@@ -191,7 +203,7 @@ class DataPlane:
             if conn.exchange is not None:
                 cut += 1
             conn.close_now()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.pool.close()
         return cut

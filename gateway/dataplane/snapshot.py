@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from zlib import crc32
 
 from gateway.dataplane.health import EndpointState, RetryBudget
 from gateway.observability.metrics import RequestSeries, RouteCounters
@@ -29,6 +30,11 @@ class Endpoint:
     backend: str  # metric label: "host:port"
     host_header: bytes
     state: EndpointState
+
+    base_path_bytes: bytes = b""  # base_path, encoded once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_path_bytes", self.base_path.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,10 @@ class Route:
     counters: RouteCounters
     source: str = ""  # file (and document) the policy came from
     max_body_bytes: int | None = None
+    salt_crc: int = 0  # crc32(salt), the seed of every sticky hash on this route
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "salt_crc", crc32(self.salt))
 
 
 @dataclass(frozen=True, slots=True)

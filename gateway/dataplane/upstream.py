@@ -160,9 +160,9 @@ class UpstreamPool:
             )
         return pool
 
-    def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
+    def take_idle(self, endpoint: Endpoint, now: float) -> UpstreamConnection | None:
         """An idle keep-alive connection, or None: the plain path needs no await."""
-        return self._pool(endpoint).take_idle(time.monotonic())
+        return self._pool(endpoint).take_idle(now)
 
     async def connect(self, endpoint: Endpoint, timeout: float) -> UpstreamConnection:
         """Open a new connection, translating every socket failure into a gateway error."""
@@ -196,8 +196,8 @@ class UpstreamPool:
             raise
         return conn
 
-    def release(self, conn: UpstreamConnection) -> None:
-        conn.pool.release(conn, time.monotonic())
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        conn.pool.release(conn, now)
 
     def sweep(self) -> None:
         now = time.monotonic()
