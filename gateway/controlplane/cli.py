@@ -17,6 +17,7 @@ from gateway.controlplane.compile import compile_snapshot, load_checked, policy_
 from gateway.controlplane.diff import diff_policies
 from gateway.controlplane.explain import explain, render_text
 from gateway.controlplane.loader import PolicyError
+from gateway.controlplane.reference import render_markdown
 from gateway.controlplane.schema import render_json_schema
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.health import HealthRegistry
@@ -67,6 +68,9 @@ def add_commands(subparsers: Any) -> None:
 
     schema = sub.add_parser("schema", help="print the JSON schema of a policy document")
     schema.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    schema.add_argument(
+        "--markdown", action="store_true", help="a Markdown field reference instead (README)"
+    )
     schema.set_defaults(handler=run_schema)
 
 
@@ -158,8 +162,8 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_schema(args: argparse.Namespace) -> int:
-    """`policy schema [--output FILE]`"""
-    text = render_json_schema()
+    """`policy schema [--output FILE] [--markdown]`"""
+    text = render_markdown() if args.markdown else render_json_schema()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:

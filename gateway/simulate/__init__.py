@@ -1,9 +1,9 @@
 """Backend simulators: protocol-faithful, fast fake model servers.
 
 Used by the quick start, as the gateway's upstreams in integration tests, and as the
-backends of load tests. Each simulator is a `Handler` on one small HTTP/1.1 core
-(`server.py`), programmed per request by `x-sim-*` headers or by fault rules
-(`faults.py`), and observable at `/sim/stats`.
+backends of load tests. Each simulator is a `Handler` (`exchange.py`) on one small
+HTTP/1.1 core (`connection.py`, `server.py`), programmed per request by `x-sim-*`
+headers or by fault rules (`faults.py`), and observable at `/sim/stats`.
 
     server = await serve_openai(OpenAIOptions(tokens=8), port=0)
     client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x")

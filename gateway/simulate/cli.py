@@ -43,9 +43,10 @@ def add_backends(backends: Subparsers) -> None:
         "openai",
         help="OpenAI / vLLM API: chat, completions, embeddings, models, /metrics",
         description=(
-            "Simulate a vLLM server speaking the OpenAI API. Every response carries "
-            "x-sim-name; GET /sim/stats, POST /sim/reset and GET/POST /sim/faults "
-            "control it from tests."
+            "Simulate a vLLM server speaking the OpenAI API. Faults and x-sim-* headers "
+            "apply to /v1/chat/completions, /v1/completions and /v1/embeddings. Every "
+            "response carries x-sim-name; GET /sim/stats, POST /sim/reset and "
+            "GET/POST /sim/faults (rules, /health status) control it from tests."
         ),
         epilog=FAULT_SYNTAX,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -26,13 +26,17 @@ class EventStream:
 
 def play_stream(
     stream: EventStream, *, latency_s: float, chunk_delay_s: float, cut_after: int | None
-) -> Deferred:
+) -> Response | Deferred:
     """Stream `stream` like a model server: headers at once, the first events after
     `latency_s` (time to first token), `chunk_delay_s` between content events.
 
     With `cut_after` N the connection closes after N content events, before the tail,
-    whatever N is: a cut stream is always incomplete.
+    whatever N is: a cut stream is always incomplete. Without delays or a cut every
+    event is ready at once, so it goes out in one write (still one HTTP chunk per event).
     """
+    if latency_s <= 0 and chunk_delay_s <= 0 and cut_after is None:
+        events = [*stream.lead, *stream.content, *stream.tail]
+        return Response(200, b"", stream.content_type, stream.headers, chunks=events)
 
     async def run(responder: Responder) -> None:
         responder.start(200, stream.content_type, stream.headers)

@@ -61,13 +61,27 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
-    """A complete response; `delay` seconds pass before it is written."""
+    """A complete response, written in one `write` after `delay` seconds.
+
+    With `chunks` the body is those pieces instead, sent with chunked transfer encoding,
+    one HTTP chunk each: a stream whose events are all ready at once (no delays) costs
+    one write instead of one per event, with the same bytes on the wire.
+    """
 
     status: int
     body: bytes
     content_type: bytes = b"application/json"
     headers: Headers = ()
     delay: float = 0.0
+    chunks: list[bytes] | None = None
+
+
+def frame_chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk: hex size, CRLF, data, CRLF."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 class Sink(Protocol):
@@ -95,6 +109,9 @@ class Sink(Protocol):
 
     def write(self, data: bytes) -> None:
         """Write bytes to the client."""
+
+    def send(self, response: Response) -> None:
+        """Write a complete response (ignoring its `delay`) and complete the exchange."""
 
     async def wait_writable(self) -> None:
         """Return once the transport accepts writes again."""
@@ -141,12 +158,8 @@ class Responder:
         if self.done:
             return
         self._check_not_started()
-        close = not self._request.keep_alive
-        head = self._sink.head(
-            response.status, response.content_type, response.headers, len(response.body), close
-        )
-        self._sink.write(head + response.body)
-        self._finish("completed")
+        self._done = True
+        self._sink.send(response)
 
     def send_partial(self, response: Response, body_bytes: int) -> None:
         """Write the headers and the first `body_bytes` of the body, then close (a fault)."""
@@ -177,7 +190,7 @@ class Responder:
         if not self._started:
             raise RuntimeError("chunk() before start()")
         if self._chunked:
-            self._sink.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._sink.write(frame_chunk(data))
         else:
             self._sink.write(data)
 
@@ -193,7 +206,7 @@ class Responder:
         if not self._started:
             raise RuntimeError("end() before start()")
         if self._chunked:
-            self._sink.write(b"0\r\n\r\n")
+            self._sink.write(LAST_CHUNK)
             self._finish("completed")
         else:
             # Close-delimited body: closing the connection is what ends it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 
@@ -45,16 +45,14 @@ def error_body(status: int, message: str, param: str | None = None) -> bytes:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
+class Completion(NamedTuple):
     """What the simulated model produced for one choice."""
 
     tokens: list[str]
     finish_reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """Fields shared by every object of one response."""
 
     id: str

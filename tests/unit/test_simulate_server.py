@@ -165,10 +165,15 @@ async def test_chunked_request_body(sim: SimServer) -> None:
     await client.close()
 
 
-async def test_each_sse_event_is_its_own_chunk(sim: SimServer) -> None:
+@pytest.mark.parametrize(
+    "timing",
+    [(), ("x-sim-latency-ms: 1",), ("x-sim-chunk-delay-ms: 1",)],
+    ids=["instant", "first-token-latency", "chunk-delay"],
+)
+async def test_each_sse_event_is_its_own_chunk(sim: SimServer, timing: tuple[str, ...]) -> None:
     client = await open_client(sim)
     body = CHAT[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
-    await client.send(post("/v1/chat/completions", body))
+    await client.send(post("/v1/chat/completions", body, *timing))
     (response,) = await client.responses(1)
     events = bytes(response.body).split(b"\n\n")[:-1]
     assert response.headers["transfer-encoding"] == "chunked"
@@ -276,7 +281,9 @@ async def test_hang_until_server_close() -> None:
 async def test_slow_reader_gets_the_whole_stream(sim: SimServer) -> None:
     client = await open_client(sim)
     body = CHAT[:-1] + b',"stream":true}'
-    await client.send(post("/v1/chat/completions", body, "x-sim-tokens: 40000"))
+    # The latency makes it a timed stream, written event by event with flow control.
+    timed = ("x-sim-tokens: 40000", "x-sim-latency-ms: 1")
+    await client.send(post("/v1/chat/completions", body, *timed))
     await asyncio.sleep(0.3)  # let the server's buffer fill: it must pause, not drop
     (response,) = await client.responses(1, timeout=30)
     assert bytes(response.body).endswith(b"data: [DONE]\n\n")
@@ -339,3 +346,18 @@ async def test_core_serves_any_handler_and_survives_its_bugs() -> None:
     await client.until_eof()  # a Deferred that forgets to finish ends the connection
     await client.close()
     await server.close()
+
+
+async def test_upgrade_offer_answered_then_closed(sim: SimServer) -> None:
+    client = await open_client(sim)
+    await client.send(
+        get("/v1/models", "connection: Upgrade, HTTP2-Settings", "upgrade: h2c", "http2-settings: ")
+    )
+    await client.until_eof()
+    assert [r.status for r in client.done] == [200]
+    await client.close()
+
+
+async def test_bad_name_rejected_before_listening() -> None:
+    with pytest.raises(ValueError, match="invalid simulator name"):
+        await serve_openai(name="bad\r\nname")
