@@ -305,7 +305,9 @@ class Exchange:
         status = parser.get_status_code()
         self.status = status
         self.head_done = True
-        self.last_activity = self.plane.now
+        now = self.last_activity = self.plane.now
+        idle_deadline = now + self.decision.route.timeouts.idle
+        self.deadline = idle_deadline if idle_deadline < self.total_deadline else self.total_deadline
         if status in self.decision.route.retries.statuses and not self.discard:
             nxt = self._next_target(str(status))
             if nxt is not None:

@@ -248,3 +248,47 @@ def test_chunked_request_body_and_expect_continue(
         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
     )
     assert resp.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+
+
+def test_endpoint_killed_mid_run_is_ejected_without_failures(
+    gateway: Callable[..., GatewayProc], sims: tuple[Simulator, Simulator]
+) -> None:
+    from tests.procs import start_simulator
+
+    doomed = start_simulator("doomed")
+    try:
+        gw = gateway(pool_policy("r", [sims[0].url, doomed.url]))
+        before = [chat(gw).headers["x-switchyard-backend"] for _ in range(20)]
+        assert doomed.url.removeprefix("http://") in before  # both endpoints served
+        doomed.proc.stop()
+        statuses = [chat(gw).status_code for _ in range(100)]
+    finally:
+        doomed.proc.stop()
+    assert statuses == [200] * 100
+    backend = doomed.url.removeprefix("http://")
+    assert gw.metric("switchyard_backend_ejected", backend=backend) == 1
+    assert gw.metric("switchyard_backend_ejections_total", backend=backend) >= 1
+
+
+def test_silent_stream_hits_idle_timeout_with_error_event(
+    gateway: Callable[..., GatewayProc], sims: tuple[Simulator, Simulator]
+) -> None:
+    gw = gateway(pool_policy("r", [sims[0].url], "timeouts: {idle: 400ms}\n"))
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json={"model": "r", "messages": MESSAGES, "stream": True},
+        headers={"x-sim-tokens": "5", "x-sim-chunk-delay-ms": "2000"},
+        timeout=10,
+    ) as r:
+        assert r.status_code == 200
+        parts: list[bytes] = []
+
+        def consume() -> None:
+            parts.extend(r.iter_raw())
+
+        with pytest.raises(httpx.HTTPError):
+            consume()
+    body = b"".join(parts)
+    assert b"idle=0.4s" in body  # the error event names the timeout
+    assert b"[DONE]" not in body
