@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -44,18 +45,11 @@ if TYPE_CHECKING:
 _EVENT_STREAM = b"text/event-stream"
 _MAX_RESPONSE_HEAD = 64 * 1024
 # Response fields never relayed (RFC 9110 7.6.1 hop-by-hop, plus our own namespace),
-# as "\n" + lower-case name, searched in "\n" + the lower-cased header block.
-_DROPPED_RESPONSE_HEADERS = (
-    b"\nconnection:",
-    b"\nkeep-alive:",
-    b"\nproxy-connection:",
-    b"\nproxy-authenticate:",
-    b"\nte:",
-    b"\ntrailer:",
-    b"\ntransfer-encoding:",
-    b"\nupgrade:",
-    b"\nx-request-id:",
-    b"\nx-switchyard-",
+# matched in "\n" + the lower-cased header block: the leading "\n" is a literal prefix
+# the regex engine scans for quickly, so only line starts are tried.
+_DROPPED_RESPONSE_HEADER = re.compile(
+    rb"\n(?:connection|keep-alive|proxy-connection|proxy-authenticate|te|trailer"
+    rb"|transfer-encoding|upgrade|x-request-id|x-switchyard-[a-z0-9-]*):"
 )
 
 
@@ -307,7 +301,7 @@ class Exchange:
         self.head_done = True
         now = self.last_activity = self.plane.now
         idle_deadline = now + self.decision.route.timeouts.idle
-        self.deadline = idle_deadline if idle_deadline < self.total_deadline else self.total_deadline
+        self.deadline = min(idle_deadline, self.total_deadline)
         if status in self.decision.route.retries.statuses and not self.discard:
             nxt = self._next_target(str(status))
             if nxt is not None:
@@ -325,8 +319,8 @@ class Exchange:
             self.head_done = False
             return
         # The header block is relayed as the backend wrote it, minus hop-by-hop and
-        # internal fields. Substring searches on a lower-cased copy find the few lines
-        # that matter (a Python callback per header, or a regex, measured far slower).
+        # internal fields. Searches on a lower-cased copy find the few lines that matter
+        # (a Python callback per header measured several microseconds slower).
         raw = self.head_buf
         self.head_buf = b""
         start = raw.find(b"\r\n") + 2
@@ -339,16 +333,11 @@ class Exchange:
         at = probe.find(b"\ntransfer-encoding:")
         if at >= 0 and b"chunked" in probe[at : probe.find(b"\n", at + 1)]:
             self.chunked_out = self.framed = True
-        drop: list[int] = []
-        for marker in _DROPPED_RESPONSE_HEADERS:
-            at = probe.find(marker)
-            while at >= 0:
-                drop.append(at)
-                at = probe.find(marker, at + 1)
-        if drop:
+        if _DROPPED_RESPONSE_HEADER.search(probe) is not None:
             kept: list[bytes] = []
             pos = 0
-            for at in sorted(drop):
+            for m in _DROPPED_RESPONSE_HEADER.finditer(probe):
+                at = m.start()
                 kept.append(block[pos:at])
                 pos = block.find(b"\r\n", at) + 2
             kept.append(block[pos:])

@@ -1,0 +1,198 @@
+"""The relay of the real data plane objects, with in-memory transports at the network edge.
+
+These pin down byte-level behaviour that is awkward to provoke with real backends:
+header filtering, chunk re-framing, read-until-close bodies, HTTP/1.0 clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from gateway.controlplane.compile import compile_snapshot
+from gateway.controlplane.loader import parse_policies
+from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.plane import DataPlane
+from gateway.dataplane.server import ClientConnection
+from gateway.dataplane.snapshot import SnapshotRef
+from gateway.dataplane.upstream import UpstreamConnection
+from gateway.observability.metrics import GatewayMetrics
+from gateway.settings import Settings
+
+POLICY = """apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: chat
+variants:
+  - {name: main, endpoints: ["http://127.0.0.1:9"]}
+"""
+BODY = b'{"model":"chat","messages":[]}'
+
+
+class MemoryTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        self.data += data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Rig:
+    """A data plane with one client connection and one pooled upstream connection."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics = GatewayMetrics()
+        health = HealthRegistry(self.metrics)
+        policies, problems = parse_policies(POLICY, "t.yaml")
+        assert not problems
+        snap = compile_snapshot(policies, metrics=self.metrics, health=health)
+        self.plane = DataPlane(
+            Settings(), SnapshotRef(snap), self.metrics, health, loop, random.Random(1)
+        )
+        self.client = ClientConnection(self.plane)
+        self.client_t = MemoryTransport()
+        self.client.connection_made(self.client_t)
+        endpoint = snap.routes["chat"].variants[0].endpoints[0]
+        pool = self.plane.pool._pool(endpoint)
+        self.upstream = UpstreamConnection(pool)
+        self.upstream_t = MemoryTransport()
+        self.upstream.connection_made(self.upstream_t)
+        pool.active += 1
+        pool.release(self.upstream, self.plane.now)
+
+    def request(self, extra: bytes = b"", version: bytes = b"1.1") -> None:
+        self.client.data_received(
+            b"POST /v1/chat/completions HTTP/"
+            + version
+            + b"\r\nhost: gw\r\n"
+            + extra
+            + b"content-length: %d\r\n\r\n%s" % (len(BODY), BODY)
+        )
+
+
+async def test_request_headers_forwarded_without_hop_by_hop() -> None:
+    rig = Rig()
+    rig.request(
+        b"connection: keep-alive, x-foo\r\nte: trailers\r\nx-switchyard-backend: evil\r\n"
+        b"authorization: Bearer k\r\nx-request-id: client-1\r\n"
+    )
+    sent = bytes(rig.upstream_t.data)
+    head = sent.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"post /v1/chat/completions http/1.1\r\nhost: 127.0.0.1:9\r\n")
+    assert b"\r\nconnection:" not in head and b"\r\nte:" not in head
+    assert b"x-switchyard-backend" not in head  # a client cannot steer internals
+    assert b"authorization: bearer k" in head
+    assert b"x-request-id: client-1" in head
+    assert sent.endswith(BODY)
+
+
+async def test_response_head_relayed_minus_hop_by_hop_in_one_write() -> None:
+    rig = Rig()
+    rig.request()
+    writes: list[bytes] = []
+    original = rig.client_t.write
+    rig.client_t.write = lambda d: (writes.append(bytes(d)), original(d))[1]  # type: ignore[method-assign]
+    body = b'{"ok":true}'
+    rig.upstream.data_received(
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+        b"X-Switchyard-Variant: forged\r\nContent-Type: application/json\r\nX-Custom: 1\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert len(writes) == 1
+    out = writes[0]
+    assert out.startswith(b"HTTP/1.1 200 OK\r\nServer: up\r\n")
+    assert b"Connection:" not in out and b"Keep-Alive" not in out and b"forged" not in out
+    assert b"Content-Type: application/json\r\nX-Custom: 1\r\nContent-Length: 11\r\n" in out
+    assert b"x-switchyard-variant: main\r\n" in out
+    assert out.endswith(b"\r\n\r\n" + body)
+    assert rig.client.exchange is None  # done, connection kept for the next request
+    assert not rig.client_t.closed
+
+
+async def test_chunked_upstream_is_reframed_per_read() -> None:
+    rig = Rig()
+    rig.request()
+    rig.upstream.data_received(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"6\r\ndata: \r\n"
+    )
+    first = bytes(rig.client_t.data)
+    assert b"transfer-encoding: chunked\r\n" in first
+    assert first.endswith(b"\r\n\r\n6\r\ndata: \r\n")
+    rig.upstream.data_received(b"3\r\nx\n\n\r\n0\r\n\r\n")
+    assert bytes(rig.client_t.data).endswith(b"3\r\nx\n\n\r\n0\r\n\r\n")
+    assert rig.client.exchange is None
+
+
+async def test_read_until_close_body_becomes_chunked() -> None:
+    rig = Rig()
+    rig.request()
+    rig.upstream.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nhello ")
+    rig.upstream.data_received(b"world")
+    rig.upstream.connection_lost(None)
+    out = bytes(rig.client_t.data)
+    assert b"transfer-encoding: chunked" in out
+    assert out.endswith(b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n")
+    assert rig.metrics.series("chat", "main", "", "127.0.0.1:9").by_class[2] == 1
+
+
+async def test_cut_sse_stream_ends_with_error_event_and_no_last_chunk() -> None:
+    rig = Rig()
+    rig.request()
+    rig.upstream.data_received(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"8\r\ndata: 1\n\r\n"
+    )
+    rig.upstream.connection_lost(ConnectionResetError("reset"))
+    out = bytes(rig.client_t.data)
+    assert b'data: {"error"' in out
+    assert not out.endswith(b"0\r\n\r\n")
+    assert rig.client_t.aborted
+
+
+async def test_http10_client_gets_close_delimited_body() -> None:
+    rig = Rig()
+    rig.request(version=b"1.0")
+    rig.upstream.data_received(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    out = bytes(rig.client_t.data)
+    assert b"transfer-encoding" not in out.lower()
+    assert b"connection: close" in out
+    assert out.endswith(b"\r\n\r\nabc")
+    assert rig.client_t.closed
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_bodyless_statuses_relayed(status: int) -> None:
+    rig = Rig()
+    rig.request()
+    rig.upstream.data_received(b"HTTP/1.1 %d X\r\nx-a: b\r\n\r\n" % status)
+    out = bytes(rig.client_t.data)
+    assert out.startswith(b"HTTP/1.1 %d " % status)
+    assert b"transfer-encoding" not in out
+    assert rig.client.exchange is None
