@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,registry]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,8 +38,9 @@ format: install
 schema: install
 	$(VENV)/bin/switchyard policy schema --output policies/schema.json
 
+## Gateway vs nginx vs direct on this machine (needs: apt-get install -y nginx wrk).
 bench: install
-	$(PY) loadtests/bench --help
+	$(PY) loadtests/bench --duration 5 --repeat 3 --markdown
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

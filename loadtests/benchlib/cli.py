@@ -1,0 +1,380 @@
+"""`loadtests/bench`: command line and the two modes (throughput, streaming)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from benchlib import configs, report
+from benchlib.machine import machine_info
+from benchlib.procs import REPO, BenchError, Launcher, Service, find_tool, gateway_python, get, post
+from benchlib.streaming import run_streams
+from benchlib.throughput import (
+    Plan,
+    System,
+    add_comparisons,
+    run_rounds,
+    summarize,
+    variant_split,
+)
+from benchlib.wrk import write_script
+
+RESULTS = REPO / "loadtests" / "results"
+LITELLM_VENV = REPO / "loadtests" / ".litellm-venv"
+# The version this harness was last run against; pinned so peer numbers are reproducible.
+LITELLM_SPEC = "litellm[proxy]==1.106.12"
+POLICY_SUMMARY = (
+    "route chat, champion 90 / challenger 10, sticky header:x-user-id, "
+    "override x-cohort=beta, fallback, retries 2"
+)
+
+DESCRIPTION = """\
+Benchmark the Switchyard gateway against nginx on this machine.
+
+Starts, on loopback and in a temp dir (all removed on exit, Ctrl-C included):
+  upstream  nginx answering every POST with a fixed ~400-byte chat.completion
+  direct    wrk -> upstream (the ceiling)
+  nginx     wrk -> nginx reverse proxy (1 worker, upstream keepalive) -> upstream
+  gateway   wrk -> switchyard serve (1 process, a 90/10 sticky canary) -> upstream
+  litellm   wrk -> LiteLLM proxy (1 worker) -> upstream         (with --litellm)
+and drives each with wrk (-t1, a ~300-byte chat body, a new x-user-id per request),
+interleaved for --repeat rounds; reports the median req/s, p50/p99 at c=1, CPU
+microseconds per request of the proxy process and its RSS.
+
+--streaming instead measures SSE through the gateway against the bundled simulator:
+time to first byte and added time per chunk, direct vs nginx vs gateway, at c=1.
+"""
+
+EPILOG = """\
+examples:
+  loadtests/bench                          # 10 s x 3 rounds, c=32, plus c=1 latency
+  loadtests/bench --duration 5 --repeat 3 --markdown
+  loadtests/bench --streaming              # SSE: 20- and 200-token streams
+  loadtests/bench --install-litellm        # one-off, takes a few minutes
+  loadtests/bench --litellm                # add LiteLLM proxy as a row
+
+needs: nginx and wrk (apt-get install -y nginx wrk). On a shared 2-core machine the
+client, the proxy and the upstream compete for the cores: quote ratios from one run,
+not absolute numbers from different runs.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loadtests/bench",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration", type=_positive, default=10, help="seconds per wrk run (default 10)"
+    )
+    parser.add_argument(
+        "--repeat", type=_positive, default=3, help="interleaved rounds; median (default 3)"
+    )
+    parser.add_argument(
+        "-c", "--connections", type=_positive, default=32, help="wrk connections (default 32)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: no warm-up, no c=1 latency runs, 20 streams with --streaming",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="JSON results (default loadtests/results/bench-latest.json, "
+        "or bench-streaming-latest.json with --streaming)",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print the table as Markdown for a README"
+    )
+    parser.add_argument(
+        "--streaming", action="store_true", help="run the SSE benchmark instead of wrk"
+    )
+    parser.add_argument(
+        "--streams", type=_positive, default=200, help="streams per system and length (200)"
+    )
+    parser.add_argument(
+        "--stream-tokens",
+        type=_token_list,
+        default=(20, 200),
+        metavar="N[,N...]",
+        help="content chunks per stream (default 20,200)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="gateway worker processes (only 1 until `switchyard serve` has --workers)",
+    )
+    parser.add_argument(
+        "--litellm",
+        action="store_true",
+        help=f"add the LiteLLM proxy as a peer (needs {LITELLM_VENV.relative_to(REPO)})",
+    )
+    parser.add_argument(
+        "--install-litellm",
+        action="store_true",
+        help=f"create {LITELLM_VENV.relative_to(REPO)} with {LITELLM_SPEC} (a few minutes)",
+    )
+    parser.add_argument(
+        "--python",
+        default=gateway_python(),
+        help="interpreter that runs the gateway (default: the project's .venv)",
+    )
+    parser.add_argument(
+        "--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for debugging"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the `with Launcher` blocks stop every child;
+    # SIGINT is re-armed because a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if args.install_litellm:
+            install_litellm(LITELLM_VENV, LITELLM_SPEC)
+            if not args.litellm:
+                return 0
+        if args.workers != 1 and not _serve_has_workers(args.python):
+            print(
+                f"bench: --workers {args.workers}: not supported yet "
+                "(`switchyard serve` has no --workers option); nothing was measured",
+                file=sys.stderr,
+            )
+            return 2
+        if args.streaming:
+            return streaming_mode(args)
+        return throughput_mode(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+
+
+# Throughput ---------------------------------------------------------------------------
+
+
+def throughput_mode(args: argparse.Namespace) -> int:
+    wrk = find_tool("wrk", "wrk")
+    nginx = find_tool("nginx", "nginx")
+    info = machine_info(REPO, args.python, {"nginx": nginx, "wrk": wrk})
+    plan_kw = {"duration_s": args.duration, "repeat": args.repeat}
+    with Launcher(keep=args.keep_tmp) as launcher:
+        upstream = launcher.start_nginx("upstream", configs.nginx_upstream_conf)
+        proxy = launcher.start_nginx(
+            "nginx-proxy",
+            lambda d, p: configs.nginx_proxy_conf(d, p, upstream.port, streaming=False),
+        )
+        extras = configs.shadow_and_drift_hook(upstream.url)
+        policy = configs.gateway_policy(upstream.url, extras)
+        gateway = launcher.start_gateway(policy, args.python, _worker_args(args.workers))
+        _check_gateway(gateway)
+        path = configs.CHAT_PATH
+        systems = [
+            System("direct", "direct (upstream nginx)", upstream.url + path, None),
+            System("nginx", "nginx proxy", proxy.url + path, proxy),
+            System("gateway", "switchyard gateway", gateway.url + path, gateway),
+        ]
+        if args.litellm:
+            litellm = launcher.start_litellm(LITELLM_VENV, upstream.url)
+            systems.append(System("litellm", "litellm proxy", litellm.url + path, litellm))
+        plan = Plan(
+            wrk=wrk,
+            script=write_script(launcher.root),
+            connections=args.connections,
+            warmup_s=0 if args.quick else 1,
+            latency_runs=not args.quick,
+            **plan_kw,
+        )
+        print(
+            f"bench: {len(systems)} systems, {args.repeat} rounds of {args.duration} s "
+            f"(c={args.connections}{'' if args.quick else ' and c=1'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        run_rounds(systems, upstream, plan)
+        results = {s.name: summarize(s) for s in systems}
+        ratios = add_comparisons(systems, results)
+        status, metrics = get(gateway.admin_url or "", "/metrics")
+        split = variant_split(metrics.decode(), configs.ROUTE) if status == 200 else {}
+    total = sum(split.values())
+    result: dict[str, Any] = {
+        "kind": "throughput",
+        "machine": {**info, "loadavg_at_end": list(os.getloadavg())},
+        "config": {
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "repeat": args.repeat,
+            "quick": args.quick,
+            "latency_runs": not args.quick,
+            "wrk_threads": 1,
+            "users": configs.USERS,
+            "request_bytes": len(configs.REQUEST_BODY),
+            "response_bytes": len(configs.RESPONSE_BODY),
+        },
+        "gateway": {
+            "policy": policy,
+            "policy_summary": POLICY_SUMMARY,
+            "shadow": extras.shadow,
+            "drift": extras.drift,
+            "workers": args.workers,
+            "variant_requests": split,
+            "variant_share": {k: v / total for k, v in split.items()} if total else {},
+        },
+        "systems": results,
+        "ratios": ratios,
+    }
+    _write(result, args.output or RESULTS / "bench-latest.json")
+    print(report.throughput_table(result))
+    if args.markdown:
+        print("\n" + report.throughput_table(result, markdown=True))
+    gateway_errors = results["gateway"]["non2xx_total"]
+    if gateway_errors:
+        print(f"bench: the gateway answered {gateway_errors} non-2xx responses", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_gateway(gateway: Service) -> None:
+    # Measure nothing until the gateway demonstrably routes through the policy.
+    status, headers, body = post(gateway.url, configs.CHAT_PATH, configs.REQUEST_BODY)
+    if status != 200 or "x-switchyard-variant" not in headers:
+        raise BenchError(
+            f"the gateway did not route the bench request (HTTP {status}, headers "
+            f"{sorted(headers)}): {body[:500]!r}\n{gateway.log_tail()}"
+        )
+
+
+# Streaming ----------------------------------------------------------------------------
+
+
+def streaming_mode(args: argparse.Namespace) -> int:
+    nginx = find_tool("nginx", "nginx")
+    info = machine_info(REPO, args.python, {"nginx": nginx})
+    streams = 20 if args.quick else args.streams
+    warmup = 3 if args.quick else 20
+    runs: list[dict[str, Any]] = []
+    with Launcher(keep=args.keep_tmp) as launcher:
+        sim = launcher.start_simulator(
+            args.python, "--tokens", str(max(args.stream_tokens)), "--latency-ms", "0"
+        )
+        proxy = launcher.start_nginx(
+            "nginx-proxy", lambda d, p: configs.nginx_proxy_conf(d, p, sim.port, streaming=True)
+        )
+        extras = configs.shadow_and_drift_hook(sim.url)
+        gateway = launcher.start_gateway(
+            configs.gateway_policy(sim.url, extras), args.python, _worker_args(args.workers)
+        )
+        _check_gateway(gateway)
+        proxies: dict[str, Service | None] = {"direct": None, "nginx": proxy, "gateway": gateway}
+        urls = {"direct": sim.url, "nginx": proxy.url, "gateway": gateway.url}
+        for tokens in args.stream_tokens:
+            print(f"bench: {streams} streams x {tokens} tokens", file=sys.stderr, flush=True)
+            series = run_streams(proxies, urls, tokens, streams, warmup)
+            direct = series["direct"]
+            systems: dict[str, dict[str, Any]] = {}
+            for name, s in series.items():
+                entry: dict[str, Any] = {
+                    "events": s.events,
+                    "ttfb_p50_ms": s.ms("ttfb_ns", 50),
+                    "ttfb_p99_ms": s.ms("ttfb_ns", 99),
+                    "total_p50_ms": s.ms("total_ns", 50),
+                    "total_p99_ms": s.ms("total_ns", 99),
+                    "total_mean_ms": statistics.fmean(x.total_ns for x in s.samples) / 1e6,
+                }
+                if name != "direct":
+                    entry["added_ttfb_ms"] = entry["ttfb_p50_ms"] - direct.ms("ttfb_ns", 50)
+                    added_total_ms = entry["total_p50_ms"] - direct.ms("total_ns", 50)
+                    entry["added_total_ms"] = added_total_ms
+                    entry["added_per_chunk_us"] = added_total_ms * 1000 / s.events
+                if s.cpu_s is not None:
+                    entry["cpu_us_per_stream"] = s.cpu_s * 1e6 / len(s.samples)
+                    entry["cpu_us_per_chunk"] = entry["cpu_us_per_stream"] / s.events
+                systems[name] = entry
+            runs.append({"tokens": tokens, "streams": streams, "systems": systems})
+    result: dict[str, Any] = {
+        "kind": "streaming",
+        "machine": {**info, "loadavg_at_end": list(os.getloadavg())},
+        "config": {"streams": streams, "warmup": warmup, "tokens": list(args.stream_tokens)},
+        "gateway": {"shadow": extras.shadow, "drift": extras.drift, "workers": args.workers},
+        "runs": runs,
+    }
+    _write(result, args.output or RESULTS / "bench-streaming-latest.json")
+    print(report.streaming_table(result))
+    if args.markdown:
+        print("\n" + report.streaming_table(result, markdown=True))
+    return 0
+
+
+# LiteLLM, workers, helpers ------------------------------------------------------------
+
+
+def install_litellm(venv: Path, spec: str) -> None:
+    """A separate venv, so LiteLLM's many dependencies never touch the gateway's."""
+    print(f"bench: installing {spec} into {venv} (takes a few minutes)", file=sys.stderr)
+    started = time.monotonic()
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", spec]
+    if subprocess.run(pip).returncode != 0:
+        raise BenchError(f"pip install {spec} failed (see above)")
+    print(f"bench: LiteLLM installed in {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+def _serve_has_workers(python: str) -> bool:
+    done = subprocess.run(
+        [python, "-m", "gateway", "serve", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return "--workers" in done.stdout
+
+
+def _worker_args(workers: int) -> list[str]:
+    # Passed only when asked for, so the bench keeps working with a serve that lacks it.
+    return [] if workers == 1 else ["--workers", str(workers)]
+
+
+def _write(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)  # a reader never sees half a file
+    print(f"bench: results written to {path}", file=sys.stderr)
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _token_list(text: str) -> tuple[int, ...]:
+    return tuple(_positive(part) for part in text.split(",") if part.strip())

@@ -1,0 +1,56 @@
+"""The benchmark harness still runs end to end: `loadtests/bench --quick` on loopback.
+
+It checks the harness, not performance: every system answered, the gateway answered
+only 2xx through the bench policy, and the JSON has what the README's table is built
+from. Skipped where nginx or wrk is not installed (CI images without them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "loadtests" / "bench"
+
+
+def _find(name: str) -> str | None:
+    # nginx lives in /usr/sbin, which is not on every user's PATH.
+    sbin = Path("/usr/sbin") / name
+    return shutil.which(name) or (str(sbin) if sbin.exists() else None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(_find("nginx") is None, reason="nginx not installed (apt-get install nginx)")
+@pytest.mark.skipif(_find("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+def test_quick_bench_measures_three_systems(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    args = ["--duration", "1", "--repeat", "1", "--quick", "--output", str(output)]
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, f"bench failed:\n{done.stdout}\n{done.stderr}"
+
+    result = json.loads(output.read_text())
+    systems = result["systems"]
+    assert set(systems) == {"direct", "nginx", "gateway"}
+    for name, entry in systems.items():
+        assert entry["rps_median"] > 0, name
+        assert entry["requests_total"] > 0, name
+    assert systems["gateway"]["non2xx_total"] == 0
+    assert systems["gateway"]["cpu_us_per_req"] > 0
+    assert systems["gateway"]["rss_mb"] > 0
+    assert result["ratios"]["gateway_vs_nginx_rps"] > 0
+    # The canary really split: both variants served requests.
+    assert set(result["gateway"]["variant_requests"]) == {"champion", "challenger"}
+    assert result["machine"]["nproc"] >= 1
+    assert "switchyard gateway" in done.stdout
