@@ -14,13 +14,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Quick start: simulated backends + the gateway on 127.0.0.1:8080 (admin/metrics :8081).
+## Quick start: MLflow on :5000, simulated backends, the gateway on 127.0.0.1:8080
+## (admin/metrics :8081). `switchyard demo --no-registry` runs without MLflow.
 run: install
 	$(VENV)/bin/switchyard demo
 
-## The gateway alone, on the policies in policies/.
+## The gateway alone, on the policies in policies/ (their registry targets resolve
+## through SWITCHYARD_REGISTRY_URI, by default the quick start's MLflow).
 serve: install
-	$(VENV)/bin/switchyard serve
+	SWITCHYARD_REGISTRY_URI=$${SWITCHYARD_REGISTRY_URI:-http://127.0.0.1:5000} $(VENV)/bin/switchyard serve
 
 ## The whole suite: unit and integration tests against real processes on loopback.
 test: install

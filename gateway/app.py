@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import uvicorn
@@ -21,7 +21,9 @@ import uvicorn
 from gateway import __version__
 from gateway.admin.app import build_admin_app
 from gateway.controlplane.loader import PolicyError
+from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
 from gateway.controlplane.reload import PolicyReloader
+from gateway.controlplane.resolve import RegistryResolver
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.snapshot import SnapshotRef
@@ -40,33 +42,49 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.metrics.info_labels = {"version": __version__}
         self.health = HealthRegistry(self.metrics)
-        self.reloader = PolicyReloader(settings.policies, self.metrics, self.health, log)
+        self.resolver = _resolver(settings, self.metrics)
+        self.reloader = PolicyReloader(
+            settings.policies, self.metrics, self.health, log, resolver=self.resolver
+        )
         self.stopping = asyncio.Event()
         self.port = settings.port
         self.admin_port = settings.admin_port
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def run(self, ready: asyncio.Event | None = None) -> int:
         settings = self.settings
         _check_admin_exposure(settings)
         loop = asyncio.get_running_loop()
         try:
-            snapshot = self.reloader.load()
+            snapshot = await self.reloader.load()
         except PolicyError as exc:
             for problem in exc.problems:
                 log.error("policy: %s", problem)
             log.error(
                 "refusing to start: the policies in %s are invalid", ", ".join(settings.policies)
             )
+            await self._close_registry()
             return 2
         ref = SnapshotRef(snapshot)
         self.metrics.policy_hash = snapshot.version
         self.metrics.policy_routes = len(snapshot.routes)
         plane = DataPlane(settings, ref, self.metrics, self.health, loop)
-        self.port = await plane.listen(settings.host, settings.port)
+        self.port = await plane.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
 
         admin = _AdminServer(
             uvicorn.Config(
-                build_admin_app(plane, self.reloader, settings.admin_token),
+                build_admin_app(
+                    plane,
+                    self.reloader,
+                    settings.admin_token,
+                    webhook_secret=settings.registry_webhook_secret,
+                ),
                 host=settings.admin_host,
                 port=settings.admin_port,
                 log_level="warning",
@@ -86,12 +104,15 @@ class Gateway:
         for server in admin.servers:
             for sock in server.sockets:
                 self.admin_port = sock.getsockname()[1]
-        watch_task = None
+        background: list[asyncio.Task[None]] = []
         if settings.watch_interval > 0:
-            watch_task = loop.create_task(self.reloader.watch(ref, settings.watch_interval))
+            background.append(loop.create_task(self.reloader.watch(ref, settings.watch_interval)))
+        if self.resolver is not None:
+            follow = self.reloader.follow_registry(ref, settings.registry_poll_interval)
+            background.append(loop.create_task(follow))
 
         def reload_signal() -> None:
-            self.reloader.reload(ref, "SIGHUP")
+            self._spawn(self.reloader.reload(ref, "SIGHUP"))
 
         loop.add_signal_handler(signal.SIGHUP, reload_signal)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,16 +145,30 @@ class Gateway:
             await asyncio.sleep(settings.drain_delay)
         cut = await plane.drain(settings.drain_timeout)
         log.info("drained; %d requests were still in flight at the deadline", cut)
-        if watch_task is not None:
-            watch_task.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watch_task
+                await task
+        await self._close_registry()
         admin.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await admin_task
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         return 0
+
+    async def _close_registry(self) -> None:
+        if self.resolver is not None:
+            await self.resolver.aclose()
+
+
+def _resolver(settings: Settings, metrics: GatewayMetrics) -> RegistryResolver | None:
+    if not settings.registry_uri:
+        return None
+    config = RegistryConfig.from_settings(settings)
+    return RegistryResolver(
+        MlflowRegistry(config), metrics, log, cache_path=settings.registry_cache
+    )
 
 
 class _AdminServer(uvicorn.Server):
@@ -158,8 +193,14 @@ def _check_admin_exposure(settings: Settings) -> None:
 
 
 def run_gateway(settings: Settings) -> int:
-    """Run a gateway until SIGTERM/SIGINT, on uvloop."""
+    """Run a gateway until SIGTERM/SIGINT, on uvloop (a supervisor when workers > 1)."""
     import uvloop
+
+    if settings.workers > 1:
+        from gateway.supervisor import run_supervisor
+
+        _check_admin_exposure(settings)
+        return run_supervisor(settings)
 
     configure_logging(settings.log_level)
     return uvloop.run(Gateway(settings).run())
@@ -179,7 +220,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "drain_timeout": args.drain_timeout,
         "drain_delay": args.drain_delay,
         "seed": args.seed,
+        "workers": args.workers,
         "limits__max_body_bytes": args.max_body_bytes,
+        "registry_uri": args.registry_uri,
+        "registry_poll_interval": args.registry_poll_interval,
+        "registry_timeout": args.registry_timeout,
+        "registry_cache": args.registry_cache,
     }
     return from_env().with_overrides(**values)
 
@@ -217,7 +263,34 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="seconds readiness fails before listeners close (default 0)",
     )
     parser.add_argument("--seed", type=int, help="seed the routing RNG (reproducible splits)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="data-plane processes sharing the port (SO_REUSEPORT); default 1",
+    )
     parser.add_argument("--max-body-bytes", type=int, help="request body limit (default 16 MiB)")
+    registry = parser.add_argument_group(
+        "model registry",
+        "Resolve models:/NAME@ALIAS targets through an MLflow tracking server. Credentials "
+        "come from SWITCHYARD_REGISTRY_TOKEN or SWITCHYARD_REGISTRY_USERNAME/PASSWORD; "
+        "webhooks are verified with SWITCHYARD_REGISTRY_WEBHOOK_SECRET.",
+    )
+    registry.add_argument("--registry-uri", metavar="URL", help="e.g. http://mlflow:5000")
+    registry.add_argument(
+        "--registry-poll-interval",
+        type=float,
+        metavar="S",
+        help="seconds between alias re-resolutions (default 5)",
+    )
+    registry.add_argument(
+        "--registry-timeout", type=float, metavar="S", help="per registry request (default 2)"
+    )
+    registry.add_argument(
+        "--registry-cache",
+        metavar="FILE",
+        help="keep the last resolutions in FILE, so a restart without the registry serves",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

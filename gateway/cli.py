@@ -1,4 +1,4 @@
-"""`switchyard` command line: serve, policy tools, simulators.
+"""`switchyard` command line: serve, policy tools, registry tools, simulators.
 
 Each area registers its own subcommands (`add_commands(subparsers)`), so this module
 only wires them together.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     from gateway.app import add_commands as add_serve
     from gateway.controlplane.cli import add_commands as add_policy
+    from gateway.controlplane.registry_cli import add_commands as add_registry
     from gateway.simulate.cli import add_commands as add_simulate
 
     parser = argparse.ArgumentParser(
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve(sub)
     add_policy(sub)
+    add_registry(sub)
     add_simulate(sub)
     return parser
 

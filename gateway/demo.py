@@ -1,20 +1,30 @@
-"""`switchyard demo`: the quick start. Simulated backends plus the gateway, one command.
+"""`switchyard demo`: the quick start. Simulated backends, a model registry and the
+gateway, one command.
 
 The simulators run as child processes (as real backends would be separate servers) on
-the ports the bundled `policies/demo.yaml` points at; the gateway runs in this process
-and stops them on exit.
+the ports the demo's registry tags point at; a local MLflow server on SQLite holds the
+registered models and aliases the bundled `policies/demo.yaml` routes by; the gateway
+runs in this process and stops them all on exit. `--no-registry` skips MLflow and serves
+`policies/no-registry/`, whose endpoints are written in the policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.app import add_serve_options, run_gateway, settings_from_args
+from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
+from gateway.localmlflow import DEMO_MODELS, LocalMlflow, seed
+from gateway.settings import Settings
+
+NO_REGISTRY_POLICIES = "policies/no-registry"
 
 
 @dataclass(frozen=True)
@@ -77,31 +87,102 @@ def stop_backends(procs: list[subprocess.Popen[str]]) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    if args.no_registry and not args.policies:
+        settings = settings.with_overrides(policies=(NO_REGISTRY_POLICIES,))
     print("switchyard demo: starting simulated backends", flush=True)
     procs = start_backends(DEMO_BACKENDS)
-    base = f"http://{settings.host}:{settings.port}"
-    print(
-        "\nTry it:\n"
-        f"  curl -s {base}/v1/models\n"
-        f"  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
-        '       -H \'x-user-id: alice\' -d \'{"model":"chat","messages":'
-        '[{"role":"user","content":"hi"}]}\' -i\n'
-        f"  curl -s http://{settings.admin_host}:{settings.admin_port}/metrics"
-        " | grep switchyard_requests\n"
-        "  switchyard policy explain --route chat --header x-user-id=alice\n"
-        "Edit policies/*.yaml while it runs: the gateway reloads on save. Ctrl-C stops.\n",
-        flush=True,
-    )
+    mlflow: LocalMlflow | None = None
     try:
+        if not args.no_registry:
+            settings, mlflow = _start_registry(args, settings)
+        _print_try_it(settings)
         return run_gateway(settings)
     finally:
+        if mlflow is not None:
+            mlflow.stop()
         stop_backends(procs)
+
+
+def _start_registry(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[Settings, LocalMlflow | None]:
+    state = Path(args.state_dir)
+    mlflow = None
+    if settings.registry_uri is None:
+        mlflow = LocalMlflow(state / "mlflow", port=args.registry_port)
+        print(f"switchyard demo: starting MLflow on {mlflow.uri} (data in {state}/mlflow)")
+        print("  waiting for the registry", end="", flush=True)
+        mlflow.start()
+        try:
+            mlflow.wait_ready()
+        except BaseException:
+            mlflow.stop()
+            raise
+        settings = settings.with_overrides(registry_uri=mlflow.uri)
+        try:
+            for line in asyncio.run(_seed(RegistryConfig.from_settings(settings))):
+                print(f"  registry {line}", flush=True)
+        except BaseException:
+            mlflow.stop()
+            raise
+    if settings.registry_cache is None:
+        settings = settings.with_overrides(registry_cache=str(state / "registry-cache.json"))
+    return settings, mlflow
+
+
+async def _seed(config: RegistryConfig) -> list[str]:
+    async with MlflowRegistry(config) as registry:
+        return await seed(registry, DEMO_MODELS)
+
+
+def _print_try_it(settings: Settings) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    admin = f"http://{settings.admin_host}:{settings.admin_port}"
+    lines = [
+        "",
+        "Try it:",
+        f"  curl -s {base}/v1/models",
+        f"  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\",
+        '       -H \'x-user-id: alice\' -d \'{"model":"chat","messages":'
+        '[{"role":"user","content":"hi"}]}\' -i',
+        f"  curl -s {admin}/metrics | grep switchyard_requests",
+    ]
+    if settings.registry_uri:
+        registry = f" --registry-uri {settings.registry_uri}"
+        lines += [
+            f"  switchyard policy explain --route chat --header x-user-id=alice{registry}",
+            f"  switchyard registry describe chat{registry}",
+            f"  switchyard registry promote chat challenger{registry}   # traffic follows",
+            f"  switchyard registry rollback chat{registry}",
+            f"  curl -s {admin}/admin/routes",
+        ]
+    else:
+        lines.append(
+            "  switchyard policy explain --route chat --header x-user-id=alice "
+            f"--policies {NO_REGISTRY_POLICIES}"
+        )
+    lines.append("Edit the policy files while it runs: the gateway reloads on save. Ctrl-C stops.")
+    print("\n".join(lines) + "\n", flush=True)
 
 
 def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
-        help="run the quick start: simulated backends and the gateway with policies/",
+        help="run the quick start: simulated backends, an MLflow registry and the gateway",
     )
     add_serve_options(demo)
+    quick = demo.add_argument_group("quick start")
+    quick.add_argument(
+        "--no-registry",
+        action="store_true",
+        help=f"no MLflow: serve {NO_REGISTRY_POLICIES}/ with endpoints written in the policy",
+    )
+    quick.add_argument(
+        "--registry-port", type=int, default=5000, help="port of the local MLflow (default 5000)"
+    )
+    quick.add_argument(
+        "--state-dir",
+        default=".state",
+        help="where MLflow's database and the registry cache live (default .state)",
+    )
     demo.set_defaults(handler=_demo)

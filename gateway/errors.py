@@ -17,10 +17,12 @@ class GatewayError(Exception):
     type = "server_error"
     code = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, route: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        # The compiled route it concerns, when known: a bounded metric label.
+        self.route = route
 
 
 class InternalError(GatewayError):

@@ -45,6 +45,17 @@ class Settings:
     drain_timeout: float = 30.0
     drain_delay: float = 0.0  # seconds readiness fails before listeners close
     seed: int | None = None  # fixes the routing RNG (tests, reproducible demos)
+    workers: int = 1  # data-plane processes; >1 runs a supervisor (gateway.supervisor)
+    reuse_port: bool = False  # SO_REUSEPORT on the data-plane socket (set for workers)
+    # MLflow tracking server whose registry resolves `models:/...` targets; None: none.
+    registry_uri: str | None = None
+    registry_token: str | None = None  # bearer token (env only: keep secrets off argv)
+    registry_username: str | None = None  # basic auth, with registry_password
+    registry_password: str | None = None
+    registry_poll_interval: float = 5.0  # seconds between re-resolutions of every alias
+    registry_timeout: float = 2.0  # per registry request
+    registry_cache: str | None = None  # file keeping the last resolutions across restarts
+    registry_webhook_secret: str | None = None  # HMAC secret of MLflow's webhooks
     limits: Limits = field(default_factory=Limits)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
 
@@ -105,3 +116,31 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         if raw is not None:
             values[f.name] = _coerce(raw, current, f.name)
     return base.with_overrides(**values)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """`SWITCHYARD_*` variables that `from_env` turns back into these settings.
+
+    The supervisor hands its settings to worker processes this way: secrets stay off
+    the command line, and every field (present and future) travels without a flag.
+    """
+    env: dict[str, str] = {}
+
+    def put(name: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool):
+            env[name] = "true" if value else "false"
+        elif isinstance(value, tuple):
+            env[name] = ",".join(str(v) for v in value)
+        else:
+            env[name] = str(value)
+
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name in ("limits", "upstream"):
+            for sub in fields(value):
+                put(f"SWITCHYARD_{f.name.upper()}__{sub.name.upper()}", getattr(value, sub.name))
+        else:
+            put(f"SWITCHYARD_{f.name.upper()}", value)
+    return env

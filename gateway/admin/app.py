@@ -8,7 +8,9 @@ configured; `/metrics`, `/livez` and `/readyz` stay open for probes and Promethe
 from __future__ import annotations
 
 import hmac
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,15 +23,27 @@ from starlette.routing import Route
 from gateway.admin.views import reload_view, routes_view, snapshot_view
 from gateway.controlplane.explain import explain
 from gateway.controlplane.reload import PolicyReloader
+from gateway.controlplane.webhook import WebhookRejected, verify
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.plane import DataPlane
 from gateway.errors import UnknownRoute
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("switchyard.admin")
 
 
-def build_admin_app(plane: DataPlane, reloader: PolicyReloader, token: str | None) -> Starlette:
-    """The admin ASGI app for one gateway process."""
+def build_admin_app(
+    plane: DataPlane,
+    reloader: PolicyReloader,
+    token: str | None,
+    *,
+    webhook_secret: str | None = None,
+) -> Starlette:
+    """The admin ASGI app for one gateway process.
+
+    The registry webhook is not behind the bearer token (MLflow cannot send one); its
+    HMAC signature with `webhook_secret` authenticates it instead.
+    """
     registry = plane.metrics.registry()
 
     def guarded(handler: Handler) -> Handler:
@@ -61,7 +75,7 @@ def build_admin_app(plane: DataPlane, reloader: PolicyReloader, token: str | Non
         return JSONResponse({"status": "ready", "policy": snap.version})
 
     async def reload(_: Request) -> Response:
-        result = reloader.reload(plane.ref, "admin")
+        result = await reloader.reload(plane.ref, "admin")
         status = 200 if result.outcome != "rejected" else 422
         return JSONResponse(reload_view(result), status_code=status)
 
@@ -69,7 +83,34 @@ def build_admin_app(plane: DataPlane, reloader: PolicyReloader, token: str | Non
         return JSONResponse(snapshot_view(plane.ref.current))
 
     async def routes(_: Request) -> Response:
-        return JSONResponse(routes_view(plane.ref.current, plane.pool.stats()))
+        view = routes_view(plane.ref.current, plane.pool.stats(), reloader.registry_view())
+        return JSONResponse(view)
+
+    async def registry_webhook(request: Request) -> Response:
+        if webhook_secret is None or reloader.resolver is None:
+            return JSONResponse(
+                {
+                    "error": "registry webhooks need --registry-uri and "
+                    "SWITCHYARD_REGISTRY_WEBHOOK_SECRET"
+                },
+                status_code=404,
+            )
+        body = await request.body()
+        try:
+            event = verify(webhook_secret, request.headers, body, time.time())
+        except WebhookRejected as exc:
+            log.warning("registry webhook rejected: %s", exc)
+            return JSONResponse({"error": str(exc)}, status_code=401)
+        if event.moves_alias:
+            log.info(
+                "registry webhook: %s.%s %s@%s; re-resolving now",
+                event.entity,
+                event.action,
+                event.model,
+                event.alias,
+            )
+            reloader.resolver.poke()
+        return JSONResponse({"accepted": event.moves_alias})
 
     async def explain_view(request: Request) -> Response:
         try:
@@ -101,5 +142,6 @@ def build_admin_app(plane: DataPlane, reloader: PolicyReloader, token: str | Non
             Route("/admin/snapshot", guarded(snapshot)),
             Route("/admin/routes", guarded(routes)),
             Route("/admin/explain", guarded(explain_view), methods=["POST"]),
+            Route("/admin/registry/webhook", registry_webhook, methods=["POST"]),
         ]
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from gateway.controlplane.binding import VariantKey
 from gateway.controlplane.reload import ReloadResult
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot
 
@@ -18,11 +20,16 @@ def snapshot_view(snap: RuntimeSnapshot) -> dict[str, Any]:
     }
 
 
-def route_view(route: Route, now: float) -> dict[str, Any]:
+def route_view(
+    route: Route, now: float, registry: Mapping[VariantKey, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One route: variants with share, target -> version -> endpoints, endpoint health."""
+    registry = registry or {}
     return {
         "route": route.name,
         "protocol": route.protocol,
         "source": route.source,
+        "unavailable": route.unavailable,
         "sticky": None if route.sticky is None else f"{route.sticky.source}:{route.sticky.key}",
         "fallback": [route.variants[i].name for i in route.fallback],
         "timeouts": {
@@ -38,6 +45,7 @@ def route_view(route: Route, now: float) -> dict[str, Any]:
                 "share": v.weight / route.total_weight if route.total_weight else 0.0,
                 "target": v.target,
                 "version": v.version,
+                "registry": registry.get((route.name, v.name)),
                 "upstream_model": v.upstream_model,
                 "endpoints": [
                     {
@@ -55,11 +63,16 @@ def route_view(route: Route, now: float) -> dict[str, Any]:
     }
 
 
-def routes_view(snap: RuntimeSnapshot, pool: dict[str, Any]) -> dict[str, Any]:
+def routes_view(
+    snap: RuntimeSnapshot,
+    pool: dict[str, Any],
+    registry: Mapping[VariantKey, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Every route of the snapshot, plus the upstream pool's connection counts."""
     now = time.monotonic()
     return {
         "version": snap.version,
-        "routes": [route_view(snap.routes[name], now) for name in sorted(snap.routes)],
+        "routes": [route_view(snap.routes[name], now, registry) for name in sorted(snap.routes)],
         "upstream_connections": pool,
     }
 

@@ -7,23 +7,29 @@ linter, `diff` is 0 (same), 1 (different) or 2 (bad input) like diff(1).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import random
 import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.controlplane.binding import Binding, Need, VariantKey, needs_of
 from gateway.controlplane.compile import compile_snapshot, load_checked, policy_version
 from gateway.controlplane.diff import diff_policies
 from gateway.controlplane.explain import explain, render_text
-from gateway.controlplane.loader import PolicyError
+from gateway.controlplane.loader import LoadedPolicy, PolicyError, PolicyProblem
 from gateway.controlplane.reference import render_markdown
+from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
+from gateway.controlplane.resolve import RegistryResolver
 from gateway.controlplane.schema import render_json_schema
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot
 from gateway.errors import UnknownRoute
 from gateway.observability.metrics import GatewayMetrics
+from gateway.settings import from_env
 
 
 def add_commands(subparsers: Any) -> None:
@@ -37,6 +43,7 @@ def add_commands(subparsers: Any) -> None:
         "validate", help="check policy files, directories or ConfigMaps (exit 1 on problems)"
     )
     validate.add_argument("paths", nargs="+", metavar="PATH")
+    _registry_option(validate)
     validate.set_defaults(handler=run_validate)
 
     diff = sub.add_parser(
@@ -64,6 +71,7 @@ def add_commands(subparsers: Any) -> None:
     )
     exp.add_argument("--seed", type=int, help="seed for the weighted random draw")
     exp.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    _registry_option(exp)
     exp.set_defaults(handler=run_explain)
 
     schema = sub.add_parser("schema", help="print the JSON schema of a policy document")
@@ -74,12 +82,61 @@ def add_commands(subparsers: Any) -> None:
     schema.set_defaults(handler=run_schema)
 
 
-def _build(paths: list[str]) -> RuntimeSnapshot:
+def _registry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry-uri",
+        metavar="URL",
+        help="resolve models:/ targets through this MLflow server, as the gateway would "
+        "(default: SWITCHYARD_REGISTRY_URI; without one, registry targets are not checked)",
+    )
+
+
+def _build(paths: list[str], registry_uri: str | None = None) -> tuple[RuntimeSnapshot, int]:
+    """The snapshot the gateway would serve, and how many registry targets went unchecked.
+
+    Without a registry, targets are accepted as written and their routes compile as
+    unavailable; with one, they are resolved exactly as the gateway resolves them.
+    """
     # A throwaway metrics/health pair: the CLI compiles exactly what the gateway would.
     metrics = GatewayMetrics()
-    return compile_snapshot(
-        load_checked(paths), metrics=metrics, health=HealthRegistry(metrics), created_at=0.0
+    policies = load_checked(paths, registry=True)
+    needs = [n for n in needs_of(policies) if not n.static]
+    settings = from_env()
+    resolved: dict[VariantKey, Binding] = {
+        n.key: f"{n.target}: not resolved (no --registry-uri given)" for n in needs
+    }
+    if needs and (registry_uri or settings.registry_uri):
+        config = RegistryConfig.from_settings(settings, registry_uri)
+        resolved = asyncio.run(_resolve(config, needs, metrics))
+        problems = [
+            PolicyProblem(_source_of(policies, key[0]), 0, 0, f"variants[{key[1]}].target", found)
+            for key, found in resolved.items()
+            if isinstance(found, str)
+        ]
+        if problems:
+            raise PolicyError(problems)
+        needs = []
+    snapshot = compile_snapshot(
+        policies, metrics=metrics, health=HealthRegistry(metrics), created_at=0.0, resolved=resolved
     )
+    return snapshot, len(needs)
+
+
+async def _resolve(
+    config: RegistryConfig, needs: list[Need], metrics: GatewayMetrics
+) -> dict[VariantKey, Binding]:
+    # A standalone logger that drops everything: the problems are printed as policy
+    # problems instead, and no global logging state is touched.
+    quiet = logging.Logger("switchyard.cli")
+    quiet.addHandler(logging.NullHandler())
+    async with MlflowRegistry(config) as registry:
+        resolver = RegistryResolver(registry, metrics, quiet)
+        await resolver.refresh(needs)
+        return resolver.bind(needs)
+
+
+def _source_of(policies: list[LoadedPolicy], route: str) -> str:
+    return next((p.source.where() for p in policies if p.policy.route == route), route)
 
 
 def _print_problems(exc: PolicyError) -> None:
@@ -91,11 +148,14 @@ def _print_problems(exc: PolicyError) -> None:
 def run_validate(args: argparse.Namespace) -> int:
     """`policy validate PATH...`"""
     try:
-        snapshot = _build(args.paths)
+        snapshot, unchecked = _build(args.paths, args.registry_uri)
     except PolicyError as exc:
         _print_problems(exc)
         return 1
-    print(f"ok: {len(snapshot.routes)} routes (hash {snapshot.version})")
+    note = ""
+    if unchecked:
+        note = f"; {unchecked} registry target(s) not resolved (no --registry-uri)"
+    print(f"ok: {len(snapshot.routes)} routes (hash {snapshot.version}){note}")
     return 0
 
 
@@ -143,7 +203,7 @@ def run_explain(args: argparse.Namespace) -> int:
             return 2
         body = parsed
     try:
-        snapshot = _build(args.policies or ["policies"])
+        snapshot, _ = _build(args.policies or ["policies"], args.registry_uri)
     except PolicyError as exc:
         _print_problems(exc)
         return 1

@@ -7,17 +7,23 @@ header lines naming route/variant/backend, and the `/v1/models` body.
 Compilation is pure except for get-or-create calls on `GatewayMetrics` and
 `HealthRegistry`: those return the *same* series, endpoint states and retry budgets for
 the same names, so health and counters carry over from one snapshot to the next.
+
+Registry targets arrive already resolved (`resolved`, built by the resolver from what
+the registry said): compiling never does I/O. A route with a weighted variant whose
+target has no resolution compiles all the same, marked unavailable, so it answers 503
+with the reason while every other route serves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate
 
 import orjson
 
+from gateway.controlplane.binding import Binding, Resolved, VariantKey, needs_of
 from gateway.controlplane.fields import split_endpoint, split_target
 from gateway.controlplane.loader import (
     LoadedPolicy,
@@ -43,6 +49,7 @@ from gateway.dataplane.snapshot import (
 from gateway.observability.metrics import GatewayMetrics
 
 NO_REGISTRY = "registry targets need a registry (--registry-uri); not configured"
+Resolutions = Mapping[VariantKey, Binding]
 
 
 def as_loaded(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[LoadedPolicy]:
@@ -53,9 +60,12 @@ def as_loaded(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[LoadedPo
     ]
 
 
-def check_policies(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[PolicyProblem]:
+def check_policies(
+    policies: Iterable[LoadedPolicy | RoutingPolicy], *, registry: bool = False
+) -> list[PolicyProblem]:
     """Problems a single document's schema cannot see: references between fields,
-    weights that add up to nothing, routes defined twice, targets nothing can resolve."""
+    weights that add up to nothing, routes defined twice, and (without a `registry`)
+    targets nothing can resolve."""
     problems: list[PolicyProblem] = []
     first_seen: dict[str, PolicySource] = {}
     for loaded in as_loaded(policies):
@@ -67,19 +77,23 @@ def check_policies(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Pol
                     ("route",), f"route {policy.route!r} is already defined at {other.where()}"
                 )
             )
-        problems.extend(_check_route(policy, source))
+        problems.extend(_check_route(policy, source, registry))
     return problems
 
 
-def _check_route(policy: RoutingPolicy, source: PolicySource) -> list[PolicyProblem]:
+def _check_route(
+    policy: RoutingPolicy, source: PolicySource, registry: bool
+) -> list[PolicyProblem]:
     out: list[PolicyProblem] = []
+    # Pinned versions the policy's own `backends` map serves need no registry.
+    unresolvable = set() if registry else {n.variant for n in needs_of([policy]) if not n.static}
     index: dict[str, int] = {}
     for i, variant in enumerate(policy.variants):
         if variant.name in index:
             message = f"duplicate variant name (also variants[{index[variant.name]}])"
             out.append(source.problem(("variants", i, "name"), message))
         index.setdefault(variant.name, i)
-        if variant.endpoints is None:
+        if variant.name in unresolvable:
             out.append(source.problem(("variants", i, "target"), NO_REGISTRY))
     if sum(v.weight for v in policy.variants) <= 0:
         out.append(
@@ -119,10 +133,10 @@ def policy_version(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> str:
     return hashlib.sha256(orjson.dumps(docs, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-def load_checked(paths: PathsArg) -> list[LoadedPolicy]:
+def load_checked(paths: PathsArg, *, registry: bool = False) -> list[LoadedPolicy]:
     """Load and check policies, raising one `PolicyError` with every problem found."""
     policies, problems = collect_policies(paths)
-    problems.extend(check_policies(policies))
+    problems.extend(check_policies(policies, registry=registry))
     if problems:
         raise PolicyError(problems)
     return policies
@@ -134,15 +148,21 @@ def compile_snapshot(
     metrics: GatewayMetrics,
     health: HealthRegistry,
     created_at: float | None = None,
+    resolved: Resolutions | None = None,
 ) -> RuntimeSnapshot:
-    """Build the snapshot for `policies`; raises `PolicyError` if they do not check out."""
+    """Build the snapshot for `policies`; raises `PolicyError` if they do not check out.
+
+    `resolved` holds the registry targets' bindings by (route, variant); None means no
+    registry is configured, which makes targets that need one a problem.
+    """
     loaded = as_loaded(policies)
-    problems = check_policies(loaded)
+    problems = check_policies(loaded, registry=resolved is not None)
     if problems:
         raise PolicyError(problems)
     created = time.time() if created_at is None else created_at
+    bindings = _bindings(loaded, resolved or {})
     routes = {
-        p.policy.route: _route(p.policy, p.source, metrics, health)
+        p.policy.route: _route(p.policy, p.source, metrics, health, bindings)
         for p in sorted(loaded, key=lambda p: p.policy.route)
     }
     sources = tuple(dict.fromkeys(p.source.file for p in loaded))
@@ -155,12 +175,40 @@ def compile_snapshot(
     )
 
 
+def _bindings(loaded: Sequence[LoadedPolicy], resolved: Resolutions) -> dict[VariantKey, Binding]:
+    out: dict[VariantKey, Binding] = {}
+    for need in needs_of(loaded):
+        found = resolved.get(need.key)
+        if found is None and need.static:
+            version = need.version or ""
+            entry = need.backends[version]
+            found = Resolved(version, tuple(entry.endpoints), entry.model, "backends")
+        out[need.key] = found if found is not None else f"{need.target}: not resolved yet"
+    return out
+
+
 def _route(
-    policy: RoutingPolicy, source: PolicySource, metrics: GatewayMetrics, health: HealthRegistry
+    policy: RoutingPolicy,
+    source: PolicySource,
+    metrics: GatewayMetrics,
+    health: HealthRegistry,
+    bindings: Mapping[VariantKey, Binding],
 ) -> Route:
     variants = tuple(
-        _variant(policy.route, i, spec, metrics, health) for i, spec in enumerate(policy.variants)
+        _variant(policy.route, i, spec, metrics, health, bindings.get((policy.route, spec.name)))
+        for i, spec in enumerate(policy.variants)
     )
+    # A weighted variant without a resolution would silently shift its share onto the
+    # others (a challenger could get all traffic), so the whole route answers 503
+    # instead. Weight-0 variants (override-only) do not take the route down.
+    missing = [
+        found
+        for spec in policy.variants
+        if spec.weight > 0 and isinstance(found := bindings.get((policy.route, spec.name)), str)
+    ]
+    unavailable = None
+    if missing:
+        unavailable = f"route '{policy.route}' is unavailable: " + "; ".join(missing)
     index = {v.name: v.index for v in variants}
     sticky = None
     if policy.sticky is not None:
@@ -208,18 +256,30 @@ def _route(
         counters=metrics.route(policy.route),
         source=source.where(),
         max_body_bytes=policy.max_body_bytes,
+        unavailable=unavailable,
     )
 
 
 def _variant(
-    route: str, index: int, spec: VariantSpec, metrics: GatewayMetrics, health: HealthRegistry
+    route: str,
+    index: int,
+    spec: VariantSpec,
+    metrics: GatewayMetrics,
+    health: HealthRegistry,
+    binding: Binding | None,
 ) -> Variant:
     # A pinned target (models:/NAME/3) names its version without a registry; alias
-    # targets get theirs when the registry client resolves them.
+    # targets get theirs from the resolver's binding.
     version = ""
     if spec.target is not None:
         version = split_target(spec.target)[2] or ""
-    endpoints = tuple(_endpoint(url, health) for url in spec.endpoints or ())
+    urls: Sequence[str] = spec.endpoints or ()
+    upstream_model = spec.model
+    if isinstance(binding, Resolved):
+        version, urls = binding.version, binding.endpoints
+        # The version's own model name wins: it moves with the alias, the policy does not.
+        upstream_model = binding.upstream_model or spec.model
+    endpoints = tuple(_endpoint(url, health) for url in urls)
     return Variant(
         name=spec.name,
         index=index,
@@ -227,7 +287,7 @@ def _variant(
         endpoints=endpoints,
         series=tuple(metrics.series(route, spec.name, version, e.backend) for e in endpoints),
         version=version,
-        upstream_model=spec.model,
+        upstream_model=upstream_model,
         target=spec.target,
         header_lines=tuple(header_lines(route, spec.name, version, e.backend) for e in endpoints),
     )

@@ -41,6 +41,9 @@ def explain(
     `now` is on the health registry's clock (monotonic by default) and decides which
     endpoints count as ejected. Raises `UnknownRoute` like `decide`.
     """
+    route = snapshot.routes.get(head.route)
+    if route is not None and route.unavailable is not None:
+        return _unavailable(snapshot, route)
     tape = _RecordingRandom(rng)
     decision = decide(snapshot, head, tape)
     route, chosen = decision.route, decision.variant
@@ -58,6 +61,7 @@ def explain(
         "detail": "",
         "weights": _weights(route),
         "endpoints": _endpoints(chosen, at),
+        "resolution": _resolution(chosen),
         "fallback": [route.variants[i].name for i in route.fallback],
         "order": [v.name for v in decision.order],
     }
@@ -87,6 +91,35 @@ def explain(
     else:
         result["detail"] = "the route has one variant"
     return result
+
+
+def _unavailable(snapshot: RuntimeSnapshot, route: Route) -> dict[str, Any]:
+    assert route.unavailable is not None
+    return {
+        "route": route.name,
+        "protocol": route.protocol,
+        "snapshot": snapshot.version,
+        "source": route.source,
+        "variant": None,
+        "version": "",
+        "target": None,
+        "upstream_model": None,
+        "reason": "unavailable",
+        "detail": route.unavailable,
+        "weights": _weights(route),
+        "endpoints": [],
+        "resolution": None,
+        "fallback": [route.variants[i].name for i in route.fallback],
+        "order": [],
+    }
+
+
+def _resolution(variant: Variant) -> str | None:
+    """`models:/chat@champion -> version 2 -> http://...`: how a registry target resolved."""
+    if variant.target is None:
+        return None
+    urls = ", ".join(e.url for e in variant.endpoints) or "no endpoints"
+    return f"{variant.target} -> version {variant.version or '?'} -> {urls}"
 
 
 def _sticky_name(route: Route) -> str:
@@ -164,11 +197,13 @@ def render_text(result: dict[str, Any]) -> str:
     )
     lines = [
         f"route:     {result['route']} ({result['protocol']}), snapshot {result['snapshot']}",
-        f"variant:   {result['variant']}"
+        f"variant:   {result['variant'] or 'none'}"
         + (f" (version {result['version']})" if result["version"] else ""),
         f"reason:    {result['reason']} - {result['detail']}",
         f"weights:   {weights}",
     ]
+    if result.get("resolution"):
+        lines.append(f"registry:  {result['resolution']}")
     for i, e in enumerate(result["endpoints"]):
         state = "available" if e["available"] else "ejected"
         label = "endpoints:" if i == 0 else ""

@@ -24,6 +24,9 @@ _TARGET = re.compile(
     r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9._ -]*?)"
     r"(?:@(?P<alias>[A-Za-z0-9_][A-Za-z0-9_-]*)|/(?P<version>[1-9][0-9]*))$"
 )
+# A `backends:` key: the registered model's name and one of its versions.
+# No named groups: the pattern goes into the JSON schema, whose regexes are ECMA-262.
+_BACKEND_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]*/[1-9][0-9]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_TEXT = r"^\s*(\d+(\.\d+)?(ms|s|m|h))+\s*$|^\s*\d+(\.\d+)?\s*$"
 _UNIT_SECONDS = MappingProxyType({"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0})
@@ -157,6 +160,28 @@ def _target(value: str) -> str:
 
 RegistryTarget = Annotated[
     str, AfterValidator(_target), WithJsonSchema({"type": "string", "pattern": _TARGET.pattern})
+]
+
+
+def backend_key(model: str, version: str) -> str:
+    """The `backends:` key of one registered model version: `NAME/VERSION`."""
+    return f"{model}/{version}"
+
+
+def _backend_key(value: str) -> str:
+    if not _BACKEND_KEY.fullmatch(value):
+        raise problem(
+            "backend_key",
+            f"{value!r}: backends are keyed by NAME/VERSION of a registered model "
+            "version (for example fraud-detector/7)",
+        )
+    return value
+
+
+BackendKey = Annotated[
+    str,
+    AfterValidator(_backend_key),
+    WithJsonSchema({"type": "string", "pattern": _BACKEND_KEY.pattern}),
 ]
 
 

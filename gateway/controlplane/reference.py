@@ -26,6 +26,8 @@ def _type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     if "const" in prop:
         return f"`{prop['const']}`"
     kind = prop.get("type", "any")
+    if kind == "object" and "patternProperties" in prop:
+        return "map of object"
     if kind == "array":
         return f"list of {_type(prop.get('items', {}), defs)}"
     return str(kind)
@@ -49,6 +51,10 @@ def _rows(schema: dict[str, Any], defs: dict[str, Any], prefix: str, out: list[s
             (p["$ref"] for p in prop.get("anyOf", []) if "$ref" in p), None
         )
         items_ref = prop.get("items", {}).get("$ref") if prop.get("type") == "array" else None
+        # A map keyed by pattern (`backends`): its values' fields are listed under KEY.
+        values_ref = next(
+            (v["$ref"] for v in prop.get("patternProperties", {}).values() if "$ref" in v), None
+        )
         desc = " ".join(str(prop.get("description", "")).split()).replace("|", "\\|")
         req = "yes" if name in required else ""
         out.append(f"| `{path}` | {_type(target, defs)} | {req} | {_default(prop)} | {desc} |")
@@ -56,6 +62,8 @@ def _rows(schema: dict[str, Any], defs: dict[str, Any], prefix: str, out: list[s
             _rows(defs[ref.rsplit("/", 1)[1]], defs, f"{path}.", out)
         elif items_ref:
             _rows(defs[items_ref.rsplit("/", 1)[1]], defs, f"{path}[].", out)
+        elif values_ref:
+            _rows(defs[values_ref.rsplit("/", 1)[1]], defs, f"{path}.<key>.", out)
 
 
 def render_markdown() -> str:

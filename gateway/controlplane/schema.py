@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.controlplane.fields import (
     BODY_FIELD,
+    BackendKey,
     Duration,
     EndpointURL,
     HeaderName,
@@ -85,7 +86,10 @@ class VariantSpec(_Model):
     target: RegistryTarget | None = Field(
         default=None,
         description="Model registry target, models:/NAME@ALIAS or models:/NAME/VERSION. "
-        "Alias targets need a registry; with `endpoints` it only labels the pool.",
+        "Without `endpoints`, the gateway resolves the alias to a version (re-resolved "
+        "continuously, so moving the alias moves traffic) and serves it from the "
+        "version's switchyard.endpoint tag or the policy's `backends` entry; with "
+        "`endpoints` it only labels the pool.",
     )
 
     @field_validator("endpoints")
@@ -107,6 +111,29 @@ class VariantSpec(_Model):
                 "a variant needs `endpoints` (http:// URLs) or `target` (models:/NAME@ALIAS)",
             )
         return self
+
+
+class BackendSpec(_Model):
+    """Where one registered model version is served, when the policy rather than the
+    registry names the endpoints."""
+
+    endpoints: list[EndpointURL] = Field(
+        min_length=1,
+        description="Backend pool serving this model version: plain http:// URLs.",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model name sent to the backend for this version (replaces the "
+        "request's `model`); wins over the variant's `model`.",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct_endpoints(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise problem("duplicate_endpoint", "an endpoint is listed twice")
+        return value
 
 
 class StickySpec(_Model):
@@ -266,6 +293,13 @@ class RoutingPolicy(_Model):
         max_length=16,
         description="Versions that share the route's traffic by weight. Their order lays "
         "out the weight line that sticky keys hash onto: append new variants at the end.",
+    )
+    backends: dict[BackendKey, BackendSpec] = Field(
+        default_factory=dict,
+        description="Serving endpoints of registry model versions, keyed by NAME/VERSION "
+        "(for example fraud-detector/7). A variant whose `target` resolves to a version "
+        "listed here is served by this entry; other versions use their "
+        "switchyard.endpoint tag in the registry.",
     )
     sticky: StickySpec | None = Field(
         default=None, description="Keep each user on the same variant on every replica."

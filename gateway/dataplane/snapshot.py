@@ -118,6 +118,8 @@ class Route:
     source: str = ""  # file (and document) the policy came from
     max_body_bytes: int | None = None
     salt_crc: int = 0  # crc32(salt), the seed of every sticky hash on this route
+    # Why the route answers 503 (a registry target it needs has no resolution yet).
+    unavailable: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "salt_crc", crc32(self.salt))

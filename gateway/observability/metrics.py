@@ -10,6 +10,7 @@ cardinality is bounded by the policy.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -132,6 +133,17 @@ class EndpointGauges:
     ejections: Callable[[], int]
 
 
+@dataclass(eq=False, slots=True)
+class AliasGauge:
+    """What `/metrics` shows of one registry alias (`models:/model@alias`)."""
+
+    model: str
+    alias: str
+    version: str = ""  # the version the registry last said; "" until it has answered
+    stale: bool = True  # traffic may not follow the alias right now
+    resolved_at: float = 0.0  # wall-clock time of the last successful lookup
+
+
 class GatewayMetrics:
     """Holds the gateway's counters and renders them for a `CollectorRegistry`.
 
@@ -151,6 +163,10 @@ class GatewayMetrics:
         self.connections_total = 0
         self.overflow = 0
         self.info_labels: dict[str, str] = {}
+        # Replaced wholesale by the registry resolver after each resolution.
+        self.registry_aliases: dict[tuple[str, str], AliasGauge] = {}
+        self.registry_problems: dict[str, int] = {}  # route -> variants with a problem
+        self.registry_lookups: dict[str, int] = {"ok": 0, "not_found": 0, "error": 0}
 
     def series(self, route: str, variant: str, version: str, backend: str) -> RequestSeries:
         """Get or create the series for one label set (called by the compiler)."""
@@ -286,6 +302,49 @@ class GatewayMetrics:
         build = InfoMetricFamily("switchyard_build", "Gateway build information.")
         build.add_metric([], self.info_labels)
         yield from (reloads, info, unknown, bad, overflow, conns, build)
+        yield from self._registry_families()
+
+    def _registry_families(self) -> Iterator[object]:
+        version = GaugeMetricFamily(
+            "switchyard_registry_alias_version",
+            "Model version a registry alias pointed at on its last successful lookup.",
+            labels=["model", "alias"],
+        )
+        stale = GaugeMetricFamily(
+            "switchyard_registry_stale",
+            "1 while traffic may not follow the alias: lookups failing or alias gone (the "
+            "last resolved version keeps serving), or its new version cannot be served.",
+            labels=["model", "alias"],
+        )
+        age = GaugeMetricFamily(
+            "switchyard_registry_resolution_age_seconds",
+            "Seconds since the alias was last resolved successfully.",
+            labels=["model", "alias"],
+        )
+        now = time.time()
+        for g in list(self.registry_aliases.values()):
+            labels = [g.model, g.alias]
+            if g.version.isdigit():
+                version.add_metric(labels, float(g.version))
+            stale.add_metric(labels, 1.0 if g.stale else 0.0)
+            if g.resolved_at:
+                age.add_metric(labels, max(0.0, now - g.resolved_at))
+        problems = GaugeMetricFamily(
+            "switchyard_registry_problems",
+            "Variants of the route whose registry target cannot be served as the registry "
+            "says now (see GET /admin/routes for why).",
+            labels=["route"],
+        )
+        for route, count in sorted(self.registry_problems.items()):
+            problems.add_metric([route], count)
+        lookups = CounterMetricFamily(
+            "switchyard_registry_lookups",
+            "Registry lookups by outcome: ok, not_found, error.",
+            labels=["outcome"],
+        )
+        for outcome, count in self.registry_lookups.items():
+            lookups.add_metric([outcome], count)
+        yield from (version, stale, age, problems, lookups)
 
 
 class _Collector(Collector):

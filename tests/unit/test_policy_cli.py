@@ -122,8 +122,13 @@ def test_explain_defaults_to_the_policies_directory(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(ROOT)
+    assert main(["policy", "explain", "--route", "completion", "--json", "--seed", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["variant"] in ("blue", "green")
+    # A registry route without a registry explains why it cannot be served.
     assert main(["policy", "explain", "--route", "embed", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["variant"] == "champion"
+    result = json.loads(capsys.readouterr().out)
+    assert (result["variant"], result["reason"]) == (None, "unavailable")
+    assert "models:/embed@champion: not resolved (no --registry-uri given)" in result["detail"]
 
 
 def test_schema_output_equals_committed_file(

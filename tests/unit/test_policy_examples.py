@@ -35,8 +35,26 @@ def test_examples_directory_validates_as_one_set() -> None:
     assert len(build(POLICIES / "examples").routes) >= len(EXAMPLES)
 
 
+def test_registry_demo_policies_follow_aliases() -> None:
+    metrics = GatewayMetrics()
+    snapshot = compile_snapshot(
+        load_checked(POLICIES, registry=True),
+        metrics=metrics,
+        health=HealthRegistry(metrics),
+        resolved={},
+    )
+    assert sorted(snapshot.routes) == ["chat", "completion", "embed"]
+    chat = snapshot.routes["chat"]
+    assert [v.target for v in chat.variants] == ["models:/chat@champion", "models:/chat@challenger"]
+    # Unresolved until a registry answers; the static route serves regardless.
+    assert chat.unavailable is not None and snapshot.routes["completion"].unavailable is None
+    # The embed route's version 1 is served by the policy's backends map.
+    embed = load_checked(POLICIES, registry=True)[1].policy
+    assert embed.backends["embed/1"].endpoints == ["http://127.0.0.1:9101"]
+
+
 def test_demo_policy_routes() -> None:
-    snapshot = build(POLICIES)
+    snapshot = build(POLICIES / "no-registry")
     assert sorted(snapshot.routes) == ["chat", "completion", "embed"]
     chat = snapshot.routes["chat"]
     assert [(v.name, v.weight, v.endpoints[0].url) for v in chat.variants] == [

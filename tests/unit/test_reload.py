@@ -59,10 +59,10 @@ def write(path: Path, text: str) -> None:
     os.utime(path, ns=(before + 10**9, before + 10**9))
 
 
-def test_load_builds_the_first_snapshot_and_sets_policy_metrics(
+async def test_load_builds_the_first_snapshot_and_sets_policy_metrics(
     reloader: PolicyReloader, metrics: GatewayMetrics
 ) -> None:
-    snapshot = reloader.load()
+    snapshot = await reloader.load()
     assert sorted(snapshot.routes) == ["chat"]
     assert snapshot.created_at == 42.0
     assert (metrics.policy_hash, metrics.policy_routes) == (snapshot.version, 1)
@@ -70,24 +70,24 @@ def test_load_builds_the_first_snapshot_and_sets_policy_metrics(
     assert [p.policy.route for p in reloader.policies] == ["chat"]
 
 
-def test_load_raises_for_invalid_policies(policy_dir: Path, reloader: PolicyReloader) -> None:
+async def test_load_raises_for_invalid_policies(policy_dir: Path, reloader: PolicyReloader) -> None:
     write(policy_dir / "chat.yaml", POLICY.format(challenger="-1"))
     with pytest.raises(PolicyError) as info:
-        reloader.load()
+        await reloader.load()
     assert info.value.problems[0].field_path == "variants[1].weight"
 
 
-def test_bad_edit_is_rejected_and_old_snapshot_keeps_serving(
+async def test_bad_edit_is_rejected_and_old_snapshot_keeps_serving(
     policy_dir: Path,
     reloader: PolicyReloader,
     metrics: GatewayMetrics,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ref = SnapshotRef(reloader.load())
+    ref = SnapshotRef(await reloader.load())
     serving = ref.current
     write(policy_dir / "chat.yaml", POLICY.format(challenger="ten") + "fallback: [blue]\n")
     with caplog.at_level(logging.ERROR, logger=LOG.name):
-        result = reloader.reload(ref, "test")
+        result = await reloader.reload(ref, "test")
     assert result.outcome == "rejected"
     assert ref.current is serving
     assert (result.version, result.previous) == (serving.version, serving.version)
@@ -99,14 +99,14 @@ def test_bad_edit_is_rejected_and_old_snapshot_keeps_serving(
     assert any("still serving " + serving.version in line for line in logged)
 
 
-def test_good_edit_swaps_the_snapshot_and_reports_changes(
+async def test_good_edit_swaps_the_snapshot_and_reports_changes(
     policy_dir: Path, reloader: PolicyReloader, metrics: GatewayMetrics
 ) -> None:
-    ref = SnapshotRef(reloader.load())
+    ref = SnapshotRef(await reloader.load())
     old = ref.current
     write(policy_dir / "chat.yaml", POLICY.format(challenger=25))
     (policy_dir / "embed.yml").write_text(EMBED)
-    result = reloader.reload(ref, "test")
+    result = await reloader.reload(ref, "test")
     assert result.outcome == "success"
     assert ref.current is not old
     assert sorted(ref.current.routes) == ["chat", "embed"]
@@ -123,14 +123,14 @@ def test_good_edit_swaps_the_snapshot_and_reports_changes(
     assert ref.current.routes["chat"].variants[0].endpoints[0].state is old_state
 
 
-def test_reload_without_effective_change_is_unchanged(
+async def test_reload_without_effective_change_is_unchanged(
     policy_dir: Path, reloader: PolicyReloader, metrics: GatewayMetrics
 ) -> None:
-    ref = SnapshotRef(reloader.load())
+    ref = SnapshotRef(await reloader.load())
     serving = ref.current
     # A comment and an explicit default change nothing that routes traffic.
     write(policy_dir / "chat.yaml", "# reviewed\n" + POLICY.format(challenger=10) + "sticky:\n")
-    result = reloader.reload(ref, "test")
+    result = await reloader.reload(ref, "test")
     assert (result.outcome, result.version) == ("unchanged", serving.version)
     assert ref.current is serving
     assert metrics.reloads == {"success": 0, "rejected": 0, "unchanged": 1}
@@ -152,7 +152,7 @@ def test_fingerprint_sees_new_changed_and_deleted_files(policy_dir: Path) -> Non
 async def test_watch_reloads_on_file_change_and_survives_bad_edits(
     policy_dir: Path, reloader: PolicyReloader, metrics: GatewayMetrics
 ) -> None:
-    ref = SnapshotRef(reloader.load())
+    ref = SnapshotRef(await reloader.load())
     first = ref.current.version
     task = asyncio.create_task(reloader.watch(ref, 0.01))
     try:
@@ -184,7 +184,7 @@ async def test_watch_survives_unexpected_errors_and_retries_the_edit(
         return tick
 
     reloader = PolicyReloader(policy_dir, metrics, HealthRegistry(metrics), LOG, clock=clock)
-    ref = SnapshotRef(reloader.load())
+    ref = SnapshotRef(await reloader.load())
     task = asyncio.create_task(reloader.watch(ref, 0.01))
     try:
         write(policy_dir / "chat.yaml", POLICY.format(challenger=5))

@@ -1,0 +1,150 @@
+"""Bind a registry target to serving endpoints: pure functions, no I/O.
+
+A variant with `target: models:/NAME@ALIAS` and no `endpoints` needs three facts to
+serve: which version the alias points at (the registry), and where that version is
+served and in which protocol. The last two come from the policy's `backends` map
+(keyed `NAME/VERSION`, which wins: the SRE who wrote it meant it) or from the
+version's tags in the registry:
+
+- `switchyard.endpoint`: comma-separated http:// URLs of the pool serving the version
+- `switchyard.protocol`: the protocol the backend speaks; must be the route's protocol
+- `switchyard.model`: the model name the backend expects (optional)
+
+Anything wrong with those facts is a problem for the one route that needs them, as a
+sentence an ML engineer can act on; it never affects other routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import get_args
+
+from gateway.controlplane.fields import format_endpoint, split_endpoint, split_target
+from gateway.controlplane.loader import LoadedPolicy
+from gateway.controlplane.registry import ModelVersion
+from gateway.controlplane.schema import BackendSpec, RoutingPolicy
+
+ENDPOINT_TAG = "switchyard.endpoint"
+PROTOCOL_TAG = "switchyard.protocol"
+MODEL_TAG = "switchyard.model"
+PROTOCOLS: tuple[str, ...] = get_args(RoutingPolicy.model_fields["protocol"].annotation)
+
+VariantKey = tuple[str, str]  # (route, variant name)
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One variant that is served wherever its registry target resolves to."""
+
+    route: str
+    variant: str
+    target: str
+    model: str
+    alias: str | None
+    version: str | None  # pinned version (models:/NAME/VERSION), else None
+    protocol: str  # the route's protocol
+    backends: Mapping[str, BackendSpec] = field(default_factory=dict)  # version -> entry
+
+    @property
+    def key(self) -> VariantKey:
+        """(route, variant): what the compiled snapshot looks the binding up by."""
+        return (self.route, self.variant)
+
+    @property
+    def lookup(self) -> str:
+        """The registry lookup this need depends on: `NAME@ALIAS` or `NAME/VERSION`."""
+        return f"{self.model}@{self.alias}" if self.alias else f"{self.model}/{self.version}"
+
+    @property
+    def static(self) -> bool:
+        """A pinned version the policy's `backends` map serves: no registry needed."""
+        return self.version is not None and self.version in self.backends
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Where a need is served now: the version, its pool and the backend's model name."""
+
+    version: str
+    endpoints: tuple[str, ...]
+    upstream_model: str | None = None
+    source: str = "tags"  # "tags" (registry) or "backends" (the policy's map)
+
+
+Binding = Resolved | str  # a resolution, or why there is none (a problem sentence)
+
+
+def needs_of(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Need]:
+    """Every variant whose endpoints come from the registry (a target, no endpoints)."""
+    out: list[Need] = []
+    for item in policies:
+        policy = item.policy if isinstance(item, LoadedPolicy) else item
+        for variant in policy.variants:
+            if variant.target is None or variant.endpoints is not None:
+                continue
+            model, alias, version = split_target(variant.target)
+            prefix = model + "/"
+            backends = {
+                key[len(prefix) :]: spec
+                for key, spec in policy.backends.items()
+                if key.startswith(prefix) and key[len(prefix) :].isdigit()
+            }
+            out.append(
+                Need(
+                    policy.route,
+                    variant.name,
+                    variant.target,
+                    model,
+                    alias,
+                    version,
+                    policy.protocol,
+                    backends,
+                )
+            )
+    return out
+
+
+def bind(need: Need, found: ModelVersion | None) -> Binding:
+    """Resolve `need` given the registry's record of its version (None: not known)."""
+    version = need.version or (found.version if found is not None else None)
+    entry = need.backends.get(version) if version is not None else None
+    if found is None:
+        if entry is not None and version is not None:
+            return Resolved(version, tuple(entry.endpoints), entry.model, "backends")
+        return f"{need.target}: not resolved yet (registry not reached)"
+    where = f"{need.model} version {found.version}"
+    if found.status != "READY":
+        return f"{where} is {found.status}, not READY"
+    protocol = found.tags.get(PROTOCOL_TAG, "").strip()
+    if protocol and protocol not in PROTOCOLS:
+        return (
+            f"{where}: tag {PROTOCOL_TAG}={protocol!r} is not a known protocol "
+            f"({', '.join(PROTOCOLS)})"
+        )
+    if protocol and protocol != need.protocol:
+        return (
+            f"{where} serves {protocol} ({PROTOCOL_TAG}) but route {need.route!r} speaks "
+            f"{need.protocol}"
+        )
+    if entry is not None:
+        return Resolved(found.version, tuple(entry.endpoints), entry.model, "backends")
+    raw = found.tags.get(ENDPOINT_TAG, "")
+    endpoints: list[str] = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        try:
+            url = format_endpoint(*split_endpoint(part))
+        except ValueError as exc:
+            return f"{where}: tag {ENDPOINT_TAG}: {exc}"
+        if url not in endpoints:
+            endpoints.append(url)
+    if not endpoints:
+        return (
+            f"{where} names no serving endpoint: set its tag {ENDPOINT_TAG} "
+            f"(comma-separated http:// URLs) or add backends['{need.model}/{found.version}'] "
+            "to the policy"
+        )
+    model = found.tags.get(MODEL_TAG, "").strip() or None
+    return Resolved(found.version, tuple(endpoints), model, "tags")
