@@ -120,7 +120,9 @@ class OpenAIFront:
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' is required: a string naming the route", param="model")
         plane = self.plane
-        decision = decide(plane.ref.current, RequestHead(model, request.headers, body), plane.rng)
+        decision = decide(
+            plane.ref.current, RequestHead(model, request.headers, body, request.fields), plane.rng
+        )
         route = decision.route
         if route.protocol != "openai":
             raise BadRequest(

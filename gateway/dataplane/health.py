@@ -49,12 +49,20 @@ class EndpointState:
 class RetryBudget:
     """Allows retries up to `ratio` of requests over a sliding ~10 s window."""
 
-    __slots__ = ("_bucket", "_prev_requests", "_prev_retries", "_requests", "_retries")
+    __slots__ = (
+        "_bucket",
+        "_bucket_end",
+        "_prev_requests",
+        "_prev_retries",
+        "_requests",
+        "_retries",
+    )
 
     WINDOW = 10.0
 
     def __init__(self) -> None:
         self._bucket = 0
+        self._bucket_end = 0.0
         self._requests = 0
         self._retries = 0
         self._prev_requests = 0
@@ -69,9 +77,12 @@ class RetryBudget:
                 self._prev_requests = self._prev_retries = 0
             self._requests = self._retries = 0
             self._bucket = bucket
+            self._bucket_end = (bucket + 1) * self.WINDOW
 
     def record_request(self, now: float) -> None:
-        self._roll(now)
+        # Per request: one comparison; the window rolls only every WINDOW seconds.
+        if now >= self._bucket_end:
+            self._roll(now)
         self._requests += 1
 
     def try_retry(self, now: float, ratio: float, min_per_second: float) -> bool:

@@ -73,6 +73,8 @@ class Request:
     http_11: bool
     received_at: float  # time.perf_counter() when the message completed
     request_id: bytes = b""
+    fields: dict[bytes, bytes] | None = None  # headers by lower-case name (last wins)
+    forward: bytes = b""  # the header lines that go upstream (hop-by-hop removed)
 
 
 def local_response(

@@ -69,10 +69,19 @@ class DataPlane:
 
     # Serving ------------------------------------------------------------------------
 
-    async def listen(self, host: str, port: int) -> int:
-        """Start accepting clients; returns the bound port (useful with port 0)."""
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Start accepting clients; returns the bound port (useful with port 0).
+
+        With `reuse_port`, several worker processes bind the same port and the kernel
+        spreads new connections across them (SO_REUSEPORT).
+        """
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, backlog=4096, reuse_address=True
+            lambda: ClientConnection(self),
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self._ticker = self.loop.call_later(TICK, self._tick)
         sock = self._server.sockets[0]
@@ -118,7 +127,10 @@ class DataPlane:
         conn.start_exchange(Exchange(self, conn, request, decision, body, style))
 
     def _count_error(self, err: GatewayError) -> None:
-        if err.code == "model_not_found" or err.status == 404:
+        if err.route is not None:  # a known route refused the request (e.g. unavailable)
+            counts = self.metrics.route(err.route).errors_by_code
+            counts[err.code] = counts.get(err.code, 0) + 1
+        elif err.code == "model_not_found" or err.status == 404:
             self.metrics.unknown_route += 1
         elif 400 <= err.status < 500:
             self.metrics.bad_request += 1

@@ -62,6 +62,8 @@ class ClientConnection(asyncio.Protocol):
         # Per-message parse state.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._forward: list[bytes] = []
+        self._fields: dict[bytes, bytes] = {}
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_len = 0
@@ -69,6 +71,7 @@ class ClientConnection(asyncio.Protocol):
         self._max_header_bytes = self.limits.max_header_bytes
         self._max_headers = self.limits.max_header_count
         self._header_timeout = self.limits.header_timeout
+        self._keepalive_timeout = self.limits.keepalive_timeout
         # Timeouts, checked by DataPlane's tick.
         self._state = _IDLE
         self.deadline = float("inf")
@@ -138,6 +141,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._forward = []
         self._header_bytes = 0
         self._body = []
         self._body_len = 0
@@ -155,7 +159,10 @@ class ClientConnection(asyncio.Protocol):
         # in on_headers_complete. llhttp itself rejects the request-smuggling framings:
         # Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold.
         headers = self._headers
-        headers.append((name.lower(), value))
+        name = name.lower()
+        headers.append((name, value))
+        if name not in http11.HOP_BY_HOP_REQUEST and not name.startswith(http11.INTERNAL_PREFIX):
+            self._forward += (name, b": ", value, b"\r\n")  # joined once, upstream-bound
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > self._max_header_bytes or len(headers) > self._max_headers:
             raise HeadersTooLarge(
@@ -164,7 +171,7 @@ class ClientConnection(asyncio.Protocol):
             )
 
     def on_headers_complete(self) -> None:
-        fields = dict(self._headers)
+        fields = self._fields = dict(self._headers)
         length = fields.get(b"content-length")
         if length is not None and int(length) > self.limits.max_body_bytes:
             raise PayloadTooLarge(
@@ -207,6 +214,8 @@ class ClientConnection(asyncio.Protocol):
             http_11=parser.get_http_version() == "1.1",
             received_at=time.perf_counter(),
             request_id=rid,
+            fields=self._fields,
+            forward=b"".join(self._forward),
         )
         # Served after feed_data returns (see data_received), never inside the parser's
         # callback, so routing errors are not mistaken for parse errors.
@@ -248,7 +257,8 @@ class ClientConnection(asyncio.Protocol):
         if self.closing_after:
             self.close_after_write()
             return
-        self._set_deadline(_IDLE, self.limits.keepalive_timeout)
+        self._state = _IDLE  # _set_deadline, inlined: once per request
+        self.deadline = self.plane.now + self._keepalive_timeout
 
     def respond(
         self,

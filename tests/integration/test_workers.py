@@ -1,0 +1,63 @@
+"""`serve --workers 2`: one port, one admin API, metrics merged, reloads fanned out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.procs import GatewayProc, Simulator
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def test_two_workers_share_port_and_metrics(
+    gateway: Callable[..., GatewayProc], sims: tuple[Simulator, Simulator]
+) -> None:
+    gw = gateway(
+        f"""apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: r
+variants: [{{name: main, endpoints: ["{sims[0].url}"]}}]
+""",
+        extra=("--workers", "2"),
+    )
+    workers = children(gw.proc.popen.pid)
+    assert len(workers) == 2
+    for _ in range(60):  # a new connection each time: the kernel spreads them
+        r = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "r", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.status_code == 200
+    assert gw.metric("switchyard_requests_total", route="r", status_class="2xx") == 60
+    assert gw.metric("switchyard_workers") == 2
+    reload = httpx.post(f"{gw.admin}/admin/reload").json()
+    assert [w["status"] for w in reload["workers"]] == [200, 200]
+
+    # A worker that dies is replaced; the port keeps serving meanwhile.
+    os.kill(workers[0], signal.SIGKILL)
+    ok = 0
+    for _ in range(30):
+        r = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "r", "messages": [{"role": "user", "content": "x"}]},
+        )
+        ok += r.status_code == 200
+    assert ok == 30
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        len(children(gw.proc.popen.pid)) < 2 or httpx.get(f"{gw.admin}/readyz").status_code != 200
+    ):
+        time.sleep(0.2)
+    assert len(children(gw.proc.popen.pid)) == 2
+    assert httpx.get(f"{gw.admin}/readyz").status_code == 200
+    assert "worker 0 exited" in gw.proc.output()
+    assert gw.proc.stop() == 0
