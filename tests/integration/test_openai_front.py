@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -29,12 +29,15 @@ variants:
     )
 
 
-def client(gw: GatewayProc, **kw: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, **kw)  # type: ignore[arg-type]
+@pytest.fixture
+def oa(gw: GatewayProc) -> Iterator[openai.OpenAI]:
+    """The official SDK pointed at the gateway (closed afterwards: no leaked sockets)."""
+    with openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
-def test_chat_non_stream_with_routing_headers(gw: GatewayProc) -> None:
-    raw = client(gw).chat.completions.with_raw_response.create(
+def test_chat_non_stream_with_routing_headers(oa: openai.OpenAI) -> None:
+    raw = oa.chat.completions.with_raw_response.create(
         model="chat",
         messages=MESSAGES,
         extra_headers={"x-user-id": "alice"},  # type: ignore[arg-type]
@@ -50,8 +53,8 @@ def test_chat_non_stream_with_routing_headers(gw: GatewayProc) -> None:
     assert raw.headers["x-request-id"]
 
 
-def test_chat_stream_relays_every_chunk(gw: GatewayProc) -> None:
-    stream = client(gw).chat.completions.create(
+def test_chat_stream_relays_every_chunk(oa: openai.OpenAI) -> None:
+    stream = oa.chat.completions.create(
         model="chat",
         messages=MESSAGES,  # type: ignore[arg-type]
         stream=True,
@@ -67,8 +70,8 @@ def test_chat_stream_relays_every_chunk(gw: GatewayProc) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
 
 
-def test_completions_embeddings_models(gw: GatewayProc) -> None:
-    c = client(gw)
+def test_completions_embeddings_models(oa: openai.OpenAI) -> None:
+    c = oa
     done = c.completions.create(model="chat", prompt="say something", max_tokens=4)
     assert done.object == "text_completion" and done.choices[0].text
     emb = c.embeddings.create(model="embed", input=["one", "two"])
@@ -87,8 +90,8 @@ async def test_async_client_stream_and_plain(gw: GatewayProc) -> None:
     await c.close()
 
 
-def test_sticky_users_and_override(gw: GatewayProc) -> None:
-    c = client(gw)
+def test_sticky_users_and_override(oa: openai.OpenAI) -> None:
+    c = oa
 
     def variant(headers: dict[str, str]) -> str:
         raw = c.chat.completions.with_raw_response.create(
@@ -104,8 +107,8 @@ def test_sticky_users_and_override(gw: GatewayProc) -> None:
     assert {variant({"x-cohort": "beta", "x-user-id": "alice"}) for _ in range(5)} == {"challenger"}
 
 
-def test_weighted_split_reaches_both_variants(gw: GatewayProc) -> None:
-    c = client(gw)
+def test_weighted_split_reaches_both_variants(gw: GatewayProc, oa: openai.OpenAI) -> None:
+    c = oa
     seen: Counter[str] = Counter()
     for _ in range(200):
         raw = c.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)  # type: ignore[arg-type]
@@ -118,9 +121,9 @@ def test_weighted_split_reaches_both_variants(gw: GatewayProc) -> None:
     )
 
 
-def test_unknown_model_is_openai_404(gw: GatewayProc) -> None:
+def test_unknown_model_is_openai_404(oa: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client(gw).chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+        oa.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
     assert "nope" in str(info.value)
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "model_not_found"
@@ -157,8 +160,8 @@ def test_oversized_body_and_unknown_path(gw: GatewayProc) -> None:
     assert r.status_code == 405
 
 
-def test_metrics_exposed(gw: GatewayProc) -> None:
-    client(gw).chat.completions.create(model="chat", messages=MESSAGES)  # type: ignore[arg-type]
+def test_metrics_exposed(gw: GatewayProc, oa: openai.OpenAI) -> None:
+    oa.chat.completions.create(model="chat", messages=MESSAGES)  # type: ignore[arg-type]
     text = gw.metrics()
     for name in (
         "switchyard_requests_total",

@@ -128,22 +128,22 @@ def test_cut_stream_is_never_a_clean_finish(
     gateway: Callable[..., GatewayProc], sims: tuple[Simulator, Simulator]
 ) -> None:
     gw = gateway(pool_policy("r", [sims[0].url]))
-    c = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
-    stream = c.chat.completions.create(
-        model="r",
-        messages=MESSAGES,
-        stream=True,  # type: ignore[arg-type]
-        extra_headers={"x-sim-cut-after": "3", "x-sim-tokens": "20"},
-    )
-    got: list[object] = []
+    with openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0) as c:
+        stream = c.chat.completions.create(
+            model="r",
+            messages=MESSAGES,
+            stream=True,  # type: ignore[arg-type]
+            extra_headers={"x-sim-cut-after": "3", "x-sim-tokens": "20"},
+        )
+        got: list[object] = []
 
-    def consume() -> None:
-        for chunk in stream:
-            got.append(chunk)
+        def consume() -> None:
+            for chunk in stream:
+                got.append(chunk)
 
-    with pytest.raises((openai.APIError, httpx.HTTPError)):
-        consume()
-    assert 1 <= len(got) <= 5
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            consume()
+        assert 1 <= len(got) <= 5
     assert gw.metric("switchyard_gateway_errors_total", route="r", code="stream_cut") == 1
 
 
