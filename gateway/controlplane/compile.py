@@ -46,6 +46,7 @@ from gateway.dataplane.snapshot import (
     Timeouts,
     Variant,
 )
+from gateway.dataplane.translate import TRANSLATABLE
 from gateway.observability.metrics import GatewayMetrics
 
 NO_REGISTRY = "registry targets need a registry (--registry-uri); not configured"
@@ -117,6 +118,15 @@ def _check_route(
     if policy.outlier.max_ejection < policy.outlier.base_ejection:
         message = "must be at least base_ejection"
         out.append(source.problem(("outlier", "max_ejection"), message))
+    for i, variant in enumerate(policy.variants):
+        backend = variant.backend_protocol
+        pair = (policy.protocol, backend)
+        if backend and backend != policy.protocol and pair not in TRANSLATABLE:
+            message = (
+                f"the gateway cannot translate {policy.protocol} clients to {backend} backends "
+                "(it translates between openai and ollama)"
+            )
+            out.append(source.problem(("variants", i, "backend_protocol"), message))
     return out
 
 
@@ -290,6 +300,7 @@ def _variant(
         upstream_model=upstream_model,
         target=spec.target,
         header_lines=tuple(header_lines(route, spec.name, version, e.backend) for e in endpoints),
+        backend_protocol=spec.backend_protocol or "",
     )
 
 

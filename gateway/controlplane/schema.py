@@ -83,6 +83,13 @@ class VariantSpec(_Model):
         description="Model name sent to the backend: replaces the `model` field of the "
         "request body. Leave out to pass the client's value through.",
     )
+    backend_protocol: Literal["openai", "ollama"] | None = Field(
+        default=None,
+        description="API the variant's backends speak, when it differs from the route's "
+        "`protocol`: the gateway translates between OpenAI and Ollama (requests, "
+        "responses, streams, usage, errors; see the README's translation table). Leave "
+        "out when the backends speak the clients' protocol.",
+    )
     target: RegistryTarget | None = Field(
         default=None,
         description="Model registry target, models:/NAME@ALIAS or models:/NAME/VERSION. "

@@ -20,7 +20,7 @@ import asyncio
 import re
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -28,6 +28,7 @@ from gateway.dataplane import http11
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.pick import candidates, ejection_allowed, pick
 from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
+from gateway.dataplane.translate import Translator
 from gateway.errors import (
     GatewayError,
     NoHealthyUpstream,
@@ -48,6 +49,10 @@ _MAX_RESPONSE_HEAD = 64 * 1024
 # Response fields never relayed (RFC 9110 7.6.1 hop-by-hop, plus our own namespace),
 # matched in "\n" + the lower-cased header block: the leading "\n" is a literal prefix
 # the regex engine scans for quickly, so only line starts are tried.
+# Framing and type of a backend response whose body the gateway translates.
+_FRAMING_HEADER = re.compile(
+    rb"^(?:content-length|content-type)[ \t]*:[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE
+)
 _DROPPED_RESPONSE_HEADER = re.compile(
     rb"\n(?:connection|keep-alive|proxy-connection|proxy-authenticate|te|trailer"
     rb"|transfer-encoding|upgrade|x-request-id|x-switchyard-[a-z0-9-]*):"
@@ -81,6 +86,7 @@ class Exchange:
     sent_at = 0.0
     last_activity = 0.0
     first_byte_deadline = 0.0
+    translator: Translator | None = None
 
     def __init__(
         self,
@@ -90,8 +96,10 @@ class Exchange:
         decision: Decision,
         body: bytes,
         style: ErrorStyle,
+        parsed: dict[str, Any] | None = None,
     ) -> None:
         self.plane = plane
+        self.parsed = parsed
         self.client = client
         self.request = request
         self.decision = decision
@@ -168,8 +176,22 @@ class Exchange:
         endpoint = self.endpoint
         assert endpoint is not None
         body = self.body
+        target = self.target
         variant = self.variant
-        if variant.upstream_model is not None:
+        self.translator = None
+        if variant.backend_protocol and variant.backend_protocol != self.style.protocol:
+            # Another protocol behind this variant: translate (see translate.py).
+            translator = self.translator = Translator(
+                self.style.protocol,
+                variant.backend_protocol,
+                self.request.path,
+                self.parsed or {},
+                self.decision.route.name,
+                variant.upstream_model or self.decision.route.name,
+                self.request.request_id.decode(),
+            )
+            target, body = translator.request()
+        elif variant.upstream_model is not None:
             body = self.plane.rewrite_model(body, variant.upstream_model)
         assert conn.transport is not None
         conn.transport.write(
@@ -178,7 +200,7 @@ class Exchange:
                     self.request.method,
                     b" ",
                     endpoint.base_path_bytes,
-                    self.target,
+                    target,
                     b" HTTP/1.1\r\nhost: ",
                     endpoint.host_header,
                     b"\r\n",
@@ -284,8 +306,16 @@ class Exchange:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if not self.finished and not self.discard:
+                cause = (
+                    exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+                )
+                what = (
+                    f"a body the gateway could not translate ({cause!r})"
+                    if cause is not None
+                    else f"invalid HTTP: {exc}"
+                )
                 self._attempt_failed(
-                    UpstreamProtocolError(f"backend {self._backend()} sent invalid HTTP: {exc}")
+                    UpstreamProtocolError(f"backend {self._backend()} sent {what}")
                 )
                 return
         if self.out:
@@ -342,6 +372,14 @@ class Exchange:
                 pos = block.find(b"\r\n", at) + 2
             kept.append(block[pos:])
             block = b"".join(kept)
+        translator = self.translator
+        if translator is not None:
+            # The body changes shape and length: drop the backend's framing and type.
+            translator.start(status)
+            block = _FRAMING_HEADER.sub(b"", block)
+            block += b"content-type: " + translator.content_type() + b"\r\n"
+            self.chunked_out = True  # the client's body length is unknown until the end
+            self.sse = translator.front == "openai" and translator.stream and translator.ok
         self.started = True
         no_body = status in (204, 304)
         if not self.framed and not no_body:
@@ -366,6 +404,10 @@ class Exchange:
     def on_body(self, data: bytes) -> None:
         if self.discard or not self.started:
             return
+        if self.translator is not None:
+            data = self.translator.feed(data)
+            if not data:
+                return
         if self.chunked_out:
             self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -375,6 +417,10 @@ class Exchange:
     def on_message_complete(self) -> None:
         if self.discard or not self.started:
             return
+        if self.translator is not None:
+            tail = self.translator.finish()
+            if tail:
+                self.out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self.chunked_out else tail)
         if self.chunked_out:
             self.out.append(http11.LAST_CHUNK)
         # Completion waits until `feed` has flushed what this read produced: completing

@@ -7,6 +7,7 @@ to send. Each front renders the gateway's own errors the way its clients expect.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -21,6 +22,7 @@ from gateway.errors import (
     PayloadTooLarge,
     UnknownRoute,
     openai_body,
+    plain_body,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 class ErrorStyle(Protocol):
     """How one protocol's clients expect the gateway's own errors."""
 
+    protocol: str  # the API the front's clients speak ("openai", "ollama")
     content_type: bytes
 
     def body(self, err: GatewayError) -> bytes: ...
@@ -42,6 +45,7 @@ class ErrorStyle(Protocol):
 
 
 class OpenAIStyle:
+    protocol = "openai"
     content_type = b"application/json"
 
     def body(self, err: GatewayError) -> bytes:
@@ -133,4 +137,99 @@ class OpenAIFront:
                 f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
                 f"of {route.max_body_bytes} bytes"
             )
-        plane.proxy(conn, request, decision, request.body, self.style)
+        plane.proxy(conn, request, decision, request.body, self.style, body)
+
+
+class Front(Protocol):
+    """A protocol the data plane serves under a path prefix."""
+
+    @property
+    def style(self) -> ErrorStyle: ...
+
+    def handle(self, conn: ClientConnection, request: Request) -> None: ...
+
+
+class OllamaStyle:
+    protocol = "ollama"
+    content_type = b"application/json"
+
+    def body(self, err: GatewayError) -> bytes:
+        return plain_body(err)
+
+    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
+        # An NDJSON line the ollama client raises on (ResponseError); no done line follows.
+        return plain_body(err) + b"\n"
+
+
+_OLLAMA_PROXIED = frozenset({b"/api/chat", b"/api/generate", b"/api/embed", b"/api/embeddings"})
+_OLLAMA_PATHS = (
+    "POST /api/chat, POST /api/generate, POST /api/embed, POST /api/embeddings, "
+    "GET /api/tags, GET /api/version"
+)
+
+
+class OllamaFront:
+    """`/api/...`: the Ollama API as the `ollama` client calls it."""
+
+    style = OllamaStyle()
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def handle(self, conn: ClientConnection, request: Request) -> None:
+        path = request.path
+        if path in _OLLAMA_PROXIED:
+            if request.method != b"POST":
+                raise MethodNotAllowed(f"{path.decode()} accepts POST only")
+            self._proxy(conn, request)
+            return
+        if path == b"/api/tags" and request.method == b"GET":
+            snap = self.plane.ref.current
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.created_at))
+            models = [
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": stamp,
+                    "size": 0,
+                    "digest": "",
+                    "details": {
+                        "format": "",
+                        "family": "",
+                        "parameter_size": "",
+                        "quantization_level": "",
+                    },
+                }
+                for name, route in sorted(snap.routes.items())
+                if route.protocol == "ollama"
+            ]
+            conn.respond(200, orjson.dumps({"models": models}))
+            return
+        if path == b"/api/version" and request.method == b"GET":
+            conn.respond(200, b'{"version":"0.12.0"}')
+            return
+        raise NotFound(
+            f"no Ollama endpoint at {path.decode('utf-8', 'replace')[:200]}; "
+            f"this gateway serves {_OLLAMA_PATHS}"
+        )
+
+    def _proxy(self, conn: ClientConnection, request: Request) -> None:
+        body = parse_json_object(request.body)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required: a string naming the route", param="model")
+        plane = self.plane
+        decision = decide(
+            plane.ref.current, RequestHead(model, request.headers, body, request.fields), plane.rng
+        )
+        route = decision.route
+        if route.protocol != "ollama":
+            raise BadRequest(
+                f"route '{model}' speaks {route.protocol}, not the Ollama API", param="model"
+            )
+        if route.max_body_bytes is not None and len(request.body) > route.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
+                f"of {route.max_body_bytes} bytes"
+            )
+        plane.proxy(conn, request, decision, request.body, self.style, body)

@@ -7,13 +7,13 @@ import logging
 import os
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import orjson
 
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.exchange import Exchange
-from gateway.dataplane.fronts import ErrorStyle, OpenAIFront, OpenAIStyle
+from gateway.dataplane.fronts import ErrorStyle, Front, OllamaFront, OpenAIFront, OpenAIStyle
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.http11 import Request
 from gateway.dataplane.server import ClientConnection
@@ -22,9 +22,6 @@ from gateway.dataplane.upstream import UpstreamPool
 from gateway.errors import GatewayError, InternalError, NotFound, Unavailable
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings
-
-if TYPE_CHECKING:
-    from gateway.dataplane.fronts import OpenAIFront as _Front
 
 TICK = 0.1  # seconds between deadline checks: the precision of every timeout
 SWEEP_EVERY = 50  # ticks between closing idle upstream connections
@@ -58,7 +55,10 @@ class DataPlane:
         self._turn = 0
         self._rid_prefix = os.urandom(4).hex().encode()
         self._rid_counter = 0
-        self._fronts: list[tuple[bytes, _Front]] = [(b"/v1/", OpenAIFront(self))]
+        self._fronts: list[tuple[bytes, Front]] = [
+            (b"/v1/", OpenAIFront(self)),
+            (b"/api/", OllamaFront(self)),
+        ]
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._ticks = 0
@@ -121,10 +121,11 @@ class DataPlane:
         decision: Decision,
         body: bytes,
         style: ErrorStyle,
+        parsed: dict[str, Any] | None = None,
     ) -> None:
         if self.draining:
             raise Unavailable("the gateway is shutting down; retry on another replica")
-        conn.start_exchange(Exchange(self, conn, request, decision, body, style))
+        conn.start_exchange(Exchange(self, conn, request, decision, body, style, parsed))
 
     def _count_error(self, err: GatewayError) -> None:
         if err.route is not None:  # a known route refused the request (e.g. unavailable)

@@ -51,6 +51,8 @@ class Variant:
     target: str | None = None  # the policy's `target`, e.g. models:/name@alias
     # Bytes of the response headers naming this variant, precomputed per endpoint.
     header_lines: tuple[bytes, ...] = ()
+    # The backends' API when it differs from the route's ("" = the same): translated.
+    backend_protocol: str = ""
 
 
 @dataclass(frozen=True, slots=True)
