@@ -49,6 +49,12 @@ _MAX_RESPONSE_HEAD = 64 * 1024
 # Response fields never relayed (RFC 9110 7.6.1 hop-by-hop, plus our own namespace),
 # matched in "\n" + the lower-cased header block: the leading "\n" is a literal prefix
 # the regex engine scans for quickly, so only line starts are tried.
+# Generations whose chunks and usage feed the token metrics.
+_GENERATION_PATHS = frozenset(
+    {b"/v1/chat/completions", b"/v1/completions", b"/api/chat", b"/api/generate"}
+)
+_PROMPT_TOKENS = re.compile(rb'"(?:prompt_tokens|prompt_eval_count)"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"(?:completion_tokens|eval_count)"\s*:\s*(\d+)')
 # Framing and type of a backend response whose body the gateway translates.
 _FRAMING_HEADER = re.compile(
     rb"^(?:content-length|content-type)[ \t]*:[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE
@@ -87,6 +93,11 @@ class Exchange:
     last_activity = 0.0
     first_byte_deadline = 0.0
     translator: Translator | None = None
+    streaming = False  # the response is an SSE or NDJSON stream
+    count_tokens = False  # an LLM generation: time its chunks, read its usage
+    strip_usage = False  # we asked for a usage chunk the client did not: drop it
+    first_chunk_at = 0.0
+    last_chunk_at = 0.0
 
     def __init__(
         self,
@@ -100,6 +111,7 @@ class Exchange:
     ) -> None:
         self.plane = plane
         self.parsed = parsed
+        self.count_tokens = request.path in _GENERATION_PATHS
         self.client = client
         self.request = request
         self.decision = decision
@@ -380,6 +392,7 @@ class Exchange:
             block += b"content-type: " + translator.content_type() + b"\r\n"
             self.chunked_out = True  # the client's body length is unknown until the end
             self.sse = translator.front == "openai" and translator.stream and translator.ok
+        self.streaming = self.sse or b"\ncontent-type: application/x-ndjson" in probe
         self.started = True
         no_body = status in (204, 304)
         if not self.framed and not no_body:
@@ -404,6 +417,10 @@ class Exchange:
     def on_body(self, data: bytes) -> None:
         if self.discard or not self.started:
             return
+        if self.count_tokens and self.translator is None:
+            data = self._observe_tokens(data)
+            if not data:
+                return  # an empty chunk would end the client's body
         if self.translator is not None:
             data = self.translator.feed(data)
             if not data:
@@ -413,6 +430,31 @@ class Exchange:
         else:
             self.out.append(data)
         self.last_activity = self.plane.now
+
+    def _observe_tokens(self, data: bytes) -> bytes:
+        """TTFT and chunk gaps of streams; token counts from the usage report."""
+        series = self.series
+        if series is None:
+            return data
+        if self.streaming:
+            now = time.perf_counter()
+            if self.first_chunk_at == 0.0:
+                self.first_chunk_at = now
+                series.ttft.observe(now - self.sent_at)
+            else:
+                series.itl.observe(now - self.last_chunk_at)
+            self.last_chunk_at = now
+        if b'"usage"' in data or b'"eval_count"' in data:
+            # Usage comes once, at the end: a regex over that one read, no JSON parse.
+            prompt = _PROMPT_TOKENS.search(data)
+            done = _COMPLETION_TOKENS.search(data)
+            if prompt is not None:
+                series.prompt_tokens += int(prompt.group(1))
+            if done is not None:
+                series.completion_tokens += int(done.group(1))
+            if self.strip_usage and self.sse:
+                data = _without_usage_event(data)
+        return data
 
     def on_message_complete(self) -> None:
         if self.discard or not self.started:
@@ -581,6 +623,18 @@ class Exchange:
 
     def _backend(self) -> str:
         return self.endpoint.backend if self.endpoint is not None else "?"
+
+
+def _without_usage_event(data: bytes) -> bytes:
+    """`data` minus the SSE usage event (`"choices":[]` with `"usage"`), if whole in it."""
+    at = data.find(b'"usage"')
+    start = data.rfind(b"data:", 0, at)
+    end = data.find(b"\n\n", at)
+    if start < 0 or end < 0 or (start > 0 and data[start - 1 : start] != b"\n"):
+        return data
+    if b'"choices":[]' not in data[start:end]:
+        return data
+    return data[:start] + data[end + 2 :]
 
 
 def _retryable(policy: RetryPolicy, kind: str) -> bool:

@@ -137,7 +137,22 @@ class OpenAIFront:
                 f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
                 f"of {route.max_body_bytes} bytes"
             )
-        plane.proxy(conn, request, decision, request.body, self.style, body)
+        upstream_body = request.body
+        strip_usage = False
+        options = body.get("stream_options")
+        if (
+            body.get("stream") is True
+            and request.path != b"/v1/embeddings"
+            and not (isinstance(options, dict) and options.get("include_usage"))
+        ):
+            # Token metrics need the usage chunk: ask for it, and drop it from the client's
+            # stream since the client did not ask.
+            known = options if isinstance(options, dict) else {}
+            upstream_body = orjson.dumps(
+                {**body, "stream_options": {**known, "include_usage": True}}
+            )
+            strip_usage = True
+        plane.proxy(conn, request, decision, upstream_body, self.style, body, strip_usage)
 
 
 class Front(Protocol):

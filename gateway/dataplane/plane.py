@@ -122,10 +122,13 @@ class DataPlane:
         body: bytes,
         style: ErrorStyle,
         parsed: dict[str, Any] | None = None,
+        strip_usage: bool = False,
     ) -> None:
         if self.draining:
             raise Unavailable("the gateway is shutting down; retry on another replica")
-        conn.start_exchange(Exchange(self, conn, request, decision, body, style, parsed))
+        exchange = Exchange(self, conn, request, decision, body, style, parsed)
+        exchange.strip_usage = strip_usage
+        conn.start_exchange(exchange)
 
     def _count_error(self, err: GatewayError) -> None:
         if err.route is not None:  # a known route refused the request (e.g. unavailable)

@@ -48,6 +48,23 @@ DURATION_BUCKETS: tuple[float, ...] = (
     120.0,
     300.0,
 )
+TOKEN_GAP_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 OVERHEAD_BUCKETS: tuple[float, ...] = (
     0.00001,
     0.000025,
@@ -109,6 +126,12 @@ class RequestSeries:
     duration: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     upstream: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     overhead: Histogram = field(default_factory=lambda: Histogram(OVERHEAD_BUCKETS))
+    # LLM routes: streamed responses' time to first token and gaps between chunks, and
+    # token counts from the backend's usage report.
+    ttft: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    itl: Histogram = field(default_factory=lambda: Histogram(TOKEN_GAP_BUCKETS))
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -218,6 +241,26 @@ class GatewayMetrics:
             "Time the gateway itself added: request duration minus upstream duration.",
             labels=labels,
         )
+        ttft = HistogramMetricFamily(
+            "switchyard_time_to_first_token_seconds",
+            "Streamed LLM responses: request sent to the backend until its first body chunk.",
+            labels=labels,
+        )
+        itl = HistogramMetricFamily(
+            "switchyard_inter_token_latency_seconds",
+            "Streamed LLM responses: gap between consecutive chunks (one token each on vLLM).",
+            labels=labels,
+        )
+        prompt = CounterMetricFamily(
+            "switchyard_prompt_tokens",
+            "Prompt tokens reported by the backends' usage (LLM routes).",
+            labels=labels,
+        )
+        completion = CounterMetricFamily(
+            "switchyard_completion_tokens",
+            "Completion tokens reported by the backends' usage (LLM routes).",
+            labels=labels,
+        )
         for s in list(self._series.values()):
             lv = [s.route, s.variant, s.version, s.backend]
             for cls, count in enumerate(s.by_class):
@@ -227,7 +270,13 @@ class GatewayMetrics:
                 duration.add_metric(lv, s.duration.buckets(), s.duration.total)
                 upstream.add_metric(lv, s.upstream.buckets(), s.upstream.total)
                 overhead.add_metric(lv, s.overhead.buckets(), s.overhead.total)
-        yield from (requests, duration, upstream, overhead)
+            if any(s.ttft.counts):
+                ttft.add_metric(lv, s.ttft.buckets(), s.ttft.total)
+                itl.add_metric(lv, s.itl.buckets(), s.itl.total)
+            if s.prompt_tokens or s.completion_tokens:
+                prompt.add_metric(lv, s.prompt_tokens)
+                completion.add_metric(lv, s.completion_tokens)
+        yield from (requests, duration, upstream, overhead, ttft, itl, prompt, completion)
 
         retries = CounterMetricFamily(
             "switchyard_retries", "Retries sent to another endpoint or variant.", labels=["route"]

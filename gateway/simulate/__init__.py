@@ -9,10 +9,14 @@ headers or by fault rules (`faults.py`), and observable at `/sim/stats`.
     client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x")
     ...
     await server.close()
+
+    server = await serve_ollama(OllamaOptions(served_models=("llama3.2",)), port=0)
+    client = ollama.AsyncClient(host=server.url)
 """
 
 from gateway.simulate.exchange import Deferred, Handler, Request, Responder, Response
 from gateway.simulate.faults import FaultInjector, FaultPlan, FaultRule, parse_fault
+from gateway.simulate.ollama import OllamaOptions, OllamaSimulator, serve_ollama
 from gateway.simulate.openai import OpenAIOptions, OpenAISimulator, serve_openai
 from gateway.simulate.server import SimServer, start_server
 from gateway.simulate.stats import SimStats
@@ -23,6 +27,8 @@ __all__ = [
     "FaultPlan",
     "FaultRule",
     "Handler",
+    "OllamaOptions",
+    "OllamaSimulator",
     "OpenAIOptions",
     "OpenAISimulator",
     "Request",
@@ -31,6 +37,7 @@ __all__ = [
     "SimServer",
     "SimStats",
     "parse_fault",
+    "serve_ollama",
     "serve_openai",
     "start_server",
 ]

@@ -19,6 +19,7 @@ from typing import TypeAlias
 import uvloop
 
 from gateway.simulate.faults import FAULT_SYNTAX, FaultRule, FaultSpecError, parse_fault
+from gateway.simulate.ollama import OllamaOptions, serve_ollama
 from gateway.simulate.openai import OpenAIOptions, serve_openai
 from gateway.simulate.server import SimServer
 
@@ -38,7 +39,7 @@ def add_commands(subparsers: Subparsers) -> None:
 
 
 def add_backends(backends: Subparsers) -> None:
-    """Register one subcommand per simulated backend (`openai`; more to come)."""
+    """Register one subcommand per simulated backend (`openai`, `ollama`; more to come)."""
     openai = backends.add_parser(
         "openai",
         help="OpenAI / vLLM API: chat, completions, embeddings, models, /metrics",
@@ -80,6 +81,7 @@ def add_backends(backends: Subparsers) -> None:
         help="answer 404 for a model not in --served-model, like vLLM",
     )
     openai.set_defaults(handler=run_openai)
+    _add_ollama(backends)
 
 
 def run_openai(args: argparse.Namespace) -> int:
@@ -104,6 +106,65 @@ def run_openai(args: argparse.Namespace) -> int:
     port: int = args.port
     name: str | None = args.name
     return run_until_signalled("openai", lambda: serve_openai(options, host, port, name))
+
+
+def _add_ollama(backends: Subparsers) -> None:
+    ollama = backends.add_parser(
+        "ollama",
+        help="Ollama native API: /api/chat, /api/generate (NDJSON), /api/embed, /api/tags",
+        description=(
+            "Simulate an Ollama server (ollama serve). Faults and x-sim-* headers apply "
+            "to /api/chat, /api/generate, /api/embed and /api/embeddings. Every response "
+            "carries x-sim-name; GET /sim/stats, POST /sim/reset and GET/POST /sim/faults "
+            "control it from tests."
+        ),
+        epilog=FAULT_SYNTAX,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common_options(ollama)
+    ollama.add_argument(
+        "--chunk-delay-ms", type=_non_negative, default=0.0, help="delay between stream lines"
+    )
+    ollama.add_argument("--tokens", type=_count, default=16, help="tokens per answer (default 16)")
+    ollama.add_argument(
+        "--served-model",
+        action="append",
+        dest="served_models",
+        metavar="NAME",
+        help="model listed by /api/tags; no tag means :latest (repeatable; default: sim)",
+    )
+    ollama.add_argument(
+        "--embedding-dim", type=_positive, default=8, help="embedding size (default 8)"
+    )
+    ollama.add_argument(
+        "--strict-models",
+        action="store_true",
+        help="answer 404 for a model not in --served-model, like Ollama for an unpulled model",
+    )
+    ollama.set_defaults(handler=run_ollama)
+
+
+def run_ollama(args: argparse.Namespace) -> int:
+    """Run the Ollama simulator from parsed arguments; returns the exit status."""
+    try:
+        options = OllamaOptions(
+            served_models=tuple(args.served_models or ("sim",)),
+            latency_ms=args.latency_ms,
+            chunk_delay_ms=args.chunk_delay_ms,
+            tokens=args.tokens,
+            error_rate=args.error_rate,
+            faults=tuple(args.faults),
+            seed=args.seed,
+            embedding_dimensions=args.embedding_dim,
+            strict_models=args.strict_models,
+        )
+    except ValueError as exc:
+        print(f"switchyard-sim: {exc}", file=sys.stderr)
+        return 2
+    host: str = args.host
+    port: int = args.port
+    name: str | None = args.name
+    return run_until_signalled("ollama", lambda: serve_ollama(options, host, port, name))
 
 
 def run_until_signalled(kind: str, start: Callable[[], Awaitable[SimServer]]) -> int:
