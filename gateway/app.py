@@ -20,13 +20,17 @@ import uvicorn
 
 from gateway import __version__
 from gateway.admin.app import build_admin_app
+from gateway.controlplane.configmap import ConfigMapPolicies
+from gateway.controlplane.discovery import EndpointDiscovery
+from gateway.controlplane.kube import KubeAccess
 from gateway.controlplane.loader import PolicyError
 from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
-from gateway.controlplane.reload import PolicyReloader
+from gateway.controlplane.reload import PolicyReloader, ReloadResult
 from gateway.controlplane.resolve import RegistryResolver
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.snapshot import SnapshotRef
+from gateway.drift.feed import DriftFeed
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings, from_env
@@ -43,9 +47,24 @@ class Gateway:
         self.metrics.info_labels = {"version": __version__}
         self.health = HealthRegistry(self.metrics)
         self.resolver = _resolver(settings, self.metrics)
-        self.reloader = PolicyReloader(
-            settings.policies, self.metrics, self.health, log, resolver=self.resolver
+        # Kubernetes is reached only if a ConfigMap or a k8s:// pool needs it (lazily).
+        self.kube = KubeAccess(settings.kubeconfig)
+        self.discovery = EndpointDiscovery(self.kube, self.metrics, log)
+        self.configmap = (
+            ConfigMapPolicies(settings.policy_configmap, self.kube, self.metrics, log)
+            if settings.policy_configmap
+            else None
         )
+        self.reloader = PolicyReloader(
+            self.configmap or settings.policies,
+            self.metrics,
+            self.health,
+            log,
+            resolver=self.resolver,
+            discovery=self.discovery,
+            file_roots=settings.file_roots,
+        )
+        self.drift = DriftFeed(settings, self.metrics, lambda: self.reloader.policies)
         self.stopping = asyncio.Event()
         self.port = settings.port
         self.admin_port = settings.admin_port
@@ -62,19 +81,22 @@ class Gateway:
         _check_admin_exposure(settings)
         loop = asyncio.get_running_loop()
         try:
+            if self.configmap is not None:
+                await self.configmap.start()
             snapshot = await self.reloader.load()
         except PolicyError as exc:
             for problem in exc.problems:
                 log.error("policy: %s", problem)
             log.error(
-                "refusing to start: the policies in %s are invalid", ", ".join(settings.policies)
+                "refusing to start: the policies in %s are invalid",
+                self.reloader.source.description,
             )
             await self._close_registry()
             return 2
         ref = SnapshotRef(snapshot)
         self.metrics.policy_hash = snapshot.version
         self.metrics.policy_routes = len(snapshot.routes)
-        plane = DataPlane(settings, ref, self.metrics, self.health, loop)
+        plane = DataPlane(settings, ref, self.metrics, self.health, loop, tap=self.drift.tap)
         self.port = await plane.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
 
         admin = _AdminServer(
@@ -84,6 +106,7 @@ class Gateway:
                     self.reloader,
                     settings.admin_token,
                     webhook_secret=settings.registry_webhook_secret,
+                    drift_dir=settings.drift_dir,
                 ),
                 host=settings.admin_host,
                 port=settings.admin_port,
@@ -105,11 +128,19 @@ class Gateway:
             for sock in server.sockets:
                 self.admin_port = sock.getsockname()[1]
         background: list[asyncio.Task[None]] = []
-        if settings.watch_interval > 0:
+        if self.configmap is not None:
+
+            def reload_configmap(reason: str) -> Coroutine[Any, Any, ReloadResult]:
+                return self.reloader.reload(ref, reason)
+
+            background.append(loop.create_task(self.configmap.follow(reload_configmap)))
+        elif settings.watch_interval > 0:
             background.append(loop.create_task(self.reloader.watch(ref, settings.watch_interval)))
+        background.append(loop.create_task(self.reloader.follow_discovery(ref)))
         if self.resolver is not None:
             follow = self.reloader.follow_registry(ref, settings.registry_poll_interval)
             background.append(loop.create_task(follow))
+        self.drift.start(ref)
 
         def reload_signal() -> None:
             self._spawn(self.reloader.reload(ref, "SIGHUP"))
@@ -149,6 +180,7 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.drift.stop()
         await self._close_registry()
         admin.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +192,8 @@ class Gateway:
     async def _close_registry(self) -> None:
         if self.resolver is not None:
             await self.resolver.aclose()
+        await self.discovery.aclose()
+        await self.kube.aclose()
 
 
 def _resolver(settings: Settings, metrics: GatewayMetrics) -> RegistryResolver | None:
@@ -226,6 +260,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "registry_poll_interval": args.registry_poll_interval,
         "registry_timeout": args.registry_timeout,
         "registry_cache": args.registry_cache,
+        "drift_dir": getattr(args, "drift_dir", None),
+        "drift_worker": False if getattr(args, "no_drift_worker", False) else None,
+        "file_roots": tuple(getattr(args, "file_roots", None) or ()) or None,
+        # `switchyard demo` shares these options but not the Kubernetes ones.
+        "policy_configmap": getattr(args, "policy_configmap", None),
+        "kubeconfig": getattr(args, "kubeconfig", None),
     }
     return from_env().with_overrides(**values)
 
@@ -293,6 +333,46 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_drift_options(parser: argparse.ArgumentParser) -> None:
+    drift = parser.add_argument_group(
+        "drift",
+        "Policies with a `drift` block sample live inputs into windows that a drift worker "
+        "process (started here; Evidently, needs the drift extra) compares with reference data.",
+    )
+    drift.add_argument(
+        "--drift-dir",
+        metavar="DIR",
+        help="drift worker state: status, HTML reports, saved windows (default .state/drift)",
+    )
+    drift.add_argument(
+        "--no-drift-worker",
+        action="store_true",
+        help="do not start the drift worker (run `switchyard drift-worker` yourself)",
+    )
+    drift.add_argument(
+        "--file-root",
+        action="append",
+        dest="file_roots",
+        metavar="DIR",
+        help="a folder policies may name files in, besides their own (repeatable)",
+    )
+
+
+def add_kubernetes_options(parser: argparse.ArgumentParser) -> None:
+    kube = parser.add_argument_group(
+        "Kubernetes",
+        "Policies from a ConfigMap (watched), and k8s://NAMESPACE/SERVICE:PORT pools "
+        "(EndpointSlices). In a pod the service account is used; elsewhere --kubeconfig, "
+        "$KUBECONFIG or ~/.kube/config. Needs the k8s extra: pip install 'switchyard[k8s]'.",
+    )
+    kube.add_argument(
+        "--policy-configmap",
+        metavar="NAMESPACE/NAME",
+        help="read the policies from this ConfigMap's *.yaml keys instead of --policies",
+    )
+    kube.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for the Kubernetes API")
+
+
 def _serve(args: argparse.Namespace) -> int:
     return run_gateway(settings_from_args(args))
 
@@ -305,6 +385,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "from the environment (e.g. SWITCHYARD_PORT=8080).",
     )
     add_serve_options(serve)
+    add_drift_options(serve)
+    add_kubernetes_options(serve)
     serve.set_defaults(handler=_serve)
     from gateway.demo import add_demo_command
 

@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.app import add_commands as add_serve
     from gateway.controlplane.cli import add_commands as add_policy
     from gateway.controlplane.registry_cli import add_commands as add_registry
+    from gateway.drift.cli import add_commands as add_drift
     from gateway.simulate.cli import add_commands as add_simulate
 
     parser = argparse.ArgumentParser(
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy(sub)
     add_registry(sub)
     add_simulate(sub)
+    add_drift(sub)
     return parser
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.app import add_serve_options, run_gateway, settings_from_args
+from gateway.app import add_drift_options, add_serve_options, run_gateway, settings_from_args
 from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
 from gateway.localmlflow import DEMO_MODELS, LocalMlflow, seed
 from gateway.settings import Settings
@@ -39,6 +39,10 @@ DEMO_BACKENDS = (
     DemoBackend("champion", "openai", 9101, ("--latency-ms", "5", "--tokens", "24")),
     DemoBackend("challenger", "openai", 9102, ("--latency-ms", "8", "--tokens", "24")),
 )
+# Drift: route `support` (policies/drift/) and a fake Kubeflow Pipelines API that records
+# the retraining runs drift starts (`switchyard simulate kubeflow`).
+DRIFT_POLICIES = "policies/drift"
+DRIFT_BACKENDS = (DemoBackend("kubeflow", "kubeflow", 9103),)
 
 
 def start_backends(backends: tuple[DemoBackend, ...]) -> list[subprocess.Popen[str]]:
@@ -89,8 +93,12 @@ def _demo(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.no_registry and not args.policies:
         settings = settings.with_overrides(policies=(NO_REGISTRY_POLICIES,))
+    backends: tuple[DemoBackend, ...] = DEMO_BACKENDS
+    if not args.no_drift and not args.policies:
+        settings = settings.with_overrides(policies=(*settings.policies, DRIFT_POLICIES))
+        backends += DRIFT_BACKENDS
     print("switchyard demo: starting simulated backends", flush=True)
-    procs = start_backends(DEMO_BACKENDS)
+    procs = start_backends(backends)
     mlflow: LocalMlflow | None = None
     try:
         if not args.no_registry:
@@ -161,6 +169,15 @@ def _print_try_it(settings: Settings) -> None:
             "  switchyard policy explain --route chat --header x-user-id=alice "
             f"--policies {NO_REGISTRY_POLICIES}"
         )
+    if DRIFT_POLICIES in settings.policies:
+        lines += [
+            "Drift (route support; the drift worker loads Evidently in its own process):",
+            f"  .venv/bin/python loadtests/drift_demo.py --gateway {base} --admin {admin}",
+            f"  curl -s {admin}/admin/drift/support",
+            f"  curl -s {admin}/metrics | grep switchyard_drift_share",
+            f"  open {admin}/admin/drift/support/report.html   # the Evidently report",
+            "  curl -s http://127.0.0.1:9103/apis/v2beta1/runs   # Kubeflow runs drift started",
+        ]
     lines.append("Edit the policy files while it runs: the gateway reloads on save. Ctrl-C stops.")
     print("\n".join(lines) + "\n", flush=True)
 
@@ -171,11 +188,17 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="run the quick start: simulated backends, an MLflow registry and the gateway",
     )
     add_serve_options(demo)
+    add_drift_options(demo)
     quick = demo.add_argument_group("quick start")
     quick.add_argument(
         "--no-registry",
         action="store_true",
         help=f"no MLflow: serve {NO_REGISTRY_POLICIES}/ with endpoints written in the policy",
+    )
+    quick.add_argument(
+        "--no-drift",
+        action="store_true",
+        help=f"leave out the drift demo ({DRIFT_POLICIES}/ and the fake Kubeflow on :9103)",
     )
     quick.add_argument(
         "--registry-port", type=int, default=5000, help="port of the local MLflow (default 5000)"

@@ -56,6 +56,19 @@ class Settings:
     registry_timeout: float = 2.0  # per registry request
     registry_cache: str | None = None  # file keeping the last resolutions across restarts
     registry_webhook_secret: str | None = None  # HMAC secret of MLflow's webhooks
+    # NAMESPACE/NAME of a ConfigMap whose *.yaml keys are the policies (instead of files).
+    policy_configmap: str | None = None
+    # Kubeconfig file for the Kubernetes API; None: in-cluster config, else ~/.kube/config.
+    kubeconfig: str | None = None
+    # Drift: the worker's folder (status, HTML reports, saved windows; its address derives
+    # from it); whether this process starts the worker when a policy has a drift block
+    # (false: it runs elsewhere, `switchyard drift-worker`); the request-path buffer.
+    drift_dir: str = ".state/drift"
+    drift_worker: bool = True
+    drift_buffer: int = 4096  # samples held between two flushes (200 ms); more are dropped
+    # Folders policy files may name local files in (reference data, saved windows),
+    # besides the policy file's own folder.
+    file_roots: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
 

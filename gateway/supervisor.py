@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin.aggregate import merge_expositions
+from gateway.drift.manager import DriftWanted, DriftWorkerManager
 from gateway.settings import Settings, to_env
 
 log = logging.getLogger("switchyard.supervisor")
@@ -70,6 +71,13 @@ class Supervisor:
             self._forward(signal.SIGTERM)
             await asyncio.gather(*watchers, return_exceptions=True)
             return 2
+        drift = None
+        if self.settings.drift_worker:
+            wanted = DriftWanted(
+                self.settings.policies, always=self.settings.policy_configmap is not None
+            )
+            drift = DriftWorkerManager(self.settings, wanted)
+            drift_task = loop.create_task(drift.run())
         admin = _AdminServer(
             uvicorn.Config(
                 build_supervisor_app(self),
@@ -102,6 +110,10 @@ class Supervisor:
         self.stopping = True
         self._forward(signal.SIGTERM)
         await asyncio.gather(*watchers, return_exceptions=True)
+        if drift is not None:
+            drift_task.cancel()
+            await asyncio.gather(drift_task, return_exceptions=True)
+            await drift.stop()
         admin.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await admin_task
@@ -130,6 +142,7 @@ class Supervisor:
             reuse_port=True,
             admin_host="127.0.0.1",
             admin_port=0,
+            drift_worker=False,  # one drift worker for all: this supervisor runs it
         )
         env = {**os.environ, **to_env(settings), "SWITCHYARD_WORKER_INDEX": str(worker.index)}
         worker.proc = await asyncio.create_subprocess_exec(

@@ -3,7 +3,13 @@
 The real data plane objects (ClientConnection, Exchange, UpstreamConnection, a compiled
 two-variant sticky canary snapshot) are driven with in-memory transports, so the number
 is the gateway's own per-request CPU in microseconds: what each optimisation changes.
-Run: .venv/bin/python loadtests/micro_requestpath.py [--requests N]
+Run: .venv/bin/python loadtests/micro_requestpath.py [--requests N] [--drift-sample RATE]
+
+With --drift-sample (0..1) the route is sampled into a drift tap at that rate (0: the
+tap is there but the route has no drift block, the production default); without it the
+plane has no tap at all. The buffer is emptied every 1000 requests, as the sender would.
+Afterwards the background sender's cost per sample (feature extraction, encoding, one
+datagram per batch to a local socket) is measured too.
 """
 
 from __future__ import annotations
@@ -12,19 +18,28 @@ import argparse
 import asyncio
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.controlplane.compile import compile_snapshot
 from gateway.controlplane.loader import parse_policies
+from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.server import ClientConnection
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.dataplane.upstream import UpstreamConnection
+from gateway.drift.channel import receiver_socket, worker_address
+from gateway.drift.features import build_extractor
+from gateway.drift.sender import DriftSender
+from gateway.drift.tap import DriftTap
+from gateway.observability.drift_metrics import DriftCounters
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings
 
@@ -87,14 +102,21 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-async def measure(n: int) -> float:
+async def measure(n: int, drift_sample: float | None = None) -> float:
     loop = asyncio.get_running_loop()
     metrics = GatewayMetrics()
     health = HealthRegistry(metrics)
     policies, problems = parse_policies(POLICY, "bench.yaml")
     assert not problems, problems
     snap = compile_snapshot(policies, metrics=metrics, health=health)
-    plane = DataPlane(Settings(), SnapshotRef(snap), metrics, health, loop, random.Random(1))
+    tap = None
+    if drift_sample is not None:
+        tap = DriftTap(1 << 30, rng=random.Random(2))
+        if drift_sample > 0:
+            tap.configure({"chat": drift_sample})
+    plane = DataPlane(
+        Settings(), SnapshotRef(snap), metrics, health, loop, random.Random(1), tap=tap
+    )
     client = ClientConnection(plane)
     client.connection_made(MemoryTransport())
     endpoint = snap.routes["chat"].variants[0].endpoints[0]
@@ -112,25 +134,85 @@ async def measure(n: int) -> float:
     for i in range(n):
         client.data_received(requests[i % 1000])
         upstream.data_received(RESPONSE)
+        if tap is not None and i % 1000 == 999:
+            tap.take()
     elapsed = time.perf_counter() - start
     served = sum(s.by_class[2] for s in metrics._series.values())
     assert served == n, f"only {served} of {n} requests completed"
     return elapsed / n * 1e6
 
 
+def sender_cost(samples: int) -> float:
+    """Microseconds per sample of the background sender: extract, encode, send."""
+    policies, _ = parse_policies(POLICY, "bench.yaml")
+    metrics = GatewayMetrics()
+    snap = compile_snapshot(policies, metrics=metrics, health=HealthRegistry(metrics))
+    decision = decide(snap, RequestHead("chat"), random.Random(1))
+    body = orjson.loads(BODY)
+    with tempfile.TemporaryDirectory() as folder:
+        address = worker_address(folder)
+        receiver = receiver_socket(address)
+        tap = DriftTap(1 << 30)
+        sender = DriftSender(tap, address, DriftCounters())
+        sender._extractors = {"chat": build_extractor("openai", ())}  # no drift block needed
+        tap.configure({"chat": 1.0})
+        elapsed = 0.0
+        for _ in range(samples // 1000):
+            for _ in range(1000):
+                tap.offer(decision, body)
+            start = time.perf_counter()
+            sender.flush()
+            elapsed += time.perf_counter() - start
+            while True:  # the worker's side, not timed
+                try:
+                    receiver.recv(1 << 17)
+                except BlockingIOError:
+                    break
+        sender.close()
+        receiver.close()
+    return elapsed / samples * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--drift-sample", type=float, metavar="RATE")
+    parser.add_argument(
+        "--compare-drift",
+        action="store_true",
+        help="alternate rounds without a tap, with drift off (rate 0) and sampling 100%%, "
+        "in one process, so machine noise hits all three alike",
+    )
     args = parser.parse_args()
     import uvloop
 
-    results = [uvloop.run(measure(args.requests)) for _ in range(args.rounds)]
+    if args.compare_drift:
+        configs: list[float | None] = [None, 0.0, 1.0]
+        runs: dict[float | None, list[float]] = {c: [] for c in configs}
+        for _ in range(args.rounds):
+            for config in configs:
+                runs[config].append(uvloop.run(measure(args.requests, config)))
+        for config in configs:
+            label = "no tap" if config is None else f"drift sample {config:g}"
+            found = sorted(runs[config])
+            print(
+                f"{label:>16}: best {found[0]:.2f} us, median {found[len(found) // 2]:.2f} us "
+                f"per request ({args.rounds} rounds of {args.requests})"
+            )
+        print(f"background sender per sample: {min(sender_cost(50_000) for _ in range(3)):.2f} us")
+        return
+
+    results = [uvloop.run(measure(args.requests, args.drift_sample)) for _ in range(args.rounds)]
+    tap = "no tap" if args.drift_sample is None else f"drift sample {args.drift_sample:g}"
     print(
-        f"python cost per proxied request: best {min(results):.2f} us, "
+        f"python cost per proxied request ({tap}): best {min(results):.2f} us, "
         f"median {sorted(results)[len(results) // 2]:.2f} us over {args.rounds} rounds "
         f"of {args.requests} requests"
     )
+    if args.drift_sample:
+        cost = min(sender_cost(50_000) for _ in range(args.rounds))
+        print(f"background drift sender per sample (extract, encode, send): {cost:.2f} us")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,19 @@ from collections.abc import Iterable, Sequence
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from gateway.observability.drift_metrics import WORKER_SOURCED
+
 # Sample names whose values must not be summed across workers.
-_MAX_MERGED = frozenset({"switchyard_backend_ejected", "switchyard_registry_stale"})
+# Every worker watches Kubernetes itself, so its watch state and discovered endpoint
+# counts are per-process views of one fact.
+_MAX_MERGED = frozenset(
+    {
+        "switchyard_backend_ejected",
+        "switchyard_registry_stale",
+        "switchyard_kubernetes_watch_synced",
+        "switchyard_discovery_endpoints",
+    }
+)
 
 
 def merge_expositions(texts: Sequence[str]) -> str:
@@ -31,7 +42,11 @@ def merge_expositions(texts: Sequence[str]) -> str:
             merged = values[family.name]
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                if sample.name.endswith("_info") or sample.name in _MAX_MERGED:
+                if (
+                    sample.name.endswith("_info")
+                    or sample.name in _MAX_MERGED
+                    or sample.name in WORKER_SOURCED
+                ):
                     merged[key] = max(merged.get(key, sample.value), sample.value)
                 else:
                     merged[key] = merged.get(key, 0.0) + sample.value

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin.drift import drift_routes
 from gateway.admin.views import reload_view, routes_view, snapshot_view
 from gateway.controlplane.explain import explain
 from gateway.controlplane.reload import PolicyReloader
@@ -38,6 +39,7 @@ def build_admin_app(
     token: str | None,
     *,
     webhook_secret: str | None = None,
+    drift_dir: str | None = None,
 ) -> Starlette:
     """The admin ASGI app for one gateway process.
 
@@ -143,5 +145,6 @@ def build_admin_app(
             Route("/admin/routes", guarded(routes)),
             Route("/admin/explain", guarded(explain_view), methods=["POST"]),
             Route("/admin/registry/webhook", registry_webhook, methods=["POST"]),
+            *(drift_routes(drift_dir, plane.metrics.drift, guarded) if drift_dir else ()),
         ]
     )

@@ -20,6 +20,7 @@ from gateway.controlplane.compile import compile_snapshot, load_checked, policy_
 from gateway.controlplane.diff import diff_policies
 from gateway.controlplane.explain import explain, render_text
 from gateway.controlplane.loader import LoadedPolicy, PolicyError, PolicyProblem
+from gateway.controlplane.pools import service_pools
 from gateway.controlplane.reference import render_markdown
 from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
 from gateway.controlplane.resolve import RegistryResolver
@@ -91,17 +92,20 @@ def _registry_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build(paths: list[str], registry_uri: str | None = None) -> tuple[RuntimeSnapshot, int]:
-    """The snapshot the gateway would serve, and how many registry targets went unchecked.
+def _build(paths: list[str], registry_uri: str | None = None) -> tuple[RuntimeSnapshot, int, int]:
+    """The snapshot the gateway would serve, how many registry targets went unchecked,
+    and how many `k8s://` pools were left unexpanded.
 
     Without a registry, targets are accepted as written and their routes compile as
     unavailable; with one, they are resolved exactly as the gateway resolves them.
+    `k8s://` pools are checked for form only: offline, they compile without endpoints.
     """
     # A throwaway metrics/health pair: the CLI compiles exactly what the gateway would.
     metrics = GatewayMetrics()
-    policies = load_checked(paths, registry=True)
-    needs = [n for n in needs_of(policies) if not n.static]
     settings = from_env()
+    # Local files a policy names must be where the gateway would accept them.
+    policies = load_checked(paths, registry=True, file_roots=settings.file_roots)
+    needs = [n for n in needs_of(policies) if not n.static]
     resolved: dict[VariantKey, Binding] = {
         n.key: f"{n.target}: not resolved (no --registry-uri given)" for n in needs
     }
@@ -117,9 +121,14 @@ def _build(paths: list[str], registry_uri: str | None = None) -> tuple[RuntimeSn
             raise PolicyError(problems)
         needs = []
     snapshot = compile_snapshot(
-        policies, metrics=metrics, health=HealthRegistry(metrics), created_at=0.0, resolved=resolved
+        policies,
+        metrics=metrics,
+        health=HealthRegistry(metrics),
+        created_at=0.0,
+        resolved=resolved,
+        discovered={},
     )
-    return snapshot, len(needs)
+    return snapshot, len(needs), len(service_pools(policies))
 
 
 async def _resolve(
@@ -148,13 +157,15 @@ def _print_problems(exc: PolicyError) -> None:
 def run_validate(args: argparse.Namespace) -> int:
     """`policy validate PATH...`"""
     try:
-        snapshot, unchecked = _build(args.paths, args.registry_uri)
+        snapshot, unchecked, pools = _build(args.paths, args.registry_uri)
     except PolicyError as exc:
         _print_problems(exc)
         return 1
     note = ""
     if unchecked:
         note = f"; {unchecked} registry target(s) not resolved (no --registry-uri)"
+    if pools:
+        note += f"; {pools} k8s:// pool(s) not expanded (offline)"
     print(f"ok: {len(snapshot.routes)} routes (hash {snapshot.version}){note}")
     return 0
 
@@ -203,7 +214,7 @@ def run_explain(args: argparse.Namespace) -> int:
             return 2
         body = parsed
     try:
-        snapshot, _ = _build(args.policies or ["policies"], args.registry_uri)
+        snapshot, _, _ = _build(args.policies or ["policies"], args.registry_uri)
     except PolicyError as exc:
         _print_problems(exc)
         return 1

@@ -9,7 +9,8 @@ Compilation is pure except for get-or-create calls on `GatewayMetrics` and
 the same names, so health and counters carry over from one snapshot to the next.
 
 Registry targets arrive already resolved (`resolved`, built by the resolver from what
-the registry said): compiling never does I/O. A route with a weighted variant whose
+the registry said), and so do `k8s://` Service pools (`discovered`, the ready pods the
+EndpointSlice watch last saw): compiling never does I/O. A route with a weighted variant whose
 target has no resolution compiles all the same, marked unavailable, so it answers 503
 with the reason while every other route serves.
 """
@@ -24,6 +25,7 @@ from itertools import accumulate
 import orjson
 
 from gateway.controlplane.binding import Binding, Resolved, VariantKey, needs_of
+from gateway.controlplane.driftspec import drift_problems
 from gateway.controlplane.fields import split_endpoint, split_target
 from gateway.controlplane.loader import (
     LoadedPolicy,
@@ -33,6 +35,7 @@ from gateway.controlplane.loader import (
     PolicySource,
     collect_policies,
 )
+from gateway.controlplane.pools import Discovered, expand_pool, needs_kubernetes
 from gateway.controlplane.schema import RoutingPolicy, VariantSpec
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import (
@@ -62,11 +65,18 @@ def as_loaded(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[LoadedPo
 
 
 def check_policies(
-    policies: Iterable[LoadedPolicy | RoutingPolicy], *, registry: bool = False
+    policies: Iterable[LoadedPolicy | RoutingPolicy],
+    *,
+    registry: bool = False,
+    file_roots: Sequence[str] | None = None,
 ) -> list[PolicyProblem]:
     """Problems a single document's schema cannot see: references between fields,
     weights that add up to nothing, routes defined twice, and (without a `registry`)
-    targets nothing can resolve."""
+    targets nothing can resolve.
+
+    With `file_roots` (possibly empty), local files a policy names (drift reference
+    data, saved windows) must lie in the policy file's folder or one of those roots.
+    """
     problems: list[PolicyProblem] = []
     first_seen: dict[str, PolicySource] = {}
     for loaded in as_loaded(policies):
@@ -79,6 +89,9 @@ def check_policies(
                 )
             )
         problems.extend(_check_route(policy, source, registry))
+        if policy.drift is not None:
+            found = drift_problems(policy.drift, policy.protocol, source.file, file_roots)
+            problems.extend(source.problem(("drift", *loc), message) for loc, message in found)
     return problems
 
 
@@ -143,10 +156,12 @@ def policy_version(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> str:
     return hashlib.sha256(orjson.dumps(docs, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-def load_checked(paths: PathsArg, *, registry: bool = False) -> list[LoadedPolicy]:
+def load_checked(
+    paths: PathsArg, *, registry: bool = False, file_roots: Sequence[str] | None = ()
+) -> list[LoadedPolicy]:
     """Load and check policies, raising one `PolicyError` with every problem found."""
     policies, problems = collect_policies(paths)
-    problems.extend(check_policies(policies, registry=registry))
+    problems.extend(check_policies(policies, registry=registry, file_roots=file_roots))
     if problems:
         raise PolicyError(problems)
     return policies
@@ -159,20 +174,27 @@ def compile_snapshot(
     health: HealthRegistry,
     created_at: float | None = None,
     resolved: Resolutions | None = None,
+    discovered: Discovered | None = None,
 ) -> RuntimeSnapshot:
     """Build the snapshot for `policies`; raises `PolicyError` if they do not check out.
 
     `resolved` holds the registry targets' bindings by (route, variant); None means no
-    registry is configured, which makes targets that need one a problem.
+    registry is configured, which makes targets that need one a problem. `discovered`
+    holds the pods of every `k8s://` pool; None means no Kubernetes API, which makes
+    such pools a problem, and a pool missing from it compiles empty (503 until pods
+    are ready).
     """
     loaded = as_loaded(policies)
     problems = check_policies(loaded, registry=resolved is not None)
+    if discovered is None:
+        problems.extend(needs_kubernetes(loaded))
     if problems:
         raise PolicyError(problems)
     created = time.time() if created_at is None else created_at
     bindings = _bindings(loaded, resolved or {})
+    pods = discovered or {}
     routes = {
-        p.policy.route: _route(p.policy, p.source, metrics, health, bindings)
+        p.policy.route: _route(p.policy, p.source, metrics, health, bindings, pods)
         for p in sorted(loaded, key=lambda p: p.policy.route)
     }
     sources = tuple(dict.fromkeys(p.source.file for p in loaded))
@@ -203,9 +225,18 @@ def _route(
     metrics: GatewayMetrics,
     health: HealthRegistry,
     bindings: Mapping[VariantKey, Binding],
+    discovered: Discovered,
 ) -> Route:
     variants = tuple(
-        _variant(policy.route, i, spec, metrics, health, bindings.get((policy.route, spec.name)))
+        _variant(
+            policy.route,
+            i,
+            spec,
+            metrics,
+            health,
+            bindings.get((policy.route, spec.name)),
+            discovered,
+        )
         for i, spec in enumerate(policy.variants)
     )
     # A weighted variant without a resolution would silently shift its share onto the
@@ -277,6 +308,7 @@ def _variant(
     metrics: GatewayMetrics,
     health: HealthRegistry,
     binding: Binding | None,
+    discovered: Discovered,
 ) -> Variant:
     # A pinned target (models:/NAME/3) names its version without a registry; alias
     # targets get theirs from the resolver's binding.
@@ -289,7 +321,7 @@ def _variant(
         version, urls = binding.version, binding.endpoints
         # The version's own model name wins: it moves with the alias, the policy does not.
         upstream_model = binding.upstream_model or spec.model
-    endpoints = tuple(_endpoint(url, health) for url in urls)
+    endpoints = tuple(_endpoint(url, health) for url in expand_pool(urls, discovered))
     return Variant(
         name=spec.name,
         index=index,

@@ -1,5 +1,5 @@
-"""Value types of policy fields: durations, endpoint URLs, registry targets, header
-names and retry conditions.
+"""Value types of policy fields: durations, endpoint URLs (http:// and k8s://), registry
+targets, header names and retry conditions.
 
 Each type validates and normalises in one place and raises a pydantic error whose
 message is meant for the SRE reading `switchyard policy validate` output; each also
@@ -10,8 +10,9 @@ hints) is richer than a plain pattern.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, WithJsonSchema
@@ -31,6 +32,15 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_TEXT = r"^\s*(\d+(\.\d+)?(ms|s|m|h))+\s*$|^\s*\d+(\.\d+)?\s*$"
 _UNIT_SECONDS = MappingProxyType({"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0})
 RETRY_CONDITIONS = ("connect-error", "reset", "timeout")
+K8S_SCHEME = "k8s://"
+# DNS-1123 labels for namespace and Service; a port is a number or an IANA_SVC_NAME
+# (at most 15 lower-case letters, digits and dashes), as Kubernetes validates them.
+_SERVICE_URL = re.compile(
+    r"k8s://(?P<namespace>[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)"
+    r"/(?P<service>[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)"
+    r":(?P<port>[0-9]{1,5}|[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?)"
+    r"(?P<base>/[^?#\s]*)?"
+)
 
 
 def problem(kind: str, message: str) -> PydanticCustomError:
@@ -125,8 +135,55 @@ def format_endpoint(host: str, port: int, base_path: str = "") -> str:
     return f"http://{shown}:{port}{base_path}"
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A `k8s://namespace/service:port[/base]` pool: the ready pods behind a Service.
+
+    `port` is the name of the Service port (as EndpointSlices carry it) or the number
+    the pods listen on (the Service's targetPort): EndpointSlices list pod ports, and
+    reading the Service itself to map its port number would need more RBAC.
+    """
+
+    namespace: str
+    service: str
+    port: str
+    base_path: str = ""
+
+    @property
+    def url(self) -> str:
+        """The canonical `k8s://` form, as written in policies and shown in metrics."""
+        return f"{K8S_SCHEME}{self.namespace}/{self.service}:{self.port}{self.base_path}"
+
+    @property
+    def slice_key(self) -> tuple[str, str]:
+        """(namespace, service): what one EndpointSlice watch covers."""
+        return self.namespace, self.service
+
+
+def split_service_url(url: str) -> ServiceRef:
+    """Parse `k8s://namespace/service:port[/base]`; `ValueError` says what is wrong."""
+    match = _SERVICE_URL.fullmatch(url.strip())
+    if match is None:
+        raise ValueError(
+            f"{url!r}: Kubernetes endpoints are k8s://NAMESPACE/SERVICE:PORT (for example "
+            "k8s://models/vllm:http), PORT the Service port's name or the pods' port number"
+        )
+    port = match["port"]
+    if port.isdigit() and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{url!r}: port must be a number from 1 to 65535 or a port name")
+    base = (match["base"] or "").rstrip("/")
+    return ServiceRef(match["namespace"], match["service"], port, base)
+
+
+def is_service_url(url: str) -> bool:
+    """Whether an endpoint is a `k8s://` Service reference rather than an http:// URL."""
+    return url.strip().lower().startswith(K8S_SCHEME)
+
+
 def _endpoint_url(value: str) -> str:
     try:
+        if is_service_url(value):
+            return split_service_url(value).url
         return format_endpoint(*split_endpoint(value))
     except ValueError as exc:
         raise problem("endpoint_url", str(exc)) from None
@@ -135,7 +192,7 @@ def _endpoint_url(value: str) -> str:
 EndpointURL = Annotated[
     str,
     AfterValidator(_endpoint_url),
-    WithJsonSchema({"type": "string", "format": "uri", "pattern": "^http://"}),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": "^(http|k8s)://"}),
 ]
 
 
@@ -218,4 +275,92 @@ RetryOn = Annotated[
             ]
         }
     ),
+]
+
+
+# Drift ---------------------------------------------------------------------------------
+
+# Column names of drift windows: they become the `column` metric label and Parquet
+# column names, so they stay short and printable. `input-0[3]` (a tensor element) fits.
+COLUMN_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:\[\]-]{0,127}$"
+# A simple JSON path: dotted keys with optional list indices, `inputs.amount`,
+# `instances[0].features[3]`. No wildcards: one path is one value.
+_PATH_KEY = r"[A-Za-z0-9_-]+(?:\[[0-9]+\])*"
+_FEATURE_PATH = re.compile(rf"^{_PATH_KEY}(?:\.{_PATH_KEY})*$")
+_PATH_PART = re.compile(r"([A-Za-z0-9_-]+)|\[([0-9]+)\]")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Evidently's drift methods for numerical and categorical columns (its stat-test names).
+StatTest = Literal[
+    "ks",
+    "chisquare",
+    "z",
+    "jensenshannon",
+    "kl_div",
+    "psi",
+    "wasserstein",
+    "anderson",
+    "cramer_von_mises",
+    "fisher_exact",
+    "g_test",
+    "hellinger",
+    "mannw",
+    "ed",
+    "es",
+    "t_test",
+    "empirical_mmd",
+    "TVD",
+]
+
+
+def split_path(path: str) -> tuple[str | int, ...]:
+    """The keys and indices of a simple JSON path: `a.b[0].c` -> ("a", "b", 0, "c")."""
+    if not _FEATURE_PATH.fullmatch(path):
+        raise ValueError(
+            f"{path!r} is not a simple JSON path: use dotted keys with optional list "
+            "indices, such as inputs.amount or instances[0].features[3]"
+        )
+    return tuple(
+        key if key else int(index) for key, index in _PATH_PART.findall(path.replace(".", " "))
+    )
+
+
+def _feature_path(value: str) -> str:
+    try:
+        split_path(value)
+    except ValueError as exc:
+        raise problem("feature_path", str(exc)) from None
+    return value
+
+
+FeaturePath = Annotated[
+    str,
+    AfterValidator(_feature_path),
+    WithJsonSchema({"type": "string", "pattern": _FEATURE_PATH.pattern}),
+]
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise problem("env_name", f"{value!r} is not an environment variable name")
+    return value
+
+
+EnvName = Annotated[
+    str, AfterValidator(_env_name), WithJsonSchema({"type": "string", "pattern": _ENV_NAME.pattern})
+]
+
+
+def _web_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise problem("web_url", f"{value!r}: expected an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise problem("web_url", f"{value!r}: put credentials in the environment, not the URL")
+    return value.strip().rstrip("/")
+
+
+WebURL = Annotated[
+    str,
+    AfterValidator(_web_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": "^https?://"}),
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,18 @@ def _configmap(
     entries = data.get("data")
     if not isinstance(entries, dict) or not entries:
         return [], [source.problem(("data",), "a ConfigMap of policies needs a `data` mapping")]
+    return configmap_policies(entries, source.file, source)
+
+
+def configmap_policies(
+    entries: Mapping[str, Any], file: str, source: PolicySource | None = None
+) -> tuple[list[LoadedPolicy], list[PolicyProblem]]:
+    """Policies in a ConfigMap's `data`: each *.yaml / *.yml key is one policy file.
+
+    Shared by ConfigMap manifests on disk and ConfigMaps read from the Kubernetes API
+    (`file` names the ConfigMap in problems; `source` locates keys in a manifest).
+    """
+    where = source or PolicySource(file, 0)
     policies: list[LoadedPolicy] = []
     problems: list[PolicyProblem] = []
     found_any = False
@@ -322,12 +334,12 @@ def _configmap(
         found_any = True
         value = entries[key]
         if not isinstance(value, str):
-            problems.append(source.problem(("data", key), "expected the policy file as a string"))
+            problems.append(where.problem(("data", key), "expected the policy file as a string"))
             continue
         # Line numbers inside an entry count from the entry's first line.
-        found, bad = parse_policies(value, f"{source.file}:data[{key}]", allow_configmap=False)
+        found, bad = parse_policies(value, f"{file}:data[{key}]", allow_configmap=False)
         policies.extend(found)
         problems.extend(bad)
     if not found_any:
-        problems.append(source.problem(("data",), "no *.yaml or *.yml keys in the ConfigMap"))
+        problems.append(where.problem(("data",), "no *.yaml or *.yml keys in the ConfigMap"))
     return policies, problems

@@ -205,6 +205,26 @@ class MlflowRegistry:
             params = {**params, "page_token": str(token)}
         return sorted(found, key=lambda v: int(v.version or 0), reverse=True)
 
+    async def get_artifact(self, run_id: str, path: str) -> bytes:
+        """The bytes of one artifact file of a run (for example a model version's
+        `reference.parquet`), through the tracking server's artifact proxy."""
+        url = f"{self.uri}/get-artifact"
+        try:
+            response = await self._client.get(url, params={"run_id": run_id, "path": path})
+        except httpx.TimeoutException:
+            raise RegistryError(
+                f"registry {self.uri} did not answer within {self.config.timeout:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"registry {self.uri} unreachable: {exc}") from None
+        if response.status_code == 200:
+            return response.content
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        raise _error(self.uri, response, data)
+
     # Writes ---------------------------------------------------------------------
 
     async def set_alias(self, name: str, alias: str, version: str) -> None:

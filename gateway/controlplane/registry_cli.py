@@ -4,18 +4,26 @@ Promotion is an alias move, nothing more: every gateway re-resolves `@champion` 
 its poll interval, so no deploy is involved. The rollback point lives in the registry
 itself (a registered-model tag `switchyard.previous.<alias>`), not on the machine that
 ran the command: any operator, or a controller, can roll back later.
+
+With `--lease NAMESPACE/NAME` (in a cluster, or with `--kubeconfig`), a move happens
+only while this process holds that `coordination.k8s.io/v1` Lease, so two promotions
+(a person and a rollout controller, say) never interleave their read-then-write.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.controlplane.binding import ENDPOINT_TAG, MODEL_TAG, PROTOCOL_TAG
+from gateway.controlplane.kube import KubeAccess, KubeUnavailable, identity
+from gateway.controlplane.lease import LeaseLock, LeaseUnavailable
 from gateway.controlplane.registry import (
     MlflowRegistry,
     ModelVersion,
@@ -53,12 +61,14 @@ def add_commands(subparsers: Any) -> None:
     promote.add_argument("source", metavar="FROM_ALIAS", help="alias to promote, e.g. challenger")
     promote.add_argument("--to", default="champion", metavar="ALIAS", help="default: champion")
     _common(promote)
+    _lease_options(promote)
     promote.set_defaults(handler=lambda a: _run(_promote(a)))
 
     rollback = sub.add_parser("rollback", help="point @champion back at its previous version")
     rollback.add_argument("name", metavar="NAME", help="registered model name")
     rollback.add_argument("--alias", default="champion", help="default: champion")
     _common(rollback)
+    _lease_options(rollback)
     rollback.set_defaults(handler=lambda a: _run(_rollback(a)))
 
     describe = sub.add_parser("describe", help="versions, aliases and lineage of a model")
@@ -76,6 +86,42 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _lease_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "single writer", "Move the alias only while holding a Kubernetes Lease."
+    )
+    group.add_argument(
+        "--lease", metavar="NAMESPACE/NAME", help="coordination.k8s.io/v1 Lease to hold"
+    )
+    group.add_argument(
+        "--lease-wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the Lease when another holds it (default 30)",
+    )
+    group.add_argument(
+        "--kubeconfig", metavar="FILE", help="kubeconfig (default: in-cluster, ~/.kube/config)"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _exclusive(args: argparse.Namespace) -> AsyncIterator[None]:
+    """Hold `--lease` (if given) around an alias move; raises `LeaseUnavailable`."""
+    if not getattr(args, "lease", None):
+        yield
+        return
+    access = KubeAccess(args.kubeconfig)
+    try:
+        lock = LeaseLock.from_access(access, args.lease, identity())
+        async with lock.held(args.lease_wait) as hold:
+            yield
+            if hold.lost.is_set():
+                raise LeaseUnavailable(f"lease {args.lease} was lost while moving the alias")
+    finally:
+        await access.aclose()
+
+
 def _client(args: argparse.Namespace) -> MlflowRegistry:
     settings = from_env()
     uri = args.registry_uri or settings.registry_uri or DEFAULT_URI
@@ -90,6 +136,9 @@ def _run(work: Any) -> int:
         return 1
     except RegistryError as exc:
         print(f"registry error: {exc}", file=sys.stderr)
+        return 1
+    except (LeaseUnavailable, KubeUnavailable, ValueError) as exc:
+        print(f"not moved: {exc}", file=sys.stderr)
         return 1
     return code
 
@@ -106,7 +155,7 @@ async def _promote(args: argparse.Namespace) -> int:
     if source == target:
         print(f"FROM_ALIAS and --to are both {target!r}", file=sys.stderr)
         return 2
-    async with _client(args) as registry:
+    async with _exclusive(args), _client(args) as registry:
         new = (await registry.get_alias(name, source)).version
         old = await _current(registry, name, target)
         if old == new:
@@ -129,7 +178,7 @@ async def _promote(args: argparse.Namespace) -> int:
 
 async def _rollback(args: argparse.Namespace) -> int:
     name, alias = args.name, args.alias
-    async with _client(args) as registry:
+    async with _exclusive(args), _client(args) as registry:
         model = await registry.get_model(name)
         previous = model.tags.get(previous_tag(alias))
         if not previous:

@@ -4,9 +4,13 @@ A bad edit must never take traffic down, so a reload that finds any problem keep
 snapshot now serving, logs every problem and counts a rejection. A reload whose
 effective policies hash the same as the serving snapshot swaps nothing.
 
-The file watcher polls (path, mtime, size) of the policy files instead of using inotify:
-no extra dependency, and it sees Kubernetes ConfigMap updates, which arrive as an atomic
-symlink swap that inotify watches on the files themselves miss.
+Policies come from a `PolicyDocuments` source (`sources.py`): files, polled by
+`watch`, or a ConfigMap, whose watch calls `reload` itself. SIGHUP and the admin API
+reload from whichever source the process has.
+
+`k8s://` pools are expanded from EndpointSlices (`discovery.py`): a reload makes sure
+their Services are watched before compiling, and `follow_discovery` recompiles the
+serving policies whenever the ready pods change.
 
 With a registry, the same build-then-swap path follows registry aliases: the registry
 loop re-resolves every target and, when a binding moved, compiles a new snapshot from
@@ -18,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from gateway.controlplane.binding import Binding, VariantKey, needs_of
 from gateway.controlplane.compile import (
@@ -36,16 +39,40 @@ from gateway.controlplane.loader import (
     PathsArg,
     PolicyError,
     PolicyProblem,
-    collect_policies,
-    policy_files,
 )
+from gateway.controlplane.pools import Discovered, needs_kubernetes, service_pools
 from gateway.controlplane.resolve import RegistryResolver
+from gateway.controlplane.sources import FileSource, PolicyDocuments, fingerprint
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot, SnapshotRef
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.metrics import BackendPod, GatewayMetrics
 
 Outcome = Literal["success", "rejected", "unchanged"]
-Fingerprint = frozenset[tuple[str, int, int]]
+__all__ = ["Discovery", "PolicyReloader", "ReloadResult", "fingerprint"]
+
+
+class Discovery(Protocol):
+    """What the reloader needs of the EndpointSlice watch (`discovery.EndpointDiscovery`)."""
+
+    async def ensure(self, pools: Iterable[str]) -> str | None:
+        """Watch these pools' Services; an error message if Kubernetes is unreachable."""
+        ...
+
+    def retain(self, pools: Iterable[str]) -> None:
+        """Stop watching Services no pool in `pools` needs."""
+        ...
+
+    def view(self) -> dict[str, tuple[str, ...]]:
+        """Each watched pool's ready endpoints (http:// URLs)."""
+        ...
+
+    def pods(self) -> dict[str, BackendPod]:
+        """Which pod each discovered backend (host:port) is."""
+        ...
+
+    async def wait_changed(self) -> None:
+        """Return once the ready endpoints of some pool changed."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,45 +87,40 @@ class ReloadResult:
     changes: tuple[str, ...] = ()  # diff lines of a successful reload
 
 
-def fingerprint(paths: PathsArg) -> Fingerprint:
-    """(path, mtime_ns, size) of every policy file; added or deleted files change it."""
-    out: set[tuple[str, int, int]] = set()
-    for path in policy_files(paths):
-        try:
-            stat = path.stat()  # follows symlinks, as ConfigMap mounts need
-        except OSError:
-            continue
-        out.add((str(path), stat.st_mtime_ns, stat.st_size))
-    return frozenset(out)
-
-
 class PolicyReloader:
-    """Loads policies from files and swaps new snapshots into a `SnapshotRef`.
+    """Loads policies from a source (files, or a ConfigMap) and swaps new snapshots into
+    a `SnapshotRef`.
 
     With a `resolver`, registry targets are resolved before compiling and followed
-    afterwards by `follow_registry`.
+    afterwards by `follow_registry`; with a `discovery`, `k8s://` pools are expanded and
+    followed by `follow_discovery`.
     """
 
     def __init__(
         self,
-        paths: PathsArg,
+        source: PolicyDocuments | PathsArg,
         metrics: GatewayMetrics,
         health: HealthRegistry,
         logger: logging.Logger,
         *,
         clock: Callable[[], float] = time.time,
         resolver: RegistryResolver | None = None,
+        file_roots: tuple[str, ...] = (),
+        discovery: Discovery | None = None,
     ) -> None:
-        listed = [paths] if isinstance(paths, (str, os.PathLike)) else paths
-        self._paths = tuple(str(p) for p in listed)
+        self.source: PolicyDocuments = (
+            source if isinstance(source, PolicyDocuments) else FileSource(source)
+        )
+        self.discovery = discovery
         self._metrics = metrics
         self._health = health
         self._logger = logger
         self._clock = clock
         self.resolver = resolver
+        self._file_roots = file_roots  # folders policies may name files in, besides their own
         self._policies: list[LoadedPolicy] = []
         self._resolved: dict[VariantKey, Binding] = {}
-        self._fingerprint: Fingerprint | None = None
+        self._discovered: dict[str, tuple[str, ...]] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -114,9 +136,10 @@ class PolicyReloader:
         """
         async with self._lock:
             policies, _ = self._read()
+            discovered = await self._discover(policies)
             resolved = await self._resolve(policies, only_missing=False)
-            snapshot = self._compile(policies, resolved)
-            self._serving(policies, snapshot, resolved)
+            snapshot = self._compile(policies, resolved, discovered)
+            self._serving(policies, snapshot, resolved, discovered)
             return snapshot
 
     async def reload(self, ref: SnapshotRef, reason: str) -> ReloadResult:
@@ -132,8 +155,9 @@ class PolicyReloader:
                 self._metrics.reloads["unchanged"] += 1
                 self._logger.debug("policy reload (%s): unchanged (%s)", reason, version)
                 return ReloadResult("unchanged", version, previous, reason)
+            discovered = await self._discover(policies)
             resolved = await self._resolve(policies, only_missing=True)
-            snapshot = self._compile(policies, resolved)
+            snapshot = self._compile(policies, resolved, discovered)
             _keeps_routes_up(ref.current, snapshot, policies)
         except PolicyError as exc:
             self._metrics.reloads["rejected"] += 1
@@ -148,7 +172,7 @@ class PolicyReloader:
             return ReloadResult("rejected", previous, previous, reason, exc.problems)
         changes = tuple(diff_policies(self._policies, policies))
         ref.swap(snapshot)
-        self._serving(policies, snapshot, resolved)
+        self._serving(policies, snapshot, resolved, discovered)
         self._metrics.reloads["success"] += 1
         self._logger.info(
             "policy reload (%s): %s -> %s, %d route(s)",
@@ -163,7 +187,7 @@ class PolicyReloader:
 
     def changed(self) -> bool:
         """Whether the policy files differ from those of the last load or reload."""
-        return fingerprint(self._paths) != self._fingerprint
+        return self.source.changed()
 
     async def watch(self, ref: SnapshotRef, interval: float) -> None:
         """Reload whenever the policy files change, checking every `interval` seconds.
@@ -179,7 +203,8 @@ class PolicyReloader:
             except Exception:
                 # A watcher that dies silently would leave the gateway deaf to edits; and
                 # forgetting the fingerprint makes the next check retry this edit.
-                self._fingerprint = None
+                if isinstance(self.source, FileSource):
+                    self.source.forget()
                 self._logger.exception("policy watch failed; retrying in %.1fs", interval)
 
     # Registry -------------------------------------------------------------------
@@ -196,11 +221,11 @@ class PolicyReloader:
             resolved = await self._resolve(policies, only_missing=False) or {}
             if resolved == self._resolved:
                 return False
-            snapshot = self._compile(policies, resolved)
+            snapshot = self._compile(policies, resolved, self._serving_discovered())
             for line in _binding_changes(self._resolved, resolved):
                 self._logger.info("registry change: %s", line)
             ref.swap(snapshot)
-            self._serving(policies, snapshot, resolved)
+            self._serving(policies, snapshot, resolved, self._serving_discovered())
             return True
 
     async def follow_registry(self, ref: SnapshotRef, interval: float) -> None:
@@ -217,6 +242,42 @@ class PolicyReloader:
             except Exception:
                 self._logger.exception("registry refresh failed; retrying in %.1fs", interval)
 
+    # Discovery ------------------------------------------------------------------
+
+    async def refresh_discovery(self, ref: SnapshotRef) -> bool:
+        """Recompile the serving policies if a `k8s://` pool's ready pods changed.
+
+        Returns whether a new snapshot was swapped in.
+        """
+        if self.discovery is None:
+            return False
+        async with self._lock:
+            policies = self._policies
+            view = self.discovery.view()
+            discovered = {pool: view.get(pool, ()) for pool in service_pools(policies)}
+            if discovered == self._discovered:
+                return False
+            resolved = self._resolved if self.resolver is not None else None
+            snapshot = self._compile(policies, resolved, discovered)
+            for pool in sorted(discovered):
+                if discovered[pool] != self._discovered.get(pool):
+                    shown = ", ".join(discovered[pool]) or "no ready endpoints"
+                    self._logger.info("discovery change: %s -> %s", pool, shown)
+            ref.swap(snapshot)
+            self._serving(policies, snapshot, resolved, discovered)
+            return True
+
+    async def follow_discovery(self, ref: SnapshotRef) -> None:
+        """Recompile whenever EndpointSlices change; runs until cancelled."""
+        if self.discovery is None:
+            return
+        while True:
+            await self.discovery.wait_changed()
+            try:
+                await self.refresh_discovery(ref)
+            except Exception:
+                self._logger.exception("recompiling for an EndpointSlice change failed")
+
     def registry_view(self) -> dict[VariantKey, dict[str, Any]]:
         """Per variant with a registry target: alias -> version -> endpoints, staleness."""
         return self.resolver.view() if self.resolver is not None else {}
@@ -232,8 +293,28 @@ class PolicyReloader:
         await self.resolver.refresh(needs, only_missing=only_missing)
         return self.resolver.bind(needs)
 
+    async def _discover(self, policies: list[LoadedPolicy]) -> Discovered | None:
+        """The ready pods of every `k8s://` pool in `policies`, watching new Services
+        first; None (a problem when compiling) without a way to reach Kubernetes."""
+        pools = service_pools(policies)
+        if not pools:
+            return {}
+        if self.discovery is None:
+            return None
+        error = await self.discovery.ensure(pools)
+        if error is not None:
+            raise PolicyError(needs_kubernetes(policies, error))
+        view = self.discovery.view()
+        return {pool: view.get(pool, ()) for pool in pools}
+
+    def _serving_discovered(self) -> Discovered | None:
+        return self._discovered if self.discovery is not None else None
+
     def _compile(
-        self, policies: list[LoadedPolicy], resolved: dict[VariantKey, Binding] | None
+        self,
+        policies: list[LoadedPolicy],
+        resolved: dict[VariantKey, Binding] | None,
+        discovered: Discovered | None,
     ) -> RuntimeSnapshot:
         return compile_snapshot(
             policies,
@@ -241,14 +322,16 @@ class PolicyReloader:
             health=self._health,
             created_at=self._clock(),
             resolved=resolved,
+            discovered=discovered,
         )
 
     def _read(self) -> tuple[list[LoadedPolicy], str]:
-        # Fingerprint before reading: an edit landing mid-read then differs from it and
-        # triggers another reload, instead of being missed.
-        self._fingerprint = fingerprint(self._paths)
-        policies, problems = collect_policies(self._paths)
-        problems.extend(check_policies(policies, registry=self.resolver is not None))
+        policies, problems = self.source.read()
+        problems.extend(
+            check_policies(
+                policies, registry=self.resolver is not None, file_roots=self._file_roots
+            )
+        )
         if problems:
             raise PolicyError(problems)
         return policies, policy_version(policies)
@@ -258,11 +341,26 @@ class PolicyReloader:
         policies: list[LoadedPolicy],
         snapshot: RuntimeSnapshot,
         resolved: dict[VariantKey, Binding] | None,
+        discovered: Discovered | None,
     ) -> None:
         self._policies = policies
         self._resolved = resolved or {}
-        self._metrics.policy_hash = snapshot.version
-        self._metrics.policy_routes = len(snapshot.routes)
+        self._discovered = {pool: tuple(urls) for pool, urls in (discovered or {}).items()}
+        metrics = self._metrics
+        metrics.policy_hash = snapshot.version
+        metrics.policy_routes = len(snapshot.routes)
+        metrics.active_backends = frozenset(_backends(snapshot))
+        if self.discovery is not None:
+            self.discovery.retain(self._discovered)
+            metrics.discovered = {pool: len(urls) for pool, urls in self._discovered.items()}
+            metrics.backend_pods = self.discovery.pods()
+
+
+def _backends(snapshot: RuntimeSnapshot) -> Iterable[str]:
+    for route in snapshot.routes.values():
+        for variant in route.variants:
+            for endpoint in variant.endpoints:
+                yield endpoint.backend
 
 
 def _keeps_routes_up(

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.controlplane.driftspec import DriftSpec
 from gateway.controlplane.fields import (
     BODY_FIELD,
     BackendKey,
@@ -74,8 +75,10 @@ class VariantSpec(_Model):
     endpoints: list[EndpointURL] | None = Field(
         default=None,
         min_length=1,
-        description="Backend pool: plain http:// URLs (host, port, optional base path). "
-        "Requests go to the available endpoint with the fewest requests in flight.",
+        description="Backend pool: plain http:// URLs (host, port, optional base path), or "
+        "k8s://NAMESPACE/SERVICE:PORT for the ready pods of a Kubernetes Service, kept "
+        "current by an EndpointSlice watch (PORT: the Service port's name or the pods' port "
+        "number). Requests go to the available endpoint with the fewest requests in flight.",
     )
     model: str | None = Field(
         default=None,
@@ -126,7 +129,8 @@ class BackendSpec(_Model):
 
     endpoints: list[EndpointURL] = Field(
         min_length=1,
-        description="Backend pool serving this model version: plain http:// URLs.",
+        description="Backend pool serving this model version: plain http:// URLs or "
+        "k8s://NAMESPACE/SERVICE:PORT.",
     )
     model: str | None = Field(
         default=None,
@@ -326,6 +330,12 @@ class RoutingPolicy(_Model):
         gt=0,
         description="Largest request body accepted for this route, in bytes (413 above). "
         "Leave out for the gateway-wide limit.",
+    )
+    drift: DriftSpec | None = Field(
+        default=None,
+        description="Sample live inputs into rolling windows per model version, compare "
+        "them with reference data (Evidently, in the drift worker process) and act on "
+        "drift: save the window, start a Kubeflow retraining run, call a webhook.",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

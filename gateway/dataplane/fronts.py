@@ -152,6 +152,7 @@ class OpenAIFront:
                 {**body, "stream_options": {**known, "include_usage": True}}
             )
             strip_usage = True
+        plane.tap.offer(decision, body)
         plane.proxy(conn, request, decision, upstream_body, self.style, body, strip_usage)
 
 
@@ -247,4 +248,5 @@ class OllamaFront:
                 f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
                 f"of {route.max_body_bytes} bytes"
             )
+        plane.tap.offer(decision, body)
         plane.proxy(conn, request, decision, request.body, self.style, body)

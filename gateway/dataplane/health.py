@@ -18,7 +18,17 @@ from gateway.observability.metrics import EndpointGauges, GatewayMetrics
 class EndpointState:
     """Mutable health and load of one backend endpoint (shared by every snapshot)."""
 
-    __slots__ = ("backend", "consecutive_failures", "ejected_until", "ejections", "in_flight")
+    __slots__ = (
+        "backend",
+        "consecutive_failures",
+        "ejected_until",
+        "ejections",
+        "in_flight",
+        "kv_usage",
+        "load_at",
+        "queued",
+        "running",
+    )
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
@@ -26,6 +36,12 @@ class EndpointState:
         self.consecutive_failures = 0
         self.ejected_until = 0.0
         self.ejections = 0
+        # What the backend itself reports (vLLM /metrics, scraped by the control plane):
+        # requests queued and running on it from every client, and KV-cache use (0..1).
+        self.queued = 0
+        self.running = 0
+        self.kv_usage = 0.0
+        self.load_at = 0.0  # when that report was read; 0 = never
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now

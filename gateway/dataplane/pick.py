@@ -1,8 +1,11 @@
 """Which endpoint of a variant's pool takes a request.
 
-Least in-flight among endpoints not ejected, ties broken by a rotating start so equal
-endpoints share load. Endpoint state is live (not part of the pure `decide`), which is
-why this is its own step.
+Least loaded among endpoints not ejected: the gateway's own in-flight requests plus the
+requests the backend reports queued (vLLM's num_requests_waiting, from every gateway
+replica and client, scraped off the request path), then the lower KV-cache use, then a
+rotating start so equal endpoints share load. This is the Gateway API Inference
+Extension's endpoint-picker idea without a per-request scrape. Endpoint state is live
+(not part of the pure `decide`), which is why this is its own step.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ def pick(variant: Variant, now: float, turn: int) -> int:
         return 0 if endpoints[0].state.ejected_until <= now else -1
     best = -1
     best_load = 0
+    best_kv = 0.0
     n = len(endpoints)
     for step in range(n):
         i = (turn + step) % n
         state = endpoints[i].state
         if state.ejected_until > now:
             continue
-        if best < 0 or state.in_flight < best_load:
-            best, best_load = i, state.in_flight
+        load = state.in_flight + state.queued
+        if best < 0 or load < best_load or (load == best_load and state.kv_usage < best_kv):
+            best, best_load, best_kv = i, load, state.kv_usage
     return best
 
 
@@ -38,7 +43,8 @@ def candidates(decision: Decision, now: float, turn: int) -> Iterator[tuple[Vari
             range(len(variant.endpoints)),
             key=lambda i: (
                 variant.endpoints[i].state.ejected_until > now,
-                variant.endpoints[i].state.in_flight,
+                variant.endpoints[i].state.in_flight + variant.endpoints[i].state.queued,
+                variant.endpoints[i].state.kv_usage,
                 (i - turn) % len(variant.endpoints),
             ),
         )

@@ -19,6 +19,7 @@ from gateway.dataplane.http11 import Request
 from gateway.dataplane.server import ClientConnection
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.dataplane.upstream import UpstreamPool
+from gateway.drift.tap import NoTap, Tap
 from gateway.errors import GatewayError, InternalError, NotFound, Unavailable
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -41,6 +42,7 @@ class DataPlane:
         health: HealthRegistry,
         loop: asyncio.AbstractEventLoop,
         rng: random.Random | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self.settings = settings
         self.ref = ref
@@ -49,6 +51,8 @@ class DataPlane:
         self.loop = loop
         self.rng = rng or random.Random(settings.seed)
         self.pool = UpstreamPool(settings.upstream, metrics, loop)
+        # Drift sampling: called once per proxied request; NoTap returns at once.
+        self.tap: Tap = tap if tap is not None else NoTap()
         self.default_style: ErrorStyle = OpenAIStyle()
         self.connections: set[ClientConnection] = set()
         self.draining = False

@@ -53,6 +53,8 @@ class Variant:
     header_lines: tuple[bytes, ...] = ()
     # The backends' API when it differs from the route's ("" = the same): translated.
     backend_protocol: str = ""
+    # Where the backends report their own load ("vllm": scrape /metrics), "" = nowhere.
+    load_metrics: str = ""
 
 
 @dataclass(frozen=True, slots=True)

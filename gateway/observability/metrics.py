@@ -23,6 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from gateway.observability.drift_metrics import DriftCounters, drift_families
+
 # Seconds. Dense below 10 ms because gateway overhead lives there; up to 5 min for
 # long LLM streams.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -167,6 +169,18 @@ class AliasGauge:
     resolved_at: float = 0.0  # wall-clock time of the last successful lookup
 
 
+@dataclass(frozen=True, slots=True)
+class BackendPod:
+    """The Kubernetes pod behind a discovered backend: labels for per-pod autoscaling."""
+
+    namespace: str
+    service: str
+    pod: str
+
+
+NO_POD = BackendPod("", "", "")
+
+
 class GatewayMetrics:
     """Holds the gateway's counters and renders them for a `CollectorRegistry`.
 
@@ -190,6 +204,19 @@ class GatewayMetrics:
         self.registry_aliases: dict[tuple[str, str], AliasGauge] = {}
         self.registry_problems: dict[str, int] = {}  # route -> variants with a problem
         self.registry_lookups: dict[str, int] = {"ok": 0, "not_found": 0, "error": 0}
+        # Drift sampling of this process, and the drift worker's status (drift_metrics).
+        self.drift = DriftCounters()
+        # Kubernetes: what the control plane's watches report (see controlplane.kubewatch).
+        self.kube_watch_restarts: dict[tuple[str, str], int] = {}  # (resource, reason)
+        self.kube_synced: dict[str, bool] = {}  # resource -> list+watch is current
+        self.kube_events = 0  # Kubernetes Events written (rejected ConfigMap policies)
+        # Replaced wholesale by the reloader after each swap: the ready pods of every
+        # k8s:// pool, and which pod each backend is (labels of the in-flight gauge).
+        self.discovered: dict[str, int] = {}  # k8s:// pool -> ready endpoints
+        self.backend_pods: dict[str, BackendPod] = {}
+        # Backends of the serving snapshot; None until one is known. Endpoints that left
+        # it (pods gone) stop being exported once idle, so pod churn cannot grow /metrics.
+        self.active_backends: frozenset[str] | None = None
 
     def series(self, route: str, variant: str, version: str, backend: str) -> RequestSeries:
         """Get or create the series for one label set (called by the compiler)."""
@@ -302,10 +329,12 @@ class GatewayMetrics:
                 errors.add_metric([r.route, code], count)
         yield from (retries, denied, fallbacks, errors)
 
+        # The k8s_* labels name the pod behind a k8s:// endpoint ("" for plain URLs), so
+        # Prometheus Adapter can map the gauge onto pods: per-replica autoscaling.
         in_flight = GaugeMetricFamily(
             "switchyard_backend_in_flight",
             "Requests in flight per backend endpoint (the HPA signal).",
-            labels=["backend"],
+            labels=["backend", "k8s_namespace", "k8s_service", "k8s_pod"],
         )
         ejected = GaugeMetricFamily(
             "switchyard_backend_ejected",
@@ -317,8 +346,13 @@ class GatewayMetrics:
             "Times an endpoint was ejected by outlier detection.",
             labels=["backend"],
         )
+        active, pods = self.active_backends, self.backend_pods
         for g in list(self._endpoints.values()):
-            in_flight.add_metric([g.backend], g.in_flight())
+            busy = g.in_flight()
+            if active is not None and g.backend not in active and not busy:
+                continue
+            pod = pods.get(g.backend, NO_POD)
+            in_flight.add_metric([g.backend, pod.namespace, pod.service, pod.pod], busy)
             ejected.add_metric([g.backend], 1.0 if g.ejected() else 0.0)
             ejections.add_metric([g.backend], g.ejections())
         yield from (in_flight, ejected, ejections)
@@ -352,6 +386,8 @@ class GatewayMetrics:
         build.add_metric([], self.info_labels)
         yield from (reloads, info, unknown, bad, overflow, conns, build)
         yield from self._registry_families()
+        yield from drift_families(self.drift)
+        yield from self._kubernetes_families()
 
     def _registry_families(self) -> Iterator[object]:
         version = GaugeMetricFamily(
@@ -394,6 +430,37 @@ class GatewayMetrics:
         for outcome, count in self.registry_lookups.items():
             lookups.add_metric([outcome], count)
         yield from (version, stale, age, problems, lookups)
+
+    def _kubernetes_families(self) -> Iterator[object]:
+        restarts = CounterMetricFamily(
+            "switchyard_kubernetes_watch_restarts",
+            "Kubernetes watches started again, by resource and reason: closed (the API "
+            "server ended it), gone (410: history compacted, relisted), error (dropped or "
+            "refused; retried with backoff).",
+            labels=["resource", "reason"],
+        )
+        for (resource, reason), count in sorted(self.kube_watch_restarts.items()):
+            restarts.add_metric([resource, reason], count)
+        synced = GaugeMetricFamily(
+            "switchyard_kubernetes_watch_synced",
+            "1 while the list+watch of the resource is current, 0 while reconnecting.",
+            labels=["resource"],
+        )
+        for resource, ok in sorted(self.kube_synced.items()):
+            synced.add_metric([resource], 1.0 if ok else 0.0)
+        events = CounterMetricFamily(
+            "switchyard_kubernetes_events",
+            "Kubernetes Events written (a rejected ConfigMap policy names its problems).",
+        )
+        events.add_metric([], self.kube_events)
+        discovered = GaugeMetricFamily(
+            "switchyard_discovery_endpoints",
+            "Ready endpoints of each k8s:// pool, from its Service's EndpointSlices.",
+            labels=["pool"],
+        )
+        for pool, count in sorted(self.discovered.items()):
+            discovered.add_metric([pool], count)
+        yield from (restarts, synced, events, discovered)
 
 
 class _Collector(Collector):

@@ -19,6 +19,7 @@ from typing import TypeAlias
 import uvloop
 
 from gateway.simulate.faults import FAULT_SYNTAX, FaultRule, FaultSpecError, parse_fault
+from gateway.simulate.kubeflow import add_kubeflow
 from gateway.simulate.ollama import OllamaOptions, serve_ollama
 from gateway.simulate.openai import OpenAIOptions, serve_openai
 from gateway.simulate.server import SimServer
@@ -82,6 +83,7 @@ def add_backends(backends: Subparsers) -> None:
     )
     openai.set_defaults(handler=run_openai)
     _add_ollama(backends)
+    add_kubeflow(backends)
 
 
 def run_openai(args: argparse.Namespace) -> int:

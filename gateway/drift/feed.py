@@ -1,0 +1,83 @@
+"""The drift parts of one gateway process, built in one place for the app factory.
+
+- `tap`: given to the data plane (the request path's only drift code);
+- the sender task: extracts features off the request path and feeds the worker;
+- the worker manager, unless another process owns the worker (the supervisor of
+  `--workers N`, or an operator who runs `switchyard drift-worker` separately);
+- the status reader behind the drift metrics and the admin API.
+
+Nothing here imports Evidently or pandas: with no drift block in any policy, the tap's
+per-request cost is one dict lookup and the rest idles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway.controlplane.loader import LoadedPolicy
+from gateway.dataplane.snapshot import SnapshotRef
+from gateway.drift.channel import worker_address
+from gateway.drift.manager import DriftWorkerManager
+from gateway.drift.sender import DriftSender
+from gateway.drift.status import StatusReader
+from gateway.drift.tap import DriftTap
+from gateway.observability.metrics import GatewayMetrics
+from gateway.settings import Settings
+
+
+class DriftFeed:
+    """Tap, sender and (optionally) worker manager of one gateway process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        policies: Callable[[], Sequence[LoadedPolicy]],
+    ) -> None:
+        self.settings = settings
+        self.policies = policies
+        counters = metrics.drift
+        self.tap = DriftTap(
+            settings.drift_buffer, rng=random.Random(settings.seed), dropped=counters.buffer_full
+        )
+        self.sender = DriftSender(self.tap, worker_address(settings.drift_dir), counters)
+        self._status = StatusReader(settings.drift_dir)
+        counters.status = self.status
+        self.manager = DriftWorkerManager(settings, self.wanted) if settings.drift_worker else None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def status(self) -> dict[str, Any] | None:
+        """The worker's status, limited to the routes this process samples: a drift
+        folder shared with other gateways (or left from an earlier run) must not show
+        their routes here. None while no route has drift."""
+        routes = self.sender.routes
+        found = self._status()
+        if not routes or found is None:
+            return None
+        kept = {r: e for r, e in (found.get("routes") or {}).items() if r in routes}
+        return {**found, "routes": kept}
+
+    def wanted(self) -> bool:
+        """Whether any serving policy has a drift block (then the worker should run)."""
+        return any(p.policy.drift is not None for p in self.policies())
+
+    def start(self, ref: SnapshotRef) -> None:
+        """Start the sender (and the manager) on the running loop."""
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.sender.run(ref, self.policies)))
+        if self.manager is not None:
+            self._tasks.append(loop.create_task(self.manager.run()))
+
+    async def stop(self) -> None:
+        """Stop the tasks and the worker process (called after the data plane drained)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.manager is not None:
+            await self.manager.stop()

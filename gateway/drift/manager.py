@@ -1,0 +1,118 @@
+"""Start the drift worker process when a policy asks for drift; restart it if it dies.
+
+Run by whichever process owns the gateway: the single gateway process, or the
+supervisor of `serve --workers N` (its gateway workers then only send samples). The
+worker is a child process (`python -m gateway drift-worker`) with the same settings,
+passed through the environment like the supervisor's workers; it exits by itself if
+its parent disappears, so a killed gateway leaves no orphan behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from gateway.controlplane.loader import collect_policies
+from gateway.controlplane.sources import Fingerprint, fingerprint
+from gateway.settings import Settings, to_env
+
+log = logging.getLogger("switchyard.drift")
+CHECK_EVERY = 1.0
+ADDRESS_TAKEN = 3  # the worker's exit code when another worker serves the drift folder
+
+
+class DriftWanted:
+    """Whether any policy file has a drift block; re-reads the files only on change.
+
+    The supervisor asks this (it loads no policies itself); a gateway process asks its
+    reloader instead. Policies from a ConfigMap are not files the supervisor can read,
+    so with one (`always`) the worker runs regardless; idle, it costs little (it loads
+    Evidently only once a drift block arrives).
+    """
+
+    def __init__(self, paths: Sequence[str], *, always: bool = False) -> None:
+        self._paths = tuple(paths)
+        self._always = always
+        self._fingerprint: Fingerprint | None = None
+        self._wanted = False
+
+    def __call__(self) -> bool:
+        if self._always:
+            return True
+        found = fingerprint(self._paths)
+        if found != self._fingerprint:
+            self._fingerprint = found
+            policies, _ = collect_policies(self._paths)
+            self._wanted = any(p.policy.drift is not None for p in policies)
+        return self._wanted
+
+
+class DriftWorkerManager:
+    """Keeps one drift worker running while `wanted()` says so."""
+
+    def __init__(self, settings: Settings, wanted: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.wanted = wanted
+        self.generation = 0  # workers started so far
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Until cancelled: start the worker when wanted, restart it when it exits."""
+        failures = 0
+        started = 0.0
+        while not self._stopping:
+            proc = self.proc
+            if proc is not None and proc.returncode is not None:
+                # A worker that ran a while failed once; one that dies at once, again.
+                failures = 1 if time.monotonic() - started > 30 else failures + 1
+                delay = 10.0 if proc.returncode == ADDRESS_TAKEN else min(0.5 * failures, 10.0)
+                log.error(
+                    "drift worker exited with %s; restarting in %.1fs (samples are dropped "
+                    "and counted meanwhile)",
+                    proc.returncode,
+                    delay,
+                )
+                self.proc = None
+                await asyncio.sleep(delay)
+                continue
+            if proc is None and self.wanted():
+                started = time.monotonic()
+                await self._spawn()
+            await asyncio.sleep(CHECK_EVERY)
+
+    async def _spawn(self) -> None:
+        self.generation += 1
+        env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "drift-worker",
+            "--generation",
+            str(self.generation),
+            "--parent-pid",
+            str(os.getpid()),
+            env=env,
+        )
+        log.info("drift worker started (pid %d)", self.proc.pid)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker: SIGTERM, then SIGKILL after `timeout`."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()

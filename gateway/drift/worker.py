@@ -1,0 +1,386 @@
+"""The drift worker process: receive samples, keep windows, evaluate, act, publish.
+
+One per gateway (the supervisor or the single gateway process starts it; see
+`manager.py`), so every gateway worker's samples meet in the same windows. Its loop:
+
+- the socket reader appends incoming rows to the window of their (route, version);
+- every half second, each window whose interval came up is evaluated by Evidently in a
+  thread (the reader keeps draining the socket meanwhile) against its route's
+  reference data; the result updates the status, the HTML report and the episode;
+- an episode that should act runs its actions (window file, Kubeflow, webhook);
+- config datagrams from the gateways say which routes to watch and how;
+- every second the status file is rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.controlplane.registry import RegistryConfig
+from gateway.drift.actions import ACTIONS, ActionContext, configured, run_actions
+from gateway.drift.channel import MAX_DATAGRAM, Config, decode, receiver_socket, worker_address
+from gateway.drift.config import RouteDrift, route_drifts
+from gateway.drift.episodes import Episodes
+from gateway.drift.refdata import REFRESH_REGISTRY, Reference, ReferenceError, load_reference
+from gateway.drift.status import STATUS_FILE, report_path, write_json
+from gateway.drift.window import Key, Windows
+
+log = logging.getLogger("switchyard.drift")
+TICK = 0.5  # seconds between checks for due evaluations
+# A window that received nothing for this long is forgotten: its version left the
+# route (an alias moved on), and evaluating it again would only repeat its last result.
+IDLE_WINDOW = 3600.0
+STATUS_EVERY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Where the worker lives and what it reads."""
+
+    drift_dir: Path
+    file_roots: tuple[str, ...] = ()
+    registry: RegistryConfig | None = None
+    generation: int = 1  # how many times the manager started a worker (restarts + 1)
+    parent_pid: int | None = None  # exit when this process is gone
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    transport: httpx.AsyncBaseTransport | None = None  # test seam for outgoing calls
+
+
+@dataclass(slots=True)
+class _WindowState:
+    evaluations: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
+    result: dict[str, Any] = field(default_factory=dict)
+    due: float = 0.0
+    error: str | None = None
+    evaluated_received: int = -1  # window.received at the last evaluation
+
+
+class DriftWorker:
+    """The state and loops of one drift worker process."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.dir = options.drift_dir
+        self.windows = Windows()
+        self.episodes = Episodes(self.dir / "episodes.json")
+        self.routes: dict[str, RouteDrift] = {}
+        self.references: dict[str, Reference] = {}
+        self.reference_errors: dict[str, str] = {}
+        self.states: dict[Key, _WindowState] = {}
+        self.actions: dict[str, dict[str, dict[str, int]]] = {}
+        self.ignored = 0  # rows of routes without a drift block here
+        self.error: str | None = None
+        self.started_at = time.time()
+        self._config_digest: str | None = None
+        self._detect_ready = asyncio.Event()
+        self._warm: asyncio.Task[None] | None = None
+
+    # Configuration ------------------------------------------------------------------
+
+    def configure(self, config: Config) -> None:
+        """Follow the drift blocks a gateway process sent (skipped when unchanged)."""
+        if config.digest == self._config_digest:
+            return
+        self._config_digest = config.digest
+        routes, problems = route_drifts(config.routes)
+        for problem in problems:
+            log.error("drift worker: %s", problem)
+        for name, route in routes.items():
+            old = self.routes.get(name)
+            if old is None or (old.spec.reference, old.base) != (route.spec.reference, route.base):
+                self.references.pop(name, None)  # load the (new) reference again
+                self.reference_errors.pop(name, None)
+        self.routes = routes
+        self.windows.keep_routes(routes)
+        if routes and self._warm is None:
+            self._warm = asyncio.get_running_loop().create_task(self.warm_up())
+        log.info("drift worker: watching %d route(s): %s", len(routes), ", ".join(routes) or "-")
+
+    # Receiving ------------------------------------------------------------------------
+
+    def receive(self, sock: socket.socket) -> None:
+        """Drain the socket (bounded per call, so evaluations get their turn)."""
+        now = time.time()
+        for _ in range(1024):
+            try:
+                datagram = sock.recv(MAX_DATAGRAM + 4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            message = decode(datagram)
+            if message is None:
+                continue
+            if isinstance(message, Config):
+                self.configure(message)
+                continue
+            config = self.routes.get(message.route)
+            if config is None:  # a route whose config has not arrived (or was removed)
+                self.ignored += len(message.rows)
+                continue
+            window = self.windows.get(
+                (message.route, message.version),
+                config.spec.window.size,
+                config.spec.window.duration,
+            )
+            window.add(message.rows, message.variant, now)
+
+    # Evaluating -----------------------------------------------------------------------
+
+    async def warm_up(self) -> None:
+        """Import Evidently in a thread once a route needs it, so that the first
+        evaluation is not late and the socket keeps being drained meanwhile."""
+        try:
+            await asyncio.to_thread(__import__, "gateway.drift.detect")
+        except Exception as exc:  # ImportError, or evidently failing with the wrong pandas
+            self.error = (
+                f"cannot load Evidently ({type(exc).__name__}: {exc}); install the drift "
+                "extra: pip install 'switchyard[drift]' (evidently 0.7 needs pandas<3)"
+            )
+            log.error("drift worker: %s", self.error)
+            return
+        self._detect_ready.set()
+
+    async def evaluate_due(self, now: float) -> None:
+        """Evaluate every window whose interval came up."""
+        for key, window in self.windows.items():
+            config = self.routes.get(key[0])
+            if config is None:
+                continue
+            state = self.states.setdefault(key, _WindowState(due=now + config.spec.window.every))
+            if now < state.due:
+                continue
+            state.due = now + config.spec.window.every
+            if now - window.last_added > max(IDLE_WINDOW, 2 * (config.spec.window.duration or 0)):
+                self.windows.forget(key)
+                self.states.pop(key, None)
+                continue
+            window.trim(now)
+            if len(window) < config.spec.window.min_samples or not self._detect_ready.is_set():
+                continue
+            if window.received == state.evaluated_received:
+                continue  # nothing new since the last evaluation: same data, same verdict
+            state.evaluated_received = window.received
+            await self._evaluate(key, config, window.snapshot(), sorted(window.variants), now)
+
+    async def _reference(self, config: RouteDrift, now: float) -> Reference | None:
+        ref = self.references.get(config.route)
+        stale = ref is not None and ref.registry and now - ref.loaded_at > REFRESH_REGISTRY
+        if ref is not None and not stale:
+            return ref
+        try:
+            ref = await load_reference(
+                config.spec, config.base, self.options.file_roots, self.options.registry, now
+            )
+        except ReferenceError as exc:
+            if self.reference_errors.get(config.route) != str(exc):
+                log.error("drift %s: %s", config.route, exc)
+            self.reference_errors[config.route] = str(exc)
+            return self.references.get(config.route)  # a stale registry reference still serves
+        self.reference_errors.pop(config.route, None)
+        self.references[config.route] = ref
+        log.info("drift %s: reference %s (%d rows)", config.route, ref.origin, len(ref.frame))
+        return ref
+
+    async def _evaluate(
+        self,
+        key: Key,
+        config: RouteDrift,
+        rows: Sequence[Mapping[str, Any]],
+        variants: list[str],
+        now: float,
+    ) -> None:
+        from gateway.drift import detect
+
+        state = self.states[key]
+        reference = await self._reference(config, now)
+        if reference is None:
+            state.error = self.reference_errors.get(config.route, "no reference data")
+            return
+        columns = config.columns(reference.frame.columns)
+        missing = [c for c in columns if c not in reference.frame.columns]
+        if missing:
+            state.error = f"the reference data has no column(s) {', '.join(missing)}"
+            state.evaluations["error"] += 1
+            return
+        current = detect.frame(rows, columns)
+        options = detect.DetectConfig(columns=columns, **config.detect_options())
+        html = report_path(self.dir, *key)
+        try:
+            result = await asyncio.to_thread(
+                detect.evaluate, current, reference.frame, options, html
+            )
+        except Exception as exc:  # Evidently's failures are many; the route keeps going
+            state.error = f"evaluation failed: {type(exc).__name__}: {exc}"
+            state.evaluations["error"] += 1
+            log.exception("drift %s/%s: evaluation failed", *key)
+            return
+        state.error = None
+        state.evaluations["ok"] += 1
+        state.result = {
+            "evaluated_at": now,
+            "duration_s": round(result.duration_s, 4),
+            "rows": result.rows,
+            "share": result.share,
+            "drifted": result.drifted,
+            "columns": {
+                c.column: {
+                    "score": c.score,
+                    "drifted": c.drifted,
+                    "method": c.method,
+                    "threshold": c.threshold,
+                }
+                for c in result.columns
+            },
+            "skipped_columns": list(result.skipped),
+            "report": str(html.relative_to(self.dir)),
+            "reference": reference.origin,
+        }
+        log.info(
+            "drift %s/%s: share %.2f (%s) over %d rows in %.2fs",
+            *key,
+            result.share,
+            "DRIFT" if result.drifted else "ok",
+            result.rows,
+            result.duration_s,
+        )
+        spec = config.spec
+        verdict, episode = self.episodes.observe(
+            key, result.drifted, now, cooldown=spec.cooldown, clear_after=spec.clear_after
+        )
+        counts = self.actions.setdefault(config.route, {})
+        if verdict == "cooldown" and episode is not None and not episode.suppressed:
+            episode.suppressed = True
+            for action in configured(spec):
+                bucket = counts.setdefault(action, {})
+                bucket["suppressed"] = bucket.get("suppressed", 0) + 1
+            log.info("drift %s/%s: new episode within the cooldown; no action", *key)
+        if verdict != "act" or episode is None:
+            return
+        if not episode.summary:
+            episode.summary = result.summary()
+        ctx = ActionContext(
+            route=config.route,
+            spec=spec,
+            base=config.base,
+            roots=self.options.file_roots,
+            windows_dir=self.dir / "windows",
+            env=self.options.env,
+            transport=self.options.transport,
+        )
+        outcomes = await run_actions(
+            ctx, key[1], variants, episode, current, config.model_name(variants)
+        )
+        for action, outcome in outcomes.items():
+            bucket = counts.setdefault(action, {})
+            bucket[outcome] = bucket.get(outcome, 0) + 1
+        self.episodes.acted(key, episode, now)
+
+    # Publishing -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What `status.json` holds (see `status.py` and the admin API)."""
+        routes: dict[str, Any] = {}
+        for name, config in sorted(self.routes.items()):
+            routes[name] = {
+                "sample": config.spec.sample,
+                "reference": config.spec.reference,
+                "error": self.reference_errors.get(name),
+                "actions": {a: dict(o) for a, o in self.actions.get(name, {}).items()},
+                "versions": {},
+            }
+        for key, window in self.windows.items():
+            entry = routes.get(key[0])
+            if entry is None:
+                continue
+            state = self.states.get(key, _WindowState())
+            episode = self.episodes.current(key)
+            entry["versions"][key[1]] = {
+                "variants": sorted(window.variants),
+                "window": len(window),
+                "received": window.received,
+                "last_sample_at": window.last_added,
+                "evaluations": dict(state.evaluations),
+                "error": state.error,
+                "episodes": self.episodes.count(key),
+                "episode": None
+                if episode is None
+                else {
+                    "id": episode.id,
+                    "started_at": episode.started_at,
+                    "acted_at": episode.acted_at,
+                    "done": list(episode.done),
+                    "window_uri": episode.window_uri,
+                    "run_id": episode.run_id,
+                },
+                **state.result,
+            }
+        return {
+            "pid": os.getpid(),
+            "generation": self.options.generation,
+            "started_at": self.started_at,
+            "heartbeat": time.time(),
+            "error": self.error,
+            "ignored_rows": self.ignored,
+            "actions_known": list(ACTIONS),
+            "routes": routes,
+        }
+
+    def publish(self) -> None:
+        try:
+            write_json(self.dir / STATUS_FILE, self.status())
+        except OSError as exc:
+            log.error("drift worker: cannot write %s: %s", self.dir / STATUS_FILE, exc)
+
+    # Running --------------------------------------------------------------------------
+
+    async def _publisher(self, stop: asyncio.Event) -> None:
+        # Its own task: a Kubeflow call retrying with backoff must not let the
+        # heartbeat go stale (the gateways would report the worker down).
+        while not stop.is_set():
+            self.publish()
+            parent = self.options.parent_pid
+            if parent is not None and os.getppid() != parent:
+                log.warning("drift worker: the gateway is gone; exiting")
+                stop.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATUS_EVERY)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until `stop` is set (or the parent process is gone); returns an exit code."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        address = worker_address(self.dir)
+        try:
+            sock = receiver_socket(address)
+        except OSError as exc:
+            log.error("drift worker: cannot bind %r (another worker here?): %s", address, exc)
+            return 3
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self.receive, sock)
+        publisher = loop.create_task(self._publisher(stop))
+        log.info(
+            "drift worker %d (generation %d) in %s", os.getpid(), self.options.generation, self.dir
+        )
+        try:
+            while not stop.is_set():
+                await self.evaluate_due(time.time())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TICK)
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+            tasks = [t for t in (publisher, self._warm) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.publish()
+        return 0

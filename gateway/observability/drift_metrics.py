@@ -1,0 +1,182 @@
+"""The drift metrics, declared once; part of `GatewayMetrics` (see `metrics.py`).
+
+Two sources, both plain data read at scrape time:
+
+- this process's tap and sender (`DriftCounters`): samples sent to the drift worker and
+  samples dropped, by reason. Summed across `--workers` like every counter.
+- the drift worker's status file (`DriftCounters.status`, a callable reading it): drift
+  share, per-column scores, windows, evaluations, actions. Every gateway process reads
+  the same file, so the supervisor merges these by maximum, not sum (`WORKER_SOURCED`).
+
+Label values come from the policies (route, feature column names) and the resolved
+model versions, never from client input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+# The worker writes its status every second; a status older than this means it is gone.
+WORKER_STALE_AFTER = 10.0
+
+# Sample names whose values are one fact seen by every process (the worker's status).
+WORKER_SOURCED = frozenset(
+    {
+        "switchyard_drift_share",
+        "switchyard_drift_detected",
+        "switchyard_drift_column_score",
+        "switchyard_drift_column_drifted",
+        "switchyard_drift_window_size",
+        "switchyard_drift_last_evaluation_timestamp_seconds",
+        "switchyard_drift_evaluation_seconds",
+        "switchyard_drift_evaluations_total",
+        "switchyard_drift_samples_received_total",
+        "switchyard_drift_episodes_total",
+        "switchyard_drift_actions_total",
+        "switchyard_drift_worker_up",
+        "switchyard_drift_worker_restarts_total",
+    }
+)
+
+
+@dataclass(eq=False, slots=True)
+class DriftCounters:
+    """What this process counts of drift sampling, and where the worker's status is."""
+
+    sent: dict[tuple[str, str], int] = field(default_factory=dict)  # (route, version)
+    # (route, version) -> samples the request path found no room for (buffer full).
+    buffer_full: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (route, version, reason) -> samples lost after the buffer: send_failed (worker down
+    # or behind), extract_failed.
+    dropped: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    status: Callable[[], Mapping[str, Any] | None] | None = None
+
+
+def _versions(status: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    routes = status.get("routes")
+    if not isinstance(routes, Mapping):
+        return
+    for route, entry in sorted(routes.items()):
+        versions = entry.get("versions") if isinstance(entry, Mapping) else None
+        if isinstance(versions, Mapping):
+            for version, data in sorted(versions.items()):
+                if isinstance(data, Mapping):
+                    yield route, version, data
+
+
+def drift_families(counters: DriftCounters) -> Iterator[object]:
+    """Every drift metric family (empty families too: they document themselves)."""
+    rv = ["route", "version"]
+    sent = CounterMetricFamily(
+        "switchyard_drift_samples",
+        "Requests sampled for drift and sent to the drift worker (rows for tensor batches).",
+        labels=rv,
+    )
+    dropped = CounterMetricFamily(
+        "switchyard_drift_samples_dropped",
+        "Drift samples lost, by reason: buffer_full (on the request path), send_failed "
+        "(drift worker down or behind), extract_failed.",
+        labels=[*rv, "reason"],
+    )
+    for (route, version), n in list(counters.sent.items()):
+        sent.add_metric([route, version], n)
+    for (route, version), n in list(counters.buffer_full.items()):
+        dropped.add_metric([route, version, "buffer_full"], n)
+    for (route, version, reason), n in list(counters.dropped.items()):
+        dropped.add_metric([route, version, reason], n)
+    yield from (sent, dropped)
+
+    share = GaugeMetricFamily(
+        "switchyard_drift_share",
+        "Share of the window's columns that drifted at the last evaluation.",
+        labels=rv,
+    )
+    detected = GaugeMetricFamily(
+        "switchyard_drift_detected",
+        "1 when the last evaluation found drift (share of drifted columns >= drift_share).",
+        labels=rv,
+    )
+    score = GaugeMetricFamily(
+        "switchyard_drift_column_score",
+        "Drift score of each column at the last evaluation (a p-value for ks, chisquare, "
+        "z: low means drift; a distance for psi, wasserstein, jensenshannon: high means drift).",
+        labels=[*rv, "column", "method"],
+    )
+    column_drifted = GaugeMetricFamily(
+        "switchyard_drift_column_drifted",
+        "1 when the column drifted at the last evaluation.",
+        labels=[*rv, "column"],
+    )
+    window = GaugeMetricFamily(
+        "switchyard_drift_window_size", "Samples in the rolling window now.", labels=rv
+    )
+    evaluated = GaugeMetricFamily(
+        "switchyard_drift_last_evaluation_timestamp_seconds",
+        "Unix time of the window's last evaluation.",
+        labels=rv,
+    )
+    duration = GaugeMetricFamily(
+        "switchyard_drift_evaluation_seconds",
+        "Time the last evaluation took (Evidently report and HTML).",
+        labels=rv,
+    )
+    evaluations = CounterMetricFamily(
+        "switchyard_drift_evaluations",
+        "Window evaluations by outcome: ok, error.",
+        labels=[*rv, "outcome"],
+    )
+    received = CounterMetricFamily(
+        "switchyard_drift_samples_received",
+        "Samples the drift worker received into the window.",
+        labels=rv,
+    )
+    episodes = CounterMetricFamily(
+        "switchyard_drift_episodes", "Drift episodes that began.", labels=rv
+    )
+    actions = CounterMetricFamily(
+        "switchyard_drift_actions",
+        "Drift actions by kind (save_window, kubeflow, webhook) and outcome: ok, failed, "
+        "suppressed (cooldown).",
+        labels=["route", "action", "outcome"],
+    )
+    up = GaugeMetricFamily(
+        "switchyard_drift_worker_up", "1 while the drift worker reports in (status file fresh)."
+    )
+    restarts = CounterMetricFamily(
+        "switchyard_drift_worker_restarts", "Times the drift worker process was started again."
+    )
+    status = counters.status() if counters.status is not None else None
+    if status is not None:
+        heartbeat = float(status.get("heartbeat", 0.0) or 0.0)
+        up.add_metric([], 1.0 if time.time() - heartbeat < WORKER_STALE_AFTER else 0.0)
+        restarts.add_metric([], max(0, int(status.get("generation", 1) or 1) - 1))
+        for route, version, data in _versions(status):
+            labels = [route, version]
+            window.add_metric(labels, float(data.get("window", 0) or 0))
+            received.add_metric(labels, float(data.get("received", 0) or 0))
+            episodes.add_metric(labels, float(data.get("episodes", 0) or 0))
+            for outcome, n in sorted((data.get("evaluations") or {}).items()):
+                evaluations.add_metric([*labels, outcome], float(n))
+            if data.get("evaluated_at") is None:
+                continue
+            share.add_metric(labels, float(data.get("share") or 0.0))
+            detected.add_metric(labels, 1.0 if data.get("drifted") else 0.0)
+            evaluated.add_metric(labels, float(data["evaluated_at"]))
+            duration.add_metric(labels, float(data.get("duration_s") or 0.0))
+            for column, result in sorted((data.get("columns") or {}).items()):
+                method = str(result.get("method") or "")
+                if result.get("score") is not None:
+                    score.add_metric([*labels, column, method], float(result["score"]))
+                column_drifted.add_metric([*labels, column], 1.0 if result.get("drifted") else 0.0)
+        routes = status.get("routes") or {}
+        for route, entry in sorted(routes.items()):
+            for action, outcomes in sorted((entry.get("actions") or {}).items()):
+                for outcome, n in sorted(outcomes.items()):
+                    actions.add_metric([route, action, outcome], float(n))
+    yield from (share, detected, score, column_drifted, window, evaluated, duration)
+    yield from (evaluations, received, episodes, actions, up, restarts)

