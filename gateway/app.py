@@ -24,6 +24,7 @@ from gateway.controlplane.configmap import ConfigMapPolicies
 from gateway.controlplane.discovery import EndpointDiscovery
 from gateway.controlplane.kube import KubeAccess
 from gateway.controlplane.loader import PolicyError
+from gateway.controlplane.loadwatch import LoadWatcher
 from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
 from gateway.controlplane.reload import PolicyReloader, ReloadResult
 from gateway.controlplane.resolve import RegistryResolver
@@ -141,6 +142,7 @@ class Gateway:
             follow = self.reloader.follow_registry(ref, settings.registry_poll_interval)
             background.append(loop.create_task(follow))
         self.drift.start(ref)
+        background.append(loop.create_task(LoadWatcher(ref).run()))  # idle without opt-ins
 
         def reload_signal() -> None:
             self._spawn(self.reloader.reload(ref, "SIGHUP"))

@@ -333,6 +333,7 @@ def _variant(
         target=spec.target,
         header_lines=tuple(header_lines(route, spec.name, version, e.backend) for e in endpoints),
         backend_protocol=spec.backend_protocol or "",
+        load_metrics=spec.load_metrics or "",
     )
 
 

@@ -86,6 +86,13 @@ class VariantSpec(_Model):
         description="Model name sent to the backend: replaces the `model` field of the "
         "request body. Leave out to pass the client's value through.",
     )
+    load_metrics: Literal["vllm"] | None = Field(
+        default=None,
+        description="Where the backends report their own load: `vllm` scrapes each "
+        "endpoint's /metrics (num_requests_waiting, num_requests_running, "
+        "kv_cache_usage_perc) every second, off the request path, and requests go to the "
+        "endpoint with the fewest in flight plus queued, then the lower KV-cache use.",
+    )
     backend_protocol: Literal["openai", "ollama"] | None = Field(
         default=None,
         description="API the variant's backends speak, when it differs from the route's "

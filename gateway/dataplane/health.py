@@ -132,6 +132,8 @@ class HealthRegistry:
                     in_flight=lambda: s.in_flight,
                     ejected=lambda: not s.available(clock()),
                     ejections=lambda: s.ejections,
+                    queued=lambda: s.queued,
+                    kv_usage=lambda: s.kv_usage,
                 )
             )
         return state

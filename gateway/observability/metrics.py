@@ -156,6 +156,8 @@ class EndpointGauges:
     in_flight: Callable[[], int]
     ejected: Callable[[], bool]
     ejections: Callable[[], int]
+    queued: Callable[[], int] = lambda: 0
+    kv_usage: Callable[[], float] = lambda: 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -346,6 +348,17 @@ class GatewayMetrics:
             "Times an endpoint was ejected by outlier detection.",
             labels=["backend"],
         )
+        queue = GaugeMetricFamily(
+            "switchyard_backend_queue_depth",
+            "Requests the backend reports queued (vLLM num_requests_waiting; variants with "
+            "load_metrics), from every client: a GPU-autoscaling signal.",
+            labels=["backend"],
+        )
+        kv = GaugeMetricFamily(
+            "switchyard_backend_kv_cache_usage",
+            "KV-cache use the backend reports, 0..1 (variants with load_metrics).",
+            labels=["backend"],
+        )
         active, pods = self.active_backends, self.backend_pods
         for g in list(self._endpoints.values()):
             busy = g.in_flight()
@@ -355,7 +368,9 @@ class GatewayMetrics:
             in_flight.add_metric([g.backend, pod.namespace, pod.service, pod.pod], busy)
             ejected.add_metric([g.backend], 1.0 if g.ejected() else 0.0)
             ejections.add_metric([g.backend], g.ejections())
-        yield from (in_flight, ejected, ejections)
+            queue.add_metric([g.backend], g.queued())
+            kv.add_metric([g.backend], g.kv_usage())
+        yield from (in_flight, ejected, ejections, queue, kv)
 
         reloads = CounterMetricFamily(
             "switchyard_policy_reloads", "Policy reloads by outcome.", labels=["outcome"]

@@ -25,7 +25,9 @@ POLICY = """apiVersion: switchyard/v1
 kind: RoutingPolicy
 route: chat
 variants:
-  - {name: main, endpoints: ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]}
+  - name: main
+    endpoints: ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+    load_metrics: vllm
 """
 
 
@@ -45,7 +47,7 @@ async def test_scraped_queue_moves_picks_to_the_idle_endpoint() -> None:
     assert not problems
     snap = compile_snapshot(policies, metrics=metrics, health=health)
     variant = snap.routes["chat"].variants[0]
-    object.__setattr__(variant, "load_metrics", "vllm")  # as `load_metrics: vllm` compiles
+    assert variant.load_metrics == "vllm"
     queues = {"127.0.0.1:9001": 12, "127.0.0.1:9002": 0}
 
     def backend(request: httpx.Request) -> httpx.Response:
@@ -71,7 +73,6 @@ async def test_unreachable_metrics_fall_back_to_in_flight() -> None:
     policies, _ = parse_policies(POLICY, "t.yaml")
     snap = compile_snapshot(policies, metrics=metrics, health=health)
     variant = snap.routes["chat"].variants[0]
-    object.__setattr__(variant, "load_metrics", "vllm")
     variant.endpoints[0].state.queued = 50  # an old report
     variant.endpoints[0].state.load_at = 1.0
 
