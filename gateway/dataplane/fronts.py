@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from gateway.dataplane.decide import RequestHead, decide
+from gateway.dataplane.decide import Decision, RequestHead, decide
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -69,6 +69,28 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return parsed
 
 
+def route_body_request(
+    plane: DataPlane, request: Request, protocol: str, api: str
+) -> tuple[dict[str, Any], Decision]:
+    """Parse a body that names its route in `model`, decide, and check the route fits."""
+    body = parse_json_object(request.body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required: a string naming the route", param="model")
+    decision = decide(
+        plane.ref.current, RequestHead(model, request.headers, body, request.fields), plane.rng
+    )
+    route = decision.route
+    if route.protocol != protocol:
+        raise BadRequest(f"route '{model}' speaks {route.protocol}, not {api}", param="model")
+    if route.max_body_bytes is not None and len(request.body) > route.max_body_bytes:
+        raise PayloadTooLarge(
+            f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
+            f"of {route.max_body_bytes} bytes"
+        )
+    return body, decision
+
+
 _OPENAI_PROXIED = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"})
 _OPENAI_PATHS = (
     "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models"
@@ -119,24 +141,8 @@ class OpenAIFront:
         )
 
     def _proxy(self, conn: ClientConnection, request: Request) -> None:
-        body = parse_json_object(request.body)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("'model' is required: a string naming the route", param="model")
         plane = self.plane
-        decision = decide(
-            plane.ref.current, RequestHead(model, request.headers, body, request.fields), plane.rng
-        )
-        route = decision.route
-        if route.protocol != "openai":
-            raise BadRequest(
-                f"route '{model}' speaks {route.protocol}, not the OpenAI API", param="model"
-            )
-        if route.max_body_bytes is not None and len(request.body) > route.max_body_bytes:
-            raise PayloadTooLarge(
-                f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
-                f"of {route.max_body_bytes} bytes"
-            )
+        body, decision = route_body_request(plane, request, "openai", "the OpenAI API")
         upstream_body = request.body
         strip_usage = False
         options = body.get("stream_options")
@@ -230,23 +236,7 @@ class OllamaFront:
         )
 
     def _proxy(self, conn: ClientConnection, request: Request) -> None:
-        body = parse_json_object(request.body)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("'model' is required: a string naming the route", param="model")
         plane = self.plane
-        decision = decide(
-            plane.ref.current, RequestHead(model, request.headers, body, request.fields), plane.rng
-        )
-        route = decision.route
-        if route.protocol != "ollama":
-            raise BadRequest(
-                f"route '{model}' speaks {route.protocol}, not the Ollama API", param="model"
-            )
-        if route.max_body_bytes is not None and len(request.body) > route.max_body_bytes:
-            raise PayloadTooLarge(
-                f"request body of {len(request.body)} bytes exceeds route '{model}' limit "
-                f"of {route.max_body_bytes} bytes"
-            )
+        body, decision = route_body_request(plane, request, "ollama", "the Ollama API")
         plane.tap.offer(decision, body)
         plane.proxy(conn, request, decision, request.body, self.style, body)
