@@ -66,7 +66,9 @@ class LoadWatcher:
         self,
         ref: SnapshotRef,
         interval: float = 1.0,
-        timeout: float = 0.5,
+        # A saturated vLLM answers /metrics slowly (seconds on a busy 2-core test box):
+        # a tight timeout would read "no report" exactly when the queue matters.
+        timeout: float = 2.0,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.ref = ref
