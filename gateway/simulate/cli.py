@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import uvloop
 
@@ -53,22 +53,11 @@ def add_backends(backends: Subparsers) -> None:
         epilog=FAULT_SYNTAX,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_common_options(openai)
-    openai.add_argument(
-        "--chunk-delay-ms", type=_non_negative, default=0.0, help="delay between stream chunks"
-    )
-    openai.add_argument(
-        "--tokens", type=_count, default=16, help="completion tokens per answer (default 16)"
-    )
-    openai.add_argument(
-        "--served-model",
-        action="append",
-        dest="served_models",
-        metavar="NAME",
-        help="model id listed by /v1/models (repeatable; default: sim)",
-    )
-    openai.add_argument(
-        "--embedding-dim", type=_positive, default=8, help="embedding size (default 8)"
+    _add_llm_options(
+        openai,
+        chunk="delay between stream chunks",
+        served="model id listed by /v1/models (repeatable; default: sim)",
+        strict="answer 404 for a model not in --served-model, like vLLM",
     )
     openai.add_argument(
         "--max-num-seqs",
@@ -76,31 +65,46 @@ def add_backends(backends: Subparsers) -> None:
         default=256,
         help="capacity /metrics reports running vs waiting against (default 256)",
     )
-    openai.add_argument(
-        "--strict-models",
-        action="store_true",
-        help="answer 404 for a model not in --served-model, like vLLM",
-    )
     openai.set_defaults(handler=run_openai)
     _add_ollama(backends)
     add_kubeflow(backends)
 
 
+def _add_llm_options(
+    parser: argparse.ArgumentParser, *, chunk: str, served: str, strict: str
+) -> None:
+    """Options every LLM simulator takes (OpenAI/vLLM and Ollama)."""
+    _add_common_options(parser)
+    parser.add_argument("--chunk-delay-ms", type=_non_negative, default=0.0, help=chunk)
+    parser.add_argument("--tokens", type=_count, default=16, help="tokens per answer (default 16)")
+    parser.add_argument(
+        "--served-model", action="append", dest="served_models", metavar="NAME", help=served
+    )
+    parser.add_argument(
+        "--embedding-dim", type=_positive, default=8, help="embedding size (default 8)"
+    )
+    parser.add_argument("--strict-models", action="store_true", help=strict)
+
+
+def _llm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of OpenAIOptions/OllamaOptions from `_add_llm_options` flags."""
+    return {
+        "served_models": tuple(args.served_models or ("sim",)),
+        "latency_ms": args.latency_ms,
+        "chunk_delay_ms": args.chunk_delay_ms,
+        "tokens": args.tokens,
+        "error_rate": args.error_rate,
+        "faults": tuple(args.faults),
+        "seed": args.seed,
+        "embedding_dimensions": args.embedding_dim,
+        "strict_models": args.strict_models,
+    }
+
+
 def run_openai(args: argparse.Namespace) -> int:
     """Run the OpenAI / vLLM simulator from parsed arguments; returns the exit status."""
     try:
-        options = OpenAIOptions(
-            served_models=tuple(args.served_models or ("sim",)),
-            latency_ms=args.latency_ms,
-            chunk_delay_ms=args.chunk_delay_ms,
-            tokens=args.tokens,
-            error_rate=args.error_rate,
-            faults=tuple(args.faults),
-            seed=args.seed,
-            embedding_dimensions=args.embedding_dim,
-            max_num_seqs=args.max_num_seqs,
-            strict_models=args.strict_models,
-        )
+        options = OpenAIOptions(**_llm_options(args), max_num_seqs=args.max_num_seqs)
     except ValueError as exc:
         print(f"switchyard-sim: {exc}", file=sys.stderr)
         return 2
@@ -123,25 +127,11 @@ def _add_ollama(backends: Subparsers) -> None:
         epilog=FAULT_SYNTAX,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_common_options(ollama)
-    ollama.add_argument(
-        "--chunk-delay-ms", type=_non_negative, default=0.0, help="delay between stream lines"
-    )
-    ollama.add_argument("--tokens", type=_count, default=16, help="tokens per answer (default 16)")
-    ollama.add_argument(
-        "--served-model",
-        action="append",
-        dest="served_models",
-        metavar="NAME",
-        help="model listed by /api/tags; no tag means :latest (repeatable; default: sim)",
-    )
-    ollama.add_argument(
-        "--embedding-dim", type=_positive, default=8, help="embedding size (default 8)"
-    )
-    ollama.add_argument(
-        "--strict-models",
-        action="store_true",
-        help="answer 404 for a model not in --served-model, like Ollama for an unpulled model",
+    _add_llm_options(
+        ollama,
+        chunk="delay between stream lines",
+        served="model listed by /api/tags; no tag means :latest (repeatable; default: sim)",
+        strict="answer 404 for a model not in --served-model, like Ollama for an unpulled model",
     )
     ollama.set_defaults(handler=run_ollama)
 
@@ -149,17 +139,7 @@ def _add_ollama(backends: Subparsers) -> None:
 def run_ollama(args: argparse.Namespace) -> int:
     """Run the Ollama simulator from parsed arguments; returns the exit status."""
     try:
-        options = OllamaOptions(
-            served_models=tuple(args.served_models or ("sim",)),
-            latency_ms=args.latency_ms,
-            chunk_delay_ms=args.chunk_delay_ms,
-            tokens=args.tokens,
-            error_rate=args.error_rate,
-            faults=tuple(args.faults),
-            seed=args.seed,
-            embedding_dimensions=args.embedding_dim,
-            strict_models=args.strict_models,
-        )
+        options = OllamaOptions(**_llm_options(args))
     except ValueError as exc:
         print(f"switchyard-sim: {exc}", file=sys.stderr)
         return 2
