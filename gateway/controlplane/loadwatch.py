@@ -4,8 +4,8 @@ For variants with `load_metrics: vllm` the control plane reads each endpoint's q
 (`vllm:num_requests_waiting`), running requests and KV-cache use every interval and
 stores them on the endpoint's live state, where the data plane's endpoint picker reads
 them (see dataplane/pick.py). No request ever waits for a scrape. A report older than
-three intervals counts as unknown (queue 0), so a backend that stops answering its
-metrics is picked on the gateway's own in-flight count alone.
+three rounds (interval + timeout each) counts as unknown (queue 0), so a backend that
+stops answering its metrics is picked on the gateway's own in-flight count alone.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ class LoadWatcher:
         self.timeout = timeout
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self.failures: dict[str, int] = {}
+        # A report outlives three rounds, each of which may wait `timeout` for a reply.
+        self.stale_after = 3 * (interval + timeout)
 
     def targets(self) -> dict[str, tuple[str, EndpointState]]:
         """backend -> (metrics URL, live state), for endpoints whose variant opts in."""
@@ -103,14 +105,17 @@ class LoadWatcher:
                     load.running,
                     load.kv_usage,
                 )
+                state.backlog = load.waiting + load.running
                 state.load_at = now
                 self.failures.pop(state.backend, None)
                 continue
             count = self.failures[state.backend] = self.failures.get(state.backend, 0) + 1
             if count == 1:
                 log.warning("cannot read backend load from %s: %s", url, _describe(result))
-            if now - state.load_at > 3 * self.interval:
-                state.queued = 0  # unknown is not busy: fall back to in-flight counts
+            # Keep the last report while it is recent: one slow scrape of a saturated
+            # backend must not read as "idle" exactly when its queue matters.
+            if now - state.load_at > self.stale_after:
+                state.queued = state.running = state.backlog = 0  # unknown is not busy
                 state.kv_usage = 0.0
 
     async def run(self) -> None:

@@ -91,7 +91,8 @@ class VariantSpec(_Model):
         description="Where the backends report their own load: `vllm` scrapes each "
         "endpoint's /metrics (num_requests_waiting, num_requests_running, "
         "kv_cache_usage_perc) every second, off the request path, and requests go to the "
-        "endpoint with the fewest in flight plus queued, then the lower KV-cache use.",
+        "endpoint with the least load (the larger of the gateway's in-flight count and "
+        "the backend's queued + running), then the lower KV-cache use.",
     )
     backend_protocol: Literal["openai", "ollama"] | None = Field(
         default=None,

@@ -20,6 +20,7 @@ class EndpointState:
 
     __slots__ = (
         "backend",
+        "backlog",
         "consecutive_failures",
         "ejected_until",
         "ejections",
@@ -42,6 +43,9 @@ class EndpointState:
         self.running = 0
         self.kv_usage = 0.0
         self.load_at = 0.0  # when that report was read; 0 = never
+        # queued + running: everything the backend has on its hands, this gateway's
+        # requests included (so pick() takes max(in_flight, backlog), not the sum).
+        self.backlog = 0
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now
@@ -133,6 +137,7 @@ class HealthRegistry:
                     ejected=lambda: not s.available(clock()),
                     ejections=lambda: s.ejections,
                     queued=lambda: s.queued,
+                    running=lambda: s.running,
                     kv_usage=lambda: s.kv_usage,
                 )
             )

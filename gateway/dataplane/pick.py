@@ -1,9 +1,13 @@
 """Which endpoint of a variant's pool takes a request.
 
-Least loaded among endpoints not ejected: the gateway's own in-flight requests plus the
-requests the backend reports queued (vLLM's num_requests_waiting, from every gateway
-replica and client, scraped off the request path), then the lower KV-cache use, then a
-rotating start so equal endpoints share load. This is the Gateway API Inference
+Least loaded among endpoints not ejected, then the lower KV-cache use, then a rotating
+start so equal endpoints share load. Load is the larger of the gateway's own in-flight
+requests and the backlog the backend reports (vLLM's num_requests_waiting +
+num_requests_running, from every gateway replica and client, scraped off the request
+path). The larger, not the sum: the report already counts this gateway's requests, and
+in-flight covers what was sent since the last report. Running requests count as well as
+waiting ones because a CPU or lightly configured vLLM admits everything into its batch
+(waiting stays 0) and still slows down per request as the batch grows. This is the Gateway API Inference
 Extension's endpoint-picker idea without a per-request scrape. Endpoint state is live
 (not part of the pure `decide`), which is why this is its own step.
 """
@@ -30,7 +34,7 @@ def pick(variant: Variant, now: float, turn: int) -> int:
         state = endpoints[i].state
         if state.ejected_until > now:
             continue
-        load = state.in_flight + state.queued
+        load = state.in_flight if state.in_flight > state.backlog else state.backlog
         if best < 0 or load < best_load or (load == best_load and state.kv_usage < best_kv):
             best, best_load, best_kv = i, load, state.kv_usage
     return best
@@ -43,7 +47,7 @@ def candidates(decision: Decision, now: float, turn: int) -> Iterator[tuple[Vari
             range(len(variant.endpoints)),
             key=lambda i: (
                 variant.endpoints[i].state.ejected_until > now,
-                variant.endpoints[i].state.in_flight + variant.endpoints[i].state.queued,
+                max(variant.endpoints[i].state.in_flight, variant.endpoints[i].state.backlog),
                 variant.endpoints[i].state.kv_usage,
                 (i - turn) % len(variant.endpoints),
             ),

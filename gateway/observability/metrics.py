@@ -157,6 +157,7 @@ class EndpointGauges:
     ejected: Callable[[], bool]
     ejections: Callable[[], int]
     queued: Callable[[], int] = lambda: 0
+    running: Callable[[], int] = lambda: 0
     kv_usage: Callable[[], float] = lambda: 0.0
 
 
@@ -354,6 +355,12 @@ class GatewayMetrics:
             "load_metrics), from every client: a GPU-autoscaling signal.",
             labels=["backend"],
         )
+        running = GaugeMetricFamily(
+            "switchyard_backend_running",
+            "Requests the backend reports running (vLLM num_requests_running; variants "
+            "with load_metrics), from every client.",
+            labels=["backend"],
+        )
         kv = GaugeMetricFamily(
             "switchyard_backend_kv_cache_usage",
             "KV-cache use the backend reports, 0..1 (variants with load_metrics).",
@@ -369,8 +376,9 @@ class GatewayMetrics:
             ejected.add_metric([g.backend], 1.0 if g.ejected() else 0.0)
             ejections.add_metric([g.backend], g.ejections())
             queue.add_metric([g.backend], g.queued())
+            running.add_metric([g.backend], g.running())
             kv.add_metric([g.backend], g.kv_usage())
-        yield from (in_flight, ejected, ejections, queue, kv)
+        yield from (in_flight, ejected, ejections, queue, running, kv)
 
         reloads = CounterMetricFamily(
             "switchyard_policy_reloads", "Policy reloads by outcome.", labels=["outcome"]
