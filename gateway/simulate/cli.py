@@ -18,7 +18,9 @@ from typing import Any, TypeAlias
 
 import uvloop
 
+from gateway.simulate.bentoml import add_bentoml
 from gateway.simulate.faults import FAULT_SYNTAX, FaultRule, FaultSpecError, parse_fault
+from gateway.simulate.kserve import add_kserve
 from gateway.simulate.kubeflow import add_kubeflow
 from gateway.simulate.ollama import OllamaOptions, serve_ollama
 from gateway.simulate.openai import OpenAIOptions, serve_openai
@@ -68,6 +70,8 @@ def add_backends(backends: Subparsers) -> None:
     openai.set_defaults(handler=run_openai)
     _add_ollama(backends)
     add_kubeflow(backends)
+    add_kserve(backends)
+    add_bentoml(backends)
 
 
 def _add_llm_options(
@@ -160,6 +164,10 @@ def run_until_signalled(kind: str, start: Callable[[], Awaitable[SimServer]]) ->
             print(f"switchyard-sim: cannot listen: {exc}", file=sys.stderr)
             return 1
         print(f"switchyard-sim {kind} listening on {server.url}", flush=True)
+        # Simulators with a second protocol (KServe's gRPC) announce it after the HTTP
+        # line, which is the one scripts wait for first.
+        for label, address in getattr(server, "extra_listeners", ()):
+            print(f"switchyard-sim {kind} {label} listening on {address}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)

@@ -10,7 +10,10 @@ and `Connection: close` are handled here, once, for every simulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from typing import Final, cast
 
@@ -263,6 +266,20 @@ class HttpConnection(asyncio.Protocol):
             self._advance()
 
     # -- internals ---------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """End the current exchange as aborted and reset the connection (SO_LINGER 0:
+        the peer sees ECONNRESET, not an orderly close)."""
+        transport = self._transport_or_fail()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if self._current is not None:
+            self._end_exchange("aborted")
+        self._queue.clear()
+        self._closed = True
+        transport.abort()
 
     def _transport_or_fail(self) -> asyncio.Transport:
         if self._transport is None:

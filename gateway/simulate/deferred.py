@@ -84,6 +84,17 @@ def garbage(latency_s: float) -> Deferred:
     return run
 
 
+def reset(latency_s: float) -> Deferred:
+    """Reset the connection (TCP RST) without answering."""
+
+    async def run(responder: Responder) -> None:
+        if latency_s > 0:
+            await asyncio.sleep(latency_s)
+        responder.reset_connection()
+
+    return run
+
+
 async def hang(responder: Responder) -> None:
     """Never answer; the exchange ends when the client gives up (counted as cancelled)."""
     await asyncio.get_running_loop().create_future()

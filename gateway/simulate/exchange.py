@@ -120,6 +120,9 @@ class Sink(Protocol):
         """The current exchange ended; close the connection if asked, if the request
         did not allow keep-alive, or if the outcome is not `completed`."""
 
+    def reset(self) -> None:
+        """Drop the connection with a TCP reset (a fault); the exchange is aborted."""
+
 
 class Responder:
     """Writes the response of one deferred exchange.
@@ -222,6 +225,12 @@ class Responder:
         """Close the connection after what was written so far (a fault: cut, garbage)."""
         if not self.done:
             self._finish("aborted")
+
+    def reset_connection(self) -> None:
+        """Drop the connection with a TCP reset, unwritten bytes discarded (a fault)."""
+        if not self.done:
+            self._done = True
+            self._sink.reset()
 
     def _check_not_started(self) -> None:
         if self._started:

@@ -4,7 +4,7 @@ Two sources, one result (a `FaultPlan` per request):
 
 - request headers program one request exactly (like Envoy AI Gateway's test upstream):
   `x-sim-latency-ms`, `x-sim-chunk-delay-ms`, `x-sim-tokens`, `x-sim-status`,
-  `x-sim-cut-after`, `x-sim-hang`, `x-sim-garbage`;
+  `x-sim-cut-after`, `x-sim-hang`, `x-sim-garbage`, `x-sim-reset`;
 - rules (`--fault`, `POST /sim/faults`) apply the same behaviours to a share of requests,
   drawn from a seeded RNG so a run can be repeated.
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-FaultKind = Literal["status", "cut", "hang", "garbage", "latency", "chunk-delay"]
+FaultKind = Literal["status", "cut", "hang", "garbage", "reset", "latency", "chunk-delay"]
 """What a rule does to a request it hits."""
 
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
@@ -28,6 +28,7 @@ FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
     "cut",
     "hang",
     "garbage",
+    "reset",
     "latency",
     "chunk-delay",
 )
@@ -40,12 +41,14 @@ fault rules (--fault, repeatable; also POST /sim/faults {"faults": [...]}):
                         after the headers and half the body
   hang                  never answer (the request stays in flight until the client leaves)
   garbage               answer bytes that are not HTTP, then close
+  reset                 reset the connection (TCP RST) without answering
   latency=MS            answer (or send the first chunk) after MS, not --latency-ms
   chunk-delay=MS        wait MS between stream chunks, not --chunk-delay-ms
   e.g. --fault status=503:0.1 --fault cut=3:0.05 --fault latency=250:0.2
 
 per-request headers (override the rules): x-sim-status, x-sim-latency-ms,
-  x-sim-chunk-delay-ms, x-sim-tokens, x-sim-cut-after, x-sim-hang: 1, x-sim-garbage: 1
+  x-sim-chunk-delay-ms, x-sim-tokens, x-sim-cut-after, x-sim-hang: 1, x-sim-garbage: 1,
+  x-sim-reset: 1
 """
 
 GARBAGE: Final = b"\x16\x03\x01\x00\xa5 switchyard-sim garbage: this is not HTTP \x00\xff\r\n\r\n"
@@ -59,7 +62,11 @@ HEADER_NAMES: Final = (
     "x-sim-cut-after",
     "x-sim-hang",
     "x-sim-garbage",
+    "x-sim-reset",
 )
+
+
+_NO_VALUE: Final = frozenset({"hang", "garbage", "reset"})
 
 
 class FaultSpecError(ValueError):
@@ -76,7 +83,7 @@ class FaultRule:
 
     def spec(self) -> str:
         """The rule in `--fault` syntax."""
-        value = "" if self.kind in ("hang", "garbage") else f"={self.value:g}"
+        value = "" if self.kind in _NO_VALUE else f"={self.value:g}"
         return f"{self.kind}{value}:{self.rate:g}"
 
 
@@ -91,6 +98,7 @@ class FaultPlan:
     cut_after: int | None = None
     hang: bool = False
     garbage: bool = False
+    reset: bool = False
 
 
 NO_FAULTS: Final = FaultPlan()
@@ -107,7 +115,7 @@ def parse_fault(spec: str) -> FaultRule:
     rate = _number(rate_text, spec, "rate") if rate_text else 1.0
     if not 0.0 <= rate <= 1.0:
         raise FaultSpecError(f"rate must be between 0 and 1 in {spec!r}")
-    if kind in ("hang", "garbage"):
+    if kind in _NO_VALUE:
         if has_value:
             raise FaultSpecError(f"{kind} takes no value in {spec!r}")
         return FaultRule(kind, 0.0, rate)
@@ -178,13 +186,15 @@ class FaultInjector:
                 plan = replace(plan, hang=True)
             elif kind == "garbage":
                 plan = replace(plan, garbage=True)
+            elif kind == "reset":
+                plan = replace(plan, reset=True)
         return plan
 
 
 def _apply_headers(plan: FaultPlan, headers: Mapping[str, str]) -> FaultPlan:
     get = headers.get
     latency, chunk_delay, tokens = (get(name) for name in HEADER_NAMES[:3])
-    status, cut_after, hang, garbage = (get(name) for name in HEADER_NAMES[3:])
+    status, cut_after, hang, garbage, reset = (get(name) for name in HEADER_NAMES[3:])
     return FaultPlan(
         latency_s=plan.latency_s if latency is None else _millis(latency, "x-sim-latency-ms"),
         chunk_delay_s=(
@@ -197,6 +207,7 @@ def _apply_headers(plan: FaultPlan, headers: Mapping[str, str]) -> FaultPlan:
         cut_after=plan.cut_after if cut_after is None else _count(cut_after, "x-sim-cut-after"),
         hang=plan.hang if hang is None else _flag(hang),
         garbage=plan.garbage if garbage is None else _flag(garbage),
+        reset=plan.reset if reset is None else _flag(reset),
     )
 
 

@@ -26,7 +26,14 @@ from typing import Final
 
 from gateway.simulate import ollama_request as req
 from gateway.simulate import ollama_wire as wire
-from gateway.simulate.deferred import EventStream, cut_response, garbage, hang, play_stream
+from gateway.simulate.deferred import (
+    EventStream,
+    cut_response,
+    garbage,
+    hang,
+    play_stream,
+    reset,
+)
 from gateway.simulate.exchange import Deferred, Request, Response
 from gateway.simulate.faults import FaultInjector, FaultPlan, FaultRule, FaultSpecError
 from gateway.simulate.generate import TextModel, count_words
@@ -207,6 +214,8 @@ class OllamaSimulator:
             return hang
         if plan.garbage:
             return garbage(latency)
+        if plan.reset:
+            return reset(latency)
         if plan.status is not None:
             return replace(_error(plan.status, f"simulated failure: {plan.status}"), delay=latency)
         try:

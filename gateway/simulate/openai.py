@@ -22,7 +22,14 @@ from typing import Any, Final, TypeGuard
 import orjson
 
 from gateway.simulate import openai_wire as wire
-from gateway.simulate.deferred import EventStream, cut_response, garbage, hang, play_stream
+from gateway.simulate.deferred import (
+    EventStream,
+    cut_response,
+    garbage,
+    hang,
+    play_stream,
+    reset,
+)
 from gateway.simulate.exchange import Deferred, Request, Response
 from gateway.simulate.faults import FaultInjector, FaultPlan, FaultRule, FaultSpecError
 from gateway.simulate.generate import TextModel, count_words, float32_le
@@ -191,6 +198,8 @@ class OpenAISimulator:
             return hang
         if plan.garbage:
             return garbage(latency)
+        if plan.reset:
+            return reset(latency)
         if plan.status is not None:
             return replace(_error(plan.status, f"simulated failure: {plan.status}"), delay=latency)
         try:

@@ -22,6 +22,7 @@ from gateway.simulate.faults import (
         ("cut=3:0.05", FaultRule("cut", 3, 0.05)),
         ("hang:0.01", FaultRule("hang", 0, 0.01)),
         ("garbage", FaultRule("garbage", 0, 1.0)),
+        ("reset:0.25", FaultRule("reset", 0, 0.25)),
         ("latency=250:0.2", FaultRule("latency", 250, 0.2)),
         (" Chunk-Delay=5 ", FaultRule("chunk-delay", 5, 1.0)),
     ],

@@ -7,6 +7,7 @@ faults are checked byte by byte, with httptools parsing what comes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -248,6 +249,18 @@ async def test_garbage(sim: SimServer) -> None:
         assert await reader.read() == GARBAGE
     writer.close()
     await writer.wait_closed()
+
+
+async def test_reset_is_a_tcp_reset_not_a_close(sim: SimServer) -> None:
+    reader, writer = await asyncio.open_connection(sim.host, sim.port)
+    writer.write(post("/v1/chat/completions", CHAT, "x-sim-reset: 1"))
+    async with asyncio.timeout(5):
+        with pytest.raises(ConnectionResetError):
+            await reader.read()  # an orderly close would read b"" instead
+    writer.close()
+    with contextlib.suppress(ConnectionResetError):
+        await writer.wait_closed()
+    await wait_for(lambda: sim.stats.aborted == 1)
 
 
 async def test_client_disconnect_mid_stream_is_counted_and_stops(sim: SimServer) -> None:
