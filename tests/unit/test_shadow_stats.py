@@ -1,0 +1,216 @@
+"""Shadow statistics: the agreement read API, the admin summary and its merge across
+workers, the metric families and the comparison log, on known numbers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.admin.shadow import merge_overviews, merge_raw, raw_view, shadow_routes, summarise
+from gateway.controlplane.compile import compile_snapshot
+from gateway.controlplane.loader import parse_policies
+from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.shadowlog import ComparisonLog
+from gateway.dataplane.snapshot import RuntimeSnapshot
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.shadow_metrics import ShadowMetrics
+
+T0 = 1_000_000.0  # a bucket boundary (a multiple of 10 s)
+POLICY = """apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: chat
+variants: [{name: main, endpoints: ["http://127.0.0.1:9"]}]
+shadow: [{name: cand, endpoints: ["http://127.0.0.1:10"], sample: 0.5}]
+"""
+
+
+def snapshot(metrics: GatewayMetrics) -> RuntimeSnapshot:
+    policies, problems = parse_policies(POLICY, "t.yaml")
+    assert not problems
+    return compile_snapshot(policies, metrics=metrics, health=HealthRegistry(metrics))
+
+
+def test_agreement_since_a_time() -> None:
+    metrics = ShadowMetrics()
+    a = metrics.series("chat", "cand", "3")
+    none = (None, None, None, None, None)
+    a.record_comparison("agree", (1.0, 1.0, None, None, 0.01), (), T0 + 1)
+    a.record_comparison("disagree", (0.1, 2.0, None, None, 0.02), (), T0 + 2)
+    a.record_comparison("agree", (0.9, 1.0, None, None, 0.01), (), T0 + 25)
+    a.record_comparison("uncomparable", none, (), T0 + 26)
+    a.record_comparison("primary_failed", none, (), T0 + 27)  # no verdict: not counted
+    a.record_request("timeout", None, T0 + 28)
+    b = metrics.series("chat", "cand", "4")  # the alias moved: a second version
+    b.record_comparison("agree", (1.0, 1.0, None, None, 0.0), (), T0 + 31)
+
+    everything = metrics.agreement("chat", "cand")
+    assert (everything.agreed, everything.disagreed, everything.uncomparable) == (3, 1, 1)
+    assert everything.failed == 1 and everything.rate == pytest.approx(3 / 5)
+    assert everything.since == T0
+
+    late = metrics.agreement("chat", "cand", since=T0 + 20)
+    assert (late.agreed, late.uncomparable, late.failed) == (2, 1, 1)
+    assert late.rate == pytest.approx(2 / 3) and late.since == T0 + 20
+
+    only3 = metrics.agreement("chat", "cand", version="3", since=T0 + 20)
+    assert (only3.agreed, only3.compared) == (1, 2)
+    assert metrics.agreement("chat", "other").rate is None
+    assert metrics.agreement("nope").compared == 0
+
+
+def view(metrics: GatewayMetrics, values: list[float]) -> dict[str, object]:
+    series = metrics.shadow.series("chat", "cand", "")
+    for v in values:
+        series.record_comparison(
+            "agree" if v >= 0.5 else "disagree",
+            (v, 1.0, None, None, v / 100),
+            (("probs", v >= 0.5),),
+            T0,
+        )
+        series.record_request("ok", 0.01, T0)
+    found = raw_view("chat", snapshot(metrics), metrics.shadow)
+    assert found is not None
+    return orjson.loads(orjson.dumps(found))  # as it travels between processes
+
+
+def test_summary_merges_workers_before_the_percentiles() -> None:
+    one = view(GatewayMetrics(), [0.1, 0.2, 0.3, 0.4, 0.5])
+    two = view(GatewayMetrics(), [0.6, 0.7, 0.8, 0.9, 1.0])
+    merged = merge_raw([one, two])
+    assert merged is not None
+    summary = summarise(merged)
+    assert summary["workers"] == 2
+    (entry,) = summary["shadows"]
+    assert entry["serving"] and entry["sent"] == 10 and entry["requests"] == {"ok": 10}
+    assert entry["comparisons"] == {"agree": 6, "disagree": 4}
+    assert entry["agreement_rate"] == pytest.approx(0.6)
+    # Nearest rank over the 10 merged values 0.1 .. 1.0.
+    sim = entry["similarity"]
+    assert (sim["n"], sim["p50"], sim["p90"], sim["p99"]) == (10, 0.5, 0.9, 1.0)
+    assert sim["mean"] == pytest.approx(0.55)
+    assert entry["latency_delta_ms"]["p50"] == pytest.approx(5.0)
+    assert entry["outputs"] == {"probs": {"agreed": 6, "compared": 10, "rate": 0.6}}
+    assert summary["config"][0]["sample"] == 0.5
+
+
+def test_overviews_merge_by_counts_not_by_rates() -> None:
+    one = {
+        "workers": 1,
+        "routes": {
+            "chat": [
+                {"shadow": "c", "version": "1", "agreed": 9, "compared": 10, "agreement_rate": 0.9}
+            ]
+        },
+    }
+    two = {
+        "workers": 1,
+        "routes": {
+            "chat": [
+                {"shadow": "c", "version": "1", "agreed": 0, "compared": 90, "agreement_rate": 0.0}
+            ]
+        },
+    }
+    merged = merge_overviews([one, two])
+    assert merged["workers"] == 2
+    assert merged["routes"]["chat"] == [
+        {"shadow": "c", "version": "1", "agreed": 9, "compared": 100, "agreement_rate": 0.09}
+    ]
+
+
+def test_shadow_metrics_render_with_policy_labels_only() -> None:
+    metrics = GatewayMetrics()
+    series = metrics.shadow.series("chat", "cand", "7")
+    series.count(series.dropped, "max_inflight")
+    series.record_request("ok", 0.02, T0)
+    series.record_comparison("agree", (0.8, 1.1, None, None, -0.003), (), T0)
+    text = generate_latest(metrics.registry()).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    dropped = families["switchyard_shadow_dropped"].samples[0]
+    assert dropped.labels == {
+        "route": "chat",
+        "shadow": "cand",
+        "version": "7",
+        "reason": "max_inflight",
+    }
+    assert dropped.value == 1
+    delta = {
+        s.labels["le"]: s.value
+        for s in families["switchyard_shadow_latency_delta_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert delta["-0.005"] == 0 and delta["-0.001"] == 1  # -3 ms lands in (-5 ms, -1 ms]
+
+
+async def test_admin_view_over_http() -> None:
+    metrics = GatewayMetrics()
+    snap = snapshot(metrics)
+    metrics.shadow.series("chat", "cand", "").record_comparison(
+        "agree", (1.0, 1.0, None, None, 0.0), (), T0
+    )
+
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[..., Awaitable[Response]]:
+        async def check(request: Request) -> Response:
+            if request.headers.get("authorization") != "Bearer t":
+                return JSONResponse({"error": "token"}, status_code=401)
+            return await handler(request)
+
+        return check
+
+    app = Starlette(routes=shadow_routes(lambda: snap, metrics.shadow, guarded))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+        assert (await client.get("/admin/shadow/chat")).status_code == 401
+        auth = {"authorization": "Bearer t"}
+        found = (await client.get("/admin/shadow/chat", headers=auth)).json()
+        assert found["shadows"][0]["agreement_rate"] == 1.0
+        raw = (await client.get("/admin/shadow/chat?raw=1", headers=auth)).json()
+        assert raw["series"][0]["recent"] == [[1.0, 1.0, None, None, 0.0]]
+        later = (await client.get(f"/admin/shadow/chat?since={T0 + 60}", headers=auth)).json()
+        assert later["shadows"][0]["agreement_rate"] is None
+        assert (await client.get("/admin/shadow/chat?since=x", headers=auth)).status_code == 400
+        missing = await client.get("/admin/shadow/other", headers=auth)
+        assert missing.status_code == 404 and "no shadows" in missing.json()["error"]
+        overview = (await client.get("/admin/shadow", headers=auth)).json()
+        assert overview["routes"]["chat"][0]["compared"] == 1
+
+
+async def test_comparison_log_rotates_and_bounds_its_buffer(tmp_path: Path) -> None:
+    counters = {"written": 0, "dropped": 0}
+    path = tmp_path / "logs" / "shadow.jsonl"
+    log = ComparisonLog(path, 300, counters, asyncio.get_running_loop(), capacity=5)
+    for i in range(7):
+        log.offer({"i": i, "pad": "x" * 40})
+    assert counters["dropped"] == 2  # the buffer holds 5
+    log.flush()
+    await log.aclose()
+    assert counters["written"] == 5
+    first = path.read_text().splitlines()
+    assert [orjson.loads(line)["i"] for line in first] == [0, 1, 2, 3, 4]
+    for i in range(5, 10):
+        log.offer({"i": i, "pad": "x" * 40})
+    await log.aclose()  # ~5 x 60 bytes more would pass 300: rotated first
+    rotated = path.with_name("shadow.jsonl.1").read_text().splitlines()
+    assert [orjson.loads(line)["i"] for line in rotated] == [0, 1, 2, 3, 4]
+    assert [orjson.loads(line)["i"] for line in path.read_text().splitlines()] == [5, 6, 7, 8, 9]
+
+
+async def test_comparison_log_counts_what_it_could_not_write(tmp_path: Path) -> None:
+    counters = {"written": 0, "dropped": 0}
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    log = ComparisonLog(blocker / "shadow.jsonl", 1000, counters, asyncio.get_running_loop())
+    log.offer({"i": 1})
+    await log.aclose()
+    assert counters == {"written": 0, "dropped": 1}
