@@ -1,0 +1,88 @@
+"""Rollouts and experiments in the admin API (behind the bearer token).
+
+- `GET /admin/rollouts`: every route's rollout: state, step, history, last analysis,
+  where the state is kept and whether this process is the writer.
+- `GET /admin/rollouts/{route}`: one of them.
+- `POST /admin/rollouts/{route}/pause|resume|abort`: operator commands. On the writer
+  they apply at once (200); on another replica they are left in the store for the
+  writer (202); an impossible transition (abort a promoted rollout) is 409.
+- `GET /admin/experiments`: routes that take outcome feedback.
+- `GET /admin/experiments/{route}`: per variant counts and each variant against the
+  baseline: conversion rates, lift, z-test p-value and confidence interval; rewards
+  with Welch's t-test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.controlplane.registry import RegistryError
+from gateway.rollout.controller import RolloutController
+from gateway.rollout.stats import warm_up
+from gateway.rollout.store import ACTIONS
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def rollout_routes(
+    controller: RolloutController, guarded: Callable[[Handler], Handler]
+) -> list[Route]:
+    """The admin routes of rollouts and experiments, each behind `guarded`."""
+
+    async def rollouts(_: Request) -> Response:
+        return JSONResponse(controller.status())
+
+    async def rollout(request: Request) -> Response:
+        route = request.path_params["route"]
+        found = controller.status_of(route)
+        if found is None:
+            return JSONResponse(
+                {"error": f"route {route!r} has no rollout (no `rollout` block in its policy)"},
+                status_code=404,
+            )
+        return JSONResponse(found)
+
+    async def command(request: Request) -> Response:
+        route, action = request.path_params["route"], request.path_params["action"]
+        if action not in ACTIONS:
+            return JSONResponse(
+                {"error": f"unknown action {action!r}: use {', '.join(ACTIONS)}"}, status_code=404
+            )
+        by = request.headers.get("x-switchyard-operator", "") or "admin API"
+        try:
+            status, body = await controller.command(route, action, by[:64])
+        except RegistryError as exc:
+            return JSONResponse(
+                {"error": f"the registry did not take the change: {exc}"}, status_code=502
+            )
+        return JSONResponse(body, status_code=status)
+
+    async def experiments(_: Request) -> Response:
+        return JSONResponse({"routes": controller.experiment_routes()})
+
+    async def experiment(request: Request) -> Response:
+        route = request.path_params["route"]
+        await asyncio.to_thread(warm_up)  # scipy's first import: not on the event loop
+        found = controller.experiment(route)
+        if found is None:
+            return JSONResponse(
+                {
+                    "error": f"route {route!r} takes no feedback (no `experiment` or "
+                    "`rollout` block in its policy)"
+                },
+                status_code=404,
+            )
+        return JSONResponse(found)
+
+    return [
+        Route("/admin/rollouts", guarded(rollouts)),
+        Route("/admin/rollouts/{route:path}/{action:str}", guarded(command), methods=["POST"]),
+        Route("/admin/rollouts/{route:path}", guarded(rollout)),
+        Route("/admin/experiments", guarded(experiments)),
+        Route("/admin/experiments/{route:path}", guarded(experiment)),
+    ]

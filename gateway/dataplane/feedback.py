@@ -1,0 +1,237 @@
+"""Outcome feedback for A/B experiments: `POST /v1/feedback` on the data plane port.
+
+An application that learns how a request turned out (the user converted, clicked, the
+fraud verdict was right) posts the request's `x-request-id` with an outcome (true or
+false) and/or a numeric reward. To attribute it, the gateway remembers which variant
+and model version served each request id of routes with an `experiment` or `rollout`
+block, for a bounded window:
+
+- the request path records one entry per completed request (`ExposureLog.record`,
+  called once from `Exchange._complete`): a frozenset membership test, and for tracked
+  routes one dict store of a tuple. Untracked routes pay the membership test only.
+- memory is bounded by two generations of at most capacity/2 entries each: when the
+  current one fills up it becomes the previous one and the older is dropped whole, so
+  there is no per-request eviction work. An entry older than `window` seconds is
+  expired even if still held.
+
+Counts live here as plain numbers (per route, variant and version, so a new challenger
+version starts from zero); the statistics (z-test, Welch's t-test) are computed off the
+request path by `gateway.rollout.experiments`.
+
+With `--workers N` each worker process remembers only the requests it served itself.
+The kernel keeps a connection on one worker, so feedback sent on the connection that
+made the request finds it; feedback on a new connection may reach another worker and
+get 404. Run one worker per pod (more pods) where feedback matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.errors import BadRequest, GatewayError, InvalidJSON, MethodNotAllowed, NotFound
+from gateway.observability.metrics import RequestSeries
+
+if TYPE_CHECKING:
+    from gateway.dataplane.fronts import ErrorStyle
+    from gateway.dataplane.http11 import Request
+    from gateway.dataplane.server import ClientConnection
+
+FEEDBACK_PATH = b"/v1/feedback"
+_FIELDS = ("request_id", "outcome", "reward")
+_MAX_REQUEST_ID = 128
+Entry = tuple[RequestSeries, float]  # (who served it, plane.now when it completed)
+
+
+class UnknownRequest(NotFound):
+    code = "request_not_found"
+
+
+class FeedbackConflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "feedback_already_recorded"
+
+
+@dataclass(eq=False, slots=True)
+class VariantOutcomes:
+    """Feedback received for one (route, variant, version)."""
+
+    route: str
+    variant: str
+    version: str
+    outcomes: int = 0  # feedback carrying `outcome`
+    conversions: int = 0  # ... of which outcome was true
+    rewards: int = 0  # feedback carrying `reward`
+    reward_mean: float = 0.0
+    reward_m2: float = 0.0  # sum of squared deviations (Welford), for the variance
+
+    def add(self, outcome: bool | None, reward: float | None) -> None:
+        """Count one feedback."""
+        if outcome is not None:
+            self.outcomes += 1
+            self.conversions += int(outcome)
+        if reward is not None:
+            # Welford's update: a running mean and variance without storing samples.
+            self.rewards += 1
+            delta = reward - self.reward_mean
+            self.reward_mean += delta / self.rewards
+            self.reward_m2 += delta * (reward - self.reward_mean)
+
+    @property
+    def reward_variance(self) -> float:
+        """Sample variance of the rewards (0 with fewer than two)."""
+        return self.reward_m2 / (self.rewards - 1) if self.rewards > 1 else 0.0
+
+
+@dataclass(eq=False, slots=True)
+class ExposureLog:
+    """Which variant served each recent request id, and the feedback counted so far."""
+
+    capacity: int = 100_000
+    window: float = 3600.0
+    routes: frozenset[str] = frozenset()  # routes that track requests (set by the control plane)
+    outcomes: dict[tuple[str, str, str], VariantOutcomes] = field(default_factory=dict)
+    # Feedback requests answered, by result: recorded, malformed, unknown, expired, duplicate.
+    results: dict[str, int] = field(default_factory=dict)
+    _current: dict[bytes, Entry] = field(default_factory=dict)
+    _previous: dict[bytes, Entry] = field(default_factory=dict)
+    _answered: set[bytes] = field(default_factory=set)
+    _answered_before: set[bytes] = field(default_factory=set)
+
+    def record(self, request_id: bytes, series: RequestSeries, now: float) -> None:
+        """Remember who served `request_id` (request path: keep it this cheap)."""
+        if series.route in self.routes:
+            current = self._current
+            current[request_id] = (series, now)
+            if len(current) * 2 >= self.capacity:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        self._previous, self._current = self._current, {}
+        self._answered_before, self._answered = self._answered, set()
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def take(self, request_id: bytes, now: float) -> RequestSeries:
+        """Who served `request_id`, marking its feedback as given; raises a 404 or 409."""
+        shown = request_id.decode("utf-8", "replace")
+        if request_id in self._answered or request_id in self._answered_before:
+            raise FeedbackConflict(
+                f"feedback for request {shown!r} was already recorded; each request counts once",
+                param="request_id",
+            )
+        entry = self._current.pop(request_id, None)
+        if entry is None:
+            entry = self._previous.pop(request_id, None)
+        if entry is None:
+            raise UnknownRequest(
+                f"request {shown!r} is unknown: no request with this x-request-id was served "
+                "by this gateway process on a route with an experiment or rollout block "
+                f"within the last {self.window:g}s (with --workers, send feedback on the "
+                "connection that made the request)",
+                param="request_id",
+            )
+        series, served_at = entry
+        if now - served_at > self.window:
+            raise UnknownRequest(
+                f"request {shown!r} expired: it was served {now - served_at:.0f}s ago and "
+                f"feedback is accepted for {self.window:g}s",
+                param="request_id",
+            )
+        self._answered.add(request_id)
+        return series
+
+    def count(self, series: RequestSeries, outcome: bool | None, reward: float | None) -> None:
+        """Add one feedback to the served variant's counts."""
+        key = (series.route, series.variant, series.version)
+        found = self.outcomes.get(key)
+        if found is None:
+            found = self.outcomes[key] = VariantOutcomes(*key)
+        found.add(outcome, reward)
+
+    def counted(self, result: str) -> None:
+        self.results[result] = self.results.get(result, 0) + 1
+
+
+def parse_feedback(body: bytes) -> tuple[bytes, bool | None, float | None]:
+    """(request id, outcome, reward) of a feedback body, or a 400 saying what is wrong."""
+    if not body:
+        raise InvalidJSON(
+            'feedback body is empty; expected {"request_id": "...", "outcome": true} '
+            'or {"request_id": "...", "reward": 1.0}'
+        )
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"feedback body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidJSON(f"feedback body must be a JSON object, not {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in _FIELDS)
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s) {', '.join(unknown)}; feedback takes {', '.join(_FIELDS)}",
+            param=unknown[0],
+        )
+    rid = data.get("request_id")
+    if not isinstance(rid, str) or not rid or len(rid) > _MAX_REQUEST_ID:
+        raise BadRequest(
+            "'request_id' is required: the x-request-id header of the response (a string "
+            f"of 1 to {_MAX_REQUEST_ID} characters)",
+            param="request_id",
+        )
+    outcome = data.get("outcome")
+    if outcome is not None and not isinstance(outcome, bool):
+        raise BadRequest("'outcome' must be true or false", param="outcome")
+    reward = data.get("reward")
+    if reward is not None:
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            raise BadRequest("'reward' must be a number", param="reward")
+        reward = float(reward)  # finite: orjson refuses NaN and Infinity when parsing
+    if outcome is None and reward is None:
+        raise BadRequest(
+            "feedback needs 'outcome' (true/false) or 'reward' (a number), or both",
+            param="outcome",
+        )
+    return rid.encode(), outcome, reward
+
+
+def handle_feedback(
+    log: ExposureLog, conn: ClientConnection, request: Request, style: ErrorStyle, now: float
+) -> None:
+    """Answer one `POST /v1/feedback`: 200 with who served the request, else 4xx."""
+    if request.method != b"POST":
+        raise MethodNotAllowed("/v1/feedback accepts POST only")
+    try:
+        rid, outcome, reward = parse_feedback(request.body)
+        series = log.take(rid, now)
+    except GatewayError as err:
+        # Answered here, not raised: these are the client's facts (an id we no longer
+        # hold), not unknown routes or malformed HTTP, and are counted as feedback.
+        log.counted(_result_of(err))
+        conn.respond_error(err, style)
+        return
+    log.count(series, outcome, reward)
+    log.counted("recorded")
+    reply: dict[str, Any] = {
+        "request_id": rid.decode(),
+        "route": series.route,
+        "variant": series.variant,
+        "version": series.version,
+    }
+    if outcome is not None:
+        reply["outcome"] = outcome
+    if reward is not None:
+        reply["reward"] = reward
+    conn.respond(200, orjson.dumps(reply))
+
+
+def _result_of(err: GatewayError) -> str:
+    if isinstance(err, FeedbackConflict):
+        return "duplicate"
+    if isinstance(err, UnknownRequest):
+        return "expired" if "expired" in err.message else "unknown"
+    return "malformed"

@@ -1,0 +1,186 @@
+"""Rollout and experiment metrics, declared once; part of `GatewayMetrics` (see `metrics.py`).
+
+Plain data read at scrape time: rollout events and webhook deliveries counted by the
+rollout controller, the state of each rollout, and outcome feedback with the A/B
+statistics computed from it (`gateway.rollout.experiments`). Labels come from the
+policies (route, variant) and the resolved versions, never from client input.
+
+Gauges here describe one fact every worker process sees the same way (a rollout's
+state comes from the registry) or a statistic that cannot be summed (a p-value), so the
+supervisor merges them by maximum (`MAX_MERGED`); the counters are summed as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+# Every state a rollout can be in (a bounded label set).
+ROLLOUT_STATES = ("progressing", "paused", "rolled_back", "aborted", "promoted", "completed")
+
+MAX_MERGED = frozenset(
+    {
+        "switchyard_rollout_step",
+        "switchyard_rollout_challenger_percent",
+        "switchyard_rollout_state",
+        "switchyard_experiment_p_value",
+        "switchyard_experiment_lift",
+        "switchyard_experiment_reward_mean",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutGauge:
+    """One rollout's state as `/metrics` shows it."""
+
+    route: str
+    state: str
+    step: int  # 1-based index of the step now serving; 0 once rolled back or aborted
+    percent: float  # the challenger's share of traffic now, in percent
+
+
+@dataclass(frozen=True, slots=True)
+class VariantFeedback:
+    """Outcome feedback counted for one (route, variant, version)."""
+
+    route: str
+    variant: str
+    version: str
+    outcomes: int
+    conversions: int
+    rewards: int
+    reward_mean: float
+
+
+@dataclass(frozen=True, slots=True)
+class PairStat:
+    """One comparison of a variant with the experiment's baseline."""
+
+    route: str
+    variant: str
+    baseline: str
+    metric: str  # conversion | reward
+    p_value: float
+    lift: float | None
+
+
+@dataclass(eq=False, slots=True)
+class RolloutCounters:
+    """Counted by the rollout controller; the rest is read through the callables."""
+
+    events: dict[tuple[str, str], int] = field(default_factory=dict)  # (route, event)
+    webhooks: dict[tuple[str, str], int] = field(default_factory=dict)  # (route, outcome)
+    rollouts: Callable[[], Iterable[RolloutGauge]] | None = None
+    feedback: Callable[[], Iterable[VariantFeedback]] | None = None
+    pairs: Callable[[], Iterable[PairStat]] | None = None
+    feedback_results: Callable[[], Mapping[str, int]] | None = None
+
+    def count_event(self, route: str, event: str) -> None:
+        key = (route, event)
+        self.events[key] = self.events.get(key, 0) + 1
+
+    def count_webhook(self, route: str, outcome: str) -> None:
+        key = (route, outcome)
+        self.webhooks[key] = self.webhooks.get(key, 0) + 1
+
+
+def rollout_families(counters: RolloutCounters) -> Iterator[object]:
+    """The rollout and experiment metric families."""
+    step = GaugeMetricFamily(
+        "switchyard_rollout_step",
+        "Step of the route's progressive rollout now serving (1-based; 0 once rolled "
+        "back or aborted).",
+        labels=["route"],
+    )
+    percent = GaugeMetricFamily(
+        "switchyard_rollout_challenger_percent",
+        "The rollout challenger's share of the route's traffic now, in percent.",
+        labels=["route"],
+    )
+    state = GaugeMetricFamily(
+        "switchyard_rollout_state",
+        "1 for the state the route's rollout is in: progressing, paused, rolled_back, "
+        "aborted, promoted, completed.",
+        labels=["route", "state"],
+    )
+    for g in list(counters.rollouts() if counters.rollouts else ()):
+        step.add_metric([g.route], g.step)
+        percent.add_metric([g.route], g.percent)
+        for name in ROLLOUT_STATES:
+            state.add_metric([g.route, name], 1.0 if name == g.state else 0.0)
+    events = CounterMetricFamily(
+        "switchyard_rollout_events",
+        "Rollout events by route and kind: started, step, rollback, promoted, completed, "
+        "paused, resumed, aborted, restarted.",
+        labels=["route", "event"],
+    )
+    for (route, event), count in sorted(counters.events.items()):
+        events.add_metric([route, event], count)
+    hooks = CounterMetricFamily(
+        "switchyard_rollout_webhooks",
+        "Rollout event webhooks by outcome: ok, failed.",
+        labels=["route", "outcome"],
+    )
+    for (route, outcome), count in sorted(counters.webhooks.items()):
+        hooks.add_metric([route, outcome], count)
+    yield from (step, percent, state, events, hooks)
+    yield from _experiment_families(counters)
+
+
+def _experiment_families(counters: RolloutCounters) -> Iterator[object]:
+    labels = ["route", "variant", "version"]
+    outcomes = CounterMetricFamily(
+        "switchyard_experiment_outcomes",
+        "Outcome feedback (POST /v1/feedback with `outcome`) per served variant.",
+        labels=labels,
+    )
+    conversions = CounterMetricFamily(
+        "switchyard_experiment_conversions",
+        "Outcome feedback with outcome=true per served variant.",
+        labels=labels,
+    )
+    rewards = CounterMetricFamily(
+        "switchyard_experiment_rewards",
+        "Reward feedback (POST /v1/feedback with `reward`) per served variant.",
+        labels=labels,
+    )
+    mean = GaugeMetricFamily(
+        "switchyard_experiment_reward_mean", "Mean reward per served variant.", labels=labels
+    )
+    for f in list(counters.feedback() if counters.feedback else ()):
+        lv = [f.route, f.variant, f.version]
+        outcomes.add_metric(lv, f.outcomes)
+        conversions.add_metric(lv, f.conversions)
+        rewards.add_metric(lv, f.rewards)
+        if f.rewards:
+            mean.add_metric(lv, f.reward_mean)
+    pair_labels = ["route", "variant", "baseline", "metric"]
+    p_value = GaugeMetricFamily(
+        "switchyard_experiment_p_value",
+        "Two-sided p-value of the variant vs the baseline: two-proportion z-test "
+        "(metric=conversion) or Welch's t-test (metric=reward).",
+        labels=pair_labels,
+    )
+    lift = GaugeMetricFamily(
+        "switchyard_experiment_lift",
+        "Relative difference of the variant vs the baseline (0.1 = 10% better).",
+        labels=pair_labels,
+    )
+    for p in list(counters.pairs() if counters.pairs else ()):
+        lv = [p.route, p.variant, p.baseline, p.metric]
+        p_value.add_metric(lv, p.p_value)
+        if p.lift is not None:
+            lift.add_metric(lv, p.lift)
+    results = CounterMetricFamily(
+        "switchyard_feedback_requests",
+        "POST /v1/feedback answers by result: recorded, malformed, unknown, expired, duplicate.",
+        labels=["result"],
+    )
+    for result, count in sorted(
+        (counters.feedback_results() if counters.feedback_results else {}).items()
+    ):
+        results.add_metric([result], count)
+    yield from (outcomes, conversions, rewards, mean, p_value, lift, results)

@@ -1,0 +1,263 @@
+"""Rollout analysis: what a step's traffic says, and whether the gates hold.
+
+The data plane already counts everything a gate needs on the `RequestSeries` hanging
+off each compiled variant: responses by status class, failed upstream attempts, and a
+request-duration histogram. Analysis reads those plain numbers (no Prometheus query, no
+request-path cost), subtracts the totals taken when the step began, and judges the
+difference. p99 comes from the histogram buckets the way Prometheus'
+`histogram_quantile` computes it (linear within the bucket).
+
+A verdict is `pass` (step up), `fail` (roll back, with the gate that failed) or `wait`
+(not enough traffic yet, or a gate that has no data yet): gates are judged only once
+the challenger has served `min_requests` in the step, so a handful of early requests
+cannot roll a good challenger back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from gateway.observability.metrics import DURATION_BUCKETS, RequestSeries
+from gateway.observability.shadow_metrics import ShadowMetrics
+from gateway.rollout.spec import AnalysisSpec
+
+SeriesKey = tuple[str, str, str, str]  # (route, variant, version, backend)
+Outcome = Literal["pass", "fail", "wait"]
+
+
+class ShadowAgreement(Protocol):
+    """Where the shadow gate reads agreement: the shadow comparison statistics of the
+    data plane (`gateway/dataplane/shadow*.py`), adapted to this one question."""
+
+    def agreement(self, route: str, version: str, since: float) -> tuple[int, int] | None:
+        """(agreed, compared) of requests mirrored to `version` on `route` since `since`
+        (unix time), or None when that version is not shadowed there."""
+        ...
+
+
+class ShadowStats:
+    """`ShadowAgreement` read from the shadow mirror's counters (`ShadowMetrics`)."""
+
+    def __init__(self, shadow: ShadowMetrics) -> None:
+        self._shadow = shadow
+
+    def agreement(self, route: str, version: str, since: float) -> tuple[int, int] | None:
+        found = self._shadow.agreement(route, version=version or None, since=since)
+        return (found.agreed, found.compared) if found.compared else None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What some series counted: responses, failed attempts, duration buckets."""
+
+    responses: int = 0  # requests answered (any status)
+    ok_attempts: int = 0  # upstream attempts that ended below 500
+    failed_attempts: int = 0  # upstream attempts that failed (5xx, connect, timeout, reset)
+    buckets: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
+
+    @property
+    def attempts(self) -> int:
+        return self.ok_attempts + self.failed_attempts
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed_attempts / self.attempts if self.attempts else 0.0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.responses + other.responses,
+            self.ok_attempts + other.ok_attempts,
+            self.failed_attempts + other.failed_attempts,
+            tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True)),
+        )
+
+    def __sub__(self, other: Counts) -> Counts:
+        return Counts(
+            self.responses - other.responses,
+            self.ok_attempts - other.ok_attempts,
+            self.failed_attempts - other.failed_attempts,
+            tuple(a - b for a, b in zip(self.buckets, other.buckets, strict=True)),
+        )
+
+
+def read(series: RequestSeries) -> Counts:
+    """The totals of one series now."""
+    by_class = series.by_class
+    return Counts(
+        responses=sum(by_class[1:]),
+        ok_attempts=sum(by_class[1:5]),
+        failed_attempts=series.failed_attempts,
+        buckets=tuple(series.duration.counts),
+    )
+
+
+def totals(series: Iterable[RequestSeries]) -> dict[SeriesKey, Counts]:
+    """Totals of each series, by label set (series outlive snapshots, keys are stable)."""
+    return {(s.route, s.variant, s.version, s.backend): read(s) for s in series}
+
+
+def window(now: Mapping[SeriesKey, Counts], base: Mapping[SeriesKey, Counts]) -> Counts:
+    """Sum over `now` of what each series counted since `base` (new series from 0)."""
+    out = Counts()
+    for key, counts in now.items():
+        before = base.get(key)
+        out = out + (counts - before if before is not None else counts)
+    return out
+
+
+def quantile(
+    q: float, buckets: tuple[int, ...], bounds: tuple[float, ...] = DURATION_BUCKETS
+) -> float | None:
+    """The q-quantile of a histogram (per-bucket counts; the last is +Inf), as
+    Prometheus' histogram_quantile estimates it; None without observations."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    running = 0
+    for i, count in enumerate(buckets):
+        if running + count >= rank and count > 0:
+            if i >= len(bounds):  # the +Inf bucket: the highest finite bound
+                return bounds[-1]
+            lower = bounds[i - 1] if i > 0 else 0.0
+            return lower + (bounds[i] - lower) * (rank - running) / count
+        running += count
+    return bounds[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """One gate's result: its name, the value seen, the limit, and whether it held."""
+
+    name: str
+    outcome: Outcome
+    value: float | None
+    limit: float
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "gate": self.name,
+            "outcome": self.outcome,
+            "value": self.value,
+            "limit": self.limit,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one interval's analysis concluded about the step."""
+
+    outcome: Outcome
+    reason: str
+    challenger: Counts
+    champion: Counts
+    gates: tuple[Gate, ...] = field(default=())
+
+    def summary(self) -> dict[str, object]:
+        """The numbers an event or the status view shows."""
+        p99 = quantile(0.99, self.challenger.buckets)
+        base = quantile(0.99, self.champion.buckets)
+        return {
+            "challenger_requests": self.challenger.responses,
+            "challenger_error_rate": round(self.challenger.error_rate, 6),
+            "challenger_p99_s": None if p99 is None else round(p99, 6),
+            "champion_requests": self.champion.responses,
+            "champion_p99_s": None if base is None else round(base, 6),
+            "gates": [g.to_json() for g in self.gates],
+        }
+
+
+def judge(
+    spec: AnalysisSpec,
+    challenger: Counts,
+    champion: Counts,
+    *,
+    champion_p99: float | None = None,
+    shadow: tuple[int, int] | None = None,
+) -> Verdict:
+    """Apply the gates to a step's window.
+
+    `champion_p99` stands in when the champion served nothing in the window (at 100%
+    it gets no traffic): the last p99 it showed. `shadow` is (agreed, compared).
+    """
+    if challenger.responses < spec.min_requests:
+        reason = (
+            f"waiting for traffic: the challenger served {challenger.responses} of the "
+            f"{spec.min_requests} requests the step needs"
+        )
+        return Verdict("wait", reason, challenger, champion)
+    gates: list[Gate] = []
+    rate = challenger.error_rate
+    gates.append(
+        Gate(
+            "error_rate",
+            "pass" if rate <= spec.max_error_rate else "fail",
+            rate,
+            spec.max_error_rate,
+            f"{challenger.failed_attempts} of {challenger.attempts} upstream attempts failed",
+        )
+    )
+    if spec.max_p99_latency_ratio is not None:
+        gates.append(_latency_gate(spec.max_p99_latency_ratio, challenger, champion, champion_p99))
+    if spec.min_shadow_agreement is not None:
+        gates.append(_shadow_gate(spec.min_shadow_agreement, shadow))
+    failed = next((g for g in gates if g.outcome == "fail"), None)
+    if failed is not None:
+        return Verdict(
+            "fail",
+            f"gate {failed.name} failed: {failed.detail}",
+            challenger,
+            champion,
+            tuple(gates),
+        )
+    waiting = next((g for g in gates if g.outcome == "wait"), None)
+    if waiting is not None:
+        return Verdict(
+            "wait", f"gate {waiting.name}: {waiting.detail}", challenger, champion, tuple(gates)
+        )
+    return Verdict("pass", "every gate held", challenger, champion, tuple(gates))
+
+
+def _latency_gate(
+    limit: float, challenger: Counts, champion: Counts, fallback: float | None
+) -> Gate:
+    mine = quantile(0.99, challenger.buckets)
+    theirs = quantile(0.99, champion.buckets)
+    if theirs is None:
+        theirs = fallback
+    if mine is None or theirs is None or theirs <= 0:
+        # Nothing to compare with (a champion that never served): the gate cannot fail.
+        return Gate("p99_latency_ratio", "pass", None, limit, "no champion latency to compare with")
+    ratio = mine / theirs
+    return Gate(
+        "p99_latency_ratio",
+        "pass" if ratio <= limit else "fail",
+        ratio,
+        limit,
+        f"challenger p99 {mine * 1000:.1f} ms vs champion {theirs * 1000:.1f} ms",
+    )
+
+
+def _shadow_gate(limit: float, shadow: tuple[int, int] | None) -> Gate:
+    if shadow is None or shadow[1] == 0:
+        return Gate(
+            "shadow_agreement",
+            "wait",
+            None,
+            limit,
+            "no shadow comparisons of the challenger's version yet (mirror it with a "
+            "`shadow` entry to feed this gate)",
+        )
+    agreed, compared = shadow
+    share = agreed / compared
+    return Gate(
+        "shadow_agreement",
+        "pass" if share >= limit else "fail",
+        share,
+        limit,
+        f"{agreed} of {compared} mirrored answers agreed",
+    )

@@ -1,0 +1,40 @@
+"""Build the rollout controller of one gateway process from its settings and parts."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.controlplane.kube import KubeAccess, identity
+from gateway.controlplane.resolve import RegistryResolver
+from gateway.dataplane.feedback import ExposureLog
+from gateway.observability.metrics import GatewayMetrics
+from gateway.rollout.analysis import ShadowStats
+from gateway.rollout.controller import RolloutController, WeightTarget
+from gateway.rollout.writer import writer_lock
+from gateway.settings import Settings
+
+
+def build_controller(
+    settings: Settings,
+    target: WeightTarget,
+    metrics: GatewayMetrics,
+    exposures: ExposureLog,
+    kube: KubeAccess,
+    *,
+    resolver: RegistryResolver | None,
+    logger: logging.Logger,
+) -> RolloutController:
+    """The controller of one gateway process, wired to its registry, lock and shadows."""
+    log = logger.getChild("rollout")
+    return RolloutController(
+        target,
+        metrics.rollout,
+        exposures,
+        writer_lock(settings, kube, log),
+        state_dir=settings.rollout_dir,
+        registry=resolver.registry if resolver is not None else None,
+        shadow=ShadowStats(metrics.shadow),
+        poke=resolver.poke if resolver is not None else None,
+        logger=log,
+        identity=identity(),
+    )
