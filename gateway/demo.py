@@ -21,7 +21,15 @@ from pathlib import Path
 
 from gateway.app import add_drift_options, add_serve_options, run_gateway, settings_from_args
 from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
-from gateway.localmlflow import DEMO_MODELS, LocalMlflow, seed
+from gateway.localmlflow import DEMO_MODELS, LocalMlflow, SeedModel, seed
+from gateway.rollout.demo import (
+    FAULTY,
+    ROLLOUT_MODELS,
+    ROLLOUT_POLICIES,
+    ROUTE,
+    DemoTraffic,
+    try_it,
+)
 from gateway.settings import Settings
 
 NO_REGISTRY_POLICIES = "policies/no-registry"
@@ -38,6 +46,13 @@ class DemoBackend:
 DEMO_BACKENDS = (
     DemoBackend("champion", "openai", 9101, ("--latency-ms", "5", "--tokens", "24")),
     DemoBackend("challenger", "openai", 9102, ("--latency-ms", "8", "--tokens", "24")),
+    # Route `fraud-detector` (KServe v2, HTTP and gRPC): a Triton-like server per model
+    # version, champion weights (1) and challenger weights (2); gRPC on 912x.
+    DemoBackend("triton-1", "kserve", 9111, ("--model-version", "1", "--grpc-port", "9121")),
+    DemoBackend("triton-2", "kserve", 9112, ("--model-version", "2", "--grpc-port", "9122")),
+    # Route `fraud-service` (JSON services): the same model as BentoML services.
+    DemoBackend("bento-1", "bentoml", 9113, ("--model-version", "1")),
+    DemoBackend("bento-2", "bentoml", 9114, ("--model-version", "2")),
 )
 # Drift: route `support` (policies/drift/) and a fake Kubeflow Pipelines API that records
 # the retraining runs drift starts (`switchyard simulate kubeflow`).
@@ -97,15 +112,28 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.no_drift and not args.policies:
         settings = settings.with_overrides(policies=(*settings.policies, DRIFT_POLICIES))
         backends += DRIFT_BACKENDS
+    if args.rollout:
+        if args.no_registry:
+            raise SystemExit("--rollout promotes by moving @champion: it needs the registry")
+        settings = settings.with_overrides(policies=(*settings.policies, ROLLOUT_POLICIES))
+        if args.rollout_dir is None:
+            settings = settings.with_overrides(rollout_dir=str(Path(args.state_dir) / "rollouts"))
+        backends += (DemoBackend(*FAULTY),)
     print("switchyard demo: starting simulated backends", flush=True)
     procs = start_backends(backends)
     mlflow: LocalMlflow | None = None
+    traffic: DemoTraffic | None = None
     try:
         if not args.no_registry:
             settings, mlflow = _start_registry(args, settings)
         _print_try_it(settings)
+        if args.rollout:
+            traffic = DemoTraffic(f"http://{settings.host}:{settings.port}")
+            traffic.start()
         return run_gateway(settings)
     finally:
+        if traffic is not None:
+            traffic.stop()
         if mlflow is not None:
             mlflow.stop()
         stop_backends(procs)
@@ -128,7 +156,8 @@ def _start_registry(
             raise
         settings = settings.with_overrides(registry_uri=mlflow.uri)
         try:
-            for line in asyncio.run(_seed(RegistryConfig.from_settings(settings))):
+            models = DEMO_MODELS + (ROLLOUT_MODELS if args.rollout else ())
+            for line in asyncio.run(_seed(RegistryConfig.from_settings(settings), models)):
                 print(f"  registry {line}", flush=True)
         except BaseException:
             mlflow.stop()
@@ -138,9 +167,9 @@ def _start_registry(
     return settings, mlflow
 
 
-async def _seed(config: RegistryConfig) -> list[str]:
+async def _seed(config: RegistryConfig, models: tuple[SeedModel, ...]) -> list[str]:
     async with MlflowRegistry(config) as registry:
-        return await seed(registry, DEMO_MODELS)
+        return await seed(registry, models)
 
 
 def _print_try_it(settings: Settings) -> None:
@@ -169,6 +198,17 @@ def _print_try_it(settings: Settings) -> None:
             "  switchyard policy explain --route chat --header x-user-id=alice "
             f"--policies {NO_REGISTRY_POLICIES}"
         )
+    grpc = settings.grpc_port
+    lines += [
+        f"Fraud scoring, KServe v2 (tritonclient.http on {settings.host}:{settings.port}"
+        + (f", tritonclient.grpc on port {grpc}):" if grpc else "):"),
+        f"  curl -s {base}/v2/models/fraud-detector/infer -H 'x-user-id: alice' -d \\",
+        '       \'{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32",'
+        '"data":[0.5,-1,2,0.25]}]}\'',
+        "Fraud scoring, the same model as a BentoML service:",
+        f"  curl -s {base}/services/fraud-service/classify -H 'content-type: application/json' \\",
+        '       -d \'{"features":[0.5,-1,2,0.25],"customer_id":"c-42"}\'',
+    ]
     if DRIFT_POLICIES in settings.policies:
         lines += [
             "Drift (route support; the drift worker loads Evidently in its own process):",
@@ -178,6 +218,8 @@ def _print_try_it(settings: Settings) -> None:
             f"  open {admin}/admin/drift/support/report.html   # the Evidently report",
             "  curl -s http://127.0.0.1:9103/apis/v2beta1/runs   # Kubeflow runs drift started",
         ]
+    if ROLLOUT_POLICIES in settings.policies:
+        lines += try_it(base, admin, settings.registry_uri or "")
     lines.append("Edit the policy files while it runs: the gateway reloads on save. Ctrl-C stops.")
     print("\n".join(lines) + "\n", flush=True)
 
@@ -199,6 +241,12 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--no-drift",
         action="store_true",
         help=f"leave out the drift demo ({DRIFT_POLICIES}/ and the fake Kubeflow on :9103)",
+    )
+    quick.add_argument(
+        "--rollout",
+        action="store_true",
+        help=f"add the progressive rollout demo: route {ROUTE} ({ROLLOUT_POLICIES}/), a "
+        "faulty challenger on :9105, and demo traffic with outcome feedback",
     )
     quick.add_argument(
         "--registry-port", type=int, default=5000, help="port of the local MLflow (default 5000)"

@@ -22,6 +22,9 @@ class Limits:
     body_timeout: float = 60.0  # whole body must arrive within this
     keepalive_timeout: float = 75.0  # idle client connection is closed after this
     max_pipelined: int = 16  # requests queued behind the one being served
+    # Largest SSE event or NDJSON line the gateway holds while translating a stream
+    # between protocols (a backend that never ends its line must not grow memory).
+    max_stream_chunk_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,9 @@ class Settings:
     port: int = 8080
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
+    # The KServe v2 gRPC front (GRPCInferenceService) on `host`: 0 picks a free port,
+    # a negative port or None serves no gRPC.
+    grpc_port: int | None = 8082
     policies: tuple[str, ...] = ("policies",)
     watch_interval: float = 1.0  # seconds between policy file checks; 0 disables
     admin_token: str | None = None
@@ -66,9 +72,28 @@ class Settings:
     drift_dir: str = ".state/drift"
     drift_worker: bool = True
     drift_buffer: int = 4096  # samples held between two flushes (200 ms); more are dropped
+    # Shadow traffic: copies in flight per process at most (beyond: dropped, counted);
+    # how much of each answer (primary and shadow) is kept for the comparison; and the
+    # comparison log, a JSON-lines file (None: off) rotated at `shadow_log_max_bytes`
+    # into FILE.1, with the share of comparisons written to it.
+    shadow_max_inflight: int = 256
+    shadow_max_response_bytes: int = 256 * 1024
+    shadow_log: str | None = None
+    shadow_log_max_bytes: int = 64 * 1024 * 1024
+    shadow_log_sample: float = 1.0
     # Folders policy files may name local files in (reference data, saved windows),
     # besides the policy file's own folder.
     file_roots: tuple[str, ...] = ()
+    # Client API keys (JSON file; gateway/dataplane/auth.py): None lets every client in.
+    api_keys_file: str | None = None
+    # Progressive rollouts: the folder of the local writer lock and (without a registry)
+    # the state files; a Kubernetes Lease NAMESPACE/NAME for the writer (default in a
+    # cluster: <pod namespace>/switchyard-rollouts). A/B feedback: how long and how many
+    # served request ids are remembered for POST /v1/feedback.
+    rollout_dir: str = ".state/rollouts"
+    rollout_lease: str | None = None
+    feedback_window: float = 3600.0
+    feedback_capacity: int = 200_000
     limits: Limits = field(default_factory=Limits)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
 
@@ -151,6 +176,8 @@ def to_env(settings: Settings) -> dict[str, str]:
 
     for f in fields(Settings):
         value = getattr(settings, f.name)
+        if f.name == "grpc_port" and value is None:
+            value = -1  # "off" must travel too: a missing variable means the default
         if f.name in ("limits", "upstream"):
             for sub in fields(value):
                 put(f"SWITCHYARD_{f.name.upper()}__{sub.name.upper()}", getattr(value, sub.name))

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin.aggregate import merge_expositions
+from gateway.admin.shadow import supervisor_shadow_routes
 from gateway.drift.manager import DriftWanted, DriftWorkerManager
 from gateway.settings import Settings, to_env
 
@@ -52,11 +53,17 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(settings.workers)]
         self.stopping = False
         self.port = settings.port
+        self.grpc_port = settings.grpc_port
         self._started = asyncio.Event()
 
     async def run(self) -> int:
         reserve = _reserve_port(self.settings.host, self.settings.port)
         self.port = reserve.getsockname()[1]
+        # The gRPC port too: with port 0 each worker would otherwise pick its own.
+        grpc_reserve = None
+        if self.settings.grpc_port is not None and self.settings.grpc_port >= 0:
+            grpc_reserve = _reserve_port(self.settings.host, self.settings.grpc_port)
+            self.grpc_port = grpc_reserve.getsockname()[1]
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,9 +102,10 @@ class Supervisor:
         for server in admin.servers:
             for sock in server.sockets:
                 admin_port = sock.getsockname()[1]
+        grpc_at = f" grpc {self.settings.host}:{self.grpc_port}" if grpc_reserve else ""
         print(
             f"switchyard listening on http://{self.settings.host}:{self.port} "
-            f"admin http://{self.settings.admin_host}:{admin_port} "
+            f"admin http://{self.settings.admin_host}:{admin_port}{grpc_at} "
             f"({len(self.workers)} workers)",
             flush=True,
         )
@@ -118,6 +126,8 @@ class Supervisor:
         with contextlib.suppress(asyncio.CancelledError):
             await admin_task
         reserve.close()
+        if grpc_reserve is not None:
+            grpc_reserve.close()
         return 0
 
     async def _keep(self, worker: Worker) -> None:
@@ -138,6 +148,7 @@ class Supervisor:
         settings = replace(
             self.settings,
             port=self.port,
+            grpc_port=self.grpc_port,
             workers=1,
             reuse_port=True,
             admin_host="127.0.0.1",
@@ -189,6 +200,9 @@ class _AdminServer(uvicorn.Server):
         yield  # the supervisor owns the signals
 
 
+_FORWARDED = frozenset({"authorization", "content-type"})
+
+
 def _reserve_port(host: str, port: int) -> socket.socket:
     """Bind (without listening) so port 0 picks one port that every worker then shares."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -204,8 +218,13 @@ def build_supervisor_app(sup: Supervisor) -> Starlette:
     # Workers check the admin token themselves; the supervisor passes the header on.
 
     def auth_headers(request: Request) -> dict[str, str]:
-        given = request.headers.get("authorization")
-        return {"authorization": given} if given else {}
+        # The bearer token, and what authenticates a registry webhook (MLflow's HMAC
+        # signature headers) and lets the worker parse its body.
+        return {
+            name: value
+            for name, value in request.headers.items()
+            if name in _FORWARDED or name.startswith("x-mlflow-")
+        }
 
     async def metrics(_: Request) -> Response:
         async with httpx.AsyncClient(timeout=5) as client:
@@ -282,6 +301,9 @@ def build_supervisor_app(sup: Supervisor) -> Starlette:
             Route("/livez", livez),
             Route("/readyz", readyz),
             Route("/admin/reload", fan_out, methods=["POST"]),
+            # Every worker resolves aliases itself: each must hear that one moved.
+            Route("/admin/registry/webhook", fan_out, methods=["POST"]),
+            *supervisor_shadow_routes(sup.admins),  # every worker's copies, merged
             Route("/admin/{rest:path}", first_worker, methods=["GET", "POST"]),
         ]
     )

@@ -23,7 +23,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 _LISTEN_SIM = re.compile(r"switchyard-sim \S+ listening on (http://\S+)")
-_LISTEN_GW = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)")
+# The gRPC address comes last and only when the gateway serves gRPC.
+_LISTEN_GW = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)(?: grpc (\S+))?")
 
 
 @dataclass
@@ -84,10 +85,10 @@ class Proc:
         return self.popen.returncode
 
 
-def spawn(args: list[str], env: dict[str, str] | None = None) -> Proc:
+def spawn(args: list[str], env: dict[str, str] | None = None, module: str = "gateway") -> Proc:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     popen = subprocess.Popen(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -118,12 +119,46 @@ def start_simulator(name: str, *extra: str, kind: str = "openai", port: int = 0)
     return Simulator(proc, m.group(1), name)
 
 
+_LISTEN_SIM_GRPC = re.compile(r"switchyard-sim \S+ grpc listening on (\S+)")
+
+
+@dataclass
+class KServeSimulator(Simulator):
+    """A `simulate kserve` process; `grpc` is its gRPC `host:port` ("" when off)."""
+
+    grpc: str = ""
+
+    @property
+    def http_address(self) -> str:
+        """`host:port` of the HTTP side, as tritonclient.http wants it."""
+        return self.url.removeprefix("http://")
+
+
+def start_kserve(name: str, *extra: str, grpc: bool = True) -> KServeSimulator:
+    """Start `switchyard simulate kserve` (with gRPC on a free port unless `grpc` is
+    False) and wait for its listening lines."""
+    grpc_args = ["--grpc-port", "0"] if grpc else []
+    # `python -m gateway.simulate` is the simulators' own entry point (the same commands
+    # as `switchyard simulate`): it loads no gateway code, so these tests hold the
+    # simulator alone.
+    args = ["kserve", "--port", "0", "--name", name, *grpc_args, *extra]
+    proc = spawn(args, module="gateway.simulate")
+    try:
+        url = proc.wait_for(_LISTEN_SIM, 60).group(1)
+        address = proc.wait_for(_LISTEN_SIM_GRPC, 60).group(1) if grpc else ""
+    except Exception:
+        proc.stop()
+        raise
+    return KServeSimulator(proc, url, name, address)
+
+
 @dataclass
 class GatewayProc:
     proc: Proc
     url: str
     admin: str
     policy_dir: Path
+    grpc: str = ""  # host:port of the gRPC front; "" unless started with --grpc-port
 
     def metrics(self) -> str:
         return httpx.get(f"{self.admin}/metrics", timeout=5).text
@@ -155,12 +190,16 @@ def start_gateway(policy_dir: Path, *extra: str, env: dict[str, str] | None = No
             str(policy_dir),
             "--watch-interval",
             "0.2",
+            # No gRPC unless a test asks (`--grpc-port 0` in extra wins, being later):
+            # the default port 8082 would clash between gateways running side by side.
+            "--grpc-port",
+            "-1",
             *extra,
         ],
         env=env,
     )
     m = proc.wait_for(_LISTEN_GW)
-    return GatewayProc(proc, m.group(1), m.group(2), policy_dir)
+    return GatewayProc(proc, m.group(1), m.group(2), policy_dir, m.group(3) or "")
 
 
 def canary_policy(

@@ -14,13 +14,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from gateway.observability.drift_metrics import WORKER_SOURCED
+from gateway.observability.rollout_metrics import MAX_MERGED as ROLLOUT_MAX_MERGED
 
 # Sample names whose values must not be summed across workers.
 # Every worker watches Kubernetes itself, so its watch state and discovered endpoint
-# counts are per-process views of one fact.
+# counts are per-process views of one fact; so are the backends' own load reports and
+# active probe results, which every worker scrapes for itself.
 _MAX_MERGED = frozenset(
     {
         "switchyard_backend_ejected",
+        "switchyard_backend_probe_down",
+        "switchyard_backend_queue_depth",
+        "switchyard_backend_running",
+        "switchyard_backend_kv_cache_usage",
         "switchyard_registry_stale",
         "switchyard_kubernetes_watch_synced",
         "switchyard_discovery_endpoints",
@@ -46,6 +52,7 @@ def merge_expositions(texts: Sequence[str]) -> str:
                     sample.name.endswith("_info")
                     or sample.name in _MAX_MERGED
                     or sample.name in WORKER_SOURCED
+                    or sample.name in ROLLOUT_MAX_MERGED
                 ):
                     merged[key] = max(merged.get(key, sample.value), sample.value)
                 else:

@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin.drift import drift_routes
+from gateway.admin.rollouts import rollout_routes
+from gateway.admin.shadow import shadow_routes
 from gateway.admin.views import reload_view, routes_view, snapshot_view
 from gateway.controlplane.explain import explain
 from gateway.controlplane.reload import PolicyReloader
@@ -28,6 +30,7 @@ from gateway.controlplane.webhook import WebhookRejected, verify
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.plane import DataPlane
 from gateway.errors import UnknownRoute
+from gateway.rollout.controller import RolloutController
 
 Handler = Callable[[Request], Awaitable[Response]]
 log = logging.getLogger("switchyard.admin")
@@ -40,6 +43,7 @@ def build_admin_app(
     *,
     webhook_secret: str | None = None,
     drift_dir: str | None = None,
+    rollouts: RolloutController | None = None,
 ) -> Starlette:
     """The admin ASGI app for one gateway process.
 
@@ -146,5 +150,7 @@ def build_admin_app(
             Route("/admin/explain", guarded(explain_view), methods=["POST"]),
             Route("/admin/registry/webhook", registry_webhook, methods=["POST"]),
             *(drift_routes(drift_dir, plane.metrics.drift, guarded) if drift_dir else ()),
+            *shadow_routes(lambda: plane.ref.current, plane.metrics.shadow, guarded),
+            *(rollout_routes(rollouts, guarded) if rollouts is not None else ()),
         ]
     )

@@ -31,6 +31,14 @@ MODEL_TAG = "switchyard.model"
 PROTOCOLS: tuple[str, ...] = get_args(RoutingPolicy.model_fields["protocol"].annotation)
 
 VariantKey = tuple[str, str]  # (route, variant name)
+# Shadows share the variants' key space under this prefix, which no variant name can
+# start with (a colon is not allowed in one).
+SHADOW_PREFIX = "shadow:"
+
+
+def shadow_key(route: str, shadow: str) -> VariantKey:
+    """The binding key of a route's shadow: (route, "shadow:NAME")."""
+    return (route, SHADOW_PREFIX + shadow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +84,17 @@ Binding = Resolved | str  # a resolution, or why there is none (a problem senten
 
 
 def needs_of(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Need]:
-    """Every variant whose endpoints come from the registry (a target, no endpoints)."""
+    """Every variant and shadow whose endpoints come from the registry (a target, no
+    endpoints); shadows under their `shadow_key`."""
     out: list[Need] = []
     for item in policies:
         policy = item.policy if isinstance(item, LoadedPolicy) else item
-        for variant in policy.variants:
-            if variant.target is None or variant.endpoints is not None:
+        served = [(v.name, v.target, v.endpoints) for v in policy.variants]
+        served += [(SHADOW_PREFIX + s.label, s.target, s.endpoints) for s in policy.shadow]
+        for name, target, endpoints in served:
+            if target is None or endpoints is not None:
                 continue
-            model, alias, version = split_target(variant.target)
+            model, alias, version = split_target(target)
             prefix = model + "/"
             backends = {
                 key[len(prefix) :]: spec
@@ -93,8 +104,8 @@ def needs_of(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Need]:
             out.append(
                 Need(
                     policy.route,
-                    variant.name,
-                    variant.target,
+                    name,
+                    target,
                     model,
                     alias,
                     version,

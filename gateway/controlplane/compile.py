@@ -21,6 +21,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate
+from urllib.parse import quote
 
 import orjson
 
@@ -36,10 +37,12 @@ from gateway.controlplane.loader import (
     collect_policies,
 )
 from gateway.controlplane.pools import Discovered, expand_pool, needs_kubernetes
-from gateway.controlplane.schema import RoutingPolicy, VariantSpec
+from gateway.controlplane.schema import HealthCheckSpec, RoutingPolicy, VariantSpec
+from gateway.controlplane.shadows import compile_shadows, shadow_problems
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import (
     Endpoint,
+    HealthCheck,
     OutlierPolicy,
     Override,
     RetryPolicy,
@@ -51,8 +54,19 @@ from gateway.dataplane.snapshot import (
 )
 from gateway.dataplane.translate import TRANSLATABLE
 from gateway.observability.metrics import GatewayMetrics
+from gateway.rollout.spec import rollout_problems
+from gateway.rollout.weights import Weights, with_weights
 
 NO_REGISTRY = "registry targets need a registry (--registry-uri); not configured"
+# Active health checks: the path each protocol's backends answer readiness on, and the
+# protocols probed without a `health_check` block (model servers with a standard one).
+DEFAULT_PROBE_PATH = {
+    "kserve-v2": "/v2/models/{model}/ready",
+    "json": "/readyz",
+    "openai": "/health",
+    "ollama": "/api/version",
+}
+PROBED_BY_DEFAULT = frozenset({"kserve-v2", "json"})
 Resolutions = Mapping[VariantKey, Binding]
 
 
@@ -92,6 +106,9 @@ def check_policies(
         if policy.drift is not None:
             found = drift_problems(policy.drift, policy.protocol, source.file, file_roots)
             problems.extend(source.problem(("drift", *loc), message) for loc, message in found)
+        problems.extend(source.problem(loc, message) for loc, message in rollout_problems(policy))
+        found_shadow = shadow_problems(policy, registry, NO_REGISTRY)
+        problems.extend(source.problem(loc, message) for loc, message in found_shadow)
     return problems
 
 
@@ -132,6 +149,15 @@ def _check_route(
         message = "must be at least base_ejection"
         out.append(source.problem(("outlier", "max_ejection"), message))
     for i, variant in enumerate(policy.variants):
+        if variant.model_version is not None and policy.protocol != "kserve-v2":
+            message = "model_version applies to kserve-v2 routes only"
+            out.append(source.problem(("variants", i, "model_version"), message))
+        if variant.grpc_port is not None and policy.protocol != "kserve-v2":
+            message = "grpc_port applies to kserve-v2 routes only (gRPC speaks KServe v2)"
+            out.append(source.problem(("variants", i, "grpc_port"), message))
+        if variant.model is not None and policy.protocol == "json":
+            message = "json routes pass the request through as it is; `model` has no effect"
+            out.append(source.problem(("variants", i, "model"), message))
         backend = variant.backend_protocol
         pair = (policy.protocol, backend)
         if backend and backend != policy.protocol and pair not in TRANSLATABLE:
@@ -175,6 +201,7 @@ def compile_snapshot(
     created_at: float | None = None,
     resolved: Resolutions | None = None,
     discovered: Discovered | None = None,
+    weights: Weights | None = None,
 ) -> RuntimeSnapshot:
     """Build the snapshot for `policies`; raises `PolicyError` if they do not check out.
 
@@ -182,7 +209,8 @@ def compile_snapshot(
     registry is configured, which makes targets that need one a problem. `discovered`
     holds the pods of every `k8s://` pool; None means no Kubernetes API, which makes
     such pools a problem, and a pool missing from it compiles empty (503 until pods
-    are ready).
+    are ready). `weights` overrides variant weights by (route, variant): a progressive
+    rollout's current step (see `gateway.rollout.weights`); the policy hash ignores it.
     """
     loaded = as_loaded(policies)
     problems = check_policies(loaded, registry=resolved is not None)
@@ -195,7 +223,7 @@ def compile_snapshot(
     pods = discovered or {}
     routes = {
         p.policy.route: _route(p.policy, p.source, metrics, health, bindings, pods)
-        for p in sorted(loaded, key=lambda p: p.policy.route)
+        for p in sorted(with_weights(loaded, weights), key=lambda p: p.policy.route)
     }
     sources = tuple(dict.fromkeys(p.source.file for p in loaded))
     return RuntimeSnapshot(
@@ -236,6 +264,8 @@ def _route(
             health,
             bindings.get((policy.route, spec.name)),
             discovered,
+            protocol=policy.protocol,
+            route_check=policy.health_check,
         )
         for i, spec in enumerate(policy.variants)
     )
@@ -298,6 +328,9 @@ def _route(
         source=source.where(),
         max_body_bytes=policy.max_body_bytes,
         unavailable=unavailable,
+        shadows=compile_shadows(
+            policy, metrics, bindings, discovered, lambda url: _endpoint(url, health)
+        ),
     )
 
 
@@ -309,6 +342,9 @@ def _variant(
     health: HealthRegistry,
     binding: Binding | None,
     discovered: Discovered,
+    *,
+    protocol: str = "openai",
+    route_check: HealthCheckSpec | None = None,
 ) -> Variant:
     # A pinned target (models:/NAME/3) names its version without a registry; alias
     # targets get theirs from the resolver's binding.
@@ -321,7 +357,13 @@ def _variant(
         version, urls = binding.version, binding.endpoints
         # The version's own model name wins: it moves with the alias, the policy does not.
         upstream_model = binding.upstream_model or spec.model
-    endpoints = tuple(_endpoint(url, health) for url in expand_pool(urls, discovered))
+    endpoints = tuple(
+        _endpoint(url, health, spec.grpc_port) for url in expand_pool(urls, discovered)
+    )
+    # KServe v2 names the backend model (and version) in the URL: quoted once, here.
+    model_path = quote(upstream_model or route, safe="")
+    if spec.model_version:
+        model_path += "/versions/" + quote(spec.model_version, safe="")
     return Variant(
         name=spec.name,
         index=index,
@@ -334,12 +376,45 @@ def _variant(
         header_lines=tuple(header_lines(route, spec.name, version, e.backend) for e in endpoints),
         backend_protocol=spec.backend_protocol or "",
         load_metrics=spec.load_metrics or "",
+        model_path=model_path.encode(),
+        model_version=spec.model_version or "",
+        health_check=health_check(protocol, route_check, spec.health_check, model_path),
     )
 
 
-def _endpoint(url: str, health: HealthRegistry) -> Endpoint:
+def health_check(
+    protocol: str,
+    route_spec: HealthCheckSpec | None,
+    variant_spec: HealthCheckSpec | None,
+    model: str,
+) -> HealthCheck | None:
+    """The probe of one variant's endpoints: the variant's fields over the route's, over
+    the protocol's defaults; None when probing is off. `model` is the variant's
+    URL-quoted backend model, NAME or NAME/versions/VERSION."""
+    if route_spec is None and variant_spec is None and protocol not in PROBED_BY_DEFAULT:
+        return None
+    values = HealthCheckSpec().model_dump()
+    for spec in (route_spec, variant_spec):
+        if spec is not None:
+            values.update({name: getattr(spec, name) for name in spec.model_fields_set})
+    if not values["enabled"]:
+        return None
+    path = values["path"] or DEFAULT_PROBE_PATH[protocol]
+    return HealthCheck(
+        path=path.replace("{model}", model),
+        interval=values["interval"],
+        timeout=values["timeout"],
+        unhealthy_after=values["unhealthy_after"],
+        healthy_after=values["healthy_after"],
+    )
+
+
+def _endpoint(url: str, health: HealthRegistry, grpc_port: int | None = None) -> Endpoint:
     host, port, base_path = split_endpoint(url)
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    grpc_target = ""
+    if grpc_port is not None:
+        grpc_target = f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
     return Endpoint(
         url=url,
         host=host,
@@ -348,6 +423,7 @@ def _endpoint(url: str, health: HealthRegistry) -> Endpoint:
         backend=authority,
         host_header=authority.encode(),
         state=health.endpoint(authority),
+        grpc_target=grpc_target,
     )
 
 

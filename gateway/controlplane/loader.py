@@ -26,6 +26,10 @@ from pydantic import ValidationError
 from gateway.controlplane.schema import KIND, RoutingPolicy, fields_at
 
 POLICY_SUFFIXES = (".yaml", ".yml")
+# A policy holds hundreds of values, a few levels deep; YAML aliases could expand one
+# without bound (see _shape_problem), so documents past these are refused, not walked.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 PathsArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 Loc = tuple[str | int, ...]
 
@@ -199,6 +203,10 @@ def parse_policies(
         source = PolicySource(file, index, node)
         if data is None:  # an empty document, e.g. after a trailing `---`
             continue
+        shape = _shape_problem(node)
+        if shape is not None:
+            problems.append(source.problem((), shape))
+            continue
         duplicates = _duplicate_keys(node, (), source)
         problems.extend(duplicates)
         if isinstance(data, dict) and data.get("kind") == "ConfigMap" and allow_configmap:
@@ -223,9 +231,10 @@ def _as_paths(paths: PathsArg) -> list[Path]:
 def _documents(
     text: str, file: str, problems: list[PolicyProblem]
 ) -> Iterator[tuple[int, yaml.Node, Any]]:
-    loader = _PolicyYAMLLoader(text)
     index = 0
+    loader: _PolicyYAMLLoader | None = None
     try:
+        loader = _PolicyYAMLLoader(text)  # its reader refuses control characters at once
         while loader.check_node():
             node = loader.get_node()
             if node is not None:
@@ -238,8 +247,55 @@ def _documents(
         problems.append(PolicyProblem(file, line, column, "", f"YAML syntax error: {message}"))
     except yaml.YAMLError as exc:
         problems.append(PolicyProblem(file, 0, 0, "", f"YAML error: {exc}"))
+    except RecursionError:  # PyYAML composes nested collections recursively
+        problems.append(
+            PolicyProblem(file, 0, 0, "", f"YAML nested too deeply (policies allow {MAX_DEPTH})")
+        )
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _shape_problem(root: yaml.Node) -> str | None:
+    """Why a document is too big to walk, or None.
+
+    Aliases make a YAML graph, not a tree: `&a [*a]` refers to itself, and ten levels of
+    ten aliases each expand to 10^10 values (the billion laughs), which the duplicate
+    key walk and validation would expand. Counted iteratively, each node once.
+    """
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (expanded values, depth)
+    expanding: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            expanding.discard(key)
+            size = 1 + sum(sizes[id(c)][0] for c in children)
+            depth = 1 + max((sizes[id(c)][1] for c in children), default=0)
+            if size > MAX_VALUES:
+                return f"the document expands to more than {MAX_VALUES} values (YAML aliases)"
+            if depth > MAX_DEPTH:
+                return f"the document is nested deeper than {MAX_DEPTH} levels"
+            sizes[key] = (size, depth)
+            continue
+        if key in sizes:
+            continue
+        if key in expanding:
+            return "a YAML alias refers to the collection it is in (a recursive document)"
+        expanding.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _duplicate_keys(node: yaml.Node, loc: Loc, source: PolicySource) -> list[PolicyProblem]:

@@ -26,7 +26,7 @@ def _loaded(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[LoadedPoli
 
 
 def service_pools(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> set[str]:
-    """Every `k8s://` pool the policies name, in variants and in `backends`."""
+    """Every `k8s://` pool the policies name, in variants, shadows and `backends`."""
     out: set[str] = set()
     for loaded in _loaded(policies):
         policy = loaded.policy
@@ -34,6 +34,8 @@ def service_pools(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> set[str]:
             out.update(u for u in spec.endpoints or () if is_service_url(u))
         for backend in policy.backends.values():
             out.update(u for u in backend.endpoints if is_service_url(u))
+        for shadow in policy.shadow:
+            out.update(u for u in shadow.endpoints or () if is_service_url(u))
     return out
 
 
@@ -52,6 +54,11 @@ def needs_kubernetes(
             for j, url in enumerate(backend.endpoints):
                 if is_service_url(url):
                     loc = ("backends", key, "endpoints", j)
+                    problems.append(p.source.problem(loc, f"{url}: {reason}"))
+        for i, shadow in enumerate(p.policy.shadow):
+            for j, url in enumerate(shadow.endpoints or ()):
+                if is_service_url(url):
+                    loc = ("shadow", i, "endpoints", j)
                     problems.append(p.source.problem(loc, f"{url}: {reason}"))
     return problems
 

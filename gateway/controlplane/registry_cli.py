@@ -150,6 +150,21 @@ async def _current(registry: MlflowRegistry, name: str, alias: str) -> str | Non
         return None
 
 
+async def move_alias(registry: MlflowRegistry, name: str, alias: str, version: str) -> str | None:
+    """Point `name@alias` at `version`, recording the version it left in the
+    `previous_tag(alias)` tag (the rollback point); returns that version (None: the
+    alias is new). Used by `promote` and by the rollout controller's promotion."""
+    old = await _current(registry, name, alias)
+    if old == version:
+        return old
+    # Tag first, then move: a failure in between leaves a rollback point that names
+    # the serving version (harmless), never a moved alias without a rollback point.
+    if old is not None:
+        await registry.set_model_tag(name, previous_tag(alias), old)
+    await registry.set_alias(name, alias, version)
+    return old
+
+
 async def _promote(args: argparse.Namespace) -> int:
     name, source, target = args.name, args.source, args.to
     if source == target:
@@ -161,11 +176,7 @@ async def _promote(args: argparse.Namespace) -> int:
         if old == new:
             print(f"{name}@{target} is already version {new} (= @{source}); nothing to do")
             return 0
-        # Tag first, then move: a failure in between leaves a rollback point that names
-        # the serving version (harmless), never a moved alias without a rollback point.
-        if old is not None:
-            await registry.set_model_tag(name, previous_tag(target), old)
-        await registry.set_alias(name, target, new)
+        await move_alias(registry, name, target, new)
     print(f"{name}@{target}: version {old or 'none'} -> {new} (promoted from @{source})")
     if old is not None:
         print(
@@ -227,6 +238,9 @@ async def _describe(args: argparse.Namespace) -> int:
     aliases = ", ".join(f"@{a} -> {v}" for a, v in sorted(model.aliases.items()))
     print(f"aliases:     {aliases or 'none'}")
     for key, value in sorted(model.tags.items()):
+        if key.startswith("switchyard.rollout.") and len(value) > 80:
+            # A rollout's whole state (JSON with its history): `switchyard rollout status`.
+            value = value[:60] + "... (see switchyard rollout status)"
         print(f"tag:         {key}={value}")
     for v in versions:
         print()

@@ -121,6 +121,9 @@ class PolicyReloader:
         self._policies: list[LoadedPolicy] = []
         self._resolved: dict[VariantKey, Binding] = {}
         self._discovered: dict[str, tuple[str, ...]] = {}
+        # Variant weights a progressive rollout set (gateway.rollout): every compile
+        # applies them, so a reload or alias move mid-rollout keeps the rollout's step.
+        self._weights: dict[VariantKey, float] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -278,6 +281,34 @@ class PolicyReloader:
             except Exception:
                 self._logger.exception("recompiling for an EndpointSlice change failed")
 
+    # Rollouts ---------------------------------------------------------------------
+
+    @property
+    def weights(self) -> dict[VariantKey, float]:
+        """The weight overrides every compile applies now."""
+        return dict(self._weights)
+
+    async def set_weights(self, ref: SnapshotRef, weights: dict[VariantKey, float]) -> bool:
+        """Replace the weight overrides and swap in a snapshot built with them.
+
+        Returns whether a new snapshot was swapped in; on a compile problem the old
+        overrides and snapshot stay and `PolicyError` is raised.
+        """
+        async with self._lock:
+            if weights == self._weights or not self._policies:
+                self._weights = dict(weights)
+                return False
+            previous, self._weights = self._weights, dict(weights)
+            resolved = self._resolved if self.resolver is not None else None
+            try:
+                snapshot = self._compile(self._policies, resolved, self._serving_discovered())
+            except PolicyError:
+                self._weights = previous
+                raise
+            ref.swap(snapshot)
+            self._serving(self._policies, snapshot, resolved, self._serving_discovered())
+            return True
+
     def registry_view(self) -> dict[VariantKey, dict[str, Any]]:
         """Per variant with a registry target: alias -> version -> endpoints, staleness."""
         return self.resolver.view() if self.resolver is not None else {}
@@ -323,6 +354,7 @@ class PolicyReloader:
             created_at=self._clock(),
             resolved=resolved,
             discovered=discovered,
+            weights=self._weights,
         )
 
     def _read(self) -> tuple[list[LoadedPolicy], str]:

@@ -28,8 +28,16 @@ from gateway.controlplane.fields import (
     RetryOn,
     header_name,
     problem,
+    split_target,
 )
-from gateway.dataplane.snapshot import OutlierPolicy, RetryPolicy, Timeouts
+from gateway.dataplane.snapshot import (
+    SHADOW_TIMEOUTS,
+    HealthCheck,
+    OutlierPolicy,
+    RetryPolicy,
+    Timeouts,
+)
+from gateway.rollout.spec import ExperimentSpec, RolloutSpec
 
 API_VERSION = "switchyard/v1"
 KIND = "RoutingPolicy"
@@ -42,6 +50,9 @@ VARIANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _TIMEOUTS = Timeouts()
 _RETRIES = RetryPolicy()
 _OUTLIER = OutlierPolicy()
+_HEALTH = HealthCheck(path="")
+# A backend model version as KServe v2 puts it in the URL (/v2/models/NAME/versions/V).
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def _default_retry_on() -> tuple[str | int, ...]:
@@ -55,6 +66,38 @@ def _default_retry_on() -> tuple[str | int, ...]:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthCheckSpec(_Model):
+    """Active health checking: probe each endpoint off the request path; endpoints that
+    fail leave rotation (like passive ejection) until probes pass again."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false turns probing off, including the protocol's default probe.",
+    )
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/[^\s?#]*(\?[^\s#]*)?$",
+        description="Path probed with GET (after the endpoint's base path); 2xx is "
+        "healthy. `{model}` stands for the variant's backend model name (NAME/versions/V "
+        "with `model_version`). Default by protocol: kserve-v2 /v2/models/{model}/ready, "
+        "json /readyz, openai /health, ollama /api/version.",
+    )
+    interval: Duration = Field(default=_HEALTH.interval, description="Time between probes.")
+    timeout: Duration = Field(
+        default=_HEALTH.timeout, description="A probe not answered in this time failed."
+    )
+    unhealthy_after: int = Field(
+        default=_HEALTH.unhealthy_after,
+        ge=1,
+        description="Failed probes in a row that take an endpoint out of rotation.",
+    )
+    healthy_after: int = Field(
+        default=_HEALTH.healthy_after,
+        ge=1,
+        description="Passed probes in a row that bring an endpoint taken out by probes back.",
+    )
 
 
 class VariantSpec(_Model):
@@ -84,7 +127,29 @@ class VariantSpec(_Model):
         default=None,
         min_length=1,
         description="Model name sent to the backend: replaces the `model` field of the "
-        "request body. Leave out to pass the client's value through.",
+        "request body (openai, ollama), or is the model name in the backend's URL "
+        "(kserve-v2: /v2/models/NAME/...). Leave out to pass the client's value through.",
+    )
+    model_version: str | None = Field(
+        default=None,
+        pattern=MODEL_VERSION_PATTERN,
+        description="kserve-v2 routes: the backend model version requests go to "
+        "(/v2/models/NAME/versions/VERSION/...). Leave out to pass on the version the "
+        "client asked for, if any (the backend's default otherwise).",
+    )
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="kserve-v2 routes: the port of the backends' KServe v2 gRPC service "
+        "(Triton: 8001) on the hosts of `endpoints`, which the gateway's gRPC front "
+        "(GRPCInferenceService, default port 8082) calls. Leave out when the backends "
+        "serve no gRPC: gRPC clients then get the route's other variants or UNAVAILABLE.",
+    )
+    health_check: HealthCheckSpec | None = Field(
+        default=None,
+        description="Active health check of this variant's endpoints; fields set here "
+        "override the route's `health_check`.",
     )
     load_metrics: Literal["vllm"] | None = Field(
         default=None,
@@ -289,6 +354,133 @@ class OutlierSpec(_Model):
     )
 
 
+class ShadowTimeoutsSpec(_Model):
+    """Time limits of shadow copies (shorter than a client's by default: nobody waits
+    for a shadow's answer). A copy past one is counted as timed out and dropped."""
+
+    connect: Duration = Field(
+        default=SHADOW_TIMEOUTS.connect, description="Time to open a connection to the shadow."
+    )
+    first_byte: Duration = Field(
+        default=SHADOW_TIMEOUTS.first_byte,
+        description="Time from sending the copy to the shadow's first response byte.",
+    )
+    total: Duration = Field(
+        default=SHADOW_TIMEOUTS.total, description="Time for the whole shadow exchange."
+    )
+    idle: Duration = Field(
+        default=SHADOW_TIMEOUTS.idle,
+        description="Longest silence between two chunks of a streamed shadow answer.",
+    )
+
+
+class ShadowSpec(_Model):
+    """A model version that gets a copy of a sample of the route's requests.
+
+    The copy is sent beside the primary request, never retried and never awaited by
+    the client; its answer is compared with the primary's (agreement, similarity,
+    latency delta) and thrown away. Under load copies are dropped first, and counted.
+    """
+
+    name: str | None = Field(
+        default=None,
+        pattern=VARIANT_PATTERN,
+        description="Unique among the route's shadows; the `shadow` label of the shadow "
+        "metrics and the comparison log. Default: the target's alias (candidate for "
+        "models:/fraud@candidate), or vVERSION for a pinned version.",
+    )
+    target: RegistryTarget | None = Field(
+        default=None,
+        description="Model registry target, models:/NAME@ALIAS or models:/NAME/VERSION, "
+        "resolved like a variant's (re-resolved continuously; endpoints from the "
+        "version's switchyard.endpoint tag or the policy's `backends`). With `endpoints` "
+        "it only labels the pool.",
+    )
+    endpoints: list[EndpointURL] | None = Field(
+        default=None,
+        min_length=1,
+        description="Shadow backend pool: http:// URLs or k8s://NAMESPACE/SERVICE:PORT. "
+        "It must speak the route's protocol.",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model name the shadow backend expects: replaces the body's `model` "
+        "(openai, ollama) or is the model in the URL (kserve-v2).",
+    )
+    model_version: str | None = Field(
+        default=None,
+        pattern=MODEL_VERSION_PATTERN,
+        description="kserve-v2 routes: the backend model version copies go to "
+        "(/v2/models/NAME/versions/VERSION/infer); leave out for the backend's default.",
+    )
+    sample: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share of the route's requests copied to the shadow, 0..1 (0 pauses it).",
+    )
+    max_inflight: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Copies in flight to this shadow at most; a sampled request beyond "
+        "it is not copied (counted as dropped, reason max_inflight).",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Requests with a larger body are not copied (counted as skipped, "
+        "reason body_too_large).",
+    )
+    timeouts: ShadowTimeoutsSpec = Field(
+        default=ShadowTimeoutsSpec(), description="Time limits of the copies."
+    )
+    tolerance: float = Field(
+        default=1e-4,
+        ge=0,
+        allow_inf_nan=False,
+        description="Numbers (KServe v2 tensors, embeddings, JSON values) agree when "
+        "|a - b| <= tolerance * max(1, |a|, |b|); 0 asks for exact equality.",
+    )
+    min_similarity: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="LLM generations agree when the token-set overlap (Jaccard) of the "
+        "two answers is at least this.",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct_endpoints(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise problem("duplicate_endpoint", "an endpoint is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_backend(self) -> ShadowSpec:
+        if self.endpoints is None and self.target is None:
+            raise problem(
+                "missing_backend",
+                "a shadow needs `endpoints` (http:// URLs) or `target` (models:/NAME@ALIAS)",
+            )
+        if self.name is None and self.target is None:
+            raise problem("missing_name", "a shadow with only `endpoints` needs a `name`")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The shadow's name: `name`, else the target's alias or vVERSION."""
+        if self.name is not None:
+            return self.name
+        assert self.target is not None  # the validator requires one of the two
+        _, alias, version = split_target(self.target)
+        return alias if alias is not None else f"v{version}"
+
+
 class RoutingPolicy(_Model):
     """How the gateway serves one route: variants and their weights, stickiness,
     overrides, fallbacks, timeouts, retries and outlier ejection."""
@@ -330,6 +522,13 @@ class RoutingPolicy(_Model):
         default=(),
         description="Variant names tried in this order when the chosen variant fails.",
     )
+    shadow: tuple[ShadowSpec, ...] = Field(
+        default=(),
+        max_length=8,
+        description="Versions that get a copy of a sample of the route's requests, "
+        "compared with the primary's answers (GET /admin/shadow/{route}, the "
+        "switchyard_shadow_* metrics) and never returned to clients.",
+    )
     timeouts: TimeoutsSpec = Field(default=TimeoutsSpec(), description="Upstream time limits.")
     retries: RetriesSpec = Field(default=RetriesSpec(), description="Retry policy.")
     outlier: OutlierSpec = Field(default=OutlierSpec(), description="Outlier ejection.")
@@ -339,11 +538,30 @@ class RoutingPolicy(_Model):
         description="Largest request body accepted for this route, in bytes (413 above). "
         "Leave out for the gateway-wide limit.",
     )
+    health_check: HealthCheckSpec | None = Field(
+        default=None,
+        description="Active health check of every endpoint of the route. kserve-v2 and "
+        "json routes probe by default (model ready, /readyz); openai and ollama routes "
+        "only when this is set.",
+    )
     drift: DriftSpec | None = Field(
         default=None,
         description="Sample live inputs into rolling windows per model version, compare "
         "them with reference data (Evidently, in the drift worker process) and act on "
         "drift: save the window, start a Kubeflow retraining run, call a webhook.",
+    )
+    rollout: RolloutSpec | None = Field(
+        default=None,
+        description="Progressive rollout of a challenger variant: its share of traffic "
+        "steps up while analysis gates (error rate, p99 latency, shadow agreement, "
+        "significance) hold, is rolled back to 0 on the first failed gate, and on "
+        "success the registry alias moves to it.",
+    )
+    experiment: ExperimentSpec | None = Field(
+        default=None,
+        description="Compare the variants on outcome feedback (POST /v1/feedback with "
+        "the response's x-request-id): conversion rates, lift, two-proportion z-test, "
+        "rewards with Welch's t-test. Implied by `rollout`.",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

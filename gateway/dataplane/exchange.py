@@ -20,13 +20,14 @@ import asyncio
 import re
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
 from gateway.dataplane import http11
 from gateway.dataplane.decide import Decision
-from gateway.dataplane.pick import candidates, ejection_allowed, pick
+from gateway.dataplane.pick import candidates, ejection_allowed, panic_pick, pick
 from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
 from gateway.dataplane.translate import Translator
 from gateway.errors import (
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from gateway.dataplane.upstream import UpstreamConnection
 
 _EVENT_STREAM = b"text/event-stream"
+# Fronts whose request body names the model: there a variant's `model` rewrites it.
+_MODEL_IN_BODY = frozenset({"openai", "ollama"})
 _MAX_RESPONSE_HEAD = 64 * 1024
 # Response fields never relayed (RFC 9110 7.6.1 hop-by-hop, plus our own namespace),
 # matched in "\n" + the lower-cased header block: the leading "\n" is a literal prefix
@@ -63,6 +66,19 @@ _DROPPED_RESPONSE_HEADER = re.compile(
     rb"\n(?:connection|keep-alive|proxy-connection|proxy-authenticate|te|trailer"
     rb"|transfer-encoding|upgrade|x-request-id|x-switchyard-[a-z0-9-]*):"
 )
+
+
+class ResponseFilter(Protocol):
+    """Turns a backend's response body into the client's (the Translator is one)."""
+
+    front: str  # the client's protocol
+    stream: bool  # the client gets an event stream
+    ok: bool  # the backend's status was a success
+
+    def start(self, status: int) -> None: ...
+    def content_type(self) -> bytes: ...
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
 
 
 class Exchange:
@@ -92,7 +108,11 @@ class Exchange:
     sent_at = 0.0
     last_activity = 0.0
     first_byte_deadline = 0.0
-    translator: Translator | None = None
+    translator: ResponseFilter | None = None
+    # From fronts that route by URL path (KServe v2, JSON services): the upstream target
+    # per variant index, and what filters the response body (None: relayed as it is).
+    targets: tuple[bytes, ...] | None = None
+    response_filter: Callable[[], ResponseFilter] | None = None
     streaming = False  # the response is an SSE or NDJSON stream
     count_tokens = False  # an LLM generation: time its chunks, read its usage
     strip_usage = False  # we asked for a usage chunk the client did not: drop it
@@ -140,6 +160,11 @@ class Exchange:
         for variant, i in candidates(self.decision, now, self.plane.next_turn()):
             route.counters.fallbacks += 1
             self._send(variant, i)
+            return
+        panic = panic_pick(self.decision, self.plane.next_turn())
+        if panic is not None:
+            route.counters.panic += 1
+            self._send(*panic)
             return
         route.counters.no_healthy += 1
         self._respond_error(
@@ -202,8 +227,14 @@ class Exchange:
                 variant.upstream_model or self.decision.route.name,
                 self.request.request_id.decode(),
             )
+            translator.max_chunk = self.plane.settings.limits.max_stream_chunk_bytes
             target, body = translator.request()
-        elif variant.upstream_model is not None:
+        elif self.targets is not None:
+            # The model is named in the path (or not at all): the body goes as it came.
+            target = self.targets[variant.index]
+            if self.response_filter is not None:
+                self.translator = self.response_filter()
+        elif variant.upstream_model is not None and self.style.protocol in _MODEL_IN_BODY:
             body = self.plane.rewrite_model(body, variant.upstream_model)
         assert conn.transport is not None
         conn.transport.write(
@@ -246,6 +277,8 @@ class Exchange:
                 outlier.max_ejection,
                 ejection_allowed(self.variant, now, outlier.max_ejection_percent),
             )
+            if self.series is not None:  # per variant: a rollout's error gate reads it
+                self.series.failed_attempts += 1
         self.endpoint = None
 
     def _next_target(self, kind: str) -> tuple[Variant, int] | None:
@@ -384,6 +417,13 @@ class Exchange:
                 pos = block.find(b"\r\n", at) + 2
             kept.append(block[pos:])
             block = b"".join(kept)
+            named = _nominated(probe)
+            if named:  # fields the backend's Connection header names are hop-by-hop too
+                block = b"".join(
+                    line + b"\r\n"
+                    for line in block.split(b"\r\n")[:-1]
+                    if line.split(b":", 1)[0].strip().lower() not in named
+                )
         translator = self.translator
         if translator is not None:
             # The body changes shape and length: drop the backend's framing and type.
@@ -553,6 +593,7 @@ class Exchange:
             h = series.overhead
             h.counts[bisect_left(h.bounds, added)] += 1
             h.total += added
+            self.plane.exposures.record(self.request.request_id, series, self.plane.now)
         if self.plane.access_log:
             self.plane.log_access(self)
         self.client.exchange_done(self.keep_alive)
@@ -635,6 +676,18 @@ def _without_usage_event(data: bytes) -> bytes:
     if b'"choices":[]' not in data[start:end]:
         return data
     return data[:start] + data[end + 2 :]
+
+
+def _nominated(probe: bytes) -> frozenset[bytes]:
+    """Field names the Connection lines of a lower-cased head list, besides keep-alive
+    and close (RFC 9110 7.6.1); rare, so looked for only when a Connection line exists."""
+    names: set[bytes] = set()
+    at = probe.find(b"\nconnection:")
+    while at >= 0:
+        end = probe.find(b"\n", at + 1)
+        names.update(t.strip() for t in probe[at + 12 : end if end >= 0 else None].split(b","))
+        at = probe.find(b"\nconnection:", at + 1)
+    return frozenset(names - {b"", b"keep-alive", b"close"})
 
 
 def _retryable(policy: RetryPolicy, kind: str) -> bool:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from gateway.dataplane.decide import Decision, RequestHead, decide
+from gateway.dataplane.feedback import FEEDBACK_PATH, handle_feedback
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -93,7 +94,8 @@ def route_body_request(
 
 _OPENAI_PROXIED = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"})
 _OPENAI_PATHS = (
-    "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models"
+    "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, "
+    "POST /v1/feedback"
 )
 
 
@@ -111,6 +113,9 @@ class OpenAIFront:
             if request.method != b"POST":
                 raise MethodNotAllowed(f"{path.decode()} accepts POST only")
             self._proxy(conn, request)
+            return
+        if path == FEEDBACK_PATH:
+            handle_feedback(self.plane.exposures, conn, request, self.style, self.plane.now)
             return
         if path == b"/v1/models" or path == b"/v1/models/":
             if request.method != b"GET":

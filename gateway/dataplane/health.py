@@ -5,6 +5,10 @@ in a row an endpoint leaves rotation for `base * times_ejected` (capped), then c
 back on its own; one success resets the streak. Retry budgets follow Envoy's/Linkerd's
 idea: retries may add only a fixed share of a route's traffic, so a failing backend is
 not hit with a retry storm.
+
+Active health checks (controlplane/healthcheck.py) feed the same state: while any probe
+of an endpoint fails, it is out of rotation with no end time (`PROBE_EJECTED`), and it
+comes back when its probes pass again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import time
 from collections.abc import Callable
 
 from gateway.observability.metrics import EndpointGauges, GatewayMetrics
+
+PROBE_EJECTED = float("inf")  # `ejected_until` of an endpoint its probes took out
 
 
 class EndpointState:
@@ -27,6 +33,7 @@ class EndpointState:
         "in_flight",
         "kv_usage",
         "load_at",
+        "probes_down",
         "queued",
         "running",
     )
@@ -46,6 +53,8 @@ class EndpointState:
         # queued + running: everything the backend has on its hands, this gateway's
         # requests included (so pick() takes max(in_flight, backlog), not the sum).
         self.backlog = 0
+        # Active probes of this endpoint now failing (several routes may probe it).
+        self.probes_down = 0
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now
@@ -64,6 +73,21 @@ class EndpointState:
         self.ejected_until = now + min(base * self.ejections, cap)
         self.consecutive_failures = 0
         return True
+
+    def probe_changed(self, healthy: bool, now: float) -> None:
+        """One active probe of this endpoint turned unhealthy (or healthy again)."""
+        if not healthy:
+            self.probes_down += 1
+            if self.probes_down == 1:
+                if self.ejected_until <= now:
+                    self.ejections += 1
+                self.ejected_until = PROBE_EJECTED
+            return
+        self.probes_down = max(0, self.probes_down - 1)
+        if self.probes_down == 0 and self.ejected_until == PROBE_EJECTED:
+            # Back in rotation with a clean slate; a later passive ejection starts over.
+            self.ejected_until = 0.0
+            self.consecutive_failures = 0
 
 
 class RetryBudget:
@@ -139,6 +163,7 @@ class HealthRegistry:
                     queued=lambda: s.queued,
                     running=lambda: s.running,
                     kv_usage=lambda: s.kv_usage,
+                    probe_down=lambda: s.probes_down > 0,
                 )
             )
         return state

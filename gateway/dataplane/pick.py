@@ -7,9 +7,9 @@ num_requests_running, from every gateway replica and client, scraped off the req
 path). The larger, not the sum: the report already counts this gateway's requests, and
 in-flight covers what was sent since the last report. Running requests count as well as
 waiting ones because a CPU or lightly configured vLLM admits everything into its batch
-(waiting stays 0) and still slows down per request as the batch grows. This is the Gateway API Inference
-Extension's endpoint-picker idea without a per-request scrape. Endpoint state is live
-(not part of the pure `decide`), which is why this is its own step.
+(waiting stays 0) and still slows down per request as the batch grows. This is the
+Gateway API Inference Extension's endpoint-picker idea without a per-request scrape.
+Endpoint state is live (not part of the pure `decide`), which is why this is its own step.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gateway.dataplane.decide import Decision
+from gateway.dataplane.health import PROBE_EJECTED
 from gateway.dataplane.snapshot import Endpoint, Variant
 
 
@@ -55,6 +56,32 @@ def candidates(decision: Decision, now: float, turn: int) -> Iterator[tuple[Vari
         for i in order:
             if variant.endpoints[i].state.ejected_until <= now:
                 yield variant, i
+
+
+def panic_pick(decision: Decision, turn: int) -> tuple[Variant, int] | None:
+    """When every endpoint of the variant and its fallbacks is ejected: the least loaded
+    endpoint that only passive outlier detection took out, or None.
+
+    Envoy's panic routing: failures can eject a sole healthy endpoint (a backend that
+    answers some clients' bad requests with 500s), and refusing everyone with a 503
+    would turn a few bad requests into an outage. Endpoints an active probe reports down
+    stay out: the probe has asked the backend itself.
+    """
+    for variant in decision.order:
+        endpoints = variant.endpoints
+        n = len(endpoints)
+        best, best_load = -1, 0
+        for step in range(n):
+            i = (turn + step) % n
+            state = endpoints[i].state
+            if state.ejected_until == PROBE_EJECTED:
+                continue
+            load = max(state.in_flight, state.backlog)
+            if best < 0 or load < best_load:
+                best, best_load = i, load
+        if best >= 0:
+            return variant, best
+    return None
 
 
 def ejection_allowed(variant: Variant, now: float, max_percent: float) -> bool:

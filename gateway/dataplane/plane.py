@@ -7,16 +7,22 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from gateway.dataplane.auth import ApiKeys, AuthRejected
 from gateway.dataplane.decide import Decision
-from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.exchange import Exchange, ResponseFilter
+from gateway.dataplane.feedback import ExposureLog
 from gateway.dataplane.fronts import ErrorStyle, Front, OllamaFront, OpenAIFront, OpenAIStyle
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.http11 import Request
+from gateway.dataplane.kserve import KServeFront
 from gateway.dataplane.server import ClientConnection
+from gateway.dataplane.services import ServicesFront
+from gateway.dataplane.shadow import ShadowMirror
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.drift.tap import NoTap, Tap
@@ -43,6 +49,7 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop,
         rng: random.Random | None = None,
         tap: Tap | None = None,
+        auth: ApiKeys | None = None,
     ) -> None:
         self.settings = settings
         self.ref = ref
@@ -53,6 +60,13 @@ class DataPlane:
         self.pool = UpstreamPool(settings.upstream, metrics, loop)
         # Drift sampling: called once per proxied request; NoTap returns at once.
         self.tap: Tap = tap if tap is not None else NoTap()
+        # Shadow copies of sampled requests, for routes with a `shadow` list.
+        self.shadow = ShadowMirror(settings, metrics, loop)
+        # Client API keys (--api-keys); None: open, and the request path tests only that.
+        self.auth = auth
+        # Who served each recent request of routes with an experiment or rollout, for
+        # POST /v1/feedback (dataplane.feedback); the rollout controller sets its routes.
+        self.exposures = ExposureLog(settings.feedback_capacity, settings.feedback_window)
         self.default_style: ErrorStyle = OpenAIStyle()
         self.connections: set[ClientConnection] = set()
         self.draining = False
@@ -62,6 +76,8 @@ class DataPlane:
         self._fronts: list[tuple[bytes, Front]] = [
             (b"/v1/", OpenAIFront(self)),
             (b"/api/", OllamaFront(self)),
+            (b"/v2", KServeFront(self)),  # `GET /v2` itself is server metadata
+            (b"/services/", ServicesFront(self)),
         ]
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -97,7 +113,11 @@ class DataPlane:
         for prefix, front in self._fronts:
             if path.startswith(prefix):
                 try:
+                    if self.auth is not None:
+                        self.auth.check(request, self.now)
                     front.handle(conn, request)
+                except AuthRejected as err:  # counted by the key checker, by key name
+                    conn.respond_error(err, front.style, extra=err.extra)
                 except GatewayError as err:
                     self._count_error(err)
                     conn.respond_error(err, front.style)
@@ -127,19 +147,32 @@ class DataPlane:
         style: ErrorStyle,
         parsed: dict[str, Any] | None = None,
         strip_usage: bool = False,
+        targets: tuple[bytes, ...] | None = None,
+        response_filter: Callable[[], ResponseFilter] | None = None,
     ) -> None:
+        """Send the request to the decision's backends; `targets` (per variant index)
+        replace the client's path upstream, `response_filter` rewrites the answer."""
         if self.draining:
             raise Unavailable("the gateway is shutting down; retry on another replica")
-        exchange = Exchange(self, conn, request, decision, body, style, parsed)
+        if decision.route.shadows:  # the shadow feature's whole cost on other routes
+            exchange = self.shadow.exchange(
+                self, conn, request, decision, body, style, parsed, targets
+            )
+        else:
+            exchange = Exchange(self, conn, request, decision, body, style, parsed)
+        if targets is not None:
+            exchange.targets = targets
+            exchange.response_filter = response_filter
         exchange.strip_usage = strip_usage
         conn.start_exchange(exchange)
 
     def _count_error(self, err: GatewayError) -> None:
-        if err.route is not None:  # a known route refused the request (e.g. unavailable)
+        # Unknown routes first: their `route` is the client's text, never a label value.
+        if err.code == "model_not_found" or err.status == 404:
+            self.metrics.unknown_route += 1
+        elif err.route is not None:  # a known route refused the request (e.g. unavailable)
             counts = self.metrics.route(err.route).errors_by_code
             counts[err.code] = counts.get(err.code, 0) + 1
-        elif err.code == "model_not_found" or err.status == 404:
-            self.metrics.unknown_route += 1
         elif 400 <= err.status < 500:
             self.metrics.bad_request += 1
 
@@ -225,5 +258,6 @@ class DataPlane:
             conn.close_now()
         if self._ticker is not None:
             self._ticker.cancel()
+        await self.shadow.aclose()
         self.pool.close()
         return cut

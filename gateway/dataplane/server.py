@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchyard.server")
 
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -57,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.closing_after = False  # client half-closed: finish in-flight work, then close
         self.current: http11.Request | None = None
+        self._advancing = False  # inside _serve_pending's loop
         self.read_paused_by: set[str] = set()
         self.write_paused = False
         # Per-message parse state.
@@ -124,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject(BadRequest(f"malformed HTTP request: {_parser_message(exc)}"))
             return
         if self.exchange is None and self.pending and self.current is None:
-            self._serve(self.pending.popleft())
+            self._serve_pending()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -152,7 +154,9 @@ class ClientConnection(asyncio.Protocol):
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self._max_header_bytes:
-            raise HeadersTooLarge("request line and headers exceed the size limit")
+            raise _UriTooLong(
+                f"request target exceeds the {self._max_header_bytes}-byte header limit"
+            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Kept minimal (it runs per header); the interesting fields are looked up once
@@ -179,6 +183,9 @@ class ClientConnection(asyncio.Protocol):
                 f"{self.limits.max_body_bytes} bytes"
             )
         self._request_id = fields.get(b"x-request-id", b"")
+        connection = fields.get(b"connection")
+        if connection is not None and connection.lower() not in _PLAIN_CONNECTION:
+            self._drop_nominated()
         self._set_deadline(_BODY, self.limits.body_timeout)
         expect = fields.get(b"expect")
         if expect is not None:
@@ -186,6 +193,25 @@ class ClientConnection(asyncio.Protocol):
                 raise _ExpectationFailed("only 'Expect: 100-continue' is supported")
             if self.transport is not None and not self.closing:
                 self.transport.write(http11.CONTINUE_100)
+
+    def _drop_nominated(self) -> None:
+        # RFC 9110 7.6.1: fields a Connection header names are hop-by-hop too, so they
+        # do not go upstream (rare: rebuilt only when Connection names more than
+        # keep-alive or close).
+        named = {
+            token.strip().lower()
+            for name, value in self._headers
+            if name == b"connection"
+            for token in value.split(b",")
+        }
+        self._forward = [
+            part
+            for name, value in self._headers
+            if name not in http11.HOP_BY_HOP_REQUEST
+            and name not in named
+            and not name.startswith(http11.INTERNAL_PREFIX)
+            for part in (name, b": ", value, b"\r\n")
+        ]
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
@@ -198,6 +224,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self.parser
         url = self._url
+        if url[:1] != b"/":
+            url = _origin_form(url)
         q = url.find(b"?")
         path, query = (url, b"") if q < 0 else (url[:q], url[q:])
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -231,6 +259,23 @@ class ClientConnection(asyncio.Protocol):
         self.current = request
         self.plane.handle(self, request)
 
+    def _serve_pending(self) -> None:
+        # A loop, not recursion: a request answered locally (GET /v1/models, a 4xx)
+        # completes inside `_serve` and calls back into exchange_done, which would
+        # serve the next one from there; a pipelining flood then overflowed the stack.
+        if self._advancing:
+            return  # called back from inside the loop below: it takes the next one
+        self._advancing = True
+        try:
+            pending = self.pending
+            while pending and self.current is None and not self.closing:
+                request = pending.popleft()
+                if "pipeline" in self.read_paused_by and len(pending) < self.limits.max_pipelined:
+                    self.resume_reading("pipeline")
+                self._serve(request)
+        finally:
+            self._advancing = False
+
     def start_exchange(self, exchange: Exchange) -> None:
         self.exchange = exchange
         if self.write_paused:
@@ -249,10 +294,7 @@ class ClientConnection(asyncio.Protocol):
             self.close_after_write()
             return
         if self.pending:
-            request = self.pending.popleft()
-            if "pipeline" in self.read_paused_by and len(self.pending) < self.limits.max_pipelined:
-                self.resume_reading("pipeline")
-            self._serve(request)
+            self._serve_pending()
             return
         if self.closing_after:
             self.close_after_write()
@@ -271,16 +313,19 @@ class ClientConnection(asyncio.Protocol):
         """Answer the current request locally (no backend), then continue."""
         request = self.current
         keep_alive = request.keep_alive if request is not None else False
-        self.write(
-            http11.local_response(
-                status,
-                body,
-                content_type=content_type,
-                request_id=request.request_id if request is not None else b"",
-                keep_alive=keep_alive,
-                extra=extra,
-            )
+        data = http11.local_response(
+            status,
+            body,
+            content_type=content_type,
+            request_id=request.request_id if request is not None else b"",
+            keep_alive=keep_alive,
+            extra=extra,
         )
+        if request is not None and request.method == b"HEAD" and body:
+            # RFC 9110 9.3.2: the head only (its content-length still tells the size); a
+            # body here would be read as the start of the next response on the connection.
+            data = data[: -len(body)]
+        self.write(data)
         self.exchange_done(keep_alive)
 
     def respond_error(self, err: GatewayError, style: ErrorStyle, *, extra: bytes = b"") -> None:
@@ -350,6 +395,30 @@ class ClientConnection(asyncio.Protocol):
         else:
             what = "headers" if self._state == _HEAD else "body"
             self._reject(RequestTimeout(f"request {what} not received in time"))
+
+
+class _UriTooLong(GatewayError):
+    status = 414
+    type = "invalid_request_error"
+    code = "uri_too_long"
+
+
+def _origin_form(url: bytes) -> bytes:
+    """The path of an absolute-form target (RFC 9112 3.2.2: a server must accept it).
+
+    Only the path is kept: the authority never chooses an upstream, so a client cannot
+    point the gateway anywhere with `GET http://elsewhere/...`. Other forms (`*`,
+    authority-form) stay as they are and find no front (404).
+    """
+    lowered = url[:8].lower()
+    if not (lowered.startswith(b"http://") or lowered.startswith(b"https://")):
+        return url
+    start = url.find(b"//") + 2
+    ends = [i for i in (url.find(b"/", start), url.find(b"?", start)) if i >= 0]
+    if not ends:
+        return b"/"
+    rest = url[min(ends) :]
+    return rest if rest[:1] == b"/" else b"/" + rest
 
 
 class _ExpectationFailed(GatewayError):

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from zlib import crc32
 
 from gateway.dataplane.health import EndpointState, RetryBudget
+from gateway.dataplane.shadowverdict import Tolerance
 from gateway.observability.metrics import RequestSeries, RouteCounters
+from gateway.observability.shadow_metrics import ShadowSeries
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +34,23 @@ class Endpoint:
     state: EndpointState
 
     base_path_bytes: bytes = b""  # base_path, encoded once
+    # host:port of the same server's KServe v2 gRPC service ("" = none): the variant's
+    # `grpc_port` on this endpoint's host, what the gRPC front dials.
+    grpc_target: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path_bytes", self.base_path.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """An active probe: GET `path` on each endpoint every `interval` seconds."""
+
+    path: str  # absolute path on the endpoint, after its base path
+    interval: float = 5.0
+    timeout: float = 2.0
+    unhealthy_after: int = 3  # failed probes in a row that take an endpoint out
+    healthy_after: int = 2  # passed probes in a row that bring it back
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +71,13 @@ class Variant:
     backend_protocol: str = ""
     # Where the backends report their own load ("vllm": scrape /metrics), "" = nowhere.
     load_metrics: str = ""
+    # Fronts that name the model in the URL (KServe v2): the backend's name for it,
+    # URL-quoted, plus "/versions/V" when the policy pins the backend version
+    # (`model_version`; "" = pass on the client's).
+    model_path: bytes = b""
+    model_version: str = ""
+    # Active health probe of each endpoint (off the request path), None = passive only.
+    health_check: HealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +124,34 @@ class OutlierPolicy:
     max_ejection_percent: float = 50.0
 
 
+# A shadow waits less than a client would: nobody reads its answer in real time.
+SHADOW_TIMEOUTS = Timeouts(connect=0.5, first_byte=10.0, total=30.0, idle=10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """A model version that gets a copy of a sample of the route's requests.
+
+    Its answers are compared with the primary's and never reach the client; see
+    `gateway.dataplane.shadow`.
+    """
+
+    name: str
+    sample: float  # share of the route's requests copied, 0..1
+    max_inflight: int
+    max_body_bytes: int  # larger request bodies are not copied
+    timeouts: Timeouts
+    endpoints: tuple[Endpoint, ...]
+    series: ShadowSeries
+    version: str = ""
+    target: str | None = None
+    upstream_model: str | None = None  # replaces the body's `model` (openai, ollama)
+    model_path: bytes = b""  # kserve-v2: the model name in the backend's URL, quoted
+    tolerance: Tolerance = field(default_factory=Tolerance)  # when answers count as same
+    # Why copies cannot be sent now (a registry target without resolution), else None.
+    unavailable: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A compiled routing policy."""
@@ -124,9 +175,16 @@ class Route:
     salt_crc: int = 0  # crc32(salt), the seed of every sticky hash on this route
     # Why the route answers 503 (a registry target it needs has no resolution yet).
     unavailable: str | None = None
+    # Versions that get copies of a sample of the requests (empty: the request path
+    # checks only this).
+    shadows: tuple[Shadow, ...] = ()
+    shadow_sample: float = 0.0  # the largest `sample` of the shadows (one draw for all)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "salt_crc", crc32(self.salt))
+        object.__setattr__(
+            self, "shadow_sample", max((s.sample for s in self.shadows), default=0.0)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,8 +73,15 @@ def _iso_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000000Z"
 
 
+class StreamChunkTooLarge(ValueError):
+    """A backend's SSE event or NDJSON line outgrew `Translator.max_chunk` unfinished."""
+
+
 class Translator:
     """Translates one exchange; built per attempt from the client's parsed body."""
+
+    # Largest partial event/line held between reads (Limits.max_stream_chunk_bytes).
+    max_chunk = 1024 * 1024
 
     def __init__(
         self,
@@ -195,6 +202,12 @@ class Translator:
                 for line in event.split(b"\n"):
                     if line.startswith(b"data:"):
                         out.append(self._from_openai_event(line[5:].strip()))
+        if len(self._buf) > self.max_chunk:
+            # Raised inside the parser callback: the exchange ends the stream in error.
+            raise StreamChunkTooLarge(
+                f"a stream event over the {self.max_chunk}-byte limit "
+                "(limits.max_stream_chunk_bytes)"
+            )
         return b"".join(out)
 
     def finish(self) -> bytes:

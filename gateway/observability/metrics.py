@@ -11,7 +11,6 @@ cardinality is bounded by the policy.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -24,6 +23,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway.observability.drift_metrics import DriftCounters, drift_families
+from gateway.observability.histogram import Histogram
+from gateway.observability.rollout_metrics import RolloutCounters, rollout_families
+from gateway.observability.shadow_metrics import ShadowMetrics, shadow_families
 
 # Seconds. Dense below 10 ms because gateway overhead lives there; up to 5 min for
 # long LLM streams.
@@ -83,35 +85,6 @@ OVERHEAD_BUCKETS: tuple[float, ...] = (
 )
 
 
-class Histogram:
-    """A lock-free histogram: one bisect and two additions per observation."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
-            running += count
-            out.append((_fmt(bound), running))
-        running += self.counts[-1]
-        out.append(("+Inf", running))
-        return out
-
-
-def _fmt(value: float) -> str:
-    return repr(float(value))
-
-
 @dataclass(eq=False, slots=True)
 class RequestSeries:
     """Counters for one (route, variant, version, backend) combination.
@@ -134,6 +107,9 @@ class RequestSeries:
     itl: Histogram = field(default_factory=lambda: Histogram(TOKEN_GAP_BUCKETS))
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Upstream attempts on this series that failed (5xx, connect error, timeout, reset),
+    # retried ones included: a rollout's error gate sees failures a fallback hid.
+    failed_attempts: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -145,6 +121,7 @@ class RouteCounters:
     retries_denied: int = 0
     fallbacks: int = 0
     no_healthy: int = 0
+    panic: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
 
@@ -159,6 +136,7 @@ class EndpointGauges:
     queued: Callable[[], int] = lambda: 0
     running: Callable[[], int] = lambda: 0
     kv_usage: Callable[[], float] = lambda: 0.0
+    probe_down: Callable[[], bool] = lambda: False
 
 
 @dataclass(eq=False, slots=True)
@@ -202,6 +180,9 @@ class GatewayMetrics:
         self.connections_open = 0
         self.connections_total = 0
         self.overflow = 0
+        # Active health probes by (backend, outcome: ok | failed); backends come from
+        # the policy, so the label set is bounded like every other.
+        self.health_probes: dict[tuple[str, str], int] = {}
         self.info_labels: dict[str, str] = {}
         # Replaced wholesale by the registry resolver after each resolution.
         self.registry_aliases: dict[tuple[str, str], AliasGauge] = {}
@@ -209,6 +190,10 @@ class GatewayMetrics:
         self.registry_lookups: dict[str, int] = {"ok": 0, "not_found": 0, "error": 0}
         # Drift sampling of this process, and the drift worker's status (drift_metrics).
         self.drift = DriftCounters()
+        # Shadow copies, their comparisons and the comparison log (shadow_metrics).
+        self.shadow = ShadowMetrics()
+        # Progressive rollouts and A/B feedback (rollout_metrics; gateway.rollout).
+        self.rollout = RolloutCounters()
         # Kubernetes: what the control plane's watches report (see controlplane.kubewatch).
         self.kube_watch_restarts: dict[tuple[str, str], int] = {}  # (resource, reason)
         self.kube_synced: dict[str, bool] = {}  # resource -> list+watch is current
@@ -220,6 +205,10 @@ class GatewayMetrics:
         # Backends of the serving snapshot; None until one is known. Endpoints that left
         # it (pods gone) stop being exported once idle, so pod churn cannot grow /metrics.
         self.active_backends: frozenset[str] | None = None
+        # Client API keys (--api-keys): (key name, outcome) -> requests; "" names no key.
+        self.api_keys: dict[tuple[str, str], int] = {}
+        # Tasks alive on the process's event loop (set by the app): a leak shows here.
+        self.loop_tasks: Callable[[], int] | None = None
 
     def series(self, route: str, variant: str, version: str, backend: str) -> RequestSeries:
         """Get or create the series for one label set (called by the compiler)."""
@@ -291,11 +280,19 @@ class GatewayMetrics:
             "Completion tokens reported by the backends' usage (LLM routes).",
             labels=labels,
         )
+        failed = CounterMetricFamily(
+            "switchyard_upstream_failed_attempts",
+            "Upstream attempts that failed (5xx, connect error, timeout, reset), retried "
+            "ones included.",
+            labels=labels,
+        )
         for s in list(self._series.values()):
             lv = [s.route, s.variant, s.version, s.backend]
             for cls, count in enumerate(s.by_class):
                 if count:
                     requests.add_metric([*lv, f"{cls}xx" if cls else "none"], count)
+            if s.failed_attempts:
+                failed.add_metric(lv, s.failed_attempts)
             if s.duration.counts:
                 duration.add_metric(lv, s.duration.buckets(), s.duration.total)
                 upstream.add_metric(lv, s.upstream.buckets(), s.upstream.total)
@@ -307,6 +304,7 @@ class GatewayMetrics:
                 prompt.add_metric(lv, s.prompt_tokens)
                 completion.add_metric(lv, s.completion_tokens)
         yield from (requests, duration, upstream, overhead, ttft, itl, prompt, completion)
+        yield failed
 
         retries = CounterMetricFamily(
             "switchyard_retries", "Retries sent to another endpoint or variant.", labels=["route"]
@@ -319,6 +317,12 @@ class GatewayMetrics:
         fallbacks = CounterMetricFamily(
             "switchyard_fallbacks", "Requests served by a fallback variant.", labels=["route"]
         )
+        panic = CounterMetricFamily(
+            "switchyard_panic_routed",
+            "Requests sent to a passively ejected endpoint because every endpoint of the "
+            "variant and its fallbacks was ejected (panic routing, as Envoy does).",
+            labels=["route"],
+        )
         errors = CounterMetricFamily(
             "switchyard_gateway_errors",
             "Error responses the gateway itself produced, by route and error code.",
@@ -328,9 +332,10 @@ class GatewayMetrics:
             retries.add_metric([r.route], r.retries)
             denied.add_metric([r.route], r.retries_denied)
             fallbacks.add_metric([r.route], r.fallbacks)
+            panic.add_metric([r.route], r.panic)
             for code, count in list(r.errors_by_code.items()):
                 errors.add_metric([r.route, code], count)
-        yield from (retries, denied, fallbacks, errors)
+        yield from (retries, denied, fallbacks, panic, errors)
 
         # The k8s_* labels name the pod behind a k8s:// endpoint ("" for plain URLs), so
         # Prometheus Adapter can map the gauge onto pods: per-replica autoscaling.
@@ -366,6 +371,18 @@ class GatewayMetrics:
             "KV-cache use the backend reports, 0..1 (variants with load_metrics).",
             labels=["backend"],
         )
+        probe_down = GaugeMetricFamily(
+            "switchyard_backend_probe_down",
+            "1 while failing active health probes keep the endpoint out of rotation.",
+            labels=["backend"],
+        )
+        probes = CounterMetricFamily(
+            "switchyard_health_probes",
+            "Active health probes of backend endpoints, by outcome: ok, failed.",
+            labels=["backend", "outcome"],
+        )
+        for (backend, outcome), count in sorted(self.health_probes.items()):
+            probes.add_metric([backend, outcome], count)
         active, pods = self.active_backends, self.backend_pods
         for g in list(self._endpoints.values()):
             busy = g.in_flight()
@@ -378,7 +395,8 @@ class GatewayMetrics:
             queue.add_metric([g.backend], g.queued())
             running.add_metric([g.backend], g.running())
             kv.add_metric([g.backend], g.kv_usage())
-        yield from (in_flight, ejected, ejections, queue, running, kv)
+            probe_down.add_metric([g.backend], 1.0 if g.probe_down() else 0.0)
+        yield from (in_flight, ejected, ejections, queue, running, kv, probe_down, probes)
 
         reloads = CounterMetricFamily(
             "switchyard_policy_reloads", "Policy reloads by outcome.", labels=["outcome"]
@@ -408,8 +426,25 @@ class GatewayMetrics:
         build = InfoMetricFamily("switchyard_build", "Gateway build information.")
         build.add_metric([], self.info_labels)
         yield from (reloads, info, unknown, bad, overflow, conns, build)
+        keys = CounterMetricFamily(
+            "switchyard_api_key_requests",
+            "Requests checked against client API keys, by key name and outcome: accepted, "
+            "rate_limited, missing, unknown (the last two with an empty key name).",
+            labels=["key", "outcome"],
+        )
+        for (name, outcome), count in sorted(self.api_keys.items()):
+            keys.add_metric([name, outcome], count)
+        tasks = GaugeMetricFamily(
+            "switchyard_event_loop_tasks",
+            "asyncio tasks alive in the gateway process (steady under steady load).",
+        )
+        if self.loop_tasks is not None:
+            tasks.add_metric([], self.loop_tasks())
+        yield from (keys, tasks)
         yield from self._registry_families()
         yield from drift_families(self.drift)
+        yield from shadow_families(self.shadow)
+        yield from rollout_families(self.rollout)
         yield from self._kubernetes_families()
 
     def _registry_families(self) -> Iterator[object]:

@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway worker processes (only 1 until `switchyard serve` has --workers)",
     )
     parser.add_argument(
+        "--shadow-sample",
+        type=_fraction,
+        default=configs.SHADOW_SAMPLE,
+        metavar="F",
+        help="share of the gateway's requests mirrored to a shadow (same upstream); "
+        f"0 turns shadowing off (default {configs.SHADOW_SAMPLE:g}, as issue 4's targets)",
+    )
+    parser.add_argument(
         "--litellm",
         action="store_true",
         help=f"add the LiteLLM proxy as a peer (needs {LITELLM_VENV.relative_to(REPO)})",
@@ -182,7 +190,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "nginx-proxy",
             lambda d, p: configs.nginx_proxy_conf(d, p, upstream.port, streaming=False),
         )
-        extras = configs.shadow_and_drift_hook(upstream.url)
+        extras = configs.shadow_and_drift_hook(upstream.url, args.shadow_sample)
         policy = configs.gateway_policy(upstream.url, extras)
         gateway = launcher.start_gateway(policy, args.python, _worker_args(args.workers))
         _check_gateway(gateway)
@@ -278,7 +286,7 @@ def streaming_mode(args: argparse.Namespace) -> int:
         proxy = launcher.start_nginx(
             "nginx-proxy", lambda d, p: configs.nginx_proxy_conf(d, p, sim.port, streaming=True)
         )
-        extras = configs.shadow_and_drift_hook(sim.url)
+        extras = configs.shadow_and_drift_hook(sim.url, args.shadow_sample)
         gateway = launcher.start_gateway(
             configs.gateway_policy(sim.url, extras), args.python, _worker_args(args.workers)
         )
@@ -373,6 +381,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return value
 
 

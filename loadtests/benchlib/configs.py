@@ -138,22 +138,27 @@ class PolicyExtras:
     """How the table reports drift sampling."""
 
 
-def shadow_and_drift_hook(upstream_url: str) -> PolicyExtras:
-    """HOOK: turn on shadow traffic and drift sampling once the policy schema has them.
+# Issue 4's targets are measured with shadowing on: 10% of requests mirrored.
+SHADOW_SAMPLE: Final = 0.1
 
-    Both add work to every request (a mirrored copy, a sampled body into the drift
-    tap), so the headline number must include them once they land. Today the schema
-    rejects `shadow:` and `drift:`, so this returns nothing and the table says "off".
-    When they land, return for example
-    `shadow: [{target: <upstream_url>, sample: 0.25, max_inflight: 64}]` and a `drift:`
-    section, and change the two labels to say what is on.
+
+def shadow_and_drift_hook(upstream_url: str, shadow_sample: float = SHADOW_SAMPLE) -> PolicyExtras:
+    """Policy sections for shadow traffic and drift sampling, the per-request extras.
+
+    The shadow mirrors `shadow_sample` of the requests (0: none) to the same upstream,
+    so the copies cost what they cost in production (sampling, a second upstream
+    request from the bytes held, the primary's answer kept, the comparison) while the
+    backend stays the fixed nginx answer. Drift: HOOK, not turned on here yet.
     """
-    del upstream_url  # the shadow target will be this same upstream
-    return PolicyExtras(
-        yaml="",
-        shadow="off (not in the gateway yet)",
-        drift="off (not in the gateway yet)",
-    )
+    yaml = ""
+    shadow = "off"
+    if shadow_sample > 0:
+        yaml = (
+            f"shadow: [{{name: mirror, endpoints: [{upstream_url}], sample: {shadow_sample:g},"
+            " max_inflight: 64}]\n"
+        )
+        shadow = f"{shadow_sample:.0%} of requests to the same upstream (max_inflight 64)"
+    return PolicyExtras(yaml=yaml, shadow=shadow, drift="off (not in the gateway yet)")
 
 
 def gateway_policy(upstream_url: str, extras: PolicyExtras) -> str:

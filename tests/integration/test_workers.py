@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
+import tritonclient.grpc as grpcclient
 
-from tests.procs import GatewayProc, Simulator
+from tests.procs import GatewayProc, Simulator, start_kserve
 
 
 def children(pid: int) -> list[int]:
@@ -61,3 +63,30 @@ variants: [{{name: main, endpoints: ["{sims[0].url}"]}}]
     assert httpx.get(f"{gw.admin}/readyz").status_code == 200
     assert "worker 0 exited" in gw.proc.output()
     assert gw.proc.stop() == 0
+
+
+def test_two_workers_share_one_grpc_port(gateway: Callable[..., GatewayProc]) -> None:
+    """`--grpc-port 0` with workers: the supervisor picks one port that every worker binds."""
+    sim = start_kserve("w")
+    try:
+        port = sim.grpc.rsplit(":", 1)[1]
+        gw = gateway(
+            f"""apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: fraud-detector
+protocol: kserve-v2
+variants: [{{name: main, endpoints: ["{sim.url}"], grpc_port: {port}}}]
+""",
+            extra=("--workers", "2", "--grpc-port", "0"),
+        )
+        assert gw.grpc, "the supervisor's listening line names no gRPC address"
+        features = np.ones((1, 4), np.float32)
+        for _ in range(20):  # a new channel each time: the kernel spreads them
+            with grpcclient.InferenceServerClient(gw.grpc) as client:
+                tensor = grpcclient.InferInput("features", [1, 4], "FP32")
+                tensor.set_data_from_numpy(features)
+                result = client.infer("fraud-detector", [tensor])
+                assert result.as_numpy("probability").shape == (1, 1)
+        assert gw.metric("switchyard_requests_total", route="fraud-detector") == 20
+    finally:
+        sim.proc.stop()

@@ -240,7 +240,11 @@ def test_probes_security_and_settings_match_the_gateway(overlay: str) -> None:
     container = gateway_container(objects)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     defaults = Settings()
-    assert ports == {"http": defaults.port, "admin": defaults.admin_port}
+    assert ports == {
+        "http": defaults.port,
+        "admin": defaults.admin_port,
+        "grpc": defaults.grpc_port,
+    }
     live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
     assert (live["path"], ready["path"]) == ("/livez", "/readyz")
     assert live["port"] == ready["port"] == "admin"

@@ -43,7 +43,13 @@ def test_registry_demo_policies_follow_aliases() -> None:
         health=HealthRegistry(metrics),
         resolved={},
     )
-    assert sorted(snapshot.routes) == ["chat", "completion", "embed"]
+    assert sorted(snapshot.routes) == [
+        "chat",
+        "completion",
+        "embed",
+        "fraud-detector",
+        "fraud-service",
+    ]
     chat = snapshot.routes["chat"]
     assert [v.target for v in chat.variants] == ["models:/chat@champion", "models:/chat@challenger"]
     # Unresolved until a registry answers; the static route serves regardless.
@@ -55,7 +61,13 @@ def test_registry_demo_policies_follow_aliases() -> None:
 
 def test_demo_policy_routes() -> None:
     snapshot = build(POLICIES / "no-registry")
-    assert sorted(snapshot.routes) == ["chat", "completion", "embed"]
+    assert sorted(snapshot.routes) == [
+        "chat",
+        "completion",
+        "embed",
+        "fraud-detector",
+        "fraud-service",
+    ]
     chat = snapshot.routes["chat"]
     assert [(v.name, v.weight, v.endpoints[0].url) for v in chat.variants] == [
         ("champion", 90.0, "http://127.0.0.1:9101"),
@@ -68,3 +80,11 @@ def test_demo_policy_routes() -> None:
     assert decide(snapshot, beta, random.Random(0)).variant.name == "challenger"
     assert [v.weight for v in snapshot.routes["completion"].variants] == [50.0, 50.0]
     assert len(snapshot.routes["embed"].variants) == 1
+    # The quick start's tabular model: a 90/10 KServe v2 canary, sticky per user.
+    fraud = snapshot.routes["fraud-detector"]
+    assert fraud.protocol == "kserve-v2" and fraud.sticky is not None
+    assert [(v.weight, v.model_path, v.version) for v in fraud.variants] == [
+        (90.0, b"fraud-detector/versions/1", "1"),
+        (10.0, b"fraud-detector/versions/2", "2"),
+    ]
+    assert snapshot.routes["fraud-service"].protocol == "json"

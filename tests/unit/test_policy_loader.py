@@ -57,9 +57,9 @@ def test_unknown_key_names_line_column_field_and_suggests_the_right_one(tmp_path
 
 
 def test_unknown_top_level_key_lists_allowed_fields(tmp_path: Path) -> None:
-    text = GOOD.format(route="chat") + "shadows: []\n"
+    text = GOOD.format(route="chat") + "frobnicate: []\n"
     [problem] = problems_of(tmp_path, text)
-    assert problem.startswith(f"{tmp_path}/chat.yaml:11:1: shadows: unknown field 'shadows'")
+    assert problem.startswith(f"{tmp_path}/chat.yaml:11:1: frobnicate: unknown field 'frobnicate'")
     assert "variants" in problem
 
 

@@ -25,6 +25,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "vllm: needs a real vLLM server from .venv-vllm (make test-vllm)"
     )
+    config.addinivalue_line(
+        "markers",
+        "vllm_pair: needs two real vLLM servers and a quiet machine (make test-vllm-pair)",
+    )
 
 
 @pytest.fixture(scope="session")

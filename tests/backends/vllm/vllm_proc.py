@@ -90,6 +90,7 @@ class VllmServer:
     log_path: Path
     port: int = field(default_factory=free_port)
     extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
     started_s: float = 0.0  # seconds the last start took, for the stage's report
 
@@ -128,7 +129,7 @@ class VllmServer:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
                 self.command(),
-                env=server_env(),
+                env={**server_env(), **self.extra_env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

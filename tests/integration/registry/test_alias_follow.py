@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from mlflow import MlflowClient
 
 from gateway.localmlflow import LocalMlflow
@@ -124,7 +125,9 @@ def test_alias_move_under_load_switches_within_the_poll_interval(
     assert gw.metric("switchyard_registry_stale", model=model.name, alias="champion") == 0
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_webhook_moves_traffic_before_the_next_poll(
+    workers: int,
     sims: tuple[Simulator, Simulator],
     tmp_path: Path,
     mlflow_server: LocalMlflow,
@@ -140,6 +143,8 @@ def test_webhook_moves_traffic_before_the_next_poll(
         mlflow_server.uri,
         "--registry-poll-interval",
         "60",  # far longer than the test: only the webhook can explain a quick switch
+        "--workers",
+        str(workers),  # with 2, the supervisor must pass the delivery to every worker
         env={"SWITCHYARD_REGISTRY_WEBHOOK_SECRET": "s3cret"},
     )
     with running(gw.proc):
@@ -150,7 +155,7 @@ def test_webhook_moves_traffic_before_the_next_poll(
             secret="s3cret",
         )
         try:
-            with Load(gw.url, "hooked", threads=2) as load:
+            with Load(gw.url, "hooked", threads=4) as load:
                 v2 = model.versions[1]
                 switched, _ = move_and_measure(
                     load,
