@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -30,7 +30,6 @@ from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
 from gateway.controlplane.reload import PolicyReloader, ReloadResult
 from gateway.controlplane.resolve import RegistryResolver
 from gateway.dataplane.auth import ApiKeys, KeysFileError
-from gateway.dataplane.grpcfront import GrpcFront
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.snapshot import SnapshotRef
@@ -40,6 +39,9 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.rollout.build import build_controller
 from gateway.rollout.cli import add_rollout_options
 from gateway.settings import Settings, from_env
+
+if TYPE_CHECKING:
+    from gateway.dataplane.grpcfront import GrpcFront
 
 log = logging.getLogger("switchyard")
 
@@ -118,8 +120,11 @@ class Gateway:
             settings, ref, self.metrics, self.health, loop, tap=self.drift.tap, auth=auth
         )
         self.port = await plane.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
-        grpc_front = None
+        grpc_front: GrpcFront | None = None
         if settings.grpc_port is not None and settings.grpc_port >= 0:
+            # Imported only when enabled: grpcio costs ~10 MB of RSS per process.
+            from gateway.dataplane.grpcfront import GrpcFront
+
             grpc_front = GrpcFront(plane)
             try:
                 self.grpc_port = await grpc_front.listen(

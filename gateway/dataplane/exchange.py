@@ -678,11 +678,18 @@ def _without_usage_event(data: bytes) -> bytes:
     return data[:start] + data[end + 2 :]
 
 
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_NONE: frozenset[bytes] = frozenset()
+
+
 def _nominated(probe: bytes) -> frozenset[bytes]:
     """Field names the Connection lines of a lower-cased head list, besides keep-alive
     and close (RFC 9110 7.6.1); rare, so looked for only when a Connection line exists."""
-    names: set[bytes] = set()
     at = probe.find(b"\nconnection:")
+    end = probe.find(b"\n", at + 1)
+    if probe[at + 12 : end].strip() in _PLAIN_CONNECTION and probe.find(b"\nconnection:", end) < 0:
+        return _NONE  # the usual `Connection: keep-alive`: nothing more to drop
+    names: set[bytes] = set()
     while at >= 0:
         end = probe.find(b"\n", at + 1)
         names.update(t.strip() for t in probe[at + 12 : end if end >= 0 else None].split(b","))

@@ -125,8 +125,14 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(BadRequest(f"malformed HTTP request: {_parser_message(exc)}"))
             return
-        if self.exchange is None and self.pending and self.current is None:
-            self._serve_pending()
+        pending = self.pending
+        if self.exchange is None and pending and self.current is None:
+            if len(pending) == 1 and not self.read_paused_by:
+                # The common case, one request per read: nothing queued behind it can
+                # recurse, so skip the loop's bookkeeping (a microsecond per request).
+                self._serve(pending.popleft())
+            else:
+                self._serve_pending()
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -199,7 +199,9 @@ class Launcher:
         policy_dir.mkdir(exist_ok=True)
         (policy_dir / "bench.yaml").write_text(policy)
         args = [python, "-m", "gateway", "serve", "--policies", str(policy_dir)]
-        args += ["--port", "0", "--admin-port", "0", "--watch-interval", "0"]
+        # The HTTP request path is what the bench measures: no gRPC listener (it would
+        # also need port 8082 free, and grpcio adds ~10 MB to the RSS column).
+        args += ["--port", "0", "--admin-port", "0", "--watch-interval", "0", "--grpc-port", "-1"]
         args += ["--log-level", "warning", *(extra or [])]
         popen, log = self._spawn("gateway", args)
         service = self._track(Service("gateway", popen, "", log))
