@@ -15,37 +15,7 @@ from math import prod
 from typing import Any
 
 from gateway.dataplane.kserve import MAX_DECODED_ROWS
-
-# KServe v2 datatypes -> struct codes (raw_input_contents are little-endian).
-_STRUCT = {
-    "BOOL": "?",
-    "INT8": "b",
-    "INT16": "h",
-    "INT32": "i",
-    "INT64": "q",
-    "UINT8": "B",
-    "UINT16": "H",
-    "UINT32": "I",
-    "UINT64": "Q",
-    "FP16": "e",
-    "FP32": "f",
-    "FP64": "d",
-}
-# ...and the InferTensorContents field that holds them when not sent raw.
-_CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+from gateway.kserve_types import CONTENTS_FIELDS, STRUCT_CODES
 
 
 class GrpcInferBody(dict[str, Any]):
@@ -98,8 +68,8 @@ def kserve_json(data: bytes) -> dict[str, Any]:
             count = prod(shape)
         if i < len(raw):
             values = _from_raw(datatype, raw[i], count)
-        elif datatype in _CONTENTS:
-            values = list(getattr(tensor.contents, _CONTENTS[datatype])[:count])
+        elif datatype in CONTENTS_FIELDS:
+            values = list(getattr(tensor.contents, CONTENTS_FIELDS[datatype])[:count])
             if datatype == "BYTES":
                 values = [v.decode("utf-8", "replace") for v in values]
         else:
@@ -121,7 +91,7 @@ def _from_raw(datatype: str, raw: bytes, count: int) -> list[Any] | None:
             out.append(raw[pos + 4 : pos + 4 + length].decode("utf-8", "replace"))
             pos += 4 + length
         return out
-    code = _STRUCT.get(datatype)
+    code = STRUCT_CODES.get(datatype)
     if code is None:
         return None
     count = min(count, len(raw) // struct.calcsize(code))

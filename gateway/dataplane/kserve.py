@@ -36,6 +36,7 @@ from gateway.errors import (
     PayloadTooLarge,
     plain_body,
 )
+from gateway.kserve_types import ITEM_SIZE, STRUCT_CODES
 
 if TYPE_CHECKING:
     from gateway.dataplane.http11 import Request
@@ -44,44 +45,11 @@ if TYPE_CHECKING:
     from gateway.dataplane.snapshot import Route
 
 PROTOCOL = "kserve-v2"
-# Bytes per element of each v2 datatype; BYTES elements carry their own 4-byte length.
-ITEM_SIZE = {
-    "BOOL": 1,
-    "UINT8": 1,
-    "UINT16": 2,
-    "UINT32": 4,
-    "UINT64": 8,
-    "INT8": 1,
-    "INT16": 2,
-    "INT32": 4,
-    "INT64": 8,
-    "FP16": 2,
-    "BF16": 2,
-    "FP32": 4,
-    "FP64": 8,
-    "BYTES": 0,
-}
-DATATYPES = frozenset(ITEM_SIZE)
 _DATATYPE_LIST = ", ".join(ITEM_SIZE)
 _MODELS = b"/v2/models/"
 _VERSIONS = b"/versions/"
 _HEADER_LENGTH = b"inference-header-content-length"
 _ACTIONS = frozenset({b"/infer", b"/ready", b"/config"})
-# Binary tensors as the drift tap decodes them (little-endian, per the extension).
-_STRUCT_CODE = {
-    "BOOL": "?",
-    "UINT8": "B",
-    "UINT16": "H",
-    "UINT32": "I",
-    "UINT64": "Q",
-    "INT8": "b",
-    "INT16": "h",
-    "INT32": "i",
-    "INT64": "q",
-    "FP16": "e",
-    "FP32": "f",
-    "FP64": "d",
-}
 MAX_DECODED_ROWS = 256  # drift reads at most this many rows of one request
 _SERVED = (
     "GET /v2, GET /v2/health/live, GET /v2/health/ready, GET /v2/models/{model}"
@@ -302,7 +270,7 @@ def decode_binary_inputs(inputs: list[dict[str, Any]], raw: memoryview) -> list[
             continue
         chunk = raw[offset : offset + size]
         offset += size
-        code = _STRUCT_CODE.get(tensor["datatype"])
+        code = STRUCT_CODES.get(tensor["datatype"])
         shape: list[int] = tensor["shape"]
         if code is None or not shape:
             out.append(tensor)

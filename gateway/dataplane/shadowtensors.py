@@ -16,22 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.dataplane.shadowverdict import Comparison, Tolerance, close, is_number
-
-# KServe v2 datatypes as `struct` codes (the binary tensor extension is little-endian).
-_STRUCT_CODES = {
-    "BOOL": "?",
-    "UINT8": "B",
-    "UINT16": "H",
-    "UINT32": "I",
-    "UINT64": "Q",
-    "INT8": "b",
-    "INT16": "h",
-    "INT32": "i",
-    "INT64": "q",
-    "FP16": "e",
-    "FP32": "f",
-    "FP64": "d",
-}
+from gateway.kserve_types import STRUCT_CODES
 
 
 def compare_tensors(primary: bytes, shadow: bytes, tolerance: Tolerance) -> Comparison:
@@ -131,7 +116,7 @@ def _binary_elements(datatype: str, raw: bytes) -> list[Any] | None:
             items.append(raw[at + 4 : at + 4 + length].decode("utf-8", "replace"))
             at += 4 + length
         return items if at == len(raw) else None
-    code = _STRUCT_CODES.get(datatype)
+    code = STRUCT_CODES.get(datatype)
     if code is None or len(raw) % struct.calcsize(code):
         return None
     return [v for (v,) in struct.iter_unpack("<" + code, raw)]

@@ -24,6 +24,7 @@ import grpc
 from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
 
+from gateway.kserve_types import CONTENTS_FIELDS
 from gateway.simulate.faults import GARBAGE, FaultInjector, FaultPlan, FaultSpecError
 from gateway.simulate.kserve_http import server_metadata
 from gateway.simulate.kserve_models import (
@@ -44,20 +45,6 @@ from gateway.simulate.kserve_tensor import (
 
 SERVICE: Final = "inference.GRPCInferenceService"
 _MAX_MESSAGE: Final = 64 * 1024 * 1024
-# The typed `contents` field that carries each datatype.
-_CONTENTS: Final = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
 _DECOUPLED_INFER: Final = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 # grpcio's server cannot reset the TCP connection under a call; the reset fault ends the
 # call as a reset would reach a client through a proxy: UNAVAILABLE.
@@ -388,7 +375,7 @@ def _decode_inputs(request: Any, model: SimModel, tag: str) -> dict[str, Tensor]
         if raw:
             values: Any = unpack(spec.datatype, raw[index], count, item.name)
         else:
-            values = list(getattr(item.contents, _CONTENTS[spec.datatype]))
+            values = list(getattr(item.contents, CONTENTS_FIELDS[spec.datatype]))
             if len(values) != count:
                 raise TensorError(
                     f"{tag}unexpected number of elements {len(values)} in the contents of "

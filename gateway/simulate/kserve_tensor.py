@@ -15,23 +15,8 @@ from dataclasses import dataclass
 from math import prod
 from typing import Final
 
-# struct codes of the fixed-size datatypes; BYTES (length-prefixed) and BF16 (no struct
-# code) are known datatypes the simulated models never declare.
-STRUCT_CODES: Final = {
-    "BOOL": "?",
-    "UINT8": "B",
-    "UINT16": "H",
-    "UINT32": "I",
-    "UINT64": "Q",
-    "INT8": "b",
-    "INT16": "h",
-    "INT32": "i",
-    "INT64": "q",
-    "FP16": "e",
-    "FP32": "f",
-    "FP64": "d",
-}
-DATATYPES: Final = frozenset({*STRUCT_CODES, "BYTES", "BF16"})
+from gateway.kserve_types import STRUCT_CODES
+
 _INTEGER_TYPES: Final = frozenset(
     {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
 )
