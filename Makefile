@@ -55,7 +55,7 @@ test-vllm-pair: install vllm-env
 
 vllm-env: $(VLLM_STAMP)
 
-$(VLLM_STAMP): tests/backends/vllm/install.sh tests/backends/vllm/requirements.txt
+$(VLLM_STAMP): tests/backends/vllm/install.sh tests/backends/vllm/requirements.txt tests/backends/make_venv.sh
 	VLLM_VENV=$(VLLM_VENV) PYTHON=$(PYTHON) bash tests/backends/vllm/install.sh
 
 ## Real NVIDIA Triton (nvidia-pytriton's tritonserver on the CPU: the fraud detector's
@@ -66,7 +66,7 @@ test-triton: install triton-env
 
 triton-env: $(TRITON_STAMP)
 
-$(TRITON_STAMP): tests/backends/triton/install.sh tests/backends/triton/requirements.txt
+$(TRITON_STAMP): tests/backends/triton/install.sh tests/backends/triton/requirements.txt tests/backends/make_venv.sh
 	TRITON_VENV=$(TRITON_VENV) PYTHON=$(PYTHON) bash tests/backends/triton/install.sh
 
 ## Real BentoML (two scikit-learn fraud services, champion and challenger) behind the
@@ -76,7 +76,7 @@ test-bentoml: install bentoml-env
 
 bentoml-env: $(BENTOML_STAMP)
 
-$(BENTOML_STAMP): tests/backends/bentoml/install.sh tests/backends/bentoml/requirements.txt
+$(BENTOML_STAMP): tests/backends/bentoml/install.sh tests/backends/bentoml/requirements.txt tests/backends/make_venv.sh
 	BENTOML_VENV=$(BENTOML_VENV) PYTHON=$(PYTHON) bash tests/backends/bentoml/install.sh
 
 lint: install

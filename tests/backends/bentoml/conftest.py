@@ -13,6 +13,7 @@ import pytest
 
 from tests.backends.bentoml.bentoml_proc import BentoService, environment_problem
 from tests.backends.bentoml.support import unsupported_reason
+from tests.backends.stage import require_backend
 
 CHAMPION_SEED = 1
 CHALLENGER_SEED = 2
@@ -31,12 +32,7 @@ def bento_services(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[BentoService, BentoService]]:
     """Champion and challenger: the same service trained on different seeds."""
-    reason = unsupported_reason()
-    if reason:
-        pytest.skip(f"this platform cannot run BentoML at all: {reason}")
-    problem = environment_problem()
-    if problem:
-        pytest.fail(problem)
+    require_backend("BentoML", unsupported_reason(), environment_problem())
     work = tmp_path_factory.mktemp("bentoml")
     champion = BentoService("champion", "1", CHAMPION_SEED, work)
     challenger = BentoService("challenger", "2", CHALLENGER_SEED, work)

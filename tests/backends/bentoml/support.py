@@ -1,6 +1,6 @@
 """Can this platform run BentoML with scikit-learn? Standard library only (install.sh runs it).
 
-    python3 tests/backends/bentoml/support.py   # exit 0: supported; exit 3: prints why not
+    python3 -m tests.backends.bentoml.support   # exit 0: supported; exit 3: prints why not
 
 Only facts that no install can change count here: the stage skips, saying which, on an
 operating system or Python that scikit-learn 1.9 or BentoML publish nothing for.
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import platform
 import sys
+
+from tests.backends.platforms import main, python_version
 
 # bentoml serve runs its workers under a POSIX process supervisor; scikit-learn 1.9.1
 # publishes wheels for CPython 3.11 and newer.
@@ -24,13 +26,9 @@ def unsupported_reason() -> str | None:
     if system not in SUPPORTED_SYSTEMS:
         return f"the BentoML stage runs on Linux or macOS only; this is {system}"
     if sys.version_info[:2] < PYTHON_MIN:
-        found = ".".join(map(str, sys.version_info[:3]))
-        return f"scikit-learn 1.9 needs Python >= 3.11; this is {found}"
+        return f"scikit-learn 1.9 needs Python >= 3.11; this is {python_version()}"
     return None
 
 
 if __name__ == "__main__":
-    reason = unsupported_reason()
-    if reason:
-        print(reason)
-        sys.exit(3)
+    main(unsupported_reason)

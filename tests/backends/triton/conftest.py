@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.backends.stage import require_backend
 from tests.backends.triton.support import unsupported_reason
 from tests.backends.triton.triton_proc import TritonServer, environment_problem
 
@@ -26,12 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """The session's Triton server; tests take it through `triton`, which restarts it."""
-    reason = unsupported_reason()
-    if reason:
-        pytest.skip(f"this platform cannot run pytriton at all: {reason}")
-    problem = environment_problem()
-    if problem:
-        pytest.fail(problem)
+    require_backend("pytriton", unsupported_reason(), environment_problem())
     server = TritonServer(tmp_path_factory.mktemp("triton"))
     server.start()
     print(f"\nTriton ready in {server.started_s:.1f} s on {server.url} grpc {server.grpc_hostport}")

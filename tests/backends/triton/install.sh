@@ -4,52 +4,19 @@
 #
 #   bash tests/backends/triton/install.sh      (make triton-env runs it)
 #
-# Idempotent and cached: a stamp holding the hash of this script and requirements.txt
-# says the environment is complete, so a second run returns at once; change either file
-# and the next run installs again on top of what is there.
-# Any failure exits non-zero: the stage must fail loudly, never skip, when an install
-# breaks. The one exception is a platform nvidia-pytriton has no wheel for (support.py
-# says which), where it prints the reason, installs nothing and exits 0; the tests then
-# skip with that same reason.
-#
+# Cached, fails loudly, skips (saying why) only on a platform nvidia-pytriton has no
+# wheel for: see tests/backends/make_venv.sh.
 # Environment: PYTHON (default python3) makes the venv; TRITON_VENV (default .venv-triton);
 # PIP_* variables reach pip unchanged.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/../../.." && pwd)"
-cd "$repo"
-python="${PYTHON:-python3}"
-venv="${TRITON_VENV:-.venv-triton}"
-stamp="$venv/.installed-stamp"
-want="$(cat "$here/install.sh" "$here/requirements.txt" | sha256sum | cut -d' ' -f1)"
-
-rc=0
-reason="$("$python" "$here/support.py")" || rc=$?
-if [[ $rc == 3 ]]; then
-  echo "triton-env: not installed: this platform cannot run pytriton: $reason"
-  exit 0
-elif [[ $rc != 0 ]]; then
-  echo "triton-env: $python could not check the platform (exit $rc)" >&2
-  exit 1
-fi
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; then
-  touch "$stamp"  # newer than the inputs again, so make stops asking
-  echo "triton-env: $venv is up to date"
-  exit 0
-fi
-
-started=$SECONDS
-echo "triton-env: installing nvidia-pytriton into $venv (first time: about a minute, ~400 MB)"
-test -x "$venv/bin/python" || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q --upgrade pip
-"${pip[@]}" install -q -r "$here/requirements.txt"
 
 # Prove the pieces the tests start are there before calling the environment good: the
 # pytriton API the server script uses, the tritonserver binary with every library it
 # links resolved, and the Python backend stub for this interpreter's version.
-"$venv/bin/python" - <<'PY'
+verify() {
+  "$1/bin/python" - <<'PY'
 import importlib.metadata as md
 import pathlib
 import subprocess
@@ -80,6 +47,8 @@ if not libpython.exists():
     sys.exit(f"triton-env: {libpython} is missing: build the venv from a shared-libpython Python")
 print("triton-env: nvidia-pytriton", md.version("nvidia-pytriton"), "numpy", numpy.__version__)
 PY
+}
 
-echo "$want" > "$stamp"
-echo "triton-env: ready in $((SECONDS - started)) s"
+source "$here/../make_venv.sh"
+make_venv "$here" "${TRITON_VENV:-.venv-triton}" triton-env pytriton nvidia-pytriton \
+  "first time: about a minute, ~400 MB"

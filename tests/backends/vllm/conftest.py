@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.backends.stage import require_backend
 from tests.backends.vllm.support import unsupported_reason
 from tests.backends.vllm.vllm_proc import (
     VllmServer,
@@ -34,12 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     """The session's vLLM server; tests take it through `vllm`, which restarts it if killed."""
-    reason = unsupported_reason()
-    if reason:
-        pytest.skip(f"this platform cannot run vLLM at all: {reason}")
-    problem = environment_problem()
-    if problem:
-        pytest.fail(problem)
+    require_backend("vLLM", unsupported_reason(), environment_problem())
     work = tmp_path_factory.mktemp("vllm")
     model = build_tiny_model(work / "tiny-llama")
     server = VllmServer(model, work / "vllm.log")
