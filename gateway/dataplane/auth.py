@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,10 +222,15 @@ class ApiKeys:
     def check(self, request: Request, now: float) -> None:
         """Admit the request or raise `AuthRejected`; strips the key from what goes
         upstream."""
+        self.admit(request.fields or {}, now)
+        request.forward = _without_key_headers(request.forward)
+
+    def admit(self, fields: Mapping[bytes, bytes], now: float) -> None:
+        """Admit a request with these (lower-cased) header or gRPC metadata fields, or
+        raise `AuthRejected`. The caller keeps the key from going upstream."""
         if now >= self._next_check:
             self._next_check = now + RECHECK_EVERY
             self.refresh()
-        fields = request.fields or {}
         given = fields.get(b"authorization")
         if given is not None:
             scheme, _, token = given.partition(b" ")
@@ -250,7 +256,6 @@ class ApiKeys:
                 retry_after=max(1, math.ceil(wait)),
             )
         self._count(state.name, "accepted")
-        request.forward = _without_key_headers(request.forward)
 
     def _count(self, name: str, outcome: str) -> None:
         key = (name, outcome)

@@ -56,6 +56,7 @@ HTTP_STATUS = MappingProxyType(
 _GRPC_CODE = MappingProxyType(
     {
         400: grpc.StatusCode.INVALID_ARGUMENT,
+        401: grpc.StatusCode.UNAUTHENTICATED,
         404: grpc.StatusCode.NOT_FOUND,
         405: grpc.StatusCode.UNIMPLEMENTED,
         408: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -72,6 +72,7 @@ SERVICE = "inference.GRPCInferenceService"
 PREFIX = f"/{SERVICE}/"
 KSERVE = "kserve-v2"
 _NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "x-request-id"})
+_KEY_METADATA = frozenset({"authorization", "x-api-key"})  # dropped when keys are on
 # Upstream channels: the gateway retries and ejects by policy, so gRPC's own retries are
 # off, and a backend that restarts is dialled again within a second, not after gRPC's
 # default backoff of up to two minutes.
@@ -237,6 +238,11 @@ class GrpcFront:
             fields[key.encode()] = raw
             if key not in _NOT_FORWARDED and not reserved(key):
                 forward.append((key, value))
+        if plane.auth is not None:
+            # The same keys and per-key limits as HTTP (UNAUTHENTICATED for a missing
+            # or unknown key, RESOURCE_EXHAUSTED over the limit); never forwarded.
+            plane.auth.admit(fields, time.monotonic())
+            forward = [(k, v) for k, v in forward if k not in _KEY_METADATA]
         rid = fields.get(b"x-request-id", b"")
         forward.append(("x-request-id", rid.decode() if _good_id(rid) else _new_id(plane)))
         try:

@@ -20,12 +20,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import ollama
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from gateway.controlplane.webhook import sign
-from tests.procs import GatewayProc, Simulator, spawn, start_gateway, start_simulator
+from tests.procs import (
+    GatewayProc,
+    Simulator,
+    spawn,
+    start_gateway,
+    start_kserve,
+    start_simulator,
+)
 
 TOKEN = "admin-" + uuid.uuid4().hex
 KEY_A = "sk-team-a-" + uuid.uuid4().hex
@@ -484,3 +494,46 @@ def test_registry_and_admin_secrets_stay_out_of_the_logs(
     output = gw.proc.output()
     assert "registry" in output.lower()  # the failures are logged, the secrets are not
     assert REGISTRY_TOKEN not in output and TOKEN not in output
+
+
+def test_api_keys_guard_the_grpc_front_too(
+    gateway: Callable[..., GatewayProc], tmp_path: Path
+) -> None:
+    keys = write_keys(
+        tmp_path / "keys.json",
+        {"name": "team-a", "key": KEY_A},
+        {"name": "slow", "key": KEY_SLOW, "rate": 0.2, "burst": 1},
+    )
+    sim = start_kserve("keys-kserve")
+    try:
+        port = sim.grpc.rsplit(":", 1)[1]
+        gw = gateway(
+            "apiVersion: switchyard/v1\nkind: RoutingPolicy\nroute: fraud-detector\n"
+            f'protocol: kserve-v2\nvariants: [{{name: main, endpoints: ["{sim.url}"], '
+            f"grpc_port: {port}}}]\n",
+            extra=("--api-keys", str(keys), "--grpc-port", "0"),
+        )
+        tensor = grpcclient.InferInput("features", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        with grpcclient.InferenceServerClient(gw.grpc) as client:
+            ok = client.infer(
+                "fraud-detector", [tensor], headers={"authorization": f"Bearer {KEY_A}"}
+            )
+            assert ok.as_numpy("probability").shape == (1, 1)
+            for headers, code, text in (
+                ({}, "StatusCode.UNAUTHENTICATED", "requires an API key"),
+                ({"x-api-key": "sk-guess"}, "StatusCode.UNAUTHENTICATED", "not valid"),
+            ):
+                with pytest.raises(InferenceServerException) as refused:
+                    client.infer("fraud-detector", [tensor], headers=headers)
+                assert refused.value.status() == code and text in refused.value.message()
+            slow = {"x-api-key": KEY_SLOW}
+            client.infer("fraud-detector", [tensor], headers=slow)  # the burst of one
+            with pytest.raises(InferenceServerException) as limited:
+                client.infer("fraud-detector", [tensor], headers=slow)
+            assert limited.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+            assert "'slow' is over its limit" in limited.value.message()
+        assert gw.metric("switchyard_api_key_requests_total", key="team-a", outcome="accepted") == 1
+        assert gw.metric("switchyard_api_key_requests_total", outcome="missing") == 1
+    finally:
+        sim.proc.stop()
