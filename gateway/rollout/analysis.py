@@ -203,6 +203,8 @@ def judge(
     )
     if spec.max_p99_latency_ratio is not None:
         gates.append(_latency_gate(spec.max_p99_latency_ratio, challenger, champion, champion_p99))
+    if spec.max_p99_latency is not None:
+        gates.append(_p99_gate(spec.max_p99_latency, challenger))
     if spec.min_shadow_agreement is not None:
         gates.append(_shadow_gate(spec.min_shadow_agreement, shadow))
     failed = next((g for g in gates if g.outcome == "fail"), None)
@@ -239,6 +241,19 @@ def _latency_gate(
         ratio,
         limit,
         f"challenger p99 {mine * 1000:.1f} ms vs champion {theirs * 1000:.1f} ms",
+    )
+
+
+def _p99_gate(limit: float, challenger: Counts) -> Gate:
+    mine = quantile(0.99, challenger.buckets)
+    if mine is None:
+        return Gate("p99_latency", "wait", None, limit, "no challenger latency yet")
+    return Gate(
+        "p99_latency",
+        "pass" if mine <= limit else "fail",
+        mine,
+        limit,
+        f"challenger p99 {mine * 1000:.1f} ms, limit {limit * 1000:.1f} ms",
     )
 
 

@@ -82,6 +82,11 @@ class AnalysisSpec(_Model):
         "champion's over the same step (1.2 = at most 20% slower). Leave out: no "
         "latency gate.",
     )
+    max_p99_latency: Duration | None = Field(
+        default=None,
+        description="Largest challenger p99 request duration over the step, absolute "
+        "(for example 500ms), whatever the champion does. Leave out: no such gate.",
+    )
     min_shadow_agreement: float | None = Field(
         default=None,
         ge=0,

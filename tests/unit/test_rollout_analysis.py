@@ -87,6 +87,19 @@ def test_latency_gate_compares_p99_with_the_champion_or_its_last_known_p99() -> 
     assert judge(spec, counts(50, **{f"b{slow}": 50}), Counts()).outcome == "pass"
 
 
+def test_absolute_p99_gate_as_design_shows_it() -> None:
+    # DESIGN.md's rollout example: `analysis: {max_p99_latency: 500ms}`.
+    spec = AnalysisSpec.model_validate({"min_requests": 10, "max_p99_latency": "500ms"})
+    assert spec.max_p99_latency == pytest.approx(0.5)
+    fast, slow = DURATION_BUCKETS.index(0.25), DURATION_BUCKETS.index(1.0)
+    ok = judge(spec, counts(50, **{f"b{fast}": 50}), Counts())
+    assert ok.outcome == "pass" and ok.gates[1].name == "p99_latency"
+    assert ok.gates[1].value is not None and ok.gates[1].value <= 0.25
+    slowed = judge(spec, counts(50, **{f"b{slow}": 50}), Counts())
+    assert slowed.outcome == "fail" and slowed.gates[1].name == "p99_latency"
+    assert "limit 500.0 ms" in slowed.reason
+
+
 def test_shadow_gate_waits_without_comparisons_and_fails_below_the_floor() -> None:
     spec = AnalysisSpec(min_requests=1, min_shadow_agreement=0.9)
     fine = counts(10, b5=10)
