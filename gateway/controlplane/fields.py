@@ -282,6 +282,10 @@ RetryOn = Annotated[
 
 # Column names of drift windows: they become the `column` metric label and Parquet
 # column names, so they stay short and printable. `input-0[3]` (a tensor element) fits.
+# Variant names end up in metric labels and response headers, so no spaces or slashes.
+VARIANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# A backend model version as KServe v2 puts it in the URL (/v2/models/NAME/versions/V).
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 COLUMN_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:\[\]-]{0,127}$"
 # A simple JSON path: dotted keys with optional list indices, `inputs.amount`,
 # `instances[0].features[3]`. No wildcards: one path is one value.

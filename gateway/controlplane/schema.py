@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.controlplane.driftspec import DriftSpec
 from gateway.controlplane.fields import (
     BODY_FIELD,
+    MODEL_VERSION_PATTERN,
+    VARIANT_PATTERN,
     BackendKey,
     Duration,
     EndpointURL,
@@ -28,10 +30,9 @@ from gateway.controlplane.fields import (
     RetryOn,
     header_name,
     problem,
-    split_target,
 )
+from gateway.controlplane.shadowspec import ShadowSpec
 from gateway.dataplane.snapshot import (
-    SHADOW_TIMEOUTS,
     HealthCheck,
     OutlierPolicy,
     RetryPolicy,
@@ -45,14 +46,10 @@ SCHEMA_ID = "urn:switchyard:routing-policy:v1"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 ROUTE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
-# Variant names end up in metric labels and response headers, so no spaces or slashes.
-VARIANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _TIMEOUTS = Timeouts()
 _RETRIES = RetryPolicy()
 _OUTLIER = OutlierPolicy()
 _HEALTH = HealthCheck(path="")
-# A backend model version as KServe v2 puts it in the URL (/v2/models/NAME/versions/V).
-MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def _default_retry_on() -> tuple[str | int, ...]:
@@ -352,133 +349,6 @@ class OutlierSpec(_Model):
         description="At most this percentage of a pool is ejected at once, so a bad "
         "detector cannot empty the pool.",
     )
-
-
-class ShadowTimeoutsSpec(_Model):
-    """Time limits of shadow copies (shorter than a client's by default: nobody waits
-    for a shadow's answer). A copy past one is counted as timed out and dropped."""
-
-    connect: Duration = Field(
-        default=SHADOW_TIMEOUTS.connect, description="Time to open a connection to the shadow."
-    )
-    first_byte: Duration = Field(
-        default=SHADOW_TIMEOUTS.first_byte,
-        description="Time from sending the copy to the shadow's first response byte.",
-    )
-    total: Duration = Field(
-        default=SHADOW_TIMEOUTS.total, description="Time for the whole shadow exchange."
-    )
-    idle: Duration = Field(
-        default=SHADOW_TIMEOUTS.idle,
-        description="Longest silence between two chunks of a streamed shadow answer.",
-    )
-
-
-class ShadowSpec(_Model):
-    """A model version that gets a copy of a sample of the route's requests.
-
-    The copy is sent beside the primary request, never retried and never awaited by
-    the client; its answer is compared with the primary's (agreement, similarity,
-    latency delta) and thrown away. Under load copies are dropped first, and counted.
-    """
-
-    name: str | None = Field(
-        default=None,
-        pattern=VARIANT_PATTERN,
-        description="Unique among the route's shadows; the `shadow` label of the shadow "
-        "metrics and the comparison log. Default: the target's alias (candidate for "
-        "models:/fraud@candidate), or vVERSION for a pinned version.",
-    )
-    target: RegistryTarget | None = Field(
-        default=None,
-        description="Model registry target, models:/NAME@ALIAS or models:/NAME/VERSION, "
-        "resolved like a variant's (re-resolved continuously; endpoints from the "
-        "version's switchyard.endpoint tag or the policy's `backends`). With `endpoints` "
-        "it only labels the pool.",
-    )
-    endpoints: list[EndpointURL] | None = Field(
-        default=None,
-        min_length=1,
-        description="Shadow backend pool: http:// URLs or k8s://NAMESPACE/SERVICE:PORT. "
-        "It must speak the route's protocol.",
-    )
-    model: str | None = Field(
-        default=None,
-        min_length=1,
-        description="Model name the shadow backend expects: replaces the body's `model` "
-        "(openai, ollama) or is the model in the URL (kserve-v2).",
-    )
-    model_version: str | None = Field(
-        default=None,
-        pattern=MODEL_VERSION_PATTERN,
-        description="kserve-v2 routes: the backend model version copies go to "
-        "(/v2/models/NAME/versions/VERSION/infer); leave out for the backend's default.",
-    )
-    sample: float = Field(
-        default=1.0,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
-        description="Share of the route's requests copied to the shadow, 0..1 (0 pauses it).",
-    )
-    max_inflight: int = Field(
-        default=64,
-        ge=1,
-        le=100_000,
-        description="Copies in flight to this shadow at most; a sampled request beyond "
-        "it is not copied (counted as dropped, reason max_inflight).",
-    )
-    max_body_bytes: int = Field(
-        default=1024 * 1024,
-        gt=0,
-        description="Requests with a larger body are not copied (counted as skipped, "
-        "reason body_too_large).",
-    )
-    timeouts: ShadowTimeoutsSpec = Field(
-        default=ShadowTimeoutsSpec(), description="Time limits of the copies."
-    )
-    tolerance: float = Field(
-        default=1e-4,
-        ge=0,
-        allow_inf_nan=False,
-        description="Numbers (KServe v2 tensors, embeddings, JSON values) agree when "
-        "|a - b| <= tolerance * max(1, |a|, |b|); 0 asks for exact equality.",
-    )
-    min_similarity: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
-        description="LLM generations agree when the token-set overlap (Jaccard) of the "
-        "two answers is at least this.",
-    )
-
-    @field_validator("endpoints")
-    @classmethod
-    def _distinct_endpoints(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise problem("duplicate_endpoint", "an endpoint is listed twice")
-        return value
-
-    @model_validator(mode="after")
-    def _needs_backend(self) -> ShadowSpec:
-        if self.endpoints is None and self.target is None:
-            raise problem(
-                "missing_backend",
-                "a shadow needs `endpoints` (http:// URLs) or `target` (models:/NAME@ALIAS)",
-            )
-        if self.name is None and self.target is None:
-            raise problem("missing_name", "a shadow with only `endpoints` needs a `name`")
-        return self
-
-    @property
-    def label(self) -> str:
-        """The shadow's name: `name`, else the target's alias or vVERSION."""
-        if self.name is not None:
-            return self.name
-        assert self.target is not None  # the validator requires one of the two
-        _, alias, version = split_target(self.target)
-        return alias if alias is not None else f"v{version}"
 
 
 class RoutingPolicy(_Model):
