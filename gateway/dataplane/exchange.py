@@ -27,8 +27,8 @@ import httptools
 
 from gateway.dataplane import http11
 from gateway.dataplane.decide import Decision
-from gateway.dataplane.pick import candidates, ejection_allowed, panic_pick, pick
-from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
+from gateway.dataplane.pick import attempt_failed, candidates, panic_pick, pick, retry_target
+from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.dataplane.translate import Translator
 from gateway.errors import (
     GatewayError,
@@ -268,37 +268,14 @@ class Exchange:
         if ok:
             state.consecutive_failures = 0  # EndpointState.record_success, inlined
         else:
-            outlier = self.decision.route.outlier
-            now = self.plane.now
-            state.record_failure(
-                now,
-                outlier.consecutive_failures,
-                outlier.base_ejection,
-                outlier.max_ejection,
-                ejection_allowed(self.variant, now, outlier.max_ejection_percent),
-            )
-            if self.series is not None:  # per variant: a rollout's error gate reads it
-                self.series.failed_attempts += 1
+            attempt_failed(self.decision, self.variant, endpoint, self.series, self.plane.now)
         self.endpoint = None
 
     def _next_target(self, kind: str) -> tuple[Variant, int] | None:
         """Where to retry after a failure of `kind`, or None (spends retry budget)."""
-        route = self.decision.route
-        policy = route.retries
-        if self.attempts >= policy.attempts or not _retryable(policy, kind):
-            return None
-        now = self.plane.now
-        for variant, idx in candidates(self.decision, now, self.plane.next_turn()):
-            if (variant.index, idx) in self.tried:
-                continue
-            if not route.budget.try_retry(now, policy.budget, policy.min_per_second):
-                route.counters.retries_denied += 1
-                return None
-            route.counters.retries += 1
-            if variant is not self.decision.variant:
-                route.counters.fallbacks += 1
-            return variant, idx
-        return None
+        return retry_target(
+            self.decision, self.attempts, self.tried, kind, self.plane.now, self.plane.next_turn
+        )
 
     def _attempt_failed(self, err: UpstreamError) -> None:
         conn = self.upstream
@@ -695,16 +672,6 @@ def _nominated(probe: bytes) -> frozenset[bytes]:
         names.update(t.strip() for t in probe[at + 12 : end if end >= 0 else None].split(b","))
         at = probe.find(b"\nconnection:", at + 1)
     return frozenset(names - {b"", b"keep-alive", b"close"})
-
-
-def _retryable(policy: RetryPolicy, kind: str) -> bool:
-    if kind == "connect-error":
-        return policy.on_connect_error
-    if kind == "timeout":
-        return policy.on_timeout
-    if kind == "reset":
-        return policy.on_reset
-    return kind.isdigit() and int(kind) in policy.statuses
 
 
 def _forward_headers(request: http11.Request) -> bytes:

@@ -20,8 +20,14 @@ import grpc
 
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.grpcwire import Head, with_head
-from gateway.dataplane.pick import candidates, ejection_allowed, panic_pick, pick
-from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
+from gateway.dataplane.pick import (
+    attempt_failed,
+    candidates,
+    panic_pick,
+    pick,
+    retry_target,
+)
+from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.errors import GatewayError, NoHealthyUpstream
 from gateway.observability.metrics import GatewayMetrics, RequestSeries
 
@@ -194,34 +200,19 @@ class GrpcCall:
         if ok:
             state.consecutive_failures = 0
             return
-        outlier = self.decision.route.outlier
-        now = time.monotonic()
-        state.record_failure(
-            now,
-            outlier.consecutive_failures,
-            outlier.base_ejection,
-            outlier.max_ejection,
-            ejection_allowed(self.variant, now, outlier.max_ejection_percent),
-        )
+        attempt_failed(self.decision, self.variant, endpoint, None, time.monotonic())
 
     def next_target(self, kind: str) -> tuple[Variant, int] | None:
         """Where to retry after a failure of `kind`, or None (spends retry budget)."""
-        route = self.decision.route
-        policy = route.retries
-        if self.attempts >= policy.attempts or not _retryable(policy, kind):
-            return None
-        now = time.monotonic()
-        for variant, idx in candidates(self.decision, now, self.next_turn()):
-            if (variant.index, idx) in self.tried or not grpc_endpoints(variant):
-                continue
-            if not route.budget.try_retry(now, policy.budget, policy.min_per_second):
-                route.counters.retries_denied += 1
-                return None
-            route.counters.retries += 1
-            if variant is not self.decision.variant:
-                route.counters.fallbacks += 1
-            return variant, idx
-        return None
+        return retry_target(
+            self.decision,
+            self.attempts,
+            self.tried,
+            kind,
+            time.monotonic(),
+            self.next_turn,
+            grpc_endpoints,
+        )
 
     def finish(self, status: int) -> None:
         """Count the call's outcome (`status` as HTTP: 200, 4xx, 5xx; 499 = client left)."""
@@ -251,16 +242,6 @@ class GrpcCall:
         counts[err.code] = counts.get(err.code, 0) + 1
         if self.series is not None:
             self.series.by_class[err.status // 100] += 1
-
-
-def _retryable(policy: RetryPolicy, kind: str) -> bool:
-    if kind == "connect-error":
-        return policy.on_connect_error
-    if kind == "timeout":
-        return policy.on_timeout
-    if kind == "reset":
-        return policy.on_reset
-    return kind.isdigit() and int(kind) in policy.statuses
 
 
 def upstream_message(head: Head, variant: Variant, route: str) -> bytes:

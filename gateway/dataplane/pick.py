@@ -14,11 +14,12 @@ Endpoint state is live (not part of the pure `decide`), which is why this is its
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.health import PROBE_EJECTED
-from gateway.dataplane.snapshot import Endpoint, Variant
+from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
+from gateway.observability.metrics import RequestSeries
 
 
 def pick(variant: Variant, now: float, turn: int) -> int:
@@ -89,3 +90,64 @@ def ejection_allowed(variant: Variant, now: float, max_percent: float) -> bool:
     endpoints: tuple[Endpoint, ...] = variant.endpoints
     out = sum(1 for e in endpoints if e.state.ejected_until > now)
     return out < max(1, int(len(endpoints) * max_percent / 100.0))
+
+
+def retryable(policy: RetryPolicy, kind: str) -> bool:
+    """Whether the route retries a failure of `kind` ("connect-error", "timeout",
+    "reset" or an HTTP status as text)."""
+    if kind == "connect-error":
+        return policy.on_connect_error
+    if kind == "timeout":
+        return policy.on_timeout
+    if kind == "reset":
+        return policy.on_reset
+    return kind.isdigit() and int(kind) in policy.statuses
+
+
+def retry_target(
+    decision: Decision,
+    attempts: int,
+    tried: tuple[tuple[int, int], ...],
+    kind: str,
+    now: float,
+    next_turn: Callable[[], int],
+    usable: Callable[[Variant], bool] | None = None,
+) -> tuple[Variant, int] | None:
+    """Where to retry after a failure of `kind`, or None; spends the route's retry
+    budget and counts retries, denials and fallbacks. HTTP and gRPC share it."""
+    route = decision.route
+    policy = route.retries
+    if attempts >= policy.attempts or not retryable(policy, kind):
+        return None
+    for variant, idx in candidates(decision, now, next_turn()):
+        if (variant.index, idx) in tried or (usable is not None and not usable(variant)):
+            continue
+        if not route.budget.try_retry(now, policy.budget, policy.min_per_second):
+            route.counters.retries_denied += 1
+            return None
+        route.counters.retries += 1
+        if variant is not decision.variant:
+            route.counters.fallbacks += 1
+        return variant, idx
+    return None
+
+
+def attempt_failed(
+    decision: Decision,
+    variant: Variant,
+    endpoint: Endpoint,
+    series: RequestSeries | None,
+    now: float,
+) -> None:
+    """A failed upstream attempt: towards the endpoint's ejection, and into the
+    variant's failed-attempt count that a rollout's error gate reads."""
+    outlier = decision.route.outlier
+    endpoint.state.record_failure(
+        now,
+        outlier.consecutive_failures,
+        outlier.base_ejection,
+        outlier.max_ejection,
+        ejection_allowed(variant, now, outlier.max_ejection_percent),
+    )
+    if series is not None:
+        series.failed_attempts += 1
