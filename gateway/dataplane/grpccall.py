@@ -200,7 +200,7 @@ class GrpcCall:
         if ok:
             state.consecutive_failures = 0
             return
-        attempt_failed(self.decision, self.variant, endpoint, None, time.monotonic())
+        attempt_failed(self.decision, self.variant, endpoint, self.series, time.monotonic())
 
     def next_target(self, kind: str) -> tuple[Variant, int] | None:
         """Where to retry after a failure of `kind`, or None (spends retry budget)."""

@@ -258,6 +258,8 @@ def test_dead_champion_is_retried_on_the_fallback_then_ejected(
     reply = client.infer("rescued", [features(1)])
     assert reply.get_response().model_version == "2"  # the standby answered
     assert gw.metric("switchyard_retries_total", route="rescued") >= 1
+    # The failed attempt is counted as HTTP counts it (a rollout's error gate reads it).
+    assert gw.metric("switchyard_upstream_failed_attempts_total", route="rescued") >= 1
     for _ in range(3):
         assert client.infer("rescued", [features(1)]).get_response().model_name == "rescued"
     # Passive failures took the dead endpoint out; later calls go straight to the standby.
