@@ -29,7 +29,7 @@ from gateway.dataplane.pick import (
 )
 from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.errors import GatewayError, NoHealthyUpstream
-from gateway.observability.metrics import GatewayMetrics, RequestSeries
+from gateway.observability.metrics import RequestSeries
 
 # Metadata a proxy never relays: transport-level keys gRPC sets itself, and the
 # gateway's own namespace (a client or backend must not forge x-switchyard-*).
@@ -98,18 +98,6 @@ def failure_kind(code: grpc.StatusCode, details: str, ours: bool) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and ours:
         return "timeout"
     return str(HTTP_STATUS.get(code, 500))
-
-
-def count_error(metrics: GatewayMetrics, err: GatewayError) -> None:
-    """Count an error the gateway answered before any backend was involved."""
-    # UnknownRoute carries the client's name in `route`: never a metric label.
-    if err.code == "model_not_found" or (err.route is None and err.status == 404):
-        metrics.unknown_route += 1
-    elif err.route is not None:
-        counts = metrics.route(err.route).errors_by_code
-        counts[err.code] = counts.get(err.code, 0) + 1
-    elif 400 <= err.status < 500:
-        metrics.bad_request += 1
 
 
 def grpc_endpoints(variant: Variant) -> bool:

@@ -35,7 +35,6 @@ from gateway.dataplane.decide import Decision, RequestHead, decide
 from gateway.dataplane.grpccall import (
     HTTP_STATUS,
     GrpcCall,
-    count_error,
     failure_kind,
     grpc_code,
     relayable,
@@ -280,7 +279,7 @@ class GrpcFront:
             call = GrpcCall(decision, received, self.plane.next_turn)
             variant, idx = call.first()
         except GatewayError as err:
-            count_error(self.plane.metrics, err)
+            self.plane.metrics.refused(err.code, err.status, err.route)
             await context.abort(grpc_code(err), err.message)
             raise AssertionError("unreachable: abort raises") from None
         if method == "ModelInfer":

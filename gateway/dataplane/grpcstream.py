@@ -31,7 +31,6 @@ import grpc
 from gateway.dataplane.grpccall import (
     HTTP_STATUS,
     GrpcCall,
-    count_error,
     failure_kind,
     grpc_code,
     relayable,
@@ -86,7 +85,7 @@ class StreamRelay:
             call = GrpcCall(decision, received, front.plane.next_turn)
             variant, idx = call.first()
         except GatewayError as err:
-            count_error(front.plane.metrics, err)
+            front.plane.metrics.refused(err.code, err.status, err.route)
             await self.context.abort(grpc_code(err), err.message)
             return
         self.route_name = decision.route.name

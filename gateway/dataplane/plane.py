@@ -119,7 +119,7 @@ class DataPlane:
                 except AuthRejected as err:  # counted by the key checker, by key name
                     conn.respond_error(err, front.style, extra=err.extra)
                 except GatewayError as err:
-                    self._count_error(err)
+                    self.metrics.refused(err.code, err.status, err.route)
                     conn.respond_error(err, front.style)
                 except Exception:
                     errlog.exception("request %s failed inside the gateway", request.request_id)
@@ -135,7 +135,7 @@ class DataPlane:
             f"no front serves {path.decode('utf-8', 'replace')[:200]}; "
             "OpenAI clients use /v1/ (e.g. POST /v1/chat/completions)"
         )
-        self._count_error(missing)
+        self.metrics.refused(missing.code, missing.status, None)
         conn.respond_error(missing, self.default_style)
 
     def proxy(
@@ -165,16 +165,6 @@ class DataPlane:
             exchange.response_filter = response_filter
         exchange.strip_usage = strip_usage
         conn.start_exchange(exchange)
-
-    def _count_error(self, err: GatewayError) -> None:
-        # Unknown routes first: their `route` is the client's text, never a label value.
-        if err.code == "model_not_found" or err.status == 404:
-            self.metrics.unknown_route += 1
-        elif err.route is not None:  # a known route refused the request (e.g. unavailable)
-            counts = self.metrics.route(err.route).errors_by_code
-            counts[err.code] = counts.get(err.code, 0) + 1
-        elif 400 <= err.status < 500:
-            self.metrics.bad_request += 1
 
     # Shared helpers for exchanges ---------------------------------------------------
 

@@ -218,6 +218,19 @@ class GatewayMetrics:
             found = self._series[key] = RequestSeries(route, variant, version, backend)
         return found
 
+    def refused(self, code: str, status: int, route: str | None) -> None:
+        """Count an error the gateway answered itself, before any backend (any front).
+
+        An unknown route's `route` is the client's text: never a label value.
+        """
+        if code == "model_not_found" or (route is None and status == 404):
+            self.unknown_route += 1
+        elif route is not None:
+            counts = self.route(route).errors_by_code
+            counts[code] = counts.get(code, 0) + 1
+        elif 400 <= status < 500:
+            self.bad_request += 1
+
     def route(self, name: str) -> RouteCounters:
         found = self._routes.get(name)
         if found is None:
