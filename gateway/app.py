@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Generator
@@ -18,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from gateway import __version__
+from gateway import COMPILED, __version__
 from gateway.admin.app import build_admin_app
+from gateway.compiled import ENV as COMPILED_ENV
 from gateway.controlplane.configmap import ConfigMapPolicies
 from gateway.controlplane.discovery import EndpointDiscovery
 from gateway.controlplane.healthcheck import HealthChecker
@@ -52,7 +54,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = GatewayMetrics()
-        self.metrics.info_labels = {"version": __version__}
+        self.metrics.info_labels = {"version": __version__, "dataplane": COMPILED.label}
         self.health = HealthRegistry(self.metrics)
         self.resolver = _resolver(settings, self.metrics)
         # Kubernetes is reached only if a ConfigMap or a k8s:// pool needs it (lazily).
@@ -200,6 +202,13 @@ class Gateway:
         loop.add_signal_handler(signal.SIGHUP, reload_signal)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        stale = not COMPILED.active and COMPILED.reason.startswith("sources changed")
+        log.log(
+            logging.WARNING if stale else logging.INFO,
+            "request path: %s (%s)",
+            "compiled" if COMPILED.active else "Python",
+            COMPILED.reason,
+        )
         log.info(
             "switchyard %s serving %d routes (policy %s) on http://%s:%d; admin and /metrics "
             "on http://%s:%d",
@@ -291,6 +300,13 @@ def run_gateway(settings: Settings) -> int:
     """Run a gateway until SIGTERM/SIGINT, on uvloop (a supervisor when workers > 1)."""
     import uvloop
 
+    if os.environ.get(COMPILED_ENV, "").strip().lower() == "require" and not COMPILED.active:
+        print(
+            f"switchyard: {COMPILED_ENV}=require, but the compiled request path is not in use:"
+            f" {COMPILED.reason}",
+            file=sys.stderr,
+        )
+        return 2
     if settings.workers > 1:
         from gateway.supervisor import run_supervisor
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway.app import add_commands as add_serve
+    from gateway.compiler import add_commands as add_compile
     from gateway.controlplane.cli import add_commands as add_policy
     from gateway.controlplane.registry_cli import add_commands as add_registry
     from gateway.drift.cli import add_commands as add_drift
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub)
     add_drift(sub)
     add_rollout(sub)
+    add_compile(sub)
     return parser
 
 

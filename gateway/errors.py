@@ -135,6 +135,34 @@ def openai_body(err: GatewayError) -> bytes:
     )
 
 
+# Errors of the data plane's compiled modules live here: mypyc ignores class-attribute
+# overrides (status, code) in a compiled subclass of an interpreted class.
+
+
+class UriTooLong(GatewayError):
+    status = 414
+    type = "invalid_request_error"
+    code = "uri_too_long"
+
+
+class ExpectationFailed(GatewayError):
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
+
+
+class UnknownRequest(NotFound):
+    """Feedback for a request id the gateway does not (or no longer) remember."""
+
+    code = "request_not_found"
+
+
+class FeedbackConflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "feedback_already_recorded"
+
+
 def plain_body(err: GatewayError) -> bytes:
     """The `{"error": "..."}` shape that KServe v2 and Ollama clients read."""
     return orjson.dumps({"error": err.message})

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.errors import BadRequest, GatewayError, InvalidJSON, MethodNotAllowed, NotFound
+from gateway.errors import (
+    BadRequest,
+    FeedbackConflict,
+    GatewayError,
+    InvalidJSON,
+    MethodNotAllowed,
+    UnknownRequest,
+)
 from gateway.observability.metrics import RequestSeries
 
 if TYPE_CHECKING:
@@ -43,16 +50,6 @@ FEEDBACK_PATH = b"/v1/feedback"
 _FIELDS = ("request_id", "outcome", "reward")
 _MAX_REQUEST_ID = 128
 Entry = tuple[RequestSeries, float]  # (who served it, plane.now when it completed)
-
-
-class UnknownRequest(NotFound):
-    code = "request_not_found"
-
-
-class FeedbackConflict(GatewayError):
-    status = 409
-    type = "invalid_request_error"
-    code = "feedback_already_recorded"
 
 
 @dataclass(eq=False, slots=True)

@@ -8,7 +8,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -104,7 +104,10 @@ class DataPlane:
             reuse_port=reuse_port or None,
         )
         self._ticker = self.loop.call_later(TICK, self._tick)
-        sock = self._server.sockets[0]
+        # uvloop's Server.sockets is a list where typeshed says tuple; the compiled module
+        # checks declared types at run time, so do not let it believe the stub.
+        sockets: Any = cast(Any, self._server).sockets
+        sock = sockets[0]
         bound: int = sock.getsockname()[1]
         return bound
 

@@ -25,11 +25,13 @@ import httptools
 from gateway.dataplane import http11
 from gateway.errors import (
     BadRequest,
+    ExpectationFailed,
     GatewayError,
     HeadersTooLarge,
     InternalError,
     PayloadTooLarge,
     RequestTimeout,
+    UriTooLong,
 )
 
 if TYPE_CHECKING:
@@ -160,7 +162,7 @@ class ClientConnection(asyncio.Protocol):
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self._max_header_bytes:
-            raise _UriTooLong(
+            raise UriTooLong(
                 f"request target exceeds the {self._max_header_bytes}-byte header limit"
             )
 
@@ -196,7 +198,7 @@ class ClientConnection(asyncio.Protocol):
         expect = fields.get(b"expect")
         if expect is not None:
             if expect.lower() != b"100-continue":
-                raise _ExpectationFailed("only 'Expect: 100-continue' is supported")
+                raise ExpectationFailed("only 'Expect: 100-continue' is supported")
             if self.transport is not None and not self.closing:
                 self.transport.write(http11.CONTINUE_100)
 
@@ -403,12 +405,6 @@ class ClientConnection(asyncio.Protocol):
             self._reject(RequestTimeout(f"request {what} not received in time"))
 
 
-class _UriTooLong(GatewayError):
-    status = 414
-    type = "invalid_request_error"
-    code = "uri_too_long"
-
-
 def _origin_form(url: bytes) -> bytes:
     """The path of an absolute-form target (RFC 9112 3.2.2: a server must accept it).
 
@@ -425,12 +421,6 @@ def _origin_form(url: bytes) -> bytes:
         return b"/"
     rest = url[min(ends) :]
     return rest if rest[:1] == b"/" else b"/" + rest
-
-
-class _ExpectationFailed(GatewayError):
-    status = 417
-    type = "invalid_request_error"
-    code = "expectation_failed"
 
 
 def _parser_message(exc: Exception) -> str:

@@ -55,8 +55,9 @@ class ShadowCall:
     total_deadline = float("inf")
     outcome: str | None = None  # set once, when the copy ends
     # (status, body or None if over the limit, seconds, variant, version), or a string
-    # saying how the primary failed; None while it is under way.
-    primary: tuple[int, bytes | None, float, str, str] | str | None = None
+    # saying how the primary failed; None while it is under way. Set in __init__: mypyc
+    # drops a class-level default of a union of three types.
+    primary: tuple[int, bytes | None, float, str, str] | str | None
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class ShadowCall:
         self.request_id = request_id
         self.limit = limit
         self.chunks: list[bytes] = []
+        self.primary = None
 
     # Sending ----------------------------------------------------------------------
 

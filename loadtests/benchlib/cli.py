@@ -127,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"0 turns shadowing off (default {configs.SHADOW_SAMPLE:g}, as issue 4's targets)",
     )
     parser.add_argument(
+        "--drift-sample",
+        type=_fraction,
+        default=configs.DRIFT_SAMPLE,
+        metavar="F",
+        help="share of the gateway's requests sampled for drift (features extracted and "
+        f"sent in the gateway process); 0 turns it off (default {configs.DRIFT_SAMPLE:g})",
+    )
+    parser.add_argument(
+        "--with-python",
+        action="store_true",
+        help="add a row for the same gateway on its pure-Python request path "
+        "(SWITCHYARD_COMPILED=0): what `switchyard compile` buys, in the same run",
+    )
+    parser.add_argument(
         "--litellm",
         action="store_true",
         help=f"add the LiteLLM proxy as a peer (needs {LITELLM_VENV.relative_to(REPO)})",
@@ -190,7 +204,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "nginx-proxy",
             lambda d, p: configs.nginx_proxy_conf(d, p, upstream.port, streaming=False),
         )
-        extras = configs.shadow_and_drift_hook(upstream.url, args.shadow_sample)
+        extras = configs.shadow_and_drift_hook(upstream.url, args.shadow_sample, args.drift_sample)
         policy = configs.gateway_policy(upstream.url, extras)
         gateway = launcher.start_gateway(policy, args.python, _worker_args(args.workers))
         _check_gateway(gateway)
@@ -200,6 +214,12 @@ def throughput_mode(args: argparse.Namespace) -> int:
             System("nginx", "nginx proxy", proxy.url + path, proxy),
             System("gateway", "switchyard gateway", gateway.url + path, gateway),
         ]
+        if args.with_python:
+            pure = launcher.start_gateway(
+                policy, args.python, _worker_args(args.workers), name="gateway-py", compiled="0"
+            )
+            _check_gateway(pure)
+            systems.append(System("gateway-py", "gateway, Python path", pure.url + path, pure))
         if args.litellm:
             litellm = launcher.start_litellm(LITELLM_VENV, upstream.url)
             systems.append(System("litellm", "litellm proxy", litellm.url + path, litellm))
@@ -222,6 +242,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
         ratios = add_comparisons(systems, results)
         status, metrics = get(gateway.admin_url or "", "/metrics")
         split = variant_split(metrics.decode(), configs.ROUTE) if status == 200 else {}
+        dataplane = _dataplane(metrics.decode()) if status == 200 else "?"
     total = sum(split.values())
     result: dict[str, Any] = {
         "kind": "throughput",
@@ -243,6 +264,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "shadow": extras.shadow,
             "drift": extras.drift,
             "workers": args.workers,
+            "dataplane": dataplane,
             "variant_requests": split,
             "variant_share": {k: v / total for k, v in split.items()} if total else {},
         },
@@ -258,6 +280,14 @@ def throughput_mode(args: argparse.Namespace) -> int:
         print(f"bench: the gateway answered {gateway_errors} non-2xx responses", file=sys.stderr)
         return 1
     return 0
+
+
+def _dataplane(metrics_text: str) -> str:
+    """`compiled` or `python`: what the gateway's /metrics says its request path is."""
+    for line in metrics_text.splitlines():
+        if line.startswith("switchyard_build_info{") and 'dataplane="' in line:
+            return line.split('dataplane="', 1)[1].split('"', 1)[0]
+    return "?"
 
 
 def _check_gateway(gateway: Service) -> None:
@@ -286,7 +316,7 @@ def streaming_mode(args: argparse.Namespace) -> int:
         proxy = launcher.start_nginx(
             "nginx-proxy", lambda d, p: configs.nginx_proxy_conf(d, p, sim.port, streaming=True)
         )
-        extras = configs.shadow_and_drift_hook(sim.url, args.shadow_sample)
+        extras = configs.shadow_and_drift_hook(sim.url, args.shadow_sample, args.drift_sample)
         gateway = launcher.start_gateway(
             configs.gateway_policy(sim.url, extras), args.python, _worker_args(args.workers)
         )

@@ -138,27 +138,56 @@ class PolicyExtras:
     """How the table reports drift sampling."""
 
 
-# Issue 4's targets are measured with shadowing on: 10% of requests mirrored.
+# Issue 4's targets are measured with shadowing and drift sampling on.
 SHADOW_SAMPLE: Final = 0.1
+DRIFT_SAMPLE: Final = 0.1
+
+# The drift reference: the text descriptors the gateway extracts from chat requests
+# (see gateway/drift/features.py), a few rows of the kind the bench sends.
+DRIFT_REFERENCE_FILE: Final = "drift-reference.csv"
+DRIFT_REFERENCE: Final = (
+    "message_count,prompt_chars,prompt_words,mean_word_length,non_ascii_share,digit_share,"
+    "uppercase_share,max_tokens,temperature\n"
+    "2.0,213.0,33.0,5.3,0.0,0.0,0.014,64.0,0.2\n"
+    "2.0,180.0,29.0,5.1,0.0,0.0,0.011,64.0,0.3\n"
+    "1.0,150.0,24.0,5.4,0.0,0.007,0.02,128.0,0.2\n"
+)
 
 
-def shadow_and_drift_hook(upstream_url: str, shadow_sample: float = SHADOW_SAMPLE) -> PolicyExtras:
+def shadow_and_drift_hook(
+    upstream_url: str,
+    shadow_sample: float = SHADOW_SAMPLE,
+    drift_sample: float = DRIFT_SAMPLE,
+) -> PolicyExtras:
     """Policy sections for shadow traffic and drift sampling, the per-request extras.
 
     The shadow mirrors `shadow_sample` of the requests (0: none) to the same upstream,
     so the copies cost what they cost in production (sampling, a second upstream
     request from the bytes held, the primary's answer kept, the comparison) while the
-    backend stays the fixed nginx answer. Drift: HOOK, not turned on here yet.
+    backend stays the fixed nginx answer. Drift samples `drift_sample` of the requests
+    into the tap; the gateway process extracts their features and sends them every
+    200 ms, as in production, to a worker address nobody reads (the bench starts the
+    gateway with --no-drift-worker: Evidently's evaluation is another process's CPU).
     """
     yaml = ""
     shadow = "off"
+    drift = "off"
     if shadow_sample > 0:
-        yaml = (
+        yaml += (
             f"shadow: [{{name: mirror, endpoints: [{upstream_url}], sample: {shadow_sample:g},"
             " max_inflight: 64}]\n"
         )
         shadow = f"{shadow_sample:.0%} of requests to the same upstream (max_inflight 64)"
-    return PolicyExtras(yaml=yaml, shadow=shadow, drift="off (not in the gateway yet)")
+    if drift_sample > 0:
+        yaml += (
+            f"drift: {{reference: {DRIFT_REFERENCE_FILE}, sample: {drift_sample:g},"
+            " window: {size: 500, every: 10s, min_samples: 100}}\n"
+        )
+        drift = (
+            f"{drift_sample:.0%} of requests (features extracted and sent by the gateway; "
+            "no drift worker)"
+        )
+    return PolicyExtras(yaml=yaml, shadow=shadow, drift=drift)
 
 
 def gateway_policy(upstream_url: str, extras: PolicyExtras) -> str:

@@ -194,17 +194,30 @@ class Launcher:
 
     # The gateway and its simulator ----------------------------------------------------
 
-    def start_gateway(self, policy: str, python: str, extra: list[str] | None = None) -> Service:
-        policy_dir = self.root / "policies"
+    def start_gateway(
+        self,
+        policy: str,
+        python: str,
+        extra: list[str] | None = None,
+        *,
+        name: str = "gateway",
+        compiled: str = "require",
+    ) -> Service:
+        """`switchyard serve` on `policy`; `compiled` is its SWITCHYARD_COMPILED: the
+        compiled request path is required by default, so a stale build fails loudly
+        instead of measuring the Python fallback."""
+        policy_dir = self.root / ("policies" if name == "gateway" else f"policies-{name}")
         policy_dir.mkdir(exist_ok=True)
         (policy_dir / "bench.yaml").write_text(policy)
+        (policy_dir / configs.DRIFT_REFERENCE_FILE).write_text(configs.DRIFT_REFERENCE)
         args = [python, "-m", "gateway", "serve", "--policies", str(policy_dir)]
         # The HTTP request path is what the bench measures: no gRPC listener (it would
         # also need port 8082 free, and grpcio adds ~10 MB to the RSS column).
         args += ["--port", "0", "--admin-port", "0", "--watch-interval", "0", "--grpc-port", "-1"]
+        args += ["--no-drift-worker", "--drift-dir", str(self.root / f"drift-{name}")]
         args += ["--log-level", "warning", *(extra or [])]
-        popen, log = self._spawn("gateway", args)
-        service = self._track(Service("gateway", popen, "", log))
+        popen, log = self._spawn(name, args, env={"SWITCHYARD_COMPILED": compiled})
+        service = self._track(Service(name, popen, "", log))
         match = self._wait_line(service, _LISTEN_GW, 30.0)
         service.url, service.admin_url = match.group(1), match.group(2)
         return service

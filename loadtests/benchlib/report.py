@@ -71,6 +71,11 @@ def throughput_table(result: Mapping[str, Any], markdown: bool = False) -> str:
         f"gateway/direct req/s {_ratio(ratios['gateway_vs_direct_rps'])}, "
         f"CPU per request gateway/nginx {_ratio(ratios['gateway_vs_nginx_cpu'])}"
     )
+    if "gateway_vs_python_rps" in ratios:
+        ratio_line += (
+            f", compiled/Python path req/s {_ratio(ratios['gateway_vs_python_rps'])}"
+            f" and CPU {_ratio(ratios['gateway_vs_python_cpu'])}"
+        )
     if "gateway_vs_litellm_rps" in ratios:
         ratio_line += f", gateway/litellm req/s {_ratio(ratios['gateway_vs_litellm_rps'])}"
     gateway = result["gateway"]
@@ -80,7 +85,8 @@ def throughput_table(result: Mapping[str, Any], markdown: bool = False) -> str:
     notes = [
         f"ratios (median of per-round ratios): {ratio_line}",
         f"gateway policy: {gateway['policy_summary']}; shadow {gateway['shadow']}; "
-        f"drift sampling {gateway['drift']}; workers {gateway['workers']}",
+        f"drift sampling {gateway['drift']}; workers {gateway['workers']}; "
+        f"request path {gateway.get('dataplane', '?')}",
         f"canary split seen in /metrics: {split_text}",
         f"upstream nginx CPU (same for every row): {upstream} us/req; "
         "+p50/+p99: added to direct at c=1 (median of per-round differences); "

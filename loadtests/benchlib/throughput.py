@@ -189,6 +189,9 @@ def add_comparisons(
         "nginx_vs_direct_rps": rps("nginx", "direct"),
         "gateway_vs_nginx_cpu": cpu("gateway", "nginx"),
     }
+    if "gateway-py" in by_name:
+        ratios["gateway_vs_python_rps"] = rps("gateway", "gateway-py")
+        ratios["gateway_vs_python_cpu"] = cpu("gateway", "gateway-py")
     if "litellm" in by_name:
         ratios["gateway_vs_litellm_rps"] = rps("gateway", "litellm")
         ratios["litellm_vs_gateway_cpu"] = cpu("litellm", "gateway")

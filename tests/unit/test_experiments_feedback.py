@@ -6,14 +6,8 @@ import timeit
 
 import pytest
 
-from gateway.dataplane.feedback import (
-    ExposureLog,
-    FeedbackConflict,
-    UnknownRequest,
-    VariantOutcomes,
-    parse_feedback,
-)
-from gateway.errors import BadRequest, InvalidJSON
+from gateway.dataplane.feedback import ExposureLog, VariantOutcomes, parse_feedback
+from gateway.errors import BadRequest, FeedbackConflict, InvalidJSON, UnknownRequest
 from gateway.observability.metrics import RequestSeries
 
 CHAMPION = RequestSeries("chat", "champion", "1", "h:1")
