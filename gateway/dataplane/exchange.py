@@ -56,8 +56,6 @@ _MAX_RESPONSE_HEAD = 64 * 1024
 _GENERATION_PATHS = frozenset(
     {b"/v1/chat/completions", b"/v1/completions", b"/api/chat", b"/api/generate"}
 )
-_PROMPT_TOKENS = re.compile(rb'"(?:prompt_tokens|prompt_eval_count)"\s*:\s*(\d+)')
-_COMPLETION_TOKENS = re.compile(rb'"(?:completion_tokens|eval_count)"\s*:\s*(\d+)')
 # Framing and type of a backend response whose body the gateway translates.
 _FRAMING_HEADER = re.compile(
     rb"^(?:content-length|content-type)[ \t]*:[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE
@@ -385,22 +383,9 @@ class Exchange:
         at = probe.find(b"\ntransfer-encoding:")
         if at >= 0 and b"chunked" in probe[at : probe.find(b"\n", at + 1)]:
             self.chunked_out = self.framed = True
-        if _DROPPED_RESPONSE_HEADER.search(probe) is not None:
-            kept: list[bytes] = []
-            pos = 0
-            for m in _DROPPED_RESPONSE_HEADER.finditer(probe):
-                at = m.start()
-                kept.append(block[pos:at])
-                pos = block.find(b"\r\n", at) + 2
-            kept.append(block[pos:])
-            block = b"".join(kept)
-            named = _nominated(probe)
-            if named:  # fields the backend's Connection header names are hop-by-hop too
-                block = b"".join(
-                    line + b"\r\n"
-                    for line in block.split(b"\r\n")[:-1]
-                    if line.split(b":", 1)[0].strip().lower() not in named
-                )
+        dropped = _DROPPED_RESPONSE_HEADER.search(probe)
+        if dropped is not None:
+            block = _without_dropped(block, probe, dropped.start())
         translator = self.translator
         if translator is not None:
             # The body changes shape and length: drop the backend's framing and type.
@@ -462,13 +447,14 @@ class Exchange:
                 series.itl.observe(now - self.last_chunk_at)
             self.last_chunk_at = now
         if b'"usage"' in data or b'"eval_count"' in data:
-            # Usage comes once, at the end: a regex over that one read, no JSON parse.
-            prompt = _PROMPT_TOKENS.search(data)
-            done = _COMPLETION_TOKENS.search(data)
-            if prompt is not None:
-                series.prompt_tokens += int(prompt.group(1))
-            if done is not None:
-                series.completion_tokens += int(done.group(1))
+            # Usage comes once, at the end: two searches over that one read, no JSON
+            # parse (and no regex: two of those measured ~2 us per response).
+            prompt = _count_after(data, b'"prompt_tokens"', b'"prompt_eval_count"')
+            done = _count_after(data, b'"completion_tokens"', b'"eval_count"')
+            if prompt >= 0:
+                series.prompt_tokens += prompt
+            if done >= 0:
+                series.completion_tokens += done
             if self.strip_usage and self.sse:
                 data = _without_usage_event(data)
         return data
@@ -643,6 +629,33 @@ class Exchange:
         return self.endpoint.backend if self.endpoint is not None else "?"
 
 
+def _count_after(data: bytes, key: bytes, other: bytes) -> int:
+    """The integer after `key` (or else `other`) and a colon in JSON text; -1 if none."""
+    at = data.find(key)
+    if at < 0:
+        at = data.find(other)
+        if at < 0:
+            return -1
+        at += len(other)
+    else:
+        at += len(key)
+    n = len(data)
+    while at < n and data[at] in _JSON_SPACE:
+        at += 1
+    if at >= n or data[at] != 58:  # ":"
+        return -1
+    at += 1
+    while at < n and data[at] in _JSON_SPACE:
+        at += 1
+    start = at
+    while at < n and 48 <= data[at] <= 57:  # "0".."9"
+        at += 1
+    return int(data[start:at]) if at > start else -1
+
+
+_JSON_SPACE = frozenset(b" \t\r\n")
+
+
 def _without_usage_event(data: bytes) -> bytes:
     """`data` minus the SSE usage event (`"choices":[]` with `"usage"`), if whole in it."""
     at = data.find(b'"usage"')
@@ -657,6 +670,36 @@ def _without_usage_event(data: bytes) -> bytes:
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _NONE: frozenset[bytes] = frozenset()
+
+
+def _without_dropped(block: bytes, probe: bytes, first: int) -> bytes:
+    """The header block minus hop-by-hop and internal fields; the first starts at
+    `first` (an index valid in both `block` and `probe`, see on_headers_complete)."""
+    end = block.find(b"\r\n", first) + 2
+    if (
+        probe.startswith(b"\nconnection:", first)
+        and probe[first + 12 : end].strip() in _PLAIN_CONNECTION
+        and _DROPPED_RESPONSE_HEADER.search(probe, end) is None
+    ):
+        # Nearly every backend response: `Connection: keep-alive` and nothing else to
+        # drop. One cut; the general path below measured ~3 us per response.
+        return block[:first] + block[end:]
+    kept: list[bytes] = []
+    pos = 0
+    for m in _DROPPED_RESPONSE_HEADER.finditer(probe):
+        at = m.start()
+        kept.append(block[pos:at])
+        pos = block.find(b"\r\n", at) + 2
+    kept.append(block[pos:])
+    block = b"".join(kept)
+    named = _nominated(probe)
+    if named:  # fields the backend's Connection header names are hop-by-hop too
+        block = b"".join(
+            line + b"\r\n"
+            for line in block.split(b"\r\n")[:-1]
+            if line.split(b":", 1)[0].strip().lower() not in named
+        )
+    return block
 
 
 def _nominated(probe: bytes) -> frozenset[bytes]:

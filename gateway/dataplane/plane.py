@@ -95,8 +95,9 @@ class DataPlane:
         With `reuse_port`, several worker processes bind the same port and the kernel
         spreads new connections across them (SO_REUSEPORT).
         """
+        factory: Callable[[], Any] = lambda: ClientConnection(self)  # noqa: E731
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self),
+            factory,
             host,
             port,
             backlog=4096,

@@ -46,8 +46,13 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-class ClientConnection(asyncio.Protocol):
-    """Parses requests from one client and writes the responses back, in order."""
+class ClientConnection:
+    """Parses requests from one client and writes the responses back, in order.
+
+    An asyncio protocol by its methods, not by inheritance: compiled, a subclass of
+    asyncio.Protocol (an interpreted class) would keep its attributes in a dict, and
+    this object's attributes are read and written a few dozen times per request.
+    """
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -76,6 +81,10 @@ class ClientConnection(asyncio.Protocol):
         self._max_headers = self.limits.max_header_count
         self._header_timeout = self.limits.header_timeout
         self._keepalive_timeout = self.limits.keepalive_timeout
+        # Read per request: plain ints here, not attribute reads on the settings model.
+        self._max_body_bytes = self.limits.max_body_bytes
+        self._body_timeout = self.limits.body_timeout
+        self._max_pipelined = self.limits.max_pipelined
         # Timeouts, checked by DataPlane's tick.
         self._state = _IDLE
         self.deadline = float("inf")
@@ -185,7 +194,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         fields = self._fields = dict(self._headers)
         length = fields.get(b"content-length")
-        if length is not None and int(length) > self.limits.max_body_bytes:
+        if length is not None and int(length) > self._max_body_bytes:
             raise PayloadTooLarge(
                 f"request body of {int(length)} bytes exceeds the limit of "
                 f"{self.limits.max_body_bytes} bytes"
@@ -194,7 +203,7 @@ class ClientConnection(asyncio.Protocol):
         connection = fields.get(b"connection")
         if connection is not None and connection.lower() not in _PLAIN_CONNECTION:
             self._drop_nominated()
-        self._set_deadline(_BODY, self.limits.body_timeout)
+        self._set_deadline(_BODY, self._body_timeout)
         expect = fields.get(b"expect")
         if expect is not None:
             if expect.lower() != b"100-continue":
@@ -223,7 +232,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
-        if self._body_len > self.limits.max_body_bytes:
+        if self._body_len > self._max_body_bytes:
             raise PayloadTooLarge(
                 f"request body exceeds the limit of {self.limits.max_body_bytes} bytes"
             )
@@ -256,7 +265,7 @@ class ClientConnection(asyncio.Protocol):
         # Served after feed_data returns (see data_received), never inside the parser's
         # callback, so routing errors are not mistaken for parse errors.
         self.pending.append(request)
-        if len(self.pending) >= self.limits.max_pipelined:
+        if len(self.pending) >= self._max_pipelined:
             self.pause_reading("pipeline")
 
     # Serving ------------------------------------------------------------------------

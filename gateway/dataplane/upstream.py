@@ -13,6 +13,7 @@ import contextlib
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.dataplane.snapshot import Endpoint
@@ -31,8 +32,12 @@ class ResponseSink(Protocol):
     def upstream_paused(self, paused: bool) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One TCP connection to a backend; serves one exchange at a time."""
+class UpstreamConnection:
+    """One TCP connection to a backend; serves one exchange at a time.
+
+    An asyncio protocol by its methods, not by inheritance: compiled, a subclass of
+    asyncio.Protocol (an interpreted class) would keep its attributes in a dict.
+    """
 
     __slots__ = ("closed", "endpoint_key", "idle_since", "pool", "served", "sink", "transport")
 
@@ -175,10 +180,10 @@ class UpstreamPool:
             )
         loop = self._loop or asyncio.get_running_loop()
         pool.active += 1
+        factory: Callable[[], Any] = lambda: UpstreamConnection(pool)  # noqa: E731
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(pool), pool.host, pool.port),
-                timeout,
+            _, opened = await asyncio.wait_for(
+                loop.create_connection(factory, pool.host, pool.port), timeout
             )
         except TimeoutError:
             pool.active -= 1
@@ -194,6 +199,7 @@ class UpstreamPool:
         except BaseException:
             pool.active -= 1
             raise
+        conn: UpstreamConnection = opened
         return conn
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
