@@ -81,10 +81,10 @@ def histogram(text: str, name: str, route: str) -> list[tuple[float, float]]:
     return sorted(sums.items())
 
 
-def p99_index(buckets: list[tuple[float, float]]) -> int:
-    """Index of the bucket holding the 99th percentile."""
+def quantile_index(buckets: list[tuple[float, float]], q: float) -> int:
+    """Index of the bucket holding the q-quantile."""
     total = buckets[-1][1]
-    return next(i for i, (_, count) in enumerate(buckets) if count >= 0.99 * total)
+    return next(i for i, (_, count) in enumerate(buckets) if count >= q * total)
 
 
 def share_within(buckets: list[tuple[float, float]], bound: float) -> float:
@@ -148,13 +148,16 @@ def test_faulty_shadows_leave_the_primary_alone(
     for name in names:
         assert gw.metric("switchyard_requests_total", route=name, status_class="2xx") == N
 
-    # The primary's p99, from its histograms: same bucket as the unshadowed route's,
-    # or the next one, for the whole request and for what the gateway added.
+    # The primary's p95, from its histograms: same bucket as the unshadowed route's, or
+    # the next one, for the whole request and for what the gateway added; its p99 (the
+    # 2nd slowest of 200, one scheduling hiccup away) within two buckets.
     for metric in ("switchyard_request_duration_seconds", "switchyard_gateway_overhead_seconds"):
         plain = histogram(text, metric, "plain")
         for name in names[1:]:
             shadowed = histogram(text, metric, name)
-            assert p99_index(shadowed) <= p99_index(plain) + 1, (metric, name, shadowed, plain)
+            detail = (metric, name, shadowed, plain)
+            assert quantile_index(shadowed, 0.95) <= quantile_index(plain, 0.95) + 1, detail
+            assert quantile_index(shadowed, 0.99) <= quantile_index(plain, 0.99) + 2, detail
     plain_fast = share_within(histogram(text, "switchyard_request_duration_seconds", "plain"), 0.1)
     for name in names[1:]:
         fast = share_within(histogram(text, "switchyard_request_duration_seconds", name), 0.1)
