@@ -11,7 +11,6 @@ TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 BENTOML_VENV ?= .venv-bentoml
 BENTOML_STAMP := $(BENTOML_VENV)/.installed-stamp
 
-
 .PHONY: install compile test-python run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench chaos soak clean
 
 $(STAMP): pyproject.toml

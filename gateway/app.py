@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import signal
 import sys
 from collections.abc import Coroutine, Generator
@@ -202,9 +201,8 @@ class Gateway:
         loop.add_signal_handler(signal.SIGHUP, reload_signal)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        stale = not COMPILED.active and COMPILED.reason.startswith("sources changed")
         log.log(
-            logging.WARNING if stale else logging.INFO,
+            logging.WARNING if COMPILED.stale else logging.INFO,
             "request path: %s (%s)",
             "compiled" if COMPILED.active else "Python",
             COMPILED.reason,
@@ -300,7 +298,7 @@ def run_gateway(settings: Settings) -> int:
     """Run a gateway until SIGTERM/SIGINT, on uvloop (a supervisor when workers > 1)."""
     import uvloop
 
-    if os.environ.get(COMPILED_ENV, "").strip().lower() == "require" and not COMPILED.active:
+    if COMPILED.required and not COMPILED.active:
         print(
             f"switchyard: {COMPILED_ENV}=require, but the compiled request path is not in use:"
             f" {COMPILED.reason}",

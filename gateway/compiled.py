@@ -1,13 +1,13 @@
 """Loads the request path's modules compiled with mypyc, when they match the source.
 
-`switchyard compile` (run by `make install`) compiles the modules in `HOT_MODULES` into
-`gateway/_compiled/` with a manifest holding a digest of their source. At import of the
-`gateway` package, a finder is installed that serves those module names from the
-compiled files, but only when the digest still matches the `.py` files on disk: after
-an edit the gateway runs the (slower, identical) Python code instead of stale machine
-code, and says so at startup. The finder is all or nothing: compiled modules call each
-other directly and share class layouts, so a mix of compiled and interpreted versions
-of the same set would not work.
+`switchyard compile` (`make compile`, run by `make run`, `test` and `bench`) compiles
+the modules in `HOT_MODULES` into `gateway/_compiled/` with a manifest holding a
+digest of their source. At import of the `gateway` package, a finder is installed that
+serves those module names from the compiled files, but only when the digest still
+matches the `.py` files on disk: after an edit the gateway runs the (slower, identical)
+Python code instead of stale machine code, and says so at startup. The finder is all
+or nothing: compiled modules call each other directly and share class layouts, so a
+mix of compiled and interpreted versions of the same set would not work.
 
 `SWITCHYARD_COMPILED`: `auto` (default: compiled when fresh), `0` (always Python), or
 `require` (`switchyard serve` refuses to start without them: benchmarks use it).
@@ -53,6 +53,7 @@ PACKAGE_DIR: Final = Path(__file__).resolve().parent
 OUTPUT_DIR: Final = PACKAGE_DIR / "_compiled"
 MANIFEST: Final = "manifest.json"
 ENV: Final = "SWITCHYARD_COMPILED"
+STALE: Final = "sources changed since `switchyard compile`; run it again"
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,26 @@ class CompiledStatus:
 
     active: bool
     reason: str
+    required: bool = False  # SWITCHYARD_COMPILED=require: `serve` must not run without
 
     @property
     def label(self) -> str:
         return "compiled" if self.active else "python"
 
+    @property
+    def stale(self) -> bool:
+        """Built, but for other sources: someone edited the request path since."""
+        return self.reason == STALE
+
 
 def source_path(module: str) -> Path:
     return PACKAGE_DIR.parent.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def compiled_path(module: str, suffix: str) -> Path:
+    """Where a module's extension file lies in a build, relative to its root."""
+    parts = module.split(".")
+    return Path(*parts[:-1], parts[-1] + suffix)
 
 
 def source_digest() -> str:
@@ -103,7 +116,7 @@ def check(directory: Path) -> tuple[dict[str, Path] | None, str]:
     """The compiled files to use, or None and the reason they are not used."""
     manifest_file = directory / MANIFEST
     if not manifest_file.exists():
-        return None, "not compiled (run `switchyard compile` or `make install`)"
+        return None, "not compiled (run `switchyard compile` or `make compile`)"
     try:
         manifest = json.loads(manifest_file.read_text())
         modules: dict[str, str] = manifest["modules"]
@@ -120,7 +133,7 @@ def check(directory: Path) -> tuple[dict[str, Path] | None, str]:
     except OSError as exc:
         return None, f"cannot read the sources: {exc}"
     if current != digest:
-        return None, "sources changed since `switchyard compile`; run it again"
+        return None, STALE
     files = {name: directory / rel for name, rel in modules.items()}
     missing = [str(f) for f in files.values() if not f.exists()]
     if missing:
@@ -131,13 +144,15 @@ def check(directory: Path) -> tuple[dict[str, Path] | None, str]:
 def install(directory: Path = OUTPUT_DIR, mode: str | None = None) -> CompiledStatus:
     """Put the finder in front of the import system when the compiled set is usable."""
     mode = (os.environ.get(ENV, "auto") if mode is None else mode).strip().lower()
+    required = mode == "require"
     if mode in ("0", "off", "false", "no", "python"):
         return CompiledStatus(False, f"{ENV}={mode}")
     already = [m for m in HOT_MODULES if m in sys.modules]
     if already:
-        return CompiledStatus(False, f"imported before the finder: {', '.join(already)}")
+        reason = f"imported before the finder: {', '.join(already)}"
+        return CompiledStatus(False, reason, required)
     files, reason = check(directory)
     if files is None:
-        return CompiledStatus(False, reason)
+        return CompiledStatus(False, reason, required)
     sys.meta_path.insert(0, _CompiledFinder(files))
-    return CompiledStatus(True, reason)
+    return CompiledStatus(True, reason, required)

@@ -32,6 +32,7 @@ from gateway.compiled import (
     OUTPUT_DIR,
     SHARED,
     check,
+    compiled_path,
     source_digest,
 )
 
@@ -124,7 +125,7 @@ def build(output: Path = OUTPUT_DIR, *, verbose: bool = False) -> dict[str, obje
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
         modules: dict[str, str] = {}
         for name in (*HOT_MODULES, SHARED):
-            rel = Path(*name.split(".")).with_name(name.split(".")[-1] + suffix)
+            rel = compiled_path(name, suffix)
             if not (lib / rel).exists():
                 raise CompileError(f"mypyc built no {rel} (is {suffix} this Python's?)")
             modules[name] = str(rel)
@@ -168,7 +169,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--if-possible",
         action="store_true",
-        help="exit 0 with a warning when mypy or a C compiler is missing (make install uses it)",
+        help="exit 0 with a warning when mypy or a C compiler is missing (make compile uses it)",
     )
     p.add_argument(
         "--if-stale", action="store_true", help="do nothing when the build matches the sources"

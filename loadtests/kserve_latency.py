@@ -52,35 +52,13 @@ from tests.backends.triton.fraud_model import (
     sample_features,
     which_model,
 )
-from tests.backends.triton.triton_proc import TritonServer, environment_problem
+from tests.backends.triton.triton_proc import TritonServer, canary_policy, environment_problem
 from tests.procs import start_gateway
 
 ROUTE = "fraud-detector"
 PATHS = ("direct-http", "gateway-http", "direct-grpc", "gateway-grpc")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "kserve-latency-latest.json"
 ROWS = sample_features(2, seed=3)
-
-
-def policy(triton: TritonServer) -> str:
-    endpoint = f"http://127.0.0.1:{triton.http_port}"
-    return f"""apiVersion: switchyard/v1
-kind: RoutingPolicy
-route: {ROUTE}
-protocol: kserve-v2
-variants:
-  - name: champion
-    weight: 90
-    endpoints: [{endpoint}]
-    model: {CHAMPION}
-    grpc_port: {triton.grpc_port}
-  - name: challenger
-    weight: 10
-    endpoints: [{endpoint}]
-    model: {CHALLENGER}
-    grpc_port: {triton.grpc_port}
-sticky: {{hash_on: "header:x-user-id"}}
-fallback: [champion]
-"""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -220,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             policy_dir = work / "policies"
             policy_dir.mkdir()
-            (policy_dir / "fraud.yaml").write_text(policy(triton))
+            (policy_dir / "fraud.yaml").write_text(canary_policy(triton, ROUTE))
             gateway = start_gateway(policy_dir, "--grpc-port", "0")
             if not gateway.grpc:
                 raise RuntimeError("the gateway printed no gRPC address")

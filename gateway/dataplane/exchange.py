@@ -668,7 +668,6 @@ def _without_usage_event(data: bytes) -> bytes:
     return data[:start] + data[end + 2 :]
 
 
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _NONE: frozenset[bytes] = frozenset()
 
 
@@ -678,7 +677,7 @@ def _without_dropped(block: bytes, probe: bytes, first: int) -> bytes:
     end = block.find(b"\r\n", first) + 2
     if (
         probe.startswith(b"\nconnection:", first)
-        and probe[first + 12 : end].strip() in _PLAIN_CONNECTION
+        and probe[first + 12 : end].strip() in http11.PLAIN_CONNECTION
         and _DROPPED_RESPONSE_HEADER.search(probe, end) is None
     ):
         # Nearly every backend response: `Connection: keep-alive` and nothing else to
@@ -707,7 +706,8 @@ def _nominated(probe: bytes) -> frozenset[bytes]:
     and close (RFC 9110 7.6.1); rare, so looked for only when a Connection line exists."""
     at = probe.find(b"\nconnection:")
     end = probe.find(b"\n", at + 1)
-    if probe[at + 12 : end].strip() in _PLAIN_CONNECTION and probe.find(b"\nconnection:", end) < 0:
+    plain = probe[at + 12 : end].strip() in http11.PLAIN_CONNECTION
+    if plain and probe.find(b"\nconnection:", end) < 0:
         return _NONE  # the usual `Connection: keep-alive`: nothing more to drop
     names: set[bytes] = set()
     while at >= 0:

@@ -38,6 +38,8 @@ HOP_BY_HOP_RESPONSE = frozenset(
 )
 # Headers that name the backend's internals; a client never chooses or sees them raw.
 INTERNAL_PREFIX = b"x-switchyard-"
+# Connection values that nominate no other field (RFC 9110 7.6.1), either direction.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 STATUS_LINES: dict[int, bytes] = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus

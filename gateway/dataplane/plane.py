@@ -107,8 +107,7 @@ class DataPlane:
         self._ticker = self.loop.call_later(TICK, self._tick)
         # uvloop's Server.sockets is a list where typeshed says tuple; the compiled module
         # checks declared types at run time, so do not let it believe the stub.
-        sockets: Any = cast(Any, self._server).sockets
-        sock = sockets[0]
+        sock = cast(Any, self._server).sockets[0]
         bound: int = sock.getsockname()[1]
         return bound
 

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchyard.server")
 
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -201,7 +200,7 @@ class ClientConnection:
             )
         self._request_id = fields.get(b"x-request-id", b"")
         connection = fields.get(b"connection")
-        if connection is not None and connection.lower() not in _PLAIN_CONNECTION:
+        if connection is not None and connection.lower() not in http11.PLAIN_CONNECTION:
             self._drop_nominated()
         self._set_deadline(_BODY, self._body_timeout)
         expect = fields.get(b"expect")

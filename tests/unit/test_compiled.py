@@ -15,7 +15,18 @@ from pathlib import Path
 import pytest
 
 import gateway
-from gateway.compiled import HOT_MODULES, MANIFEST, OUTPUT_DIR, SHARED, check, source_digest
+from gateway.compiled import (
+    HOT_MODULES,
+    MANIFEST,
+    OUTPUT_DIR,
+    SHARED,
+    STALE,
+    CompiledStatus,
+    check,
+    compiled_path,
+    install,
+    source_digest,
+)
 from gateway.dataplane import exchange
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -23,10 +34,7 @@ SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 def _fake_build(directory: Path, **changes: object) -> Path:
     """A manifest as `switchyard compile` writes it, over empty files (never imported)."""
-    modules = {
-        name: str(Path(*name.split(".")).with_name(name.split(".")[-1] + SUFFIX))
-        for name in (*HOT_MODULES, SHARED)
-    }
+    modules = {name: str(compiled_path(name, SUFFIX)) for name in (*HOT_MODULES, SHARED)}
     for rel in modules.values():
         (directory / rel).parent.mkdir(parents=True, exist_ok=True)
         (directory / rel).write_bytes(b"")
@@ -54,6 +62,7 @@ def test_edited_sources_fall_back_to_python(tmp_path: Path) -> None:
     files, reason = check(_fake_build(tmp_path, digest="0" * 64))
     assert files is None
     assert reason == "sources changed since `switchyard compile`; run it again"
+    assert CompiledStatus(False, reason).stale
 
 
 def test_a_build_for_another_python_is_not_used(tmp_path: Path) -> None:
@@ -115,14 +124,24 @@ def test_backwards_bytes_slices_behave_as_in_python(head: bytes, named: frozense
     assert exchange._nominated(head) == named
 
 
+def test_the_mode_comes_from_the_environment_variable(tmp_path: Path) -> None:
+    # The hot modules are imported by now, so no finder goes in; the mode still counts.
+    required = install(tmp_path, "require")
+    assert required.required
+    assert not required.active
+    assert required.reason.startswith("imported before the finder")
+    off = install(tmp_path, "0")
+    assert (off.active, off.required, off.reason) == (False, False, "SWITCHYARD_COMPILED=0")
+
+
 def test_serve_refuses_to_start_on_python_when_compiled_is_required(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from gateway import app
-    from gateway.compiled import CompiledStatus
     from gateway.settings import Settings
 
-    monkeypatch.setenv("SWITCHYARD_COMPILED", "require")
-    monkeypatch.setattr(app, "COMPILED", CompiledStatus(False, "sources changed since x"))
+    monkeypatch.setattr(app, "COMPILED", CompiledStatus(False, STALE, required=True))
     assert app.run_gateway(Settings()) == 2
-    assert "SWITCHYARD_COMPILED=require" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SWITCHYARD_COMPILED=require" in err
+    assert STALE in err

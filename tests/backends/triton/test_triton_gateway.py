@@ -39,7 +39,7 @@ from tests.backends.triton.fraud_model import (
     sample_features,
     which_model,
 )
-from tests.backends.triton.triton_proc import TritonServer
+from tests.backends.triton.triton_proc import TritonServer, canary_policy
 from tests.procs import GatewayProc
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
@@ -55,27 +55,11 @@ USERS = 60
 def policies(triton: TritonServer) -> tuple[str, str]:
     """The canary route and the streaming route, both on the one Triton server."""
     endpoint = f"http://127.0.0.1:{triton.http_port}"
-    canary = f"""apiVersion: switchyard/v1
-kind: RoutingPolicy
-route: {ROUTE}
-protocol: kserve-v2
-variants:
-  - name: champion
-    weight: 90
-    endpoints: [{endpoint}]
-    model: {CHAMPION}
-    grpc_port: {triton.grpc_port}
-  - name: challenger
-    weight: 10
-    endpoints: [{endpoint}]
-    model: {CHALLENGER}
-    grpc_port: {triton.grpc_port}
-sticky: {{hash_on: "header:x-user-id"}}
-overrides:
-  - match: {{header: {{x-cohort: beta}}}}
-    variant: challenger
-fallback: [champion]
-"""
+    canary = canary_policy(
+        triton,
+        ROUTE,
+        "overrides:\n  - match: {header: {x-cohort: beta}}\n    variant: challenger\n",
+    )
     stream = f"""apiVersion: switchyard/v1
 kind: RoutingPolicy
 route: {STREAM_ROUTE}
