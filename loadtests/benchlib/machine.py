@@ -113,17 +113,23 @@ def _command_output(args: list[str], cwd: Path | None = None) -> str:
     return lines[0].strip() if lines else ""
 
 
-def git_commit(repo: Path) -> str:
-    """HEAD, with `+dirty` when tracked files differ from it (numbers may not match HEAD)."""
+def git_state(repo: Path) -> tuple[str, bool | None]:
+    """HEAD and whether tracked files differ from it (then the numbers may not match HEAD).
+
+    Recorded as two fields, `git_commit` and `dirty`, so the docs generator can say
+    "(uncommitted changes)" instead of quoting a commit the run did not measure; `dirty`
+    is None when git cannot tell (no repository, no git).
+    """
     head = _command_output(["git", "rev-parse", "HEAD"], repo)
     if not head:
-        return "unknown"
+        return "unknown", None
     dirty = _command_output(["git", "status", "--porcelain", "--untracked-files=no"], repo)
-    return f"{head}+dirty" if dirty else head
+    return head, bool(dirty)
 
 
 def machine_info(repo: Path, gateway_python: str, tools: dict[str, str]) -> dict[str, object]:
     """Everything needed to judge whether two result files are comparable."""
+    commit, dirty = git_state(repo)
     return {
         "nproc": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
@@ -135,7 +141,8 @@ def machine_info(repo: Path, gateway_python: str, tools: dict[str, str]) -> dict
         "loadavg_at_start": list(os.getloadavg()),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([sys.argv[0], *sys.argv[1:]]),
-        "git_commit": git_commit(repo),
+        "git_commit": commit,
+        "dirty": dirty,
         "tools": {
             name: _command_output([path, "-v" if name == "nginx" else "--version"])
             for name, path in tools.items()
