@@ -1,37 +1,31 @@
-"""The README is a user's guide: its references must match the code."""
+"""The README is the front door: the two-command quick start, and links that resolve.
+
+The references it used to carry (policy fields, metrics) live in the docs site now, and
+tests/unit/test_docs_generated.py checks those against the code.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-from gateway.controlplane.reference import END, START, render_markdown
-from gateway.observability.metrics import GatewayMetrics
-
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-
-
-def test_policy_reference_is_generated_from_the_schema() -> None:
-    start = README.index(START)
-    end = README.index(END) + len(END)
-    assert README[start:end] + "\n" == render_markdown(), (
-        "README policy reference is stale: paste `switchyard policy schema --markdown`"
-    )
-
-
-def test_every_metric_is_documented() -> None:
-    text = generate_latest(GatewayMetrics().registry()).decode()
-    names = set()
-    for family in text_string_to_metric_families(text):
-        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
-        names.add(family.name + suffix)
-    assert len(names) >= 15
-    missing = sorted(n for n in names if f"`{n}`" not in README)
-    assert not missing, f"metrics missing from the README's metrics reference: {missing}"
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 
 
 def test_two_command_quick_start() -> None:
     assert "make run" in README
     assert "make test" in README
+
+
+def test_readme_stays_short() -> None:
+    # The manual is docs/; the README only introduces and points into it.
+    assert len(README.splitlines()) <= 250
+
+
+def test_relative_links_resolve() -> None:
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [t for t in targets if "://" not in t]
+    assert local, "expected links into docs/"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
