@@ -11,7 +11,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 BENTOML_VENV ?= .venv-bentoml
 BENTOML_STAMP := $(BENTOML_VENV)/.installed-stamp
 
-.PHONY: install compile test-python run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench chaos soak clean
+.PHONY: install compile test-python run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench chaos soak docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -124,6 +124,18 @@ chaos: compile
 SOAK_MINUTES ?= 30
 soak: compile
 	$(PY) -m loadtests.soak --minutes $(SOAK_MINUTES) --json loadtests/results/soak-latest.json
+
+## The docs site: docs/gen.py renders every figure and reference from the results files
+## and the code into docs/_generated/, then MkDocs (Material) builds site/, failing on a
+## broken link, a missing page or a missing snippet.
+DOCS_STAMP := $(VENV)/.docs-stamp
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) docs/gen.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site/
 
 clean:
 	rm -rf gateway/_compiled $(VENV) $(VLLM_VENV) $(TRITON_VENV) $(BENTOML_VENV) .mypy_cache .ruff_cache .pytest_cache
