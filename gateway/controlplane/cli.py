@@ -2,6 +2,9 @@
 
 Exit codes follow the tools SREs already script against: `validate` is 0 or 1 like a
 linter, `diff` is 0 (same), 1 (different) or 2 (bad input) like diff(1).
+
+`diff` also says when a gateway serving OLD would hold a reload to NEW (it removes
+routes nobody confirmed removing; see `diff.route_removals`), and how to confirm it.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import json
 import logging
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.controlplane.binding import Binding, Need, VariantKey, needs_of
 from gateway.controlplane.compile import compile_snapshot, load_checked, policy_version
-from gateway.controlplane.diff import diff_policies
+from gateway.controlplane.diff import diff_policies, hold_message, route_removals
 from gateway.controlplane.explain import explain, render_text
-from gateway.controlplane.loader import LoadedPolicy, PolicyError, PolicyProblem
+from gateway.controlplane.loader import LoadedPolicy, PolicyError, PolicyProblem, policy_files
 from gateway.controlplane.pools import service_pools
 from gateway.controlplane.reference import render_markdown
 from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
@@ -48,7 +52,9 @@ def add_commands(subparsers: Any) -> None:
     validate.set_defaults(handler=run_validate)
 
     diff = sub.add_parser(
-        "diff", help="show what changes between two policy sets (exit 0 same, 1 different)"
+        "diff",
+        help="show what changes between two policy sets (exit 0 same, 1 different), and "
+        "whether a gateway serving OLD would hold a reload to NEW",
     )
     diff.add_argument("old", metavar="OLD")
     diff.add_argument("new", metavar="NEW")
@@ -189,7 +195,21 @@ def run_diff(args: argparse.Namespace) -> int:
         print(f"no changes (hash {before})")
         return 0
     print(f"{len(changes)} change(s): hash {before} -> {after}")
+    removals = route_removals(old, new, file_kept=_kept_in(args.new))
+    if removals.reason is not None:
+        print(f"held ({removals.reason}): a gateway serving {args.old} would hold this reload:")
+        print(f"  {hold_message(removals)}")
     return 1
+
+
+def _kept_in(new: str) -> Callable[[str], bool]:
+    """Whether a file of OLD is still there in NEW, as a gateway watching a directory
+    sees it: by file name (directories are not recursive). One file against another
+    is the same file edited, and a ConfigMap manifest counts as one file."""
+    if not Path(new).is_dir():
+        return lambda _file: True
+    names = {path.name for path in policy_files(new)}
+    return lambda file: Path(file.partition(":data[")[0]).name in names
 
 
 def run_explain(args: argparse.Namespace) -> int:

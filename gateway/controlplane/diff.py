@@ -3,12 +3,16 @@
 Variants are compared by name, not position, so `chat: variants[challenger].weight
 10 -> 25` reads the way the change was meant. A change of variant *order* is reported on
 its own line because it moves the bands of the weight line that sticky users hash onto.
+
+`route_removals` decides which removed routes a reload may apply and which it must
+hold (see `reload.py`); `switchyard policy diff` asks it too, so both say the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from gateway.controlplane.loader import LoadedPolicy
 from gateway.controlplane.schema import RoutingPolicy
@@ -32,6 +36,81 @@ def diff_policies(
                 f"{route}: {change}" for change in _route_changes(before[route], after[route])
             )
     return lines
+
+
+ALL_ROUTES = "*"  # in a confirmation: every route the reload removes
+HoldReason = Literal["empty", "removes_routes"]  # observability.metrics.RELOAD_HOLD_REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class Removals:
+    """The serving routes a new policy set drops, and which of them nobody asked to drop.
+
+    A removal is asked for when the route is confirmed (by name or `*`), or when the
+    file (or ConfigMap key) that defined it is gone. A route that merely vanished from
+    a file still there is not: that is what a truncated, emptied or half-saved file
+    looks like. A new set with no routes at all (`empty`) is held unless every route is
+    confirmed by name or `*`: deleting files never takes the last route away.
+    """
+
+    removed: tuple[str, ...]
+    unconfirmed: tuple[str, ...]
+    empty: bool
+
+    @property
+    def reason(self) -> HoldReason | None:
+        """Why a reload to the new set must be held; None when it may be applied."""
+        if not self.unconfirmed:
+            return None
+        return "empty" if self.empty else "removes_routes"
+
+
+def route_removals(
+    old: Iterable[LoadedPolicy],
+    new: Iterable[LoadedPolicy],
+    *,
+    file_kept: Callable[[str], bool] = lambda _file: True,
+    confirmed: Collection[str] = (),
+) -> Removals:
+    """Which routes of `old` are missing from `new`, and which of those are unconfirmed.
+
+    `file_kept(file)` says whether the file a policy came from (`PolicySource.file`)
+    is still in the source; `confirmed` names routes that may go (`*`: all).
+    """
+    before = {p.policy.route: p.source.file for p in old}
+    after = {p.policy.route for p in new}
+    removed = tuple(sorted(before.keys() - after))
+    empty = bool(before) and not after
+    everything = ALL_ROUTES in confirmed
+    unconfirmed = tuple(
+        route
+        for route in removed
+        if not everything and route not in confirmed and (empty or file_kept(before[route]))
+    )
+    return Removals(removed, unconfirmed, empty)
+
+
+def hold_message(removals: Removals) -> str:
+    """Why a reload is held and how to apply it anyway, for logs, the admin API,
+    Kubernetes Events and `switchyard policy diff`."""
+    routes = ", ".join(removals.unconfirmed)
+    if removals.empty:
+        what = (
+            "the new policies define no routes at all (an empty or comment-only file?), "
+            f"which would remove every route ({routes})"
+        )
+        confirm = "*"
+        also = ""
+    else:
+        count = len(removals.unconfirmed)
+        what = f"the new policies would remove {count} serving route(s) ({routes})"
+        confirm = ",".join(removals.unconfirmed)
+        also = ", delete the file (or ConfigMap key) that defines the route,"
+    return (
+        f"{what}; the serving policies stay until it is confirmed: "
+        f"POST /admin/reload?remove={confirm}{also} or annotate the ConfigMap "
+        f"switchyard.io/remove-routes={confirm}"
+    )
 
 
 def _by_route(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> dict[str, dict[str, Any]]:

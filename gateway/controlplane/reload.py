@@ -4,6 +4,19 @@ A bad edit must never take traffic down, so a reload that finds any problem keep
 snapshot now serving, logs every problem and counts a rejection. A reload whose
 effective policies hash the same as the serving snapshot swaps nothing.
 
+Valid policies can take traffic down too: an emptied, comment-only or truncated file
+is valid YAML that defines fewer routes. So a reload that would remove a serving route
+nobody asked to remove is *held*: nothing of it is applied, and it stays reported
+(log line once per held content, `switchyard_policy_reload_held{reason}`, `GET
+/admin/reload`) until the source changes again. A removal is asked for by deleting the
+file (or ConfigMap key) that defined the route, by the ConfigMap annotation
+`switchyard.io/remove-routes`, or by `POST /admin/reload?remove=ROUTE,...`; a reload
+that leaves no routes at all needs the last two (`diff.route_removals`). Every source
+goes through this one check, in `_reload`, before anything is compiled.
+
+The file watch waits for a change to settle before reading, so a save made in two
+writes (truncate, then write) is read once.
+
 Policies come from a `PolicyDocuments` source (`sources.py`): files, polled by
 `watch`, or a ConfigMap, whose watch calls `reload` itself. SIGHUP and the admin API
 reload from whichever source the process has.
@@ -33,7 +46,13 @@ from gateway.controlplane.compile import (
     compile_snapshot,
     policy_version,
 )
-from gateway.controlplane.diff import diff_policies
+from gateway.controlplane.diff import (
+    HoldReason,
+    Removals,
+    diff_policies,
+    hold_message,
+    route_removals,
+)
 from gateway.controlplane.loader import (
     LoadedPolicy,
     PathsArg,
@@ -47,8 +66,13 @@ from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot, SnapshotRef
 from gateway.observability.metrics import BackendPod, GatewayMetrics
 
-Outcome = Literal["success", "rejected", "unchanged"]
-__all__ = ["Discovery", "PolicyReloader", "ReloadResult", "fingerprint"]
+Outcome = Literal["success", "rejected", "unchanged", "held"]
+__all__ = ["Discovery", "Held", "PolicyReloader", "ReloadResult", "fingerprint"]
+# A changed policy file is read once it has not changed for SETTLE seconds (or after
+# SETTLE_LIMIT seconds of constant change): long enough for any two-write save, short
+# next to the poll interval.
+SETTLE = 0.25
+SETTLE_LIMIT = 5.0
 
 
 class Discovery(Protocol):
@@ -76,6 +100,19 @@ class Discovery(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """A reload held back because it would remove routes nobody confirmed removing."""
+
+    reason: HoldReason
+    routes: tuple[str, ...]  # serving routes it would remove without confirmation
+    version: str  # policy hash of the held policies
+    source: str  # where they came from (the source's description)
+    since: float  # when this content was first held (the reloader's clock)
+    message: str  # why, and how to apply it anyway
+    changes: tuple[str, ...]  # every diff line the held reload would apply
+
+
+@dataclass(frozen=True, slots=True)
 class ReloadResult:
     """What a reload did; `version` is the policy hash serving afterwards."""
 
@@ -85,6 +122,7 @@ class ReloadResult:
     reason: str
     problems: tuple[PolicyProblem, ...] = ()
     changes: tuple[str, ...] = ()  # diff lines of a successful reload
+    held: Held | None = None  # set when the outcome is "held"
 
 
 class PolicyReloader:
@@ -125,11 +163,23 @@ class PolicyReloader:
         # applies them, so a reload or alias move mid-rollout keeps the rollout's step.
         self._weights: dict[VariantKey, float] = {}
         self._lock = asyncio.Lock()
+        self._held: Held | None = None
+        self._last: ReloadResult | None = None
 
     @property
     def policies(self) -> list[LoadedPolicy]:
         """The policies of the last snapshot this reloader built."""
         return list(self._policies)
+
+    @property
+    def held(self) -> Held | None:
+        """The reload held now, if the source's latest content is one."""
+        return self._held
+
+    @property
+    def last(self) -> ReloadResult | None:
+        """What the latest reload did (None before the first)."""
+        return self._last
 
     async def load(self) -> RuntimeSnapshot:
         """Build the first snapshot; raises `PolicyError` listing every problem.
@@ -145,12 +195,22 @@ class PolicyReloader:
             self._serving(policies, snapshot, resolved, discovered)
             return snapshot
 
-    async def reload(self, ref: SnapshotRef, reason: str) -> ReloadResult:
-        """Rebuild from the files and swap on success; never raises for a bad policy."""
-        async with self._lock:
-            return await self._reload(ref, reason)
+    async def reload(
+        self, ref: SnapshotRef, reason: str, *, confirm: frozenset[str] = frozenset()
+    ) -> ReloadResult:
+        """Rebuild from the source and swap on success; never raises for a bad policy.
 
-    async def _reload(self, ref: SnapshotRef, reason: str) -> ReloadResult:
+        `confirm` names routes this reload may remove (`*`: any), besides those the
+        source itself confirms; other removals hold the reload.
+        """
+        async with self._lock:
+            result = await self._reload(ref, reason, confirm)
+            self._last = result
+            if result.outcome != "held":
+                self._release_hold(result)
+            return result
+
+    async def _reload(self, ref: SnapshotRef, reason: str, confirm: frozenset[str]) -> ReloadResult:
         previous = ref.current.version
         try:
             policies, version = self._read()
@@ -158,6 +218,16 @@ class PolicyReloader:
                 self._metrics.reloads["unchanged"] += 1
                 self._logger.debug("policy reload (%s): unchanged (%s)", reason, version)
                 return ReloadResult("unchanged", version, previous, reason)
+            # Asked right after the read, with no await between: the answers describe
+            # the content just read, not a later push from a ConfigMap watch.
+            removals = route_removals(
+                self._policies,
+                policies,
+                file_kept=self.source.kept,
+                confirmed=confirm | self.source.confirmed_removals(),
+            )
+            if removals.reason is not None:
+                return self._hold(removals, removals.reason, policies, version, previous, reason)
             discovered = await self._discover(policies)
             resolved = await self._resolve(policies, only_missing=True)
             snapshot = self._compile(policies, resolved, discovered)
@@ -188,12 +258,69 @@ class PolicyReloader:
             self._logger.info("policy change: %s", change)
         return ReloadResult("success", snapshot.version, previous, reason, changes=changes)
 
+    def _hold(
+        self,
+        removals: Removals,
+        why: HoldReason,
+        policies: list[LoadedPolicy],
+        version: str,
+        previous: str,
+        reason: str,
+    ) -> ReloadResult:
+        """Keep serving, and report the held reload: loudly once per held content."""
+        self._metrics.reloads["held"] += 1
+        self._metrics.reload_held = why
+        before = self._held
+        same = before is not None and (before.version, before.routes) == (
+            version,
+            removals.unconfirmed,
+        )
+        held = Held(
+            reason=why,
+            routes=removals.unconfirmed,
+            version=version,
+            source=self.source.description,
+            since=before.since if same and before is not None else self._clock(),
+            message=hold_message(removals),
+            changes=tuple(diff_policies(self._policies, policies)),
+        )
+        self._held = held
+        if same:
+            self._logger.debug("policy reload (%s): still held (%s)", reason, version)
+        else:
+            self._logger.warning(
+                "policy reload (%s) held; still serving %s: %s", reason, previous, held.message
+            )
+        return ReloadResult("held", previous, previous, reason, changes=held.changes, held=held)
+
+    def _release_hold(self, result: ReloadResult) -> None:
+        """The source moved on from a held content (applied, reverted or rejected)."""
+        if self._held is None:
+            return
+        self._logger.info(
+            "policy reload (%s): the held reload of %s is withdrawn (%s); serving %s",
+            result.reason,
+            self._held.version,
+            result.outcome,
+            result.version,
+        )
+        self._held = None
+        self._metrics.reload_held = None
+
     def changed(self) -> bool:
         """Whether the policy files differ from those of the last load or reload."""
         return self.source.changed()
 
-    async def watch(self, ref: SnapshotRef, interval: float) -> None:
-        """Reload whenever the policy files change, checking every `interval` seconds.
+    async def watch(
+        self,
+        ref: SnapshotRef,
+        interval: float,
+        *,
+        settle: float = SETTLE,
+        settle_limit: float = SETTLE_LIMIT,
+    ) -> None:
+        """Reload whenever the policy files change, checking every `interval` seconds
+        and reading a change once it has settled for `settle` seconds.
 
         Runs until cancelled. Reloads run on the event loop: policy sets are small and
         compile in milliseconds, and it keeps reloads ordered with admin-API reloads.
@@ -202,6 +329,8 @@ class PolicyReloader:
             await asyncio.sleep(interval)
             try:
                 if self.changed():
+                    if isinstance(self.source, FileSource):
+                        await self.source.settle(settle, settle_limit)
                     await self.reload(ref, "file change")
             except Exception:
                 # A watcher that dies silently would leave the gateway deaf to edits; and

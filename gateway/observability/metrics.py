@@ -160,6 +160,8 @@ class BackendPod:
 
 
 NO_POD = BackendPod("", "", "")
+# Why a policy reload is held (gateway.controlplane.diff.HoldReason): a bounded label set.
+RELOAD_HOLD_REASONS = ("empty", "removes_routes")
 
 
 class GatewayMetrics:
@@ -172,7 +174,10 @@ class GatewayMetrics:
         self._series: dict[tuple[str, str, str, str], RequestSeries] = {}
         self._routes: dict[str, RouteCounters] = {}
         self._endpoints: dict[str, EndpointGauges] = {}
-        self.reloads: dict[str, int] = {"success": 0, "rejected": 0, "unchanged": 0}
+        self.reloads: dict[str, int] = {"success": 0, "rejected": 0, "unchanged": 0, "held": 0}
+        # Why the source's latest policies are held instead of applied (None: they are
+        # not); one of RELOAD_HOLD_REASONS.
+        self.reload_held: str | None = None
         self.policy_hash = ""
         self.policy_routes = 0
         self.unknown_route = 0
@@ -416,6 +421,15 @@ class GatewayMetrics:
         )
         for outcome, count in self.reloads.items():
             reloads.add_metric([outcome], count)
+        held = GaugeMetricFamily(
+            "switchyard_policy_reload_held",
+            "1 while a policy reload is held instead of applied because it would remove "
+            "serving routes nobody confirmed removing, by reason: empty (the new policies "
+            "define no routes), removes_routes (they drop some).",
+            labels=["reason"],
+        )
+        for reason in RELOAD_HOLD_REASONS:
+            held.add_metric([reason], 1.0 if self.reload_held == reason else 0.0)
         info = InfoMetricFamily("switchyard_policy", "The policy set now serving.", labels=["hash"])
         info.add_metric([self.policy_hash], {"routes": str(self.policy_routes)})
         unknown = CounterMetricFamily(
@@ -438,7 +452,7 @@ class GatewayMetrics:
         conns.add_metric([], self.connections_open)
         build = InfoMetricFamily("switchyard_build", "Gateway build information.")
         build.add_metric([], self.info_labels)
-        yield from (reloads, info, unknown, bad, overflow, conns, build)
+        yield from (reloads, held, info, unknown, bad, overflow, conns, build)
         keys = CounterMetricFamily(
             "switchyard_api_key_requests",
             "Requests checked against client API keys, by key name and outcome: accepted, "

@@ -66,7 +66,7 @@ async def test_load_builds_the_first_snapshot_and_sets_policy_metrics(
     assert sorted(snapshot.routes) == ["chat"]
     assert snapshot.created_at == 42.0
     assert (metrics.policy_hash, metrics.policy_routes) == (snapshot.version, 1)
-    assert metrics.reloads == {"success": 0, "rejected": 0, "unchanged": 0}
+    assert metrics.reloads == {"success": 0, "rejected": 0, "unchanged": 0, "held": 0}
     assert [p.policy.route for p in reloader.policies] == ["chat"]
 
 
@@ -92,7 +92,7 @@ async def test_bad_edit_is_rejected_and_old_snapshot_keeps_serving(
     assert ref.current is serving
     assert (result.version, result.previous) == (serving.version, serving.version)
     assert [p.field_path for p in result.problems] == ["variants[1].weight"]
-    assert metrics.reloads == {"success": 0, "rejected": 1, "unchanged": 0}
+    assert metrics.reloads == {"success": 0, "rejected": 1, "unchanged": 0, "held": 0}
     assert metrics.policy_hash == serving.version
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("variants[1].weight" in line for line in logged)
@@ -116,7 +116,7 @@ async def test_good_edit_swaps_the_snapshot_and_reports_changes(
         "chat: variants[challenger].weight 10 -> 25",
         "embed: route added (variants: only)",
     )
-    assert metrics.reloads == {"success": 1, "rejected": 0, "unchanged": 0}
+    assert metrics.reloads == {"success": 1, "rejected": 0, "unchanged": 0, "held": 0}
     assert (metrics.policy_hash, metrics.policy_routes) == (ref.current.version, 2)
     # Endpoint health outlives the swap.
     old_state = old.routes["chat"].variants[0].endpoints[0].state
@@ -133,7 +133,7 @@ async def test_reload_without_effective_change_is_unchanged(
     result = await reloader.reload(ref, "test")
     assert (result.outcome, result.version) == ("unchanged", serving.version)
     assert ref.current is serving
-    assert metrics.reloads == {"success": 0, "rejected": 0, "unchanged": 1}
+    assert metrics.reloads == {"success": 0, "rejected": 0, "unchanged": 1, "held": 0}
 
 
 def test_fingerprint_sees_new_changed_and_deleted_files(policy_dir: Path) -> None:
@@ -165,7 +165,7 @@ async def test_watch_reloads_on_file_change_and_survives_bad_edits(
         assert metrics.reloads["success"] == 1
         # No change, no reload.
         await asyncio.sleep(0.05)
-        assert metrics.reloads == {"success": 1, "rejected": 1, "unchanged": 0}
+        assert metrics.reloads == {"success": 1, "rejected": 1, "unchanged": 0, "held": 0}
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
