@@ -10,6 +10,12 @@ serving, exactly as with files.
 
 Every *.yaml / *.yml key of the ConfigMap's `data` is one policy file, as in a
 ConfigMap manifest given to `switchyard policy validate`.
+
+An edit that would remove serving routes is held like a file edit (see `reload.py`):
+an emptied or truncated key is held, a key deleted on purpose removes its routes. The
+annotation `switchyard.io/remove-routes: "chat, embed"` (or `"*"`) confirms removals
+that are not a deleted key, such as a route's document cut from a shared key; a held
+edit is reported as a Warning Event (`reason: PolicyHeld`) like a rejected one.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from gateway.controlplane.kube import Backoff, KubeAccess, KubeUnavailable, identity, split_ref
 from gateway.controlplane.kubewatch import WATCH_TIMEOUT, ListWatch, Obj, version_of
 from gateway.controlplane.loader import (
+    POLICY_SUFFIXES,
     LoadedPolicy,
     PolicyError,
     PolicyProblem,
@@ -33,6 +40,9 @@ from gateway.observability.metrics import GatewayMetrics
 
 Reload = Callable[[str], Awaitable[ReloadResult]]  # PolicyReloader.reload on the live ref
 EVENT_REASON = "PolicyRejected"
+HELD_REASON = "PolicyHeld"
+# Routes this ConfigMap may drop on its next reloads, comma- or space-separated ("*": any).
+REMOVE_ANNOTATION = "switchyard.io/remove-routes"
 MAX_EVENT_MESSAGE = 1024  # the API server truncates longer Event messages anyway
 
 
@@ -65,6 +75,10 @@ class ConfigMapPolicies:
         self._watch: ListWatch | None = None
         self._reload: Reload | None = None
         self._core: Any = None  # CoreV1Api, built by `start`
+        # What the last `read` saw: the policy keys (named as problems name them) and
+        # the routes the annotation confirms removing.
+        self._files: frozenset[str] = frozenset()
+        self._confirmed: frozenset[str] = frozenset()
 
     @property
     def description(self) -> str:
@@ -76,13 +90,27 @@ class ConfigMapPolicies:
         return f"configmap/{self.namespace}/{self.name}"
 
     def read(self) -> tuple[list[LoadedPolicy], list[PolicyProblem]]:
+        self._files = self._confirmed = frozenset()
         if self._object is None:
             message = f"ConfigMap {self.namespace}/{self.name} not found (or not readable)"
             return [], [PolicyProblem(self.file, 0, 0, "", message)]
-        return configmap_policies(self._object.get("data") or {}, self.file)
+        data = self._object.get("data") or {}
+        self._files = frozenset(
+            f"{self.file}:data[{key}]" for key in data if str(key).endswith(POLICY_SUFFIXES)
+        )
+        annotations = (self._object.get("metadata") or {}).get("annotations") or {}
+        listed = str(annotations.get(REMOVE_ANNOTATION) or "")
+        self._confirmed = frozenset(listed.replace(",", " ").split())
+        return configmap_policies(data, self.file)
 
     def changed(self) -> bool:
         return False  # the watch pushes changes; nothing to poll
+
+    def kept(self, file: str) -> bool:
+        return file in self._files
+
+    def confirmed_removals(self) -> frozenset[str]:
+        return self._confirmed
 
     async def start(self) -> None:
         """List the ConfigMap, retrying with backoff for up to `startup_timeout`.
@@ -145,14 +173,19 @@ class ConfigMapPolicies:
             # reloading; the watch itself is fine and must not restart for it.
             self._log.exception("reload for %s failed", self.description)
             return
-        if result.outcome == "rejected" and self._object is not None:
-            await self._report(result.problems)
+        if self._object is None:
+            return
+        if result.outcome == "rejected":
+            lines = "; ".join(str(p) for p in result.problems)
+            await self._report(
+                EVENT_REASON, f"policies rejected, last good policies keep serving: {lines}"
+            )
+        elif result.held is not None:
+            await self._report(HELD_REASON, f"policy reload held: {result.held.message}")
 
-    async def _report(self, problems: tuple[PolicyProblem, ...]) -> None:
-        """A Warning Event on the ConfigMap naming the problems; never fails the watch."""
+    async def _report(self, reason: str, message: str) -> None:
+        """A Warning Event on the ConfigMap; never fails the watch."""
         meta = (self._object or {}).get("metadata") or {}
-        lines = [str(p) for p in problems]
-        message = f"policies rejected, last good policies keep serving: {'; '.join(lines)}"
         if len(message) > MAX_EVENT_MESSAGE:
             message = message[: MAX_EVENT_MESSAGE - 3] + "..."
         from kubernetes.aio import client
@@ -168,7 +201,7 @@ class ConfigMapPolicies:
                 uid=meta.get("uid"),
                 resource_version=meta.get("resourceVersion"),
             ),
-            reason=EVENT_REASON,
+            reason=reason,
             message=message,
             type="Warning",
             count=1,
@@ -183,4 +216,4 @@ class ConfigMapPolicies:
             self._metrics.kube_events += 1
         except Exception as exc:
             # RBAC without events:create, or the API is away: the log line still says it.
-            self._log.warning("could not record a Kubernetes Event for the rejection: %s", exc)
+            self._log.warning("could not record a Kubernetes Event (%s): %s", reason, exc)
