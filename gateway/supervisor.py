@@ -252,12 +252,14 @@ def build_supervisor_app(sup: Supervisor) -> Starlette:
 
     async def fan_out(request: Request) -> Response:
         body = await request.body()
+        # The query too: `POST /admin/reload?remove=ROUTE` confirms on every worker.
+        query = f"?{request.url.query}" if request.url.query else ""
         async with httpx.AsyncClient(timeout=30) as client:
             replies = await asyncio.gather(
                 *(
                     client.request(
                         request.method,
-                        f"{a}{request.url.path}",
+                        f"{a}{request.url.path}{query}",
                         content=body,
                         headers=auth_headers(request),
                     )

@@ -30,6 +30,8 @@ _MAX_MERGED = frozenset(
         "switchyard_registry_stale",
         "switchyard_kubernetes_watch_synced",
         "switchyard_discovery_endpoints",
+        # Every worker reads the same policy source: 1 means some worker holds a reload.
+        "switchyard_policy_reload_held",
     }
 )
 

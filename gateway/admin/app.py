@@ -11,7 +11,7 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +23,8 @@ from starlette.routing import Route
 from gateway.admin.drift import drift_routes
 from gateway.admin.rollouts import rollout_routes
 from gateway.admin.shadow import shadow_routes
-from gateway.admin.views import reload_view, routes_view, snapshot_view
+from gateway.admin.views import reload_status_view, reload_view, routes_view, snapshot_view
+from gateway.controlplane.diff import ALL_ROUTES
 from gateway.controlplane.explain import explain
 from gateway.controlplane.reload import PolicyReloader
 from gateway.controlplane.webhook import WebhookRejected, verify
@@ -80,10 +81,18 @@ def build_admin_app(
             return JSONResponse({"status": "no routes loaded"}, status_code=503)
         return JSONResponse({"status": "ready", "policy": snap.version})
 
-    async def reload(_: Request) -> Response:
-        result = await reloader.reload(plane.ref, "admin")
-        status = 200 if result.outcome != "rejected" else 422
+    async def reload(request: Request) -> Response:
+        confirm, error = _removals_asked(request, plane.ref.current.routes)
+        if error is not None:
+            return JSONResponse({"error": error}, status_code=400)
+        reason = "admin" if not confirm else f"admin, remove={','.join(sorted(confirm))}"
+        result = await reloader.reload(plane.ref, reason, confirm=confirm)
+        # 409: the source holds a change that needs confirming (`?remove=`), not an error.
+        status = {"rejected": 422, "held": 409}.get(result.outcome, 200)
         return JSONResponse(reload_view(result), status_code=status)
+
+    async def reload_status(_: Request) -> Response:
+        return JSONResponse(reload_status_view(plane.ref.current, reloader))
 
     async def snapshot(_: Request) -> Response:
         return JSONResponse(snapshot_view(plane.ref.current))
@@ -145,6 +154,7 @@ def build_admin_app(
             Route("/livez", livez),
             Route("/readyz", readyz),
             Route("/admin/reload", guarded(reload), methods=["POST"]),
+            Route("/admin/reload", guarded(reload_status), methods=["GET"]),
             Route("/admin/snapshot", guarded(snapshot)),
             Route("/admin/routes", guarded(routes)),
             Route("/admin/explain", guarded(explain_view), methods=["POST"]),
@@ -154,3 +164,26 @@ def build_admin_app(
             *(rollout_routes(rollouts, guarded) if rollouts is not None else ()),
         ]
     )
+
+
+def _removals_asked(
+    request: Request, serving: Collection[str]
+) -> tuple[frozenset[str], str | None]:
+    """The routes `POST /admin/reload?remove=a,b` confirms removing, or an error.
+
+    Only serving routes can be confirmed: a misspelt name must not read as consent.
+    """
+    unknown = sorted(set(request.query_params) - {"remove"})
+    if unknown:
+        return frozenset(), f"unknown query parameter {unknown[0]!r} (allowed: remove)"
+    names: set[str] = set()
+    for value in request.query_params.getlist("remove"):
+        parts = [part.strip() for part in value.split(",")]
+        if not all(parts):
+            return frozenset(), f"remove={value!r}: expected ROUTE[,ROUTE...] or *"
+        names.update(parts)
+    strangers = sorted(names - set(serving) - {ALL_ROUTES})
+    if strangers:
+        shown = ", ".join(sorted(serving)) or "none"
+        return frozenset(), f"remove={strangers[0]}: no such route is serving (serving: {shown})"
+    return frozenset(names), None

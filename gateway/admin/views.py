@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.controlplane.binding import VariantKey
-from gateway.controlplane.reload import ReloadResult
+from gateway.controlplane.reload import Held, PolicyReloader, ReloadResult
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot
 
 
@@ -85,4 +85,32 @@ def reload_view(result: ReloadResult) -> dict[str, Any]:
         "reason": result.reason,
         "problems": [str(p) for p in result.problems],
         "changes": list(result.changes),
+        "held": held_view(result.held),
+    }
+
+
+def held_view(held: Held | None) -> dict[str, Any] | None:
+    """A held reload: why, which routes it would remove, and how to apply it anyway."""
+    if held is None:
+        return None
+    return {
+        "reason": held.reason,
+        "routes": list(held.routes),
+        "version": held.version,
+        "source": held.source,
+        "since": held.since,
+        "message": held.message,
+        "changes": list(held.changes),
+    }
+
+
+def reload_status_view(snap: RuntimeSnapshot, reloader: PolicyReloader) -> dict[str, Any]:
+    """`GET /admin/reload`: what serves, whether a reload is held, what the last did."""
+    last = reloader.last
+    return {
+        "version": snap.version,
+        "routes": sorted(snap.routes),
+        "source": reloader.source.description,
+        "held": held_view(reloader.held),
+        "last": None if last is None else reload_view(last),
     }
