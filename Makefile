@@ -11,7 +11,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 BENTOML_VENV ?= .venv-bentoml
 BENTOML_STAMP := $(BENTOML_VENV)/.installed-stamp
 
-.PHONY: install compile test-python run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench chaos soak docs clean
+.PHONY: install compile wheel test-python run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench chaos soak docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -105,6 +105,13 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format gateway tests loadtests
 	$(VENV)/bin/ruff check --fix gateway tests loadtests
+
+## A wheel in dist/ (distribution `switchyard-gateway`, command `switchyard`) that carries
+## the compiled request path: tagged for this Python and platform, since it holds CPython
+## extension modules. Install it anywhere with `pip install dist/switchyard_gateway-*.whl`.
+wheel: compile
+	rm -rf dist/ build/
+	$(PY) -m build --wheel --outdir dist/
 
 schema: install
 	$(VENV)/bin/switchyard policy schema --output policies/schema.json
