@@ -4,6 +4,11 @@ Run by the drift worker once per episode (see `episodes.py`), in this order, bec
 each later action passes on what the earlier ones produced: the window's URI goes into
 the Kubeflow run's parameters and the webhook event. Every outcome is logged and
 counted; an action that failed is tried again at the next evaluation of the episode.
+
+A retraining run is never started without its data: while the window is not saved,
+the Kubeflow action is `skipped` (counted, logged with the reason) and tried again,
+with the window, at the next evaluation. The webhook, a notification, goes out anyway,
+its `window_uri` null and `window_error` saying why.
 """
 
 from __future__ import annotations
@@ -73,7 +78,9 @@ def save_window(ctx: ActionContext, frame: pd.DataFrame, version: str, episode: 
             parquet.write_table(Table.from_pandas(frame, preserve_index=False), out)
         return f"{root}/{relative}"
     folder = ctx.windows_dir if location is None else local_path(location, ctx.base, ctx.roots)
-    path = folder / relative
+    # Absolute before it becomes a URI: a relative path has none (and would mean
+    # nothing to a pipeline running elsewhere).
+    path = (folder / relative).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_parquet(tmp, index=False)
@@ -119,7 +126,11 @@ async def send_webhook(
 
 
 def drift_event(
-    ctx: ActionContext, version: str, variants: Sequence[str], episode: Episode
+    ctx: ActionContext,
+    version: str,
+    variants: Sequence[str],
+    episode: Episode,
+    window_error: str | None = None,
 ) -> dict[str, Any]:
     """The JSON event the webhook receives (and the Kubeflow run's description)."""
     return {
@@ -130,6 +141,7 @@ def drift_event(
         "episode": episode.id,
         "started_at": episode.started_at,
         "window_uri": episode.window_uri,
+        "window_error": window_error,
         "run_id": episode.run_id,
         "summary": episode.summary,
     }
@@ -143,23 +155,40 @@ async def run_actions(
     frame: pd.DataFrame,
     model_name: str,
 ) -> dict[str, str]:
-    """Run the episode's pending actions; returns {action: "ok" | "failed"}."""
+    """Run the episode's pending actions; returns {action: "ok" | "failed" |
+    "skipped"} (skipped: a Kubeflow run waiting for its window, see the module)."""
     outcomes: dict[str, str] = {}
     on = ctx.spec.on_drift
+    window_error: str | None = None
     for action in configured(ctx.spec):
         if action in episode.done:
             continue
         detail = ""
         try:
             if action == "save_window":
-                episode.window_uri = await asyncio.to_thread(
-                    save_window, ctx, frame, version, episode
-                )
+                try:
+                    episode.window_uri = await asyncio.to_thread(
+                        save_window, ctx, frame, version, episode
+                    )
+                except (OSError, ValueError) as exc:
+                    window_error = f"{type(exc).__name__}: {exc}"
+                    raise
                 detail = episode.window_uri
             elif action == "kubeflow" and on.kubeflow is not None:
+                if not episode.window_uri:
+                    outcomes[action] = "skipped"
+                    log.error(
+                        "drift %s/%s episode %s: Kubeflow run not started: its window was not "
+                        "saved (%s); tried again with the window at the next evaluation",
+                        ctx.route,
+                        version,
+                        episode.id,
+                        window_error or "save_window did not succeed",
+                    )
+                    continue
                 detail = await _kubeflow(ctx, version, episode, model_name)
             elif action == "webhook" and on.webhook is not None:
-                event = drift_event(ctx, version, variants, episode)
+                event = drift_event(ctx, version, variants, episode, window_error)
                 await send_webhook(
                     on.webhook,
                     event,
@@ -192,7 +221,7 @@ async def _kubeflow(ctx: ActionContext, version: str, episode: Episode, model_na
         parameters = {
             "model_name": model_name,
             "model_version": version,
-            "window_uri": episode.window_uri or "",
+            "window_uri": episode.window_uri,  # never empty: see run_actions
             "drift_summary": orjson.dumps(episode.summary).decode(),
         }
         description = (

@@ -217,3 +217,45 @@ async def test_webhook_is_hmac_signed_and_retried() -> None:
         assert json.loads(last.body) == event
     finally:
         await server.close()
+
+
+async def test_a_relative_windows_folder_gives_the_run_an_absolute_file_uri(
+    kfp: tuple[SimServer, KubeflowSimulator], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The quick start's drift folder is relative (.state/drift): a relative path has no
+    # file:// URI, and the run was created with window_uri "" (retrain on nothing).
+    server, sim = kfp
+    monkeypatch.chdir(tmp_path)
+    ctx = context(tmp_path, spec(server.url), Sleeps())
+    ctx.windows_dir = Path("state/drift/windows")
+    episodes = Episodes(None)
+    _, episode = episodes.observe(KEY, True, 0.0, cooldown=0, clear_after=1)
+    assert episode is not None
+    outcomes = await run_actions(ctx, "7", ["champion"], episode, WINDOW, "fraud")
+    assert outcomes == {"save_window": "ok", "kubeflow": "ok"}
+    [run] = sim.runs
+    uri = run["runtime_config"]["parameters"]["window_uri"]
+    assert uri == episode.window_uri and uri.startswith("file:///")
+    assert Path(uri.removeprefix("file://")).is_relative_to(tmp_path / "state/drift/windows")
+    assert saved_window(uri).equals(WINDOW)
+
+
+async def test_no_run_is_started_without_its_window(
+    kfp: tuple[SimServer, KubeflowSimulator], tmp_path: Path
+) -> None:
+    server, sim = kfp
+    ctx = context(tmp_path, spec(server.url), Sleeps())
+    ctx.windows_dir = tmp_path / "blocked"
+    ctx.windows_dir.write_text("a file where the windows folder should be")
+    episodes = Episodes(None)
+    _, episode = episodes.observe(KEY, True, 0.0, cooldown=0, clear_after=1)
+    assert episode is not None
+    first = await run_actions(ctx, "7", ["champion"], episode, WINDOW, "fraud")
+    assert first == {"save_window": "failed", "kubeflow": "skipped"}
+    assert sim.runs == [] and creates(sim) == []  # not even tried: no run on nothing
+    ctx.windows_dir.unlink()  # fixed: the next evaluation of the episode saves, then runs
+    second = await run_actions(ctx, "7", ["champion"], episode, WINDOW, "fraud")
+    assert second == {"save_window": "ok", "kubeflow": "ok"}
+    [run] = sim.runs
+    assert run["runtime_config"]["parameters"]["window_uri"] == episode.window_uri
+    assert saved_window(episode.window_uri or "").equals(WINDOW)
