@@ -191,7 +191,12 @@ class ClientConnection:
             )
 
     def on_headers_complete(self) -> None:
-        fields = self._fields = dict(self._headers)
+        headers = self._headers
+        fields = self._fields = dict(headers)
+        if b"host" not in fields or len(fields) != len(headers):
+            # Rare (no Host, or some field repeated): the one dict lookup and length
+            # compare above are all a well-formed request pays for the Host rule.
+            self._check_host()
         length = fields.get(b"content-length")
         if length is not None and int(length) > self._max_body_bytes:
             raise PayloadTooLarge(
@@ -209,6 +214,26 @@ class ClientConnection:
                 raise ExpectationFailed("only 'Expect: 100-continue' is supported")
             if self.transport is not None and not self.closing:
                 self.transport.write(http11.CONTINUE_100)
+
+    def _check_host(self) -> None:
+        # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host and
+        # to any request with more than one. Routing never reads Host, but a proxy in
+        # front of or behind the gateway may, and two readers picking different Hosts is
+        # a request-smuggling and cache-poisoning vector (nginx refuses both too).
+        count = 0
+        for name, _ in self._headers:
+            if name == b"host":
+                count += 1
+        if count > 1:
+            raise BadRequest(
+                f"the request has {count} Host header fields; HTTP allows exactly one "
+                "(RFC 9112 section 3.2)"
+            )
+        if count == 0 and self.parser.get_http_version() != "1.0":
+            raise BadRequest(
+                "the HTTP/1.1 request has no Host header field; HTTP/1.1 requires one "
+                "(RFC 9112 section 3.2), e.g. 'Host: gateway.example'"
+            )
 
     def _drop_nominated(self) -> None:
         # RFC 9110 7.6.1: fields a Connection header names are hop-by-hop too, so they

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,7 +56,7 @@ WS = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
 LAST = b"0\r\n\r\n"
 AS_XCHUNKED = "as TE xchunked"
-AS_NO_HOST = "as above: Host never chooses a route or an upstream"
+NO_HOST = b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n"
 
 # name -> (bytes, the gateway's class, nginx's class where it differs, and why)
 CASES: dict[str, tuple[bytes, str, str | None, str]] = {
@@ -148,13 +149,16 @@ CASES: dict[str, tuple[bytes, str, str | None, str]] = {
         "2xx",
         "nginx drops Upgrade unless configured to pass it; the gateway refuses upgrades",
     ),
-    "no Host on HTTP/1.1": (
-        b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n",
+    # RFC 9112 3.2: 400 for an HTTP/1.1 request without Host and for any with two.
+    "no Host on HTTP/1.1": (NO_HOST, "4xx", None, ""),
+    "two Host fields": (_get(b"Host: y\r\n"), "4xx", None, ""),
+    "two Host fields on HTTP/1.0": (_get(b"Host: y\r\n", version=b"1.0"), "4xx", None, ""),
+    "no Host on HTTP/1.0": (
+        b"GET /v1/models HTTP/1.0\r\nConnection: close\r\n\r\n",
         "2xx",
-        "4xx",
-        "the gateway routes by path and body, never by Host, so a missing Host changes nothing",
+        None,
+        "",
     ),
-    "two Host fields": (_get(b"Host: y\r\n"), "2xx", "4xx", AS_NO_HOST),
 }
 
 
@@ -288,6 +292,29 @@ def test_answer_classes_next_to_nginx(gw: GatewayProc, nginx: int) -> None:
             f"{name}: nginx answered {theirs}; the table says {differs or expected}"
         )
     print("\n" + "\n".join(rows))
+
+
+def test_host_field_rules_of_rfc_9112(gw: GatewayProc) -> None:
+    """No Host on HTTP/1.1, or Host twice: 400 naming the problem, connection closed."""
+    port = port_of(gw.url)
+    for data, says in (
+        (NO_HOST, b"has no Host header field"),
+        (_get(b"Host: y\r\n"), b"has 2 Host header fields"),
+        (_get(b"host: x\r\nHOST: z\r\n", version=b"1.0"), b"has 3 Host header fields"),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(data.replace(b"Connection: close\r\n", b""))  # kept alive, but...
+            answer = read_all(s)  # ...closed after the 400: the framing is not trusted
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        error = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+        assert error["code"] == "bad_request", error
+        assert says in error["message"].encode() and b"RFC 9112" in error["message"].encode()
+    # HTTP/1.0 predates Host: served without one, and an empty Host is a Host.
+    for data in (
+        b"GET /v1/models HTTP/1.0\r\n\r\n",
+        _get(b"", version=b"1.1").replace(b"Host: x", b"Host: "),
+    ):
+        assert ask(port, data).startswith(b"HTTP/1.1 200 "), data
 
 
 def test_smuggled_request_behind_cl_te_is_never_served(gw: GatewayProc, sim: Simulator) -> None:
