@@ -38,7 +38,10 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer
     require_backend("vLLM", unsupported_reason(), environment_problem())
     work = tmp_path_factory.mktemp("vllm")
     model = build_tiny_model(work / "tiny-llama")
-    server = VllmServer(model, work / "vllm.log")
+    # --enable-log-requests: vLLM then logs "Request <id> aborted." when it cancels a
+    # request because its client went away, which is how the disconnect test sees the
+    # abort itself instead of racing generation speed against it.
+    server = VllmServer(model, work / "vllm.log", extra_args=("--enable-log-requests",))
     server.start()
     print(f"\nvLLM healthy in {server.started_s:.1f} s on {server.url}")
     yield server

@@ -10,6 +10,7 @@ answer exactly `max_tokens` long, so token counts are exact.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections import Counter
@@ -228,16 +229,19 @@ def test_sticky_by_user_body_field(
 
 
 def long_generation() -> dict[str, Any]:
-    """A request that keeps vLLM busy for seconds, not milliseconds.
+    """A request that vLLM cannot finish within any wait of these tests.
 
-    One 480-token answer takes ~1 s here, and on a shared 2-core machine vLLM's API
-    server can be starved that long while its engine (another process) runs on: the
-    whole answer could be generated before the first byte reaches us, and neither a
-    cancel nor a crash mid-stream could be observed. `n` parallel answers multiply the
-    work (~3 s for 64) without a bigger model. With `ignore_eos` an uncancelled request
-    adds exactly n * max_tokens to vLLM's generated-token counter.
+    Whatever a test observes mid-stream (a cancel, a crash) must still be under way when
+    it acts, on a shared 2-core machine where vLLM's API server, the gateway and the test
+    can each be starved for seconds while vLLM's engine (another process) runs on. One
+    answer is at most ~480 tokens here (the model's 512 positions), so the work comes
+    from `n` parallel answers: the CPU engine runs 128 at a time (its max_num_seqs) and
+    queues the rest, so 1024 answers are 8 rounds of ~480 steps, about 75 s on this
+    machine (64 answers took 3-5 s and were, now and then, all done before a cancel
+    landed). With `ignore_eos` an uncancelled request adds exactly n * max_tokens to
+    vLLM's generated-token counter.
     """
-    return {"max_tokens": MAX_MODEL_LEN - 32, "n": 64, **EXACT}
+    return {"max_tokens": MAX_MODEL_LEN - 32, "n": 1024, **EXACT}
 
 
 # An SSE event of a generated token (vLLM's opening event starts with the role instead).
@@ -245,26 +249,53 @@ def long_generation() -> dict[str, Any]:
 TOKEN_EVENT = re.compile(r'"delta":\s*\{\s*"content"')
 
 
-def first_token(lines: Iterator[str]) -> None:
+def first_token(lines: Iterator[str]) -> str:
+    """Read up to the first generated token; the response's id (vLLM's request id)."""
     for line in lines:
         if line.startswith("data: ") and TOKEN_EVENT.search(line):
-            return
+            chunk_id: str = json.loads(line.removeprefix("data: "))["id"]
+            return chunk_id
     raise AssertionError("the stream ended before any token")
+
+
+def log_since(server: VllmServer, offset: int) -> str:
+    """What the server logged after the first `offset` bytes of its log."""
+    with server.log_path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+def idle(server: VllmServer) -> bool:
+    """Nothing running or queued in vLLM's engine (the parallel answers of `n` queue)."""
+    busy = server.metric("vllm:num_requests_running") + server.metric("vllm:num_requests_waiting")
+    return busy == 0
 
 
 def test_client_disconnect_cancels_generation_on_vllm(gw: GatewayProc, vllm: VllmServer) -> None:
     body = {"model": "chat", "messages": MESSAGES, "stream": True, **long_generation()}
     full = body["n"] * body["max_tokens"]
     tokens_before = vllm.metric("vllm:generation_tokens_total")
+    log_offset = vllm.log_path.stat().st_size
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["x-switchyard-variant"] == "champion"
-        first_token(r.iter_lines())
+        request_id = first_token(r.iter_lines())
     # Leaving the block closed the client's connection mid-stream; the gateway must
-    # close its upstream connection, which is how vLLM learns to abort the request.
-    assert wait_until(lambda: vllm.metric("vllm:num_requests_running") == 0, timeout=10)
+    # close its upstream connection, which is how vLLM learns to abort the request. vLLM
+    # logs the abort of this very request (the session's server runs with
+    # --enable-log-requests); a request that runs to its end never logs it, however
+    # long this waits, so the check cannot pass without the cancel. The generation
+    # would take over a minute, so the abort always lands first.
+    aborted = f"Request {request_id} aborted."
+    assert wait_until(lambda: aborted in log_since(vllm, log_offset), timeout=30), (
+        f"vLLM never logged {aborted!r}: the gateway did not cancel the upstream request "
+        f"({vllm.metric('vllm:num_requests_running'):.0f} answers still running, "
+        f"{vllm.metric('vllm:num_requests_waiting'):.0f} queued)"
+    )
+    # And the engine stopped: nothing left running or queued, and far from every token.
+    assert wait_until(lambda: idle(vllm), timeout=10)
     generated = vllm.metric("vllm:generation_tokens_total") - tokens_before
-    assert generated < full / 2, f"vLLM generated {generated:.0f} of {full} tokens: not cancelled"
+    assert generated < full, f"vLLM generated {generated:.0f} of {full} tokens: not cancelled"
     assert wait_until(
         lambda: (
             gw.metric("switchyard_gateway_errors_total", route="chat", code="client_closed") >= 1
