@@ -141,3 +141,24 @@ def test_admin_reload_applies_a_removal_only_when_confirmed(
         assert reply.status_code == 200
     finally:
         gw.proc.stop()
+
+
+def test_a_confirmation_reaches_every_worker(
+    tmp_path: Path, sims: tuple[Simulator, Simulator]
+) -> None:
+    a, b = sims
+    full = quick_start(a, b)
+    (tmp_path / "demo.yaml").write_text(full)
+    gw = start_gateway(tmp_path, "--watch-interval", "0", "--workers", "2")
+    try:
+        (tmp_path / "demo.yaml").write_text(full[: full.rindex("---\n")])
+        r = httpx.post(f"{gw.admin}/admin/reload", timeout=30)
+        assert [w["status"] for w in r.json()["workers"]] == [409, 409], r.text
+        assert gw.metric("switchyard_policy_reload_held", reason="removes_routes") == 1
+        # The supervisor passes the query on: each worker gets the confirmation.
+        r = httpx.post(f"{gw.admin}/admin/reload?remove=fraud-service", timeout=30)
+        assert r.status_code == 200, r.text
+        assert [w["result"]["outcome"] for w in r.json()["workers"]] == ["success", "success"]
+        assert gw.metric("switchyard_policy_reload_held", reason="removes_routes") == 0
+    finally:
+        gw.proc.stop()
