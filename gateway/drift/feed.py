@@ -59,6 +59,9 @@ class DriftFeed:
         if not routes or found is None:
             return None
         kept = {r: e for r, e in (found.get("routes") or {}).items() if r in routes}
+        # The worker's drops are not limited like this: they include rows of routes this
+        # process no longer samples (sent before a reload removed the drift block), and a
+        # loss is better shown too often than hidden.
         return {**found, "routes": kept}
 
     def wanted(self) -> bool:

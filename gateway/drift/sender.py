@@ -3,16 +3,31 @@ flush interval take its buffer, extract features and send them to the drift work
 
 One task per gateway process, on the data plane's loop. Its cost per sample (feature
 extraction, one orjson encode, a share of one `sendto`) is paid every 200 ms in a batch,
-not inside any request. A failed send drops that datagram's samples and counts them:
-the worker being down or slow never backs up into the gateway.
+not inside any request. The worker being down or slow never backs up into the gateway:
+a datagram the worker cannot take now (not bound yet, restarting, its queue full) waits
+in a bounded backlog of encoded datagrams and goes out, oldest first, once the worker
+takes datagrams again; the config goes first, so a worker that just started knows the
+routes before their rows arrive. When the backlog is full its oldest rows are dropped.
+Every sample that never reaches the worker is counted with its reason:
+
+- `buffer_full`: the request path's buffer was full (counted by the tap);
+- `extract_failed`: turning the body into features raised (a bug);
+- `route_removed`: the route's drift block went away between sampling and the flush;
+- `too_large`: one sample does not fit a datagram;
+- `backlog_full`: the worker was down or behind longer than the backlog holds;
+- `send_failed`: the OS refused the datagram for another reason (not retried);
+- `shutdown`: still waiting in the backlog when the gateway stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from gateway.controlplane.loader import LoadedPolicy
 from gateway.dataplane.snapshot import SnapshotRef
@@ -24,8 +39,26 @@ from gateway.observability.drift_metrics import DriftCounters
 
 FLUSH_INTERVAL = 0.2  # seconds: how stale a sample may get before the worker sees it
 CONFIG_EVERY = 2.0  # seconds between config datagrams (a restarted worker learns it soon)
+# Rows kept for a worker that cannot take them yet. Encoded (~200 bytes a row), so this
+# bounds the memory at a few MB while covering a worker start (Python, pandas: seconds)
+# at a thousand samples per second.
+BACKLOG_ROWS = 10_000
+# The worker is not there (not bound yet, restarting: ECONNREFUSED, or ENOENT for a
+# socket file) or behind (its queue is full: EAGAIN; ENOBUFS on some systems): the
+# datagram is worth sending again later. Any other error would fail again the same way.
+_RETRY_LATER = frozenset(
+    {errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS}
+)
 
 log = logging.getLogger("switchyard.drift")
+
+
+@dataclass(frozen=True, slots=True)
+class _Datagram:
+    data: bytes
+    route: str
+    version: str
+    rows: int
 
 
 class DriftSender:
@@ -38,19 +71,31 @@ class DriftSender:
         counters: DriftCounters,
         *,
         sock: socket.socket | None = None,
+        backlog: int = BACKLOG_ROWS,
     ) -> None:
         self.tap = tap
         self.address = address
         self.counters = counters
+        self.backlog_limit = backlog
         self._sock = sock if sock is not None else sender_socket()
         self._extractors: dict[str, Extractor] = {}
         self._config: bytes | None = None
+        self._backlog: deque[_Datagram] = deque()
+        self._backlog_rows = 0
+        # Whether the worker may lack our config: at start, and after any datagram it
+        # did not take (it may be a new worker). Then the config goes before any rows.
+        self._config_owed = True
         self._warned = False
 
     @property
     def routes(self) -> Sequence[str]:
         """Routes now sampled."""
         return tuple(self._extractors)
+
+    @property
+    def backlog_rows(self) -> int:
+        """Rows encoded and waiting for the worker to take them."""
+        return self._backlog_rows
 
     def configure(self, policies: Sequence[LoadedPolicy]) -> None:
         """Sample the routes whose policy has a drift block, at their rates."""
@@ -74,64 +119,117 @@ class DriftSender:
         self._config = config
         self.send_config()
 
-    def send_config(self) -> None:
-        """Tell the worker which routes to watch and how (no-op without drift routes)."""
+    def send_config(self) -> bool:
+        """Tell the worker which routes to watch and how; False if it did not take it
+        (no-op, True, without drift routes)."""
         if self._config is None:
-            return
+            return True
         try:
             self._sock.sendto(self._config, self.address)
         except OSError as exc:
+            self._config_owed = True
             self._warn(exc)
+            return False
+        self._config_owed = False
+        if not self._backlog:
+            self._warned = False  # the outage is over: warn again at the next one
+        return True
 
     def flush(self) -> int:
-        """Send everything buffered; returns the rows sent."""
+        """Send everything buffered (after the backlog); returns the rows sent."""
         samples = self.tap.take()
-        if not samples:
-            return 0
         groups: dict[tuple[str, str, str], list[Row]] = {}
-        dropped = self.counters.dropped
         for decision, body in samples:
             route, variant = decision.route.name, decision.variant
             extract = self._extractors.get(route)
             if extract is None:  # the route's drift block went away since the offer
+                self._drop(route, variant.version, "route_removed", 1)
                 continue
             try:
                 rows = extract(body)
             except Exception:  # extractors are total; a bug must not stop the feed
-                key = (route, variant.version, "extract_failed")
-                dropped[key] = dropped.get(key, 0) + 1
+                self._drop(route, variant.version, "extract_failed", 1)
                 log.exception("drift feature extraction failed for route %s", route)
                 continue
             groups.setdefault((route, variant.name, variant.version), []).extend(rows)
-        sent_total = 0
         for (route, variant_name, version), rows in groups.items():
-            sent = 0
+            encoded = 0
             for datagram, n in encode(route, variant_name, version, rows):
-                try:
-                    self._sock.sendto(datagram, self.address)
-                except OSError as exc:  # down (refused, no such address) or behind (EAGAIN)
-                    self._warn(exc)
-                    continue
-                sent += n
-            if sent:
-                key2 = (route, version)
-                self.counters.sent[key2] = self.counters.sent.get(key2, 0) + sent
-                self._warned = False
-            if sent < len(rows):
-                key = (route, version, "send_failed")
-                dropped[key] = dropped.get(key, 0) + len(rows) - sent
-            sent_total += sent
+                self._backlog.append(_Datagram(datagram, route, version, n))
+                self._backlog_rows += n
+                encoded += n
+            if encoded < len(rows):
+                self._drop(route, version, "too_large", len(rows) - encoded)
+        sent = self._drain()
+        self._trim()
+        return sent
+
+    def _drain(self) -> int:
+        """Send the backlog, oldest first, until the worker stops taking datagrams."""
+        if not self._backlog:
+            return 0
+        # A worker that refused our last datagram may have restarted since: without the
+        # config first it would not know the routes of the rows that follow.
+        if self._config_owed and not self.send_config():
+            return 0
+        sent_total = 0
+        backlog, sent = self._backlog, self.counters.sent
+        while backlog:
+            item = backlog[0]
+            try:
+                self._sock.sendto(item.data, self.address)
+            except OSError as exc:
+                self._warn(exc)
+                if exc.errno in _RETRY_LATER:
+                    self._config_owed = True
+                    break  # the rest waits for the next flush, in order
+                backlog.popleft()
+                self._backlog_rows -= item.rows
+                self._drop(item.route, item.version, "send_failed", item.rows)
+                continue
+            backlog.popleft()
+            self._backlog_rows -= item.rows
+            key = (item.route, item.version)
+            sent[key] = sent.get(key, 0) + item.rows
+            sent_total += item.rows
+        if not backlog:
+            self._warned = False
         return sent_total
 
+    def _trim(self) -> None:
+        """Keep the backlog within its bound by dropping its oldest rows (the newest say
+        more about the traffic the window should show)."""
+        backlog = self._backlog
+        while self._backlog_rows > self.backlog_limit and backlog:
+            item = backlog.popleft()
+            self._backlog_rows -= item.rows
+            self._drop(item.route, item.version, "backlog_full", item.rows)
+
+    def _drop(self, route: str, version: str, reason: str, rows: int) -> None:
+        key = (route, version, reason)
+        dropped = self.counters.dropped
+        dropped[key] = dropped.get(key, 0) + rows
+
     def close(self) -> None:
-        """Close the socket (`run` does it when cancelled)."""
+        """Count what still waits for the worker as lost, and close the socket (`run`
+        does both when cancelled, after a last flush)."""
+        while self._backlog:
+            item = self._backlog.popleft()
+            self._drop(item.route, item.version, "shutdown", item.rows)
+        self._backlog_rows = 0
         self._sock.close()
 
     def _warn(self, exc: OSError) -> None:
-        # Once per outage, not once per datagram: the counter tells how much was lost.
+        # Once per outage, not once per datagram: the counters tell how much was held
+        # back or lost.
         if not self._warned:
             self._warned = True
-            log.warning("drift worker not reachable (%s); dropping samples until it is", exc)
+            log.warning(
+                "drift worker not reachable (%s); holding up to %d samples for it, dropping "
+                "and counting the oldest beyond that",
+                exc,
+                self.backlog_limit,
+            )
 
     async def run(
         self,

@@ -4,6 +4,9 @@ One per gateway (the supervisor or the single gateway process starts it; see
 `manager.py`), so every gateway worker's samples meet in the same windows. Its loop:
 
 - the socket reader appends incoming rows to the window of their (route, version);
+  rows of a route it has no drift block for (yet: a worker that just started may get
+  rows before the config) wait, bounded, for the next config datagram, then join their
+  window or are dropped; every row dropped here is counted by reason in the status;
 - every half second, each window whose interval came up is evaluated by Evidently in a
   thread (the reader keeps draining the socket meanwhile) against its route's
   reference data; the result updates the status, the HTML report and the episode;
@@ -20,6 +23,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,14 @@ import httpx
 
 from gateway.controlplane.registry import RegistryConfig
 from gateway.drift.actions import ACTIONS, ActionContext, configured, run_actions
-from gateway.drift.channel import MAX_DATAGRAM, Config, decode, receiver_socket, worker_address
+from gateway.drift.channel import (
+    MAX_DATAGRAM,
+    Config,
+    Rows,
+    decode,
+    receiver_socket,
+    worker_address,
+)
 from gateway.drift.config import RouteDrift, route_drifts
 from gateway.drift.episodes import Episodes
 from gateway.drift.refdata import REFRESH_REGISTRY, Reference, ReferenceError, load_reference
@@ -42,6 +53,13 @@ TICK = 0.5  # seconds between checks for due evaluations
 # route (an alias moved on), and evaluating it again would only repeat its last result.
 IDLE_WINDOW = 3600.0
 STATUS_EVERY = 1.0
+# Rows waiting for the config datagram that names their route (it comes every 2 s from
+# each gateway, and before rows after an outage): enough for a burst at worker start.
+HOLD_ROWS = 10_000
+# Distinct (route, version, reason) drop counters kept: route names in a datagram are
+# not checked against any policy before they are counted, so they must not grow the
+# metrics without bound. Beyond it, drops are counted under an empty route and version.
+MAX_DROP_KEYS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +89,9 @@ class DriftWorker:
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
-        self.dir = options.drift_dir
+        # Absolute: saved windows become file:// URIs (a relative path has none) that
+        # a pipeline elsewhere reads, and the status names files under it.
+        self.dir = options.drift_dir.resolve()
         self.windows = Windows()
         self.episodes = Episodes(self.dir / "episodes.json")
         self.routes: dict[str, RouteDrift] = {}
@@ -79,7 +99,10 @@ class DriftWorker:
         self.reference_errors: dict[str, str] = {}
         self.states: dict[Key, _WindowState] = {}
         self.actions: dict[str, dict[str, dict[str, int]]] = {}
-        self.ignored = 0  # rows of routes without a drift block here
+        # (route, version, reason) -> rows that never reached a window (see `receive`).
+        self.dropped: dict[tuple[str, str, str], int] = {}
+        self._held: deque[tuple[Rows, float]] = deque()  # rows waiting for their config
+        self._held_rows = 0
         self.error: str | None = None
         self.started_at = time.time()
         self._config_digest: str | None = None
@@ -89,9 +112,13 @@ class DriftWorker:
     # Configuration ------------------------------------------------------------------
 
     def configure(self, config: Config) -> None:
-        """Follow the drift blocks a gateway process sent (skipped when unchanged)."""
-        if config.digest == self._config_digest:
-            return
+        """Follow the drift blocks a gateway process sent (skipped when unchanged), then
+        place or drop the rows that waited for a config."""
+        if config.digest != self._config_digest:
+            self._reconfigure(config)
+        self._release_held()
+
+    def _reconfigure(self, config: Config) -> None:
         self._config_digest = config.digest
         routes, problems = route_drifts(config.routes)
         for problem in problems:
@@ -117,22 +144,54 @@ class DriftWorker:
                 datagram = sock.recv(MAX_DATAGRAM + 4096)
             except (BlockingIOError, InterruptedError):
                 return
-            message = decode(datagram)
-            if message is None:
-                continue
-            if isinstance(message, Config):
-                self.configure(message)
-                continue
-            config = self.routes.get(message.route)
-            if config is None:  # a route whose config has not arrived (or was removed)
-                self.ignored += len(message.rows)
-                continue
-            window = self.windows.get(
-                (message.route, message.version),
-                config.spec.window.size,
-                config.spec.window.duration,
-            )
-            window.add(message.rows, message.variant, now)
+            self.accept(datagram, now)
+
+    def accept(self, datagram: bytes, now: float) -> None:
+        """Take one datagram: a config, or rows for their window."""
+        message = decode(datagram)
+        if message is None:  # another wire version, or not from a gateway at all
+            self.drop("", "", "malformed", 1)
+            return
+        if isinstance(message, Config):
+            self.configure(message)
+        elif message.route in self.routes:
+            self._add(message, now)
+        else:
+            # Its config has not arrived (this worker just started, or restarted between
+            # two of the sender's flushes) or the route has no drift block any more; the
+            # next config datagram tells which.
+            self._held.append((message, now))
+            self._held_rows += len(message.rows)
+            while self._held_rows > HOLD_ROWS:
+                old, _ = self._held.popleft()
+                self._held_rows -= len(old.rows)
+                self.drop(old.route, old.version, "no_config", len(old.rows))
+
+    def _add(self, message: Rows, now: float) -> None:
+        config = self.routes[message.route]
+        window = self.windows.get(
+            (message.route, message.version),
+            config.spec.window.size,
+            config.spec.window.duration,
+        )
+        window.add(message.rows, message.variant, now)
+
+    def _release_held(self) -> None:
+        while self._held:
+            message, arrived = self._held.popleft()
+            self._held_rows -= len(message.rows)
+            if message.route in self.routes:
+                # Arrival time, not now: a window with a duration ages them from then.
+                self._add(message, arrived)
+            else:
+                self.drop(message.route, message.version, "unknown_route", len(message.rows))
+
+    def drop(self, route: str, version: str, reason: str, rows: int) -> None:
+        """Count rows that never reached a window."""
+        key = (route, version, reason)
+        if key not in self.dropped and len(self.dropped) >= MAX_DROP_KEYS:
+            key = ("", "", reason)
+        self.dropped[key] = self.dropped.get(key, 0) + rows
 
     # Evaluating -----------------------------------------------------------------------
 
@@ -330,7 +389,11 @@ class DriftWorker:
             "started_at": self.started_at,
             "heartbeat": time.time(),
             "error": self.error,
-            "ignored_rows": self.ignored,
+            "held_rows": self._held_rows,
+            "dropped": [
+                {"route": r, "version": v, "reason": reason, "samples": n}
+                for (r, v, reason), n in sorted(self.dropped.items())
+            ],
             "actions_known": list(ACTIONS),
             "routes": routes,
         }
@@ -382,5 +445,9 @@ class DriftWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            while self._held:  # no config came for them before the end
+                message, _ = self._held.popleft()
+                self.drop(message.route, message.version, "shutdown", len(message.rows))
+            self._held_rows = 0
             self.publish()
         return 0

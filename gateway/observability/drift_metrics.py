@@ -36,6 +36,7 @@ WORKER_SOURCED = frozenset(
         "switchyard_drift_evaluation_seconds",
         "switchyard_drift_evaluations_total",
         "switchyard_drift_samples_received_total",
+        "switchyard_drift_worker_samples_dropped_total",
         "switchyard_drift_episodes_total",
         "switchyard_drift_actions_total",
         "switchyard_drift_worker_up",
@@ -51,8 +52,8 @@ class DriftCounters:
     sent: dict[tuple[str, str], int] = field(default_factory=dict)  # (route, version)
     # (route, version) -> samples the request path found no room for (buffer full).
     buffer_full: dict[tuple[str, str], int] = field(default_factory=dict)
-    # (route, version, reason) -> samples lost after the buffer: send_failed (worker down
-    # or behind), extract_failed.
+    # (route, version, reason) -> samples lost after the buffer: extract_failed,
+    # route_removed, too_large, backlog_full, send_failed, shutdown (see `sender.py`).
     dropped: dict[tuple[str, str, str], int] = field(default_factory=dict)
     status: Callable[[], Mapping[str, Any] | None] | None = None
 
@@ -79,8 +80,10 @@ def drift_families(counters: DriftCounters) -> Iterator[object]:
     )
     dropped = CounterMetricFamily(
         "switchyard_drift_samples_dropped",
-        "Drift samples lost, by reason: buffer_full (on the request path), send_failed "
-        "(drift worker down or behind), extract_failed.",
+        "Drift samples this gateway never sent to the drift worker, by reason: buffer_full "
+        "(on the request path), backlog_full (the worker was down or behind for longer than "
+        "the sender's backlog holds), extract_failed, route_removed, too_large, send_failed, "
+        "shutdown.",
         labels=[*rv, "reason"],
     )
     for (route, version), n in list(counters.sent.items()):
@@ -135,13 +138,23 @@ def drift_families(counters: DriftCounters) -> Iterator[object]:
         "Samples the drift worker received into the window.",
         labels=rv,
     )
+    worker_dropped = CounterMetricFamily(
+        "switchyard_drift_worker_samples_dropped",
+        "Samples the drift worker received but put in no window, by reason: unknown_route "
+        "(no drift block for the route in the gateways' config), no_config (more rows came "
+        "before their config than the worker holds), shutdown (the worker stopped before "
+        "their config came), malformed (datagrams it could not read; route and version "
+        "empty).",
+        labels=[*rv, "reason"],
+    )
     episodes = CounterMetricFamily(
         "switchyard_drift_episodes", "Drift episodes that began.", labels=rv
     )
     actions = CounterMetricFamily(
         "switchyard_drift_actions",
         "Drift actions by kind (save_window, kubeflow, webhook) and outcome: ok, failed, "
-        "suppressed (cooldown).",
+        "suppressed (cooldown), skipped (a Kubeflow run not started while its window is not "
+        "saved; tried again).",
         labels=["route", "action", "outcome"],
     )
     up = GaugeMetricFamily(
@@ -173,10 +186,20 @@ def drift_families(counters: DriftCounters) -> Iterator[object]:
                 if result.get("score") is not None:
                     score.add_metric([*labels, column, method], float(result["score"]))
                 column_drifted.add_metric([*labels, column], 1.0 if result.get("drifted") else 0.0)
+        for drop in status.get("dropped") or []:
+            if isinstance(drop, Mapping):
+                worker_dropped.add_metric(
+                    [
+                        str(drop.get("route", "")),
+                        str(drop.get("version", "")),
+                        str(drop.get("reason", "")),
+                    ],
+                    float(drop.get("samples", 0) or 0),
+                )
         routes = status.get("routes") or {}
         for route, entry in sorted(routes.items()):
             for action, outcomes in sorted((entry.get("actions") or {}).items()):
                 for outcome, n in sorted(outcomes.items()):
                     actions.add_metric([route, action, outcome], float(n))
     yield from (share, detected, score, column_drifted, window, evaluated, duration)
-    yield from (evaluations, received, episodes, actions, up, restarts)
+    yield from (evaluations, received, worker_dropped, episodes, actions, up, restarts)

@@ -3,7 +3,7 @@
 Baseline traffic evaluates as no drift; shifted traffic raises the drift metric, saves
 the window as Parquet, serves the Evidently report from the admin API and makes exactly
 one Kubeflow run request. Killing the drift worker never touches requests: it is
-restarted and the samples lost meanwhile are counted.
+restarted, and the samples taken meanwhile wait for it in the gateway.
 """
 
 from __future__ import annotations
@@ -154,20 +154,36 @@ def test_shifted_traffic_makes_drift_a_window_file_a_report_and_one_run(
     assert gw.metric("switchyard_drift_actions_total", action="kubeflow", outcome="ok") == 1.0
 
 
-def test_killing_the_worker_never_touches_requests(
+def test_killing_the_worker_never_touches_requests_and_loses_no_samples(
     drift_gateway: tuple[GatewayProc, Path],
 ) -> None:
     gw, _ = drift_gateway
     view = wait_for(gw, lambda v: bool(v["worker"].get("up")), timeout=30)
     pid = view["worker"]["pid"]
     os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while gone(pid) is False:  # reaped by the gateway: its socket is closed
+        assert time.monotonic() < deadline, f"worker {pid} still there"
+        time.sleep(0.05)
     send(gw, baseline_request, 120, seed=5)  # all 200 OK (asserted in send)
     restarted = wait_for(
         gw, lambda v: v["worker"].get("generation") == 2 and v["worker"]["up"], timeout=30
     )
     assert restarted["worker"]["pid"] != pid
     assert gw.metric("switchyard_drift_worker_restarts_total") == 1.0
-    lost = gw.metric("switchyard_drift_samples_dropped_total", reason="send_failed")
-    assert lost > 0
+    # The samples taken while no worker listened waited in the gateway's backlog and
+    # went to the new worker, its config first: none lost, none counted as dropped.
+    wait_for(gw, lambda v: version(v).get("received", 0) == 120, timeout=30)
     send(gw, baseline_request, 20, seed=6)  # the new worker receives again
-    wait_for(gw, lambda v: version(v).get("received", 0) >= 20, timeout=30)
+    wait_for(gw, lambda v: version(v).get("received", 0) == 140, timeout=30)
+    assert gw.metric("switchyard_drift_samples_total", route="support") == 140
+    assert gw.metric("switchyard_drift_samples_dropped_total") == 0
+    assert gw.metric("switchyard_drift_worker_samples_dropped_total") == 0
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

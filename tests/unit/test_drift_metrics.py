@@ -85,3 +85,22 @@ def test_admin_view_of_a_route() -> None:
     assert version["report_url"] == "/admin/drift/chat/report.html?version=7"
     assert view["this_process"] == {"sent": {"7": 10}, "dropped": {"7": {"send_failed": 3}}}
     assert route_view("other", status(time.time()), counters) is None
+
+
+def test_the_workers_drops_are_metrics_counted_once_across_processes() -> None:
+    def with_drops(heartbeat: float) -> dict[str, Any]:
+        found = status(heartbeat)
+        found["dropped"] = [
+            {"route": "chat", "version": "7", "reason": "unknown_route", "samples": 4},
+            {"route": "", "version": "", "reason": "malformed", "samples": 1},
+        ]
+        return found
+
+    one, two = DriftCounters(), DriftCounters()
+    one.status = two.status = lambda: with_drops(time.time())
+    name = "switchyard_drift_worker_samples_dropped_total"
+    line = f'{name}{{reason="unknown_route",route="chat",version="7"}} 4.0'
+    assert line in exposition(one)
+    merged = merge_expositions([exposition(one), exposition(two)])
+    assert line in merged  # one fact, read by both processes: not 8
+    assert f'{name}{{reason="malformed",route="",version=""}} 1.0' in merged

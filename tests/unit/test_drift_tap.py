@@ -98,18 +98,61 @@ def test_sender_extracts_and_sends_to_the_worker_socket(tmp_path: Path) -> None:
         receiver.close()
 
 
-def test_sender_counts_samples_lost_when_the_worker_is_down(tmp_path: Path) -> None:
+def test_sender_holds_samples_until_the_worker_is_up_and_sends_its_config_first(
+    tmp_path: Path,
+) -> None:
+    # The quick start: the gateway samples before the drift worker (Python, pandas:
+    # seconds) has bound its socket. Those samples used to be dropped, and so the
+    # demo's whole baseline; now they wait, and the config goes before them.
     policies, d = decisions()
     counters = DriftCounters()
     tap = DriftTap(1000)
-    sender = DriftSender(tap, worker_address(tmp_path / "nobody"), counters)
-    sender.configure(policies)
+    address = worker_address(tmp_path)
+    sender = DriftSender(tap, address, counters)
+    sender.configure(policies)  # the config datagram is refused: nobody listens yet
     tap.configure({"chat": 1.0})
     for _ in range(7):
         tap.offer(d["chat"], {"messages": []})
     assert sender.flush() == 0
-    sender.close()
-    assert counters.dropped == {("chat", "3", "send_failed"): 7}
+    assert sender.backlog_rows == 7 and counters.dropped == {} and counters.sent == {}
+    receiver = receiver_socket(address)  # the worker is up
+    try:
+        assert sender.flush() == 7
+        first, second = decode(receiver.recv(65536)), decode(receiver.recv(65536))
+        assert isinstance(first, Config) and first.routes[0]["route"] == "chat"
+        assert isinstance(second, Rows) and len(second.rows) == 7
+        assert counters.sent == {("chat", "3"): 7} and counters.dropped == {}
+        assert sender.backlog_rows == 0
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_the_backlog_keeps_the_newest_samples_and_counts_the_oldest(tmp_path: Path) -> None:
+    policies, d = decisions()
+    counters = DriftCounters()
+    tap = DriftTap(1000)
+    address = worker_address(tmp_path)
+    sender = DriftSender(tap, address, counters, backlog=50)
+    sender.configure(policies)
+    tap.configure({"chat": 1.0})
+    for flush in range(5):  # 5 datagrams of 20 rows, the flush's number in each row
+        for _ in range(20):
+            tap.offer(d["chat"], {"messages": [{"role": "user", "content": "x" * flush}]})
+        assert sender.flush() == 0
+    assert counters.dropped == {("chat", "3", "backlog_full"): 60}
+    assert sender.backlog_rows == 40
+    receiver = receiver_socket(address)
+    try:
+        assert sender.flush() == 40
+        assert isinstance(decode(receiver.recv(65536)), Config)
+        kept = [decode(receiver.recv(65536)) for _ in range(2)]
+        chars = [row["prompt_chars"] for m in kept if isinstance(m, Rows) for row in m.rows]
+        assert chars == [3.0] * 20 + [4.0] * 20  # the two newest flushes, in order
+        assert counters.sent == {("chat", "3"): 40}
+    finally:
+        sender.close()
+        receiver.close()
 
 
 def test_sender_counts_drops_when_the_worker_falls_behind(tmp_path: Path) -> None:
@@ -119,7 +162,7 @@ def test_sender_counts_drops_when_the_worker_falls_behind(tmp_path: Path) -> Non
     try:
         counters = DriftCounters()
         tap = DriftTap(100_000)
-        sender = DriftSender(tap, address, counters)
+        sender = DriftSender(tap, address, counters, backlog=1000)
         sender.configure(policies)
         tap.configure({"chat": 1.0})
         sent = 0
@@ -127,11 +170,30 @@ def test_sender_counts_drops_when_the_worker_falls_behind(tmp_path: Path) -> Non
             for _ in range(200):
                 tap.offer(d["chat"], {"messages": [{"role": "user", "content": "x " * 50}]})
             sent += sender.flush()
-        lost = counters.dropped[("chat", "3", "send_failed")]
-        assert lost > 0 and sent + lost == 50 * 200
+        lost = counters.dropped[("chat", "3", "backlog_full")]
+        assert lost > 0 and 0 < sender.backlog_rows <= 1000
+        assert sent + lost + sender.backlog_rows == 50 * 200
+        waiting = sender.backlog_rows
+        sender.close()  # what still waits is lost with the process, and counted
+        assert counters.dropped[("chat", "3", "shutdown")] == waiting
+        assert sent + sum(counters.dropped.values()) == 50 * 200
     finally:
-        sender.close()
         receiver.close()
+
+
+def test_samples_of_a_route_whose_drift_block_went_away_are_counted(tmp_path: Path) -> None:
+    policies, d = decisions()
+    counters = DriftCounters()
+    tap = DriftTap(1000)
+    sender = DriftSender(tap, worker_address(tmp_path), counters)
+    sender.configure(policies)
+    tap.configure({"chat": 1.0})
+    for _ in range(3):
+        tap.offer(d["chat"], {"messages": []})
+    sender.configure([p for p in policies if p.policy.drift is None])  # reloaded without
+    assert sender.flush() == 0
+    sender.close()
+    assert counters.dropped == {("chat", "3", "route_removed"): 3}
 
 
 def test_datagram_socket_family_is_unix() -> None:
