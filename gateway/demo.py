@@ -200,6 +200,10 @@ def _print_try_it(settings: Settings) -> None:
         )
     grpc = settings.grpc_port
     lines += [
+        "Ollama clients (route chat-ollama: the chat models, translated to and from OpenAI):",
+        f"  curl -s {base}/api/tags",
+        f"  python -c \"import ollama; print(ollama.Client(host='{base}')"
+        ".chat(model='chat-ollama', messages=[{'role':'user','content':'hi'}]).message.content)\"",
         f"Fraud scoring, KServe v2 (tritonclient.http on {settings.host}:{settings.port}"
         + (f", tritonclient.grpc on port {grpc}):" if grpc else "):"),
         f"  curl -s {base}/v2/models/fraud-detector/infer -H 'x-user-id: alice' -d \\",

@@ -7,7 +7,8 @@ served and in which protocol. The last two come from the policy's `backends` map
 version's tags in the registry:
 
 - `switchyard.endpoint`: comma-separated http:// URLs of the pool serving the version
-- `switchyard.protocol`: the protocol the backend speaks; must be the route's protocol
+- `switchyard.protocol`: the protocol the backend speaks; must be the variant's
+  `backend_protocol` if it has one (the gateway translates), else the route's protocol
 - `switchyard.model`: the model name the backend expects (optional)
 
 Anything wrong with those facts is a problem for the one route that needs them, as a
@@ -51,8 +52,9 @@ class Need:
     model: str
     alias: str | None
     version: str | None  # pinned version (models:/NAME/VERSION), else None
-    protocol: str  # the route's protocol
+    protocol: str  # what its backends must speak: backend_protocol, else the route's
     backends: Mapping[str, BackendSpec] = field(default_factory=dict)  # version -> entry
+    translated: bool = False  # `protocol` is the variant's backend_protocol, not the route's
 
     @property
     def key(self) -> VariantKey:
@@ -89,9 +91,16 @@ def needs_of(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Need]:
     out: list[Need] = []
     for item in policies:
         policy = item.policy if isinstance(item, LoadedPolicy) else item
-        served = [(v.name, v.target, v.endpoints) for v in policy.variants]
-        served += [(SHADOW_PREFIX + s.label, s.target, s.endpoints) for s in policy.shadow]
-        for name, target, endpoints in served:
+        # A variant with a backend_protocol is served by backends speaking that one
+        # (an Ollama route on OpenAI servers); shadows speak the route's protocol.
+        served = [
+            (v.name, v.target, v.endpoints, v.backend_protocol or policy.protocol)
+            for v in policy.variants
+        ]
+        served += [
+            (SHADOW_PREFIX + s.label, s.target, s.endpoints, policy.protocol) for s in policy.shadow
+        ]
+        for name, target, endpoints, protocol in served:
             if target is None or endpoints is not None:
                 continue
             model, alias, version = split_target(target)
@@ -109,8 +118,9 @@ def needs_of(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Need]:
                     model,
                     alias,
                     version,
-                    policy.protocol,
+                    protocol,
                     backends,
+                    protocol != policy.protocol,
                 )
             )
     return out
@@ -134,6 +144,11 @@ def bind(need: Need, found: ModelVersion | None) -> Binding:
             f"({', '.join(PROTOCOLS)})"
         )
     if protocol and protocol != need.protocol:
+        if need.translated:
+            return (
+                f"{where} serves {protocol} ({PROTOCOL_TAG}) but variant {need.variant!r} "
+                f"of route {need.route!r} expects {need.protocol} backends (backend_protocol)"
+            )
         return (
             f"{where} serves {protocol} ({PROTOCOL_TAG}) but route {need.route!r} speaks "
             f"{need.protocol}"

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway.controlplane.binding import Resolved, bind, needs_of
 from gateway.controlplane.compile import compile_snapshot, load_checked
+from gateway.controlplane.registry import ModelVersion
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot
+from gateway.localmlflow import DEMO_MODELS
 from gateway.observability.metrics import GatewayMetrics
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -45,6 +48,7 @@ def test_registry_demo_policies_follow_aliases() -> None:
     )
     assert sorted(snapshot.routes) == [
         "chat",
+        "chat-ollama",
         "completion",
         "embed",
         "fraud-detector",
@@ -54,15 +58,52 @@ def test_registry_demo_policies_follow_aliases() -> None:
     assert [v.target for v in chat.variants] == ["models:/chat@champion", "models:/chat@challenger"]
     # Unresolved until a registry answers; the static route serves regardless.
     assert chat.unavailable is not None and snapshot.routes["completion"].unavailable is None
+    # Ollama clients reach the same versions, on the same aliases, through translation.
+    ollama = snapshot.routes["chat-ollama"]
+    assert ollama.protocol == "ollama"
+    assert [(v.target, v.backend_protocol) for v in ollama.variants] == [
+        ("models:/chat@champion", "openai"),
+        ("models:/chat@challenger", "openai"),
+    ]
     # The embed route's version 1 is served by the policy's backends map.
-    embed = load_checked(POLICIES, registry=True)[1].policy
+    embed = load_checked(POLICIES, registry=True)[2].policy
     assert embed.backends["embed/1"].endpoints == ["http://127.0.0.1:9101"]
+
+
+def test_registry_demo_ollama_route_binds_to_the_seeded_openai_versions() -> None:
+    """`chat-ollama` follows the same aliases as `chat`, whose versions the demo tags
+    `switchyard.protocol: openai`: the variant's backend_protocol is what they must
+    speak, not the route's protocol (ollama)."""
+    (chat,) = (m for m in DEMO_MODELS if m.name == "chat")
+    seeded = {
+        alias: ModelVersion("chat", str(i), tags=v.tags())
+        for i, v in enumerate(chat.versions, 1)
+        for alias in v.aliases
+    }
+    found = [n for n in needs_of(load_checked(POLICIES, registry=True)) if n.route == "chat-ollama"]
+    assert [(n.variant, n.protocol) for n in found] == [
+        ("champion", "openai"),
+        ("challenger", "openai"),
+    ]
+    assert [bind(n, seeded[n.alias or ""]) for n in found] == [
+        Resolved("1", ("http://127.0.0.1:9101",)),
+        Resolved("2", ("http://127.0.0.1:9102",)),
+    ]
+    # A version tagged with the route's protocol is not what the variant can call.
+    wrong = ModelVersion(
+        "chat", "3", tags={**seeded["champion"].tags, "switchyard.protocol": "ollama"}
+    )
+    assert bind(found[0], wrong) == (
+        "chat version 3 serves ollama (switchyard.protocol) but variant 'champion' of route "
+        "'chat-ollama' expects openai backends (backend_protocol)"
+    )
 
 
 def test_demo_policy_routes() -> None:
     snapshot = build(POLICIES / "no-registry")
     assert sorted(snapshot.routes) == [
         "chat",
+        "chat-ollama",
         "completion",
         "embed",
         "fraud-detector",
@@ -79,6 +120,12 @@ def test_demo_policy_routes() -> None:
     beta = RequestHead("chat", ((b"x-cohort", b"beta"),))
     assert decide(snapshot, beta, random.Random(0)).variant.name == "challenger"
     assert [v.weight for v in snapshot.routes["completion"].variants] == [50.0, 50.0]
+    # The chat servers again, for Ollama clients (translated to the OpenAI API).
+    ollama = snapshot.routes["chat-ollama"]
+    assert [(v.name, v.endpoints[0].url, v.backend_protocol) for v in ollama.variants] == [
+        ("champion", "http://127.0.0.1:9101", "openai"),
+        ("challenger", "http://127.0.0.1:9102", "openai"),
+    ]
     assert len(snapshot.routes["embed"].variants) == 1
     # The quick start's tabular model: a 90/10 KServe v2 canary, sticky per user.
     fraud = snapshot.routes["fraud-detector"]
