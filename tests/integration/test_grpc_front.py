@@ -12,8 +12,9 @@ import asyncio
 import queue
 import signal
 import socket
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -441,6 +442,16 @@ async def test_a_client_leaving_mid_stream_is_counted_and_frees_the_backend(
 # Drain ---------------------------------------------------------------------------------
 
 
+async def until(check: Callable[[], bool], timeout: float) -> bool:
+    """Poll a blocking `check` (off the event loop, which the client needs) until true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):
+            return True
+        await asyncio.sleep(0.02)
+    return await asyncio.to_thread(check)
+
+
 async def test_sigterm_lets_calls_in_flight_finish(
     sims: tuple[KServeSimulator, KServeSimulator], tmp_path: Path
 ) -> None:
@@ -450,10 +461,18 @@ async def test_sigterm_lets_calls_in_flight_finish(
         slow = asyncio.ensure_future(
             client.infer(ROUTE, [features()], headers={"x-sim-latency-ms": "1500"})
         )
-        await asyncio.sleep(0.5)
+        # SIGTERM once the call is at a backend, not after a guessed pause: a call that had
+        # not reached the gateway yet would be refused by a draining one.
+        assert await until(
+            lambda: gateway.metric("switchyard_backend_in_flight") == 1, timeout=30
+        ), "the call never reached a backend"
         gateway.proc.signal(signal.SIGTERM)
         result = await slow
         assert result.get_response().model_name == ROUTE
+        # A new call only once the gateway has taken the signal: sent before, it is served.
+        assert await until(
+            lambda: "draining: readiness now fails" in gateway.proc.output(), timeout=10
+        )
         with pytest.raises(InferenceServerException) as caught:
             await client.infer(ROUTE, [features()])
         assert caught.value.status() == "StatusCode.UNAVAILABLE"
