@@ -14,8 +14,13 @@ does (https://kubernetes.io/docs/reference/using-api/api-concepts/):
   410 Gone, as an ERROR event with a Status (or as HTTP 410: `gone_as_http`);
 - create (409 AlreadyExists, `generateName`), replace with optimistic concurrency
   (409 Conflict when the body's resourceVersion is stale), JSON merge PATCH, DELETE;
-- bearer-token authentication, and optionally RBAC: given Role rules, a request they do
-  not allow is 403, so tests prove the manifests' least-privilege Role is enough.
+- bearer-token authentication (the token is `user`, by default a ServiceAccount), and
+  optionally (`rbac=True`) the RBAC authorizer over the Role, RoleBinding, ClusterRole
+  and ClusterRoleBinding objects `apply()`d to it: a Role bound by a RoleBinding grants
+  only in their namespace, a ClusterRole only where its binding reaches (a RoleBinding's
+  namespace, or every namespace through a ClusterRoleBinding), and any request no rule
+  allows is 403 Forbidden with the API server's message. Tests apply the deploy/
+  manifests themselves, so they prove those grant enough, in the right namespaces.
 
 Test hooks: `drop_watches()` aborts every open watch connection (a dropped TCP
 connection), `compact()` forgets history so resuming watches get 410.
@@ -40,20 +45,26 @@ from typing import Any
 from aiohttp import web
 
 from tests.kubeproto import (
+    CLUSTER_SCOPED,
     CONFIGMAPS,
     ENDPOINTSLICES,
     EVENTS,
     LEASES,
+    RBAC,
     RESOURCES,
     TOKEN,
     Obj,
+    authorized,
     configmap,
     conflict_response,
     endpoint_slice,
+    forbidden_response,
     merge_patch,
     open_stream,
+    pairs,
     resource_of,
     selector_of,
+    service_account_user,
     status_body,
     status_response,
     verb_of,
@@ -64,10 +75,12 @@ __all__ = [
     "ENDPOINTSLICES",
     "EVENTS",
     "LEASES",
+    "RBAC",
     "FakeKube",
     "Request",
     "configmap",
     "endpoint_slice",
+    "service_account_user",
 ]
 
 
@@ -94,9 +107,10 @@ class FakeKube:
     """The fake API server; `start()` it, `kubeconfig(path)` for clients, `stop()` it."""
 
     token: str = TOKEN
+    user: str = service_account_user("default", "default")  # who `token` authenticates as
     bookmark_every: float = 0.0  # seconds between BOOKMARKs on watches that allow them
     gone_as_http: bool = False  # 410 as an HTTP status instead of an ERROR event
-    rules: list[dict[str, Any]] | None = None  # RBAC PolicyRules; None: allow everything
+    rbac: bool = False  # authorize with the stored RBAC objects; False: allow everything
     requests: list[Request] = field(default_factory=list)
     _store: dict[tuple[str, str, str, str], Obj] = field(default_factory=dict)
     _history: list[tuple[int, str, tuple[str, str, str], Obj]] = field(default_factory=list)
@@ -260,8 +274,12 @@ class FakeKube:
     async def _apply(self, obj: Obj) -> Obj:
         group, plural = resource_of(obj)
         meta = obj.setdefault("metadata", {})
-        key = (group, plural, meta.get("namespace", "default"), meta["name"])
-        meta["namespace"] = key[2]
+        if (group, plural) in CLUSTER_SCOPED:
+            meta.pop("namespace", None)  # as the API server: no namespace on these
+            key = (group, plural, "", meta["name"])
+        else:
+            key = (group, plural, meta.get("namespace", "default"), meta["name"])
+            meta["namespace"] = key[2]
         existing = self._store.get(key)
         meta["uid"] = existing["metadata"]["uid"] if existing else str(uuid.uuid4())
         meta["resourceVersion"] = self._next_rv()
@@ -309,9 +327,13 @@ class FakeKube:
         namespace, plural = rest[1], rest[2]
         name = rest[3] if len(rest) > 3 else None
         verb = verb_of(request, name)
-        if not self._allowed(group, plural, verb, name):
-            message = f'cannot {verb} resource "{plural}" in API group "{group}"'
-            return status_response(403, "Forbidden", message)
+        # A list or watch of one name (fieldSelector metadata.name=N) is authorized as a
+        # request for N, as the API server's RequestInfo does: resourceNames rules apply.
+        requested = name or pairs(request.query.get("fieldSelector", "")).get("metadata.name")
+        if self.rbac and not authorized(
+            self._rbac_objects, self.user, verb, group, plural, namespace, requested
+        ):
+            return forbidden_response(self.user, verb, group, plural, namespace, requested)
         handler = {
             "get": self._get,
             "list": self._list,
@@ -323,18 +345,13 @@ class FakeKube:
         }[verb]
         return await handler(request, group, plural, namespace, name)
 
-    def _allowed(self, group: str, plural: str, verb: str, name: str | None) -> bool:
-        if self.rules is None:
-            return True
-        for rule in self.rules:
-            if (
-                group in rule.get("apiGroups", ())
-                and plural in rule.get("resources", ())
-                and verb in rule.get("verbs", ())
-                and (not rule.get("resourceNames") or name in rule["resourceNames"])
-            ):
-                return True
-        return False
+    def _rbac_objects(self, plural: str, namespace: str) -> list[Obj]:
+        (group,) = {g for g, p in RBAC if p == plural}
+        return [
+            o
+            for (g, p, ns, _), o in self._store.items()
+            if (g, p, ns) == (group, plural, namespace)
+        ]
 
     async def _get(self, request: web.Request, g: str, p: str, ns: str, name: str | None) -> Any:
         obj = self._store.get((g, p, ns, name or ""))

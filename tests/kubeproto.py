@@ -1,6 +1,6 @@
 """The Kubernetes API's wire conventions, as the fake API server (`kubefake.py`) needs
-them: which resources it serves, Status bodies, selectors, merge patches, and builders
-of the objects tests put into it."""
+them: which resources it serves, Status bodies, selectors, merge patches, the RBAC
+authorizer, and builders of the objects tests put into it."""
 
 from __future__ import annotations
 
@@ -18,12 +18,23 @@ RESOURCES = {
     ("discovery.k8s.io", "endpointslices"): ("v1", "EndpointSlice"),
     ("coordination.k8s.io", "leases"): ("v1", "Lease"),
 }
+RBAC_GROUP = "rbac.authorization.k8s.io"
+# RBAC objects the fake stores (through its test API, not over HTTP) and authorizes
+# with; the cluster-scoped ones are kept under namespace "".
+RBAC = {
+    (RBAC_GROUP, "roles"): ("v1", "Role"),
+    (RBAC_GROUP, "rolebindings"): ("v1", "RoleBinding"),
+    (RBAC_GROUP, "clusterroles"): ("v1", "ClusterRole"),
+    (RBAC_GROUP, "clusterrolebindings"): ("v1", "ClusterRoleBinding"),
+}
+CLUSTER_SCOPED = {(RBAC_GROUP, "clusterroles"), (RBAC_GROUP, "clusterrolebindings")}
+STORED = {**RESOURCES, **RBAC}
 
 
 def resource_of(obj: Obj) -> tuple[str, str]:
     api_version, kind = obj["apiVersion"], obj["kind"]
     group = api_version.rpartition("/")[0]
-    for (g, plural), (_, k) in RESOURCES.items():
+    for (g, plural), (_, k) in STORED.items():
         if g == group and k == kind:
             return g, plural
     raise ValueError(f"the fake does not serve {api_version} {kind}")
@@ -37,6 +48,98 @@ def verb_of(request: web.Request, name: str | None) -> str:
     return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
         request.method, "unknown"
     )
+
+
+def service_account_user(namespace: str, name: str) -> str:
+    """The user name the API server authenticates a ServiceAccount's token as."""
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def groups_of(user: str) -> set[str]:
+    """The groups the authenticator adds: every ServiceAccount is also in its namespace's
+    group and in all ServiceAccounts'; every authenticated user in system:authenticated."""
+    groups = {"system:authenticated"}
+    prefix, _, rest = user.partition("system:serviceaccount:")
+    if not prefix and rest.count(":") == 1:
+        groups |= {"system:serviceaccounts", f"system:serviceaccounts:{rest.split(':')[0]}"}
+    return groups
+
+
+def authorized(
+    rbac: Callable[[str, str], list[Obj]],
+    user: str,
+    verb: str,
+    group: str,
+    plural: str,
+    namespace: str,
+    name: str | None,
+) -> bool:
+    """The RBAC authorizer's decision, as kube-apiserver makes it (plugin/pkg/auth/
+    authorizer/rbac, VisitRulesFor): a ClusterRoleBinding grants its ClusterRole's rules
+    in every namespace; a RoleBinding grants its Role's, or a ClusterRole's, rules only
+    in the RoleBinding's own namespace. `rbac(plural, namespace)` lists stored objects
+    (namespace "" for cluster-scoped ones). Rules only add: nothing else allows."""
+    groups = groups_of(user)
+
+    def rules_of(kind: str, role: str, ns: str) -> list[Obj]:
+        plural_of = {"Role": "roles", "ClusterRole": "clusterroles"}.get(kind)
+        if plural_of is None:
+            return []
+        found = [o for o in rbac(plural_of, ns) if o["metadata"]["name"] == role]
+        return list(found[0].get("rules") or ()) if found else []
+
+    def binds(binding: Obj, ns: str) -> bool:
+        for subject in binding.get("subjects") or ():
+            kind = subject.get("kind")
+            if kind == "User" and subject.get("name") == user:
+                return True
+            if kind == "Group" and subject.get("name") in groups:
+                return True
+            if kind == "ServiceAccount":
+                # A RoleBinding's ServiceAccount subject defaults to the binding's namespace.
+                sa_ns = subject.get("namespace") or ns
+                if sa_ns and service_account_user(sa_ns, subject.get("name", "")) == user:
+                    return True
+        return False
+
+    rules: list[Obj] = []
+    for binding in rbac("clusterrolebindings", ""):
+        ref = binding.get("roleRef") or {}
+        if ref.get("kind") == "ClusterRole" and binds(binding, ""):
+            rules += rules_of("ClusterRole", ref.get("name", ""), "")
+    if namespace:
+        for binding in rbac("rolebindings", namespace):
+            ref = binding.get("roleRef") or {}
+            if binds(binding, namespace):
+                role_ns = namespace if ref.get("kind") == "Role" else ""
+                rules += rules_of(ref.get("kind", ""), ref.get("name", ""), role_ns)
+    return any(_rule_allows(rule, verb, group, plural, name) for rule in rules)
+
+
+def _rule_allows(rule: Obj, verb: str, group: str, plural: str, name: str | None) -> bool:
+    def has(values: Any, value: str) -> bool:
+        return "*" in (values or ()) or value in (values or ())
+
+    names = rule.get("resourceNames") or ()
+    return (
+        has(rule.get("verbs"), verb)
+        and has(rule.get("apiGroups"), group)
+        and has(rule.get("resources"), plural)
+        and (not names or name in names)
+    )
+
+
+def forbidden_response(
+    user: str, verb: str, group: str, plural: str, namespace: str, name: str | None
+) -> web.Response:
+    """403 with the API server's Status message (what `kubectl` and clients print)."""
+    what = f"{plural}.{group}" if group else plural
+    subject = f'{what} "{name}"' if name else what
+    message = (
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{plural}" '
+        f'in API group "{group}" in the namespace "{namespace}"'
+    )
+    return status_response(403, "Forbidden", message)
 
 
 def selector_of(request: web.Request) -> Callable[[Obj], bool]:

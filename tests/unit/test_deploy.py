@@ -32,6 +32,7 @@ from gateway.controlplane.pools import service_pools
 from gateway.dataplane.health import HealthRegistry
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings, from_env
+from tests.kubeproto import authorized, resource_of, service_account_user
 from tests.kustomize import build
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -320,6 +321,66 @@ def test_role_is_least_privilege() -> None:
         ("", "events", "patch"),
     }
     assert all("*" not in json.dumps(rule) for rule in role["rules"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_may_read_its_configmap_and_every_pool_it_names(overlay: str) -> None:
+    """What the gateway asks the API for, authorized by the overlay's own RBAC objects
+    the way kube-apiserver does: a Role reaches only its own namespace, so a k8s:// pool
+    in another namespace would need deploy/pool-access there."""
+    objects = built(overlay)
+    pod = find(objects, "Deployment", "switchyard")["spec"]["template"]["spec"]
+    namespace = objects[0]["metadata"]["namespace"]
+    user = service_account_user(namespace, pod["serviceAccountName"])
+    rbac = [o for o in objects if o["apiVersion"].startswith("rbac.authorization.k8s.io/")]
+
+    def stored(plural: str, ns: str) -> list[Obj]:
+        return [
+            o
+            for o in rbac
+            if resource_of(o)[1] == plural and o["metadata"].get("namespace", "") == ns
+        ]
+
+    def allowed(verb: str, plural: str, ns: str, name: str | None = None) -> bool:
+        group = "discovery.k8s.io" if plural == "endpointslices" else ""
+        return authorized(stored, user, verb, group, plural, ns, name)
+
+    configmap = find(objects, "ConfigMap", "switchyard-policies")["metadata"]["name"]
+    for verb in ("get", "list", "watch"):
+        assert allowed(verb, "configmaps", namespace, configmap)
+    assert allowed("create", "events", namespace) and allowed("patch", "events", namespace)
+    policies, _ = configmap_policies(
+        find(objects, "ConfigMap", "switchyard-policies")["data"], "switchyard-policies"
+    )
+    for pool in service_pools(policies):
+        pool_namespace = split_service_url(pool).slice_key[0]
+        for verb in ("list", "watch"):
+            assert allowed(verb, "endpointslices", pool_namespace), (pool, verb)
+    # ...and nowhere else: the grant is namespaced.
+    assert not allowed("list", "endpointslices", "kube-system")
+    assert not allowed("get", "secrets", namespace)
+
+
+def test_pool_access_grants_endpointslices_only_to_the_prod_gateway() -> None:
+    objects = built("pool-access")
+    role = find(objects, "Role", "switchyard-discovery")
+    assert [(r["apiGroups"], r["resources"], sorted(r["verbs"])) for r in role["rules"]] == [
+        (["discovery.k8s.io"], ["endpointslices"], ["get", "list", "watch"])
+    ]
+    binding = find(objects, "RoleBinding", "switchyard-discovery")
+    prod = find(built("overlays/prod"), "Deployment", "switchyard")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "switchyard-discovery",
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": prod["spec"]["template"]["spec"]["serviceAccountName"],
+            "namespace": prod["metadata"]["namespace"],
+        }
+    ]
 
 
 def test_gpu_backend_scales_on_metrics_the_gateway_exports() -> None:
