@@ -6,9 +6,11 @@ Against `switchyard demo` (route `support`, fake Kubeflow on :9103):
     .venv/bin/python loadtests/drift_demo.py --phase shifted --requests 600
 
 It sends chat requests through the gateway, polls `GET /admin/drift/support` until the
-worker has evaluated the window, prints the drift share and the drifted columns, and
-lists the Kubeflow runs the drift created. `--write-reference FILE` writes the demo's
-reference data instead: baseline requests through the gateway's own text descriptors.
+worker has evaluated the window, prints the drift share and the drifted columns and
+where every sample went (sent to the worker, received into its window, dropped by
+reason), and lists the Kubeflow runs the drift created with the window each retrains
+on. `--write-reference FILE` writes the demo's reference data instead: baseline
+requests through the gateway's own text descriptors.
 Every loop is bounded (requests, seconds); it only talks to the URLs given.
 """
 
@@ -83,6 +85,41 @@ def watch(admin: str, route: str, since: float, timeout: float, want_drift: bool
     print(f"  no matching evaluation within {timeout:.0f}s (see {admin}/admin/drift/{route})")
 
 
+def metric_samples(text: str, name: str, route: str) -> dict[str, float]:
+    """Values of one metric for `route`, by reason (or "" without one)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("route") in (route, ""):
+                reason = sample.labels.get("reason", "")
+                found[reason] = found.get(reason, 0.0) + sample.value
+    return found
+
+
+def show_samples(admin: str, route: str) -> None:
+    """Where the route's samples went: sent == received + dropped once the worker has
+    caught up (it publishes once a second)."""
+    try:
+        text = httpx.get(f"{admin}/metrics", timeout=5).text
+    except httpx.HTTPError as exc:
+        print(f"  metrics at {admin} not reachable: {exc}")
+        return
+    sent = sum(metric_samples(text, "switchyard_drift_samples_total", route).values())
+    received = sum(metric_samples(text, "switchyard_drift_samples_received_total", route).values())
+    dropped = metric_samples(text, "switchyard_drift_samples_dropped_total", route)
+    for reason, n in metric_samples(
+        text, "switchyard_drift_worker_samples_dropped_total", route
+    ).items():
+        dropped[f"worker {reason}"] = dropped.get(f"worker {reason}", 0.0) + n
+    reasons = ", ".join(f"{r}: {n:.0f}" for r, n in sorted(dropped.items()) if n) or "none"
+    print(
+        f"  samples: sent {sent:.0f}, received by the worker {received:.0f}, "
+        f"dropped {sum(dropped.values()):.0f} ({reasons})"
+    )
+
+
 def show_runs(kubeflow: str) -> None:
     try:
         runs = httpx.get(f"{kubeflow}/apis/v2beta1/runs", timeout=5).json().get("runs", [])
@@ -134,6 +171,7 @@ def main() -> int:
         )
         print(f"  {ok} ok, {failed} failed; waiting for the drift worker's next evaluation")
         watch(args.admin, args.route, started, args.timeout, phase == "shifted")
+        show_samples(args.admin, args.route)
     show_runs(args.kubeflow)
     return 0
 
