@@ -14,6 +14,13 @@ model name (the route) with gRPC metadata as headers (sticky keys, overrides), t
 `pick`, retries and fallbacks before any response, passive ejection and the same
 metrics (see `grpccall`). ModelStreamInfer is relayed by `grpcstream`.
 
+ModelInfer calls of routes with shadows are sampled and copied like HTTP inference
+requests (`ShadowMirror.grpc_calls`): the copies go out right after the primary, are
+never awaited, and the primary's reply (or how it failed) is handed to the mirror for
+the comparison. ModelStreamInfer is not copied: its replies are as many as a decoupled
+model chooses to send, which no single copy over the shadows' HTTP endpoints (the
+only address a shadow has) can reproduce, and KServe v2 HTTP has no streaming infer.
+
 Responses name the route again, never the backend's model, and carry the
 x-switchyard-route/variant/backend/version entries in trailing metadata (free: they
 travel with the status; initial metadata would cost an extra write per call).
@@ -66,6 +73,8 @@ from gateway.errors import (
 
 if TYPE_CHECKING:
     from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.shadowcall import ShadowCall
+    from gateway.dataplane.snapshot import Variant
 
 SERVICE = "inference.GRPCInferenceService"
 PREFIX = f"/{SERVICE}/"
@@ -282,9 +291,35 @@ class GrpcFront:
             self.plane.metrics.refused(err.code, err.status, err.route)
             await context.abort(grpc_code(err), err.message)
             raise AssertionError("unreachable: abort raises") from None
+        shadows: tuple[ShadowCall, ...] = ()
         if method == "ModelInfer":
             # Decoded only if the tap samples it, off the request path (grpctensors).
             self.plane.tap.offer(decision, GrpcInferBody(data))
+            if decision.route.shadows:  # the shadow feature's whole cost on other routes
+                shadows = self.plane.shadow.grpc_calls(decision, data, forward)
+        try:
+            return await self._attempts(
+                method, head, decision, forward, call, variant, idx, context, shadows
+            )
+        finally:
+            if shadows:
+                # However the call ended, each copy learns it (a no-op for the copies
+                # whose primary result was already reported below).
+                self._primary_failed(shadows, "gateway error internal_error")
+
+    async def _attempts(
+        self,
+        method: str,
+        head: Head,
+        decision: Decision,
+        forward: tuple[tuple[str, str | bytes], ...],
+        call: GrpcCall,
+        variant: Variant,
+        idx: int,
+        context: Any,
+        shadows: tuple[ShadowCall, ...],
+    ) -> bytes:
+        """The call's attempts until one answers or none is left; relays the reply."""
         route = decision.route
         timeouts = route.timeouts
         total_deadline = time.monotonic() + timeouts.total
@@ -297,6 +332,10 @@ class GrpcFront:
             upstream = self.stub(endpoint.grpc_target, method)(
                 payload, timeout=limit if ours else left, metadata=forward
             )
+            if shadows and call.attempts == 1:
+                # After the primary: its call is scheduled already, so the loop starts
+                # it before this callback sends the copies.
+                self.plane.loop.call_soon(self.plane.shadow.send_all, shadows)
             try:
                 reply = await upstream
             except grpc.aio.AioRpcError as exc:
@@ -308,11 +347,12 @@ class GrpcFront:
                 if nxt is not None:
                     variant, idx = nxt
                     continue
-                await self._fail(call, context, exc, kind, limit)
+                await self._fail(call, context, exc, kind, limit, shadows)
                 raise AssertionError("unreachable: abort raises") from None
             except asyncio.CancelledError:
                 call.end_attempt(ok=True)  # the client left; the backend did nothing wrong
                 call.finish(499)
+                self._primary_failed(shadows, "client closed the connection")
                 raise
             try:
                 renamed = rename_reply(method, reply, route.name)
@@ -322,10 +362,12 @@ class GrpcFront:
                     f"backend {endpoint.backend} sent an invalid {method}Response: {exc}"
                 )
                 call.failed(bad)
+                self._primary_failed(shadows, f"gateway error {bad.code}")
                 await context.abort(grpc_code(bad), bad.message, self.variant_metadata(call))
                 raise AssertionError("unreachable: abort raises") from None
             call.end_attempt(ok=True)
             call.finish(200)
+            self._primary_answered(shadows, call, 200, reply)
             # The backend's metadata is relayed like its HTTP headers would be; initial
             # metadata costs a write of its own, so only when there is some (Triton
             # sends none).
@@ -336,7 +378,15 @@ class GrpcFront:
             context.set_trailing_metadata((*trailing, *self.variant_metadata(call)))
             return renamed
 
-    async def _fail(self, call: GrpcCall, context: Any, exc: Any, kind: str, limit: float) -> None:
+    async def _fail(
+        self,
+        call: GrpcCall,
+        context: Any,
+        exc: Any,
+        kind: str,
+        limit: float,
+        shadows: tuple[ShadowCall, ...] = (),
+    ) -> None:
         """End the call with the last attempt's failure: the backend's own status passes
         through; failures to reach or hear from it are the gateway's to explain."""
         md = self.variant_metadata(call)
@@ -359,13 +409,37 @@ class GrpcFront:
             )
         if err is not None:
             call.failed(err)
+            self._primary_failed(shadows, f"gateway error {err.code}")
             await context.abort(grpc_code(err), err.message, md)
             return
-        call.finish(HTTP_STATUS.get(exc.code(), 500))
+        status = HTTP_STATUS.get(exc.code(), 500)
+        call.finish(status)
+        # The backend answered with an error status: compared by status, as over HTTP.
+        self._primary_answered(shadows, call, status, b"")
         initial = relayable(exc.initial_metadata())
         if initial:
             await context.send_initial_metadata(initial)
         await context.abort(exc.code(), details, (*relayable(exc.trailing_metadata()), *md))
+
+    # Shadow copies ------------------------------------------------------------------
+
+    def _primary_answered(
+        self, shadows: tuple[ShadowCall, ...], call: GrpcCall, status: int, reply: bytes
+    ) -> None:
+        """Hand the primary's answer to its copies (kept only up to the shadow limit)."""
+        if not shadows:
+            return
+        mirror = self.plane.shadow
+        body = reply if len(reply) <= mirror.limit else None
+        variant = call.variant
+        result = (status, body, time.perf_counter() - call.sent_at, variant.name, variant.version)
+        for copy in shadows:
+            mirror.primary_done(copy, result)
+
+    def _primary_failed(self, shadows: tuple[ShadowCall, ...], why: str) -> None:
+        mirror = self.plane.shadow
+        for copy in shadows:
+            mirror.primary_done(copy, why)
 
     # Upstream channels --------------------------------------------------------------
 

@@ -205,3 +205,51 @@ def readdress_nested(data: bytes, outer: int, name: str) -> bytes:
         return data
     parts.append(view[last:])
     return b"".join(parts)
+
+
+def take_field(data: bytes, number: int) -> tuple[bytes, list[memoryview]]:
+    """`data` without its top-level length-delimited field `number`, and that field's
+    occurrences in order (views into `data`, not copies).
+
+    For the tensors' raw bytes (ModelInferRequest.raw_input_contents = 7,
+    ModelInferResponse.raw_output_contents = 6): the rest, small, goes to the protobuf
+    classes, while the tensors, often most of the bytes, are never copied through
+    Python objects. Raises `WireError` when the bytes are not a well-formed message.
+    """
+    pos = 0
+    end = len(data)
+    view = memoryview(data)
+    taken: list[memoryview] = []
+    rest: list[memoryview] = []
+    last = 0
+    try:
+        while pos < end:
+            start = pos
+            tag, pos = _varint(data, pos)
+            wire = tag & 7
+            if wire == _LEN:
+                length, body = _varint(data, pos)
+                pos = body + length
+                if pos > end:
+                    raise WireError("a field runs past the end of the message")
+                if tag >> 3 == number:
+                    if start > last:
+                        rest.append(view[last:start])
+                    taken.append(view[body:pos])
+                    last = pos
+            elif wire == _VARINT:
+                pos = _varint(data, pos)[1]
+            elif wire == _I64:
+                pos += 8
+            elif wire == _I32:
+                pos += 4
+            else:
+                raise WireError(f"unsupported wire type {wire}")
+    except IndexError:
+        raise WireError("the message ends inside a field") from None
+    if pos > end:
+        raise WireError("a field runs past the end of the message")
+    if not taken:
+        return data, taken
+    rest.append(view[last:])
+    return b"".join(rest), taken

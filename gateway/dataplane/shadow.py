@@ -18,6 +18,11 @@ as skipped, and every copy sent is counted by how it ended (see `shadowcall.py`)
 When both answers are in, the pair is queued and compared at the end of the loop
 iteration, a few pairs per iteration (`shadowcompare.py`, pure functions); results go
 to the shadow metrics and, sampled, to the comparison log (`shadowlog.py`).
+
+gRPC ModelInfer calls are sampled the same way (`grpc_calls`, asked by the gRPC front
+only for routes with shadows); their copies go to the shadows' HTTP endpoints as the
+equivalent KServe v2 requests (`grpcshadow.py`), and the primary's gRPC reply is read
+as a v2 answer when the pair is compared.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.dataplane import http11
 from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.grpcshadow import (
+    GRPC_INFER_PATH,
+    NotTranslatable,
+    infer_reply_as_v2,
+    infer_request_as_http,
+)
 from gateway.dataplane.shadowcall import ANSWERED, ShadowCall
 from gateway.dataplane.shadowcompare import Comparison, compare
 from gateway.dataplane.shadowlog import ComparisonLog
@@ -39,7 +51,6 @@ from gateway.errors import GatewayError
 from gateway.observability.shadow_metrics import Sample, wall_clock
 
 if TYPE_CHECKING:
-    from gateway.dataplane import http11
     from gateway.dataplane.decide import Decision
     from gateway.dataplane.fronts import ErrorStyle
     from gateway.dataplane.plane import DataPlane
@@ -58,6 +69,9 @@ MAX_BACKLOG = 4096  # pairs waiting; beyond it comparisons are dropped (counted)
 _MODEL_IN_BODY = frozenset({"openai", "ollama"})
 _NO_NUMBERS: Sample = (None, None, None, None, None)
 PrimaryResult = tuple[int, bytes | None, float, str, str]
+# gRPC metadata that must not become a copy's HTTP header: the copy's own framing and
+# content headers are the gateway's to write.
+_NOT_HEADERS = frozenset({b"content-type", b"inference-header-content-length", b"content-encoding"})
 
 
 class ShadowedExchange(Exchange):
@@ -201,7 +215,17 @@ class ShadowMirror:
         if route.protocol == "kserve-v2" and not request.path.endswith(b"/infer"):
             return ()  # inference only: metadata, readiness and the like are not copied
         calls: list[ShadowCall] = []
-        for shadow in route.shadows:
+        for shadow, endpoint in self._admit(decision, draw, len(body)):
+            calls.append(self._call(shadow, endpoint, request, decision, body, targets))
+            shadow.series.in_flight += 1
+            self.in_flight += 1
+        return tuple(calls)
+
+    def _admit(self, decision: Decision, draw: float, size: int) -> list[tuple[Shadow, Endpoint]]:
+        """The shadows that take a request drawn at `draw` and where each copy goes;
+        those that cannot are counted as skipped or dropped."""
+        admitted: list[tuple[Shadow, Endpoint]] = []
+        for shadow in decision.route.shadows:
             # `draw` < the route's largest sample: the shadow with that sample takes
             # this request, the others theirs, so P(copied) = sample for each.
             if draw >= shadow.sample:
@@ -210,17 +234,96 @@ class ShadowMirror:
             endpoint = self._pick(shadow)
             if endpoint is None:
                 series.count(series.skipped, "no_endpoint")
-            elif len(body) > shadow.max_body_bytes:
+            elif size > shadow.max_body_bytes:
                 series.count(series.skipped, "body_too_large")
             elif series.in_flight >= shadow.max_inflight:
                 series.count(series.dropped, "max_inflight")
-            elif self.in_flight >= self.max_inflight:
+            elif self.in_flight + len(admitted) >= self.max_inflight:
                 series.count(series.dropped, "global_inflight")
             else:
-                calls.append(self._call(shadow, endpoint, request, decision, body, targets))
-                series.in_flight += 1
-                self.in_flight += 1
+                admitted.append((shadow, endpoint))
+        return admitted
+
+    # gRPC ModelInfer (asked by the gRPC front for routes with shadows) ----------------
+
+    def grpc_calls(
+        self,
+        decision: Decision,
+        data: bytes,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> tuple[ShadowCall, ...]:
+        """The copies of a sampled ModelInfer call, as KServe v2 HTTP requests.
+
+        Sampled like an HTTP request (one draw, then each shadow its share). `metadata`
+        is what goes to the primary backend (x-request-id included); its text entries
+        become the copy's headers, as an HTTP client's headers do. A message with no
+        HTTP equivalent is not copied (skipped, reason not_translatable).
+        """
+        draw = self._random()
+        if draw >= decision.route.shadow_sample or self.closed:
+            return ()
+        admitted = self._admit(decision, draw, len(data))
+        if not admitted:
+            return ()
+        try:
+            body, framing = infer_request_as_http(data)
+        except NotTranslatable:
+            for shadow, _ in admitted:
+                shadow.series.count(shadow.series.skipped, "not_translatable")
+            return ()
+        lines: list[bytes] = []
+        request_id = b""
+        for key, value in metadata:
+            if not isinstance(value, str):
+                continue  # binary (-bin) metadata has no HTTP header form
+            name = key.encode()
+            raw = value.encode()
+            if name == b"x-request-id":
+                request_id = raw
+            elif (
+                name in http11.HOP_BY_HOP_REQUEST
+                or name in _NOT_HEADERS
+                or name.startswith(http11.INTERNAL_PREFIX)
+                or b"\r" in raw
+                or b"\n" in raw
+            ):
+                continue
+            else:
+                lines += (name, b": ", raw, b"\r\n")
+        lines.append(framing)
+        headers = b"".join(lines)
+        route = decision.route
+        calls: list[ShadowCall] = []
+        for shadow, endpoint in admitted:
+            call = ShadowCall(
+                self,
+                shadow,
+                endpoint,
+                route.name,
+                route.protocol,
+                GRPC_INFER_PATH,
+                b"POST",
+                b"/v2/models/" + shadow.model_path + b"/infer",
+                b"%sx-request-id: %s\r\nx-switchyard-shadow: %s\r\n"
+                % (headers, request_id, shadow.name.encode()),
+                body,
+                request_id,
+                self.limit,
+            )
+            call.grpc_primary = True
+            calls.append(call)
+            shadow.series.in_flight += 1
+            self.in_flight += 1
         return tuple(calls)
+
+    def send_all(self, calls: tuple[ShadowCall, ...]) -> None:
+        """Send copies the gRPC front sampled (scheduled right after its primary)."""
+        now = time.monotonic()
+        for call in calls:
+            if self.closed:
+                call.end("cancelled")
+            else:
+                self.send(call, now)
 
     def _pick(self, shadow: Shadow) -> Endpoint | None:
         if shadow.unavailable is not None or not shadow.endpoints:
@@ -333,6 +436,11 @@ class ShadowMirror:
             series.record_comparison("primary_failed", _NO_NUMBERS, (), now)
             return
         status, primary_body, primary_seconds, variant, version = primary
+        if call.grpc_primary and primary_body is not None and status // 100 == 2:
+            try:
+                primary_body = infer_reply_as_v2(primary_body)
+            except NotTranslatable:
+                primary_body = b""  # compared as a primary body with no v2 outputs
         answer = call.answer()
         if primary_body is None or answer is None:
             series.record_comparison("too_large", _NO_NUMBERS, (), now)

@@ -54,6 +54,8 @@ class ShadowCall:
     idle_deadline = float("inf")
     total_deadline = float("inf")
     outcome: str | None = None  # set once, when the copy ends
+    # The primary came by gRPC (ModelInfer): its reply is read as a v2 answer to compare.
+    grpc_primary = False
     # (status, body or None if over the limit, seconds, variant, version), or a string
     # saying how the primary failed; None while it is under way. Set in __init__: mypyc
     # drops a class-level default of a union of three types.
