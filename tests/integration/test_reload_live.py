@@ -7,13 +7,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
 import httpx
 
 from tests.procs import GatewayProc, Simulator, canary_policy
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    # Generous: a reload takes milliseconds, but a shared 2-core machine can stall a
+    # process for seconds; only a failing test ever waits this long.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -99,6 +102,10 @@ def test_reload_under_load_loses_nothing(
                 results[r.status_code] += 1
                 variants[r.headers.get("x-switchyard-variant", "?")] += 1
 
+    def answered(at_least: int) -> bool:
+        # Or the load reached its bound (4 x 400 answers): a fast machine gets there.
+        return sum(results.values()) >= at_least or not any(t.is_alive() for t in threads)
+
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
@@ -109,11 +116,13 @@ def test_reload_under_load_loses_nothing(
         r = httpx.post(f"{gw.admin}/admin/reload")
         assert r.status_code == 200
         reloads += r.json()["outcome"] == "success"
-        time.sleep(0.05)
+        # Some answers under every snapshot, counted rather than left to a fixed pause,
+        # so how many requests ran (and under which weights) is not up to the machine.
+        assert wait_until(partial(answered, sum(results.values()) + 5))
     stop.set()
     for t in threads:
         t.join(30)
     assert reloads == 20
     assert set(results) == {200}, results
-    assert sum(results.values()) > 50
+    assert sum(results.values()) >= 100
     assert variants["champion"] > 0 and variants["challenger"] > 0
