@@ -292,7 +292,7 @@ def test_client_disconnect_cancels_generation_on_vllm(gw: GatewayProc, vllm: Vll
         f"({vllm.metric('vllm:num_requests_running'):.0f} answers still running, "
         f"{vllm.metric('vllm:num_requests_waiting'):.0f} queued)"
     )
-    # And the engine stopped: nothing left running or queued, and far from every token.
+    # And the engine stopped: nothing left running or queued, short of every token.
     assert wait_until(lambda: idle(vllm), timeout=10)
     generated = vllm.metric("vllm:generation_tokens_total") - tokens_before
     assert generated < full, f"vLLM generated {generated:.0f} of {full} tokens: not cancelled"
