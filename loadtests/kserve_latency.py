@@ -44,6 +44,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from scipy.stats import binomtest
 
+from loadtests.benchlib.machine import machine_info
 from tests.backends.triton.fraud_model import (
     CHALLENGER,
     CHAMPION,
@@ -249,10 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
+    # Machine, date and commit, as loadtests/bench records them; before any load.
+    machine = machine_info(Path(__file__).resolve().parents[1], sys.executable, {})
     result = run(args)
     print(report(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"command": sys.argv, **result}, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps({"command": sys.argv, "machine": machine, **result}, indent=2) + "\n"
+    )
     print(f"wrote {args.output}")
     return 0
 

@@ -30,11 +30,13 @@ if __package__ in (None, ""):  # `python loadtests/soak.py` works too
 
 import httpx
 
+from loadtests.benchlib.machine import machine_info
 from loadtests.chaos.load import Load, Outcome, chat, ollama_chat
 from loadtests.chaos.procs import Child, Launcher, metric_value
 from loadtests.chaos.scenario import canary_policy, pool_policy
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "loadtests" / "results"
 
 
 @dataclass
@@ -74,6 +76,8 @@ def percentile(values: Sequence[float], share: float) -> float:
 async def soak(args: argparse.Namespace) -> int:
     output = Path(args.json or RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
+    # Machine, date and commit, as loadtests/bench records them; before any load.
+    machine = machine_info(REPO, sys.executable, {})
     with Launcher(prefix="switchyard-soak-") as launcher:
         sim = ("--tokens", "16", "--latency-ms", "2", "--chunk-delay-ms", "1")
         a = await launcher.simulator("soak-a", *sim)
@@ -127,9 +131,9 @@ async def soak(args: argparse.Namespace) -> int:
                 elapsed = (minute - samples[-1].minute) * 60 or 1.0
                 samples.append(await sample(client, gw, minute, taken, fails, len(taken), elapsed))
                 print(_row(samples[-1]), flush=True)
-                _write(output, args, samples, load.tally.requests, load.tally.failures)
+                _write(output, args, machine, samples, load.tally.requests, load.tally.failures)
             tally = await load.stop()
-        _write(output, args, samples, tally.requests, tally.failures)
+        _write(output, args, machine, samples, tally.requests, tally.failures)
     summary = _summary(samples)
     print(f"soak: {tally.requests:,} requests, {tally.failures} failed; {summary}")
     print(f"soak: results in {output}")
@@ -193,10 +197,16 @@ def _summary(samples: list[Sample]) -> dict[str, object]:
 
 
 def _write(
-    output: Path, args: argparse.Namespace, samples: list[Sample], requests: int, failures: int
+    output: Path,
+    args: argparse.Namespace,
+    machine: dict[str, object],
+    samples: list[Sample],
+    requests: int,
+    failures: int,
 ) -> None:
     data = {
         "command": " ".join(sys.argv),
+        "machine": machine,
         "minutes": args.minutes,
         "rate": args.rate,
         "workers": args.workers,

@@ -2,7 +2,8 @@
 
 Prints one table row per scenario (requests, failures, criterion, PASS/FAIL/SKIP) and
 exits non-zero if any scenario failed; `--json FILE` writes the same rows with their
-details. Each scenario starts its own simulators, gateway (and MLflow for alias moves)
+details, and the machine, date and commit of the run (as `loadtests/bench` records
+them). Each scenario starts its own simulators, gateway (and MLflow for alias moves)
 on loopback and stops them again, so scenarios never see each other's state.
 """
 
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.chaos.procs import Launcher, StartError
+from loadtests.benchlib.machine import machine_info
+from loadtests.chaos.procs import REPO, Launcher, StartError
 from loadtests.chaos.scenario import Context, Result, Scale, Scenario
 
 
@@ -115,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else [s for s in known if s.in_quick or not args.quick]
     )
     scale = Scale(quick=args.quick)
+    # Taken before the first scenario: the load average is the machine's, not the run's.
+    machine = machine_info(REPO, sys.executable, {})
     results: list[Result] = []
     for scenario in chosen:
         if args.verbose:
@@ -128,7 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(results))
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"quick": args.quick, "results": [r.as_json() for r in results]}, indent=2)
+            json.dumps(
+                {
+                    "quick": args.quick,
+                    "machine": machine,
+                    "results": [r.as_json() for r in results],
+                },
+                indent=2,
+            )
             + "\n"
         )
     failed = [r.scenario for r in results if r.verdict == "FAIL"]
