@@ -107,6 +107,29 @@ def run_text(machine: Json) -> str:
     )
 
 
+def recorded_text(result: Json) -> str:
+    """Date, machine and commit of a chaos, soak or KServe latency run.
+
+    Those harnesses record a `machine` block like the benchmark's (loadtests/benchlib)
+    since it was added; older files have none, and the page says so for each field.
+    """
+    machine: Json = result.get("machine") or {}
+    date = str(machine.get("timestamp") or "")[:10] or "date (not recorded)"
+    cpus = machine.get("cpus_usable") or machine.get("nproc")
+    where = (
+        f"{cpus} CPUs ({machine.get('cpu_model', 'CPU not recorded')}), "
+        f"Python {machine.get('python', '?')}"
+        if cpus
+        else "machine (not recorded)"
+    )
+    commit = commit_text(machine)
+    if commit == "commit not recorded":
+        commit = "commit (not recorded)"
+    load = machine.get("loadavg_at_start")
+    load_text = f", load average {load[0]:.2f} at the start" if load else ""
+    return f"{date}, {where}, {commit}{load_text}"
+
+
 # ---- benchmarks -------------------------------------------------------------------
 
 SYSTEM_LABELS = {
@@ -336,10 +359,9 @@ def kserve_latency() -> str:
     command = " ".join(result.get("command") or ["command not recorded"])
     lines = [
         _header("loadtests/results/kserve-latency-latest.json"),
-        f"Run: `{command}`, {result['rounds']} rounds per target, interleaved, "
-        f"{_num(result.get('seconds'), '.1f')} s; one-minute load average "
-        f"{_num(load.get('start'), '.2f')} at the start (date and commit not recorded "
-        "in this file).",
+        f"Run: `{command}`, {recorded_text(result)}; {result['rounds']} rounds per target, "
+        f"interleaved, {_num(result.get('seconds'), '.1f')} s; one-minute load average "
+        f"{_num(load.get('start'), '.2f')} when the measured rounds began.",
         "",
         _table(["target", "requests", "p50 ms", "p99 ms", "mean ms"], rows),
         _table(["added by the gateway", "p50 ms", "p99 ms", "median of pairs ms"], added),
@@ -358,6 +380,24 @@ def kserve_latency() -> str:
 
 def _counts(mapping: Json) -> str:
     return ", ".join(f"{k} {_num(v, ',.0f')}" for k, v in mapping.items())
+
+
+def _drift_kill(d: Json) -> str:
+    """Where the samples went. Since the gateways hold samples in a backlog while the
+    worker is down, the run records sent, received by the restarted worker, and dropped
+    (every reason, gateway and worker); older runs recorded only the `send_failed` drops,
+    the way samples were lost before the backlog."""
+    restarts = f"worker restarted ({_num(d['worker_restarts_metric'], '.0f')} restart counted)"
+    if "samples_received_after_restart" in d:
+        return (
+            f"{restarts}; {_num(d['samples_sent'], ',.0f')} samples taken, "
+            f"{_num(d['samples_received_after_restart'], ',.0f')} received by the restarted "
+            f"worker, {_num(d['samples_dropped'], ',.0f')} dropped and counted"
+        )
+    return (
+        f"{restarts}; {_num(d['samples_dropped_send_failed'], ',.0f')} samples dropped while "
+        "it was down, counted as `send_failed` (a run from before the backlog)"
+    )
 
 
 def _chaos_detail(scenario: str, d: Json) -> str:
@@ -390,11 +430,7 @@ def _chaos_detail(scenario: str, d: Json) -> str:
             f"{d['new_connections_served']} served, {d['new_connections_refused']} "
             f"refused; exit code {d['exit_code']}"
         ),
-        "drift-kill": lambda d: (
-            f"worker restarted ({_num(d['worker_restarts_metric'], '.0f')} restart "
-            f"counted); {_num(d['samples_dropped_send_failed'], ',.0f')} dropped samples "
-            "counted"
-        ),
+        "drift-kill": _drift_kill,
     }
     render = details.get(scenario)
     if render is not None:
@@ -422,10 +458,9 @@ def chaos() -> str:
             ]
         )
     size = "`--quick` run" if result.get("quick") else "full run"
-    when = result.get("timestamp") or "date, machine and commit not recorded in this file"
     return (
         _header("loadtests/results/chaos-latest.json")
-        + f"Latest {size} ({when}):\n\n"
+        + f"Latest {size} ({recorded_text(result)}):\n\n"
         + _table(["scenario", "requests", "failures", "criterion", "result"], rows, (0, 3, 4))
     )
 
@@ -458,9 +493,9 @@ def soak() -> str:
     ]
     return (
         _header("loadtests/results/soak-latest.json")
-        + f"Run: `{result['command']}`: {result['minutes']:g} minutes at {result['rate']:g} "
-        f"requests/s offered by {result['workers']} client workers, sampled every "
-        f"{result['interval_s']:g} s (date and commit not recorded in this file).\n\n"
+        + f"Run: `{result['command']}`, {recorded_text(result)}: {result['minutes']:g} "
+        f"minutes at {result['rate']:g} requests/s offered by {result['workers']} client "
+        f"workers, sampled every {result['interval_s']:g} s.\n\n"
         + _table(heads, rows)
         + f"\n{result['requests']:,} requests, {result['failures']:,} failed. RSS "
         f"{summary['rss_mb_start']} MB at the start, {summary['rss_mb_after_first_interval']}"
@@ -476,10 +511,25 @@ def soak() -> str:
 # ---- references from the code ---------------------------------------------------------
 
 
-def policy_reference() -> str:
-    from gateway.controlplane.reference import render_markdown
+# Where the policy reference renderer lives: the policy sub-package, or (before the
+# control plane was split into sub-packages) the control plane itself.
+REFERENCE_MODULES = ("gateway.controlplane.policy.reference", "gateway.controlplane.reference")
 
-    return _header("gateway/controlplane/ (the policy models' JSON schema)") + render_markdown()
+
+def policy_reference() -> str:
+    import importlib
+
+    for name in REFERENCE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # not at this path: try the next
+            raise
+        return _header("gateway/controlplane/ (the policy models' JSON schema)") + str(
+            module.render_markdown()
+        )
+    raise SystemExit(f"docs/gen.py: no policy reference renderer in {REFERENCE_MODULES}")
 
 
 @dataclass(frozen=True)
@@ -578,11 +628,18 @@ def layout() -> str:
     import ast
 
     root = REPO / "gateway"
-    packages = [root, *sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.py")))]
+    packages = [
+        root,
+        *sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_dir() and "__pycache__" not in p.parts and any(p.glob("*.py"))
+        ),
+    ]
     parts = [_header("gateway/**/*.py (module docstrings)")]
     for package in packages:
         rel = package.relative_to(REPO).as_posix()
-        if rel.endswith("_compiled"):
+        if "_compiled" in package.relative_to(root).parts:
             continue  # build output of `switchyard compile`, not source
         init = package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text())) if init.exists() else None
