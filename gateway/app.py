@@ -20,21 +20,21 @@ import uvicorn
 
 from gateway import COMPILED, __version__
 from gateway.admin.app import build_admin_app
-from gateway.compiled import ENV as COMPILED_ENV
-from gateway.controlplane.configmap import ConfigMapPolicies
-from gateway.controlplane.discovery import EndpointDiscovery
-from gateway.controlplane.healthcheck import HealthChecker
-from gateway.controlplane.kube import KubeAccess
-from gateway.controlplane.loader import PolicyError
-from gateway.controlplane.loadwatch import LoadWatcher
-from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
-from gateway.controlplane.reload import PolicyReloader, ReloadResult
-from gateway.controlplane.resolve import RegistryResolver
+from gateway.controlplane.backends.health import HealthChecker
+from gateway.controlplane.backends.load import LoadWatcher
+from gateway.controlplane.k8s.client import KubeAccess
+from gateway.controlplane.k8s.configmap import ConfigMapPolicies
+from gateway.controlplane.k8s.discovery import EndpointDiscovery
+from gateway.controlplane.policy.loader import PolicyError
+from gateway.controlplane.policy.reload import PolicyReloader, ReloadResult
+from gateway.controlplane.registry.client import MlflowRegistry, RegistryConfig
+from gateway.controlplane.registry.resolve import RegistryResolver
 from gateway.dataplane.auth import ApiKeys, KeysFileError
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.drift.feed import DriftFeed
+from gateway.native.loader import ENV as COMPILED_ENV
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import GatewayMetrics
 from gateway.rollout.build import build_controller
@@ -42,7 +42,7 @@ from gateway.rollout.cli import add_rollout_options
 from gateway.settings import Settings, from_env
 
 if TYPE_CHECKING:
-    from gateway.dataplane.grpcfront import GrpcFront
+    from gateway.dataplane.grpc.front import GrpcFront
 
 log = logging.getLogger("switchyard")
 
@@ -124,7 +124,7 @@ class Gateway:
         grpc_front: GrpcFront | None = None
         if settings.grpc_port is not None and settings.grpc_port >= 0:
             # Imported only when enabled: grpcio costs ~10 MB of RSS per process.
-            from gateway.dataplane.grpcfront import GrpcFront
+            from gateway.dataplane.grpc.front import GrpcFront
 
             grpc_front = GrpcFront(plane)
             try:
@@ -487,9 +487,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add_drift_options(serve)
     add_kubernetes_options(serve)
     serve.set_defaults(handler=_serve)
-    from gateway.demo import add_demo_command
-
-    add_demo_command(sub)
 
 
 if __name__ == "__main__":  # pragma: no cover

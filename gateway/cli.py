@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway.app import add_commands as add_serve
-    from gateway.compiler import add_commands as add_compile
-    from gateway.controlplane.cli import add_commands as add_policy
-    from gateway.controlplane.registry_cli import add_commands as add_registry
+    from gateway.controlplane.policy.cli import add_commands as add_policy
+    from gateway.controlplane.registry.cli import add_commands as add_registry
     from gateway.drift.cli import add_commands as add_drift
+    from gateway.native.build import add_commands as add_compile
+    from gateway.quickstart.demo import add_demo_command as add_demo
     from gateway.rollout.cli import add_commands as add_rollout
     from gateway.simulate.cli import add_commands as add_simulate
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve(sub)
+    add_demo(sub)  # serve, then demo: the order `switchyard --help` lists them
     add_policy(sub)
     add_registry(sub)
     add_simulate(sub)

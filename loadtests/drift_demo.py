@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.controlplane.driftspec import TEXT_DESCRIPTORS
+from gateway.controlplane.policy.driftspec import TEXT_DESCRIPTORS
 from gateway.drift.features import describe_text
 from gateway.simulate.prompts import baseline_request, shifted_request
 

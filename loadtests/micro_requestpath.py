@@ -27,14 +27,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.http.server import ClientConnection
+from gateway.dataplane.http.upstream import UpstreamConnection
 from gateway.dataplane.plane import DataPlane
-from gateway.dataplane.server import ClientConnection
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.dataplane.upstream import UpstreamConnection
 from gateway.drift.channel import receiver_socket, worker_address
 from gateway.drift.features import build_extractor
 from gateway.drift.sender import DriftSender

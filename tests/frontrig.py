@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.http.server import ClientConnection
+from gateway.dataplane.http.upstream import UpstreamConnection
 from gateway.dataplane.plane import DataPlane
-from gateway.dataplane.server import ClientConnection
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.dataplane.upstream import UpstreamConnection
 from gateway.drift.tap import Tap
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings

@@ -24,10 +24,10 @@ from gateway.admin.drift import drift_routes
 from gateway.admin.rollouts import rollout_routes
 from gateway.admin.shadow import shadow_routes
 from gateway.admin.views import reload_status_view, reload_view, routes_view, snapshot_view
-from gateway.controlplane.diff import ALL_ROUTES
-from gateway.controlplane.explain import explain
-from gateway.controlplane.reload import PolicyReloader
-from gateway.controlplane.webhook import WebhookRejected, verify
+from gateway.controlplane.policy.diff import ALL_ROUTES
+from gateway.controlplane.policy.explain import explain
+from gateway.controlplane.policy.reload import PolicyReloader
+from gateway.controlplane.registry.webhook import WebhookRejected, verify
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.plane import DataPlane
 from gateway.errors import UnknownRoute

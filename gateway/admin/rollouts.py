@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.controlplane.registry import RegistryError
+from gateway.controlplane.registry.client import RegistryError
 from gateway.rollout.controller import RolloutController
 from gateway.rollout.stats import warm_up
 from gateway.rollout.store import ACTIONS

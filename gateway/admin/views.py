@@ -6,8 +6,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.controlplane.binding import VariantKey
-from gateway.controlplane.reload import Held, PolicyReloader, ReloadResult
+from gateway.controlplane.policy.reload import Held, PolicyReloader, ReloadResult
+from gateway.controlplane.registry.binding import VariantKey
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from gateway.dataplane.http11 import Request
+from gateway.dataplane.http.wire import Request
 from gateway.errors import GatewayError
 
 log = logging.getLogger("switchyard.auth")

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from gateway.dataplane import http11
 from gateway.dataplane.decide import Decision
+from gateway.dataplane.http import wire
 from gateway.dataplane.pick import attempt_failed, candidates, panic_pick, pick, retry_target
 from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.dataplane.translate import Translator
@@ -41,9 +41,9 @@ from gateway.observability.metrics import RequestSeries
 
 if TYPE_CHECKING:
     from gateway.dataplane.fronts import ErrorStyle
+    from gateway.dataplane.http.server import ClientConnection
+    from gateway.dataplane.http.upstream import UpstreamConnection
     from gateway.dataplane.plane import DataPlane
-    from gateway.dataplane.server import ClientConnection
-    from gateway.dataplane.upstream import UpstreamConnection
 
 _EVENT_STREAM = b"text/event-stream"
 # Fronts whose request body names the model: there a variant's `model` rewrites it.
@@ -121,7 +121,7 @@ class Exchange:
         self,
         plane: DataPlane,
         client: ClientConnection,
-        request: http11.Request,
+        request: wire.Request,
         decision: Decision,
         body: bytes,
         style: ErrorStyle,
@@ -405,7 +405,7 @@ class Exchange:
             self.chunked_out = False
         endpoint_lines = self.variant.header_lines[self.ep_index]
         self.out = [
-            http11.status_line(status),
+            wire.status_line(status),
             block,
             b"x-request-id: ",
             self.request.request_id,
@@ -467,7 +467,7 @@ class Exchange:
             if tail:
                 self.out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self.chunked_out else tail)
         if self.chunked_out:
-            self.out.append(http11.LAST_CHUNK)
+            self.out.append(wire.LAST_CHUNK)
         # Completion waits until `feed` has flushed what this read produced: completing
         # may start the client's next pipelined request, whose bytes must come after.
         self.complete_pending = True
@@ -677,7 +677,7 @@ def _without_dropped(block: bytes, probe: bytes, first: int) -> bytes:
     end = block.find(b"\r\n", first) + 2
     if (
         probe.startswith(b"\nconnection:", first)
-        and probe[first + 12 : end].strip() in http11.PLAIN_CONNECTION
+        and probe[first + 12 : end].strip() in wire.PLAIN_CONNECTION
         and _DROPPED_RESPONSE_HEADER.search(probe, end) is None
     ):
         # Nearly every backend response: `Connection: keep-alive` and nothing else to
@@ -706,7 +706,7 @@ def _nominated(probe: bytes) -> frozenset[bytes]:
     and close (RFC 9110 7.6.1); rare, so looked for only when a Connection line exists."""
     at = probe.find(b"\nconnection:")
     end = probe.find(b"\n", at + 1)
-    plain = probe[at + 12 : end].strip() in http11.PLAIN_CONNECTION
+    plain = probe[at + 12 : end].strip() in wire.PLAIN_CONNECTION
     if plain and probe.find(b"\nconnection:", end) < 0:
         return _NONE  # the usual `Connection: keep-alive`: nothing more to drop
     names: set[bytes] = set()
@@ -717,6 +717,6 @@ def _nominated(probe: bytes) -> frozenset[bytes]:
     return frozenset(names - {b"", b"keep-alive", b"close"})
 
 
-def _forward_headers(request: http11.Request) -> bytes:
+def _forward_headers(request: wire.Request) -> bytes:
     """The client's headers as they go upstream, plus the request id."""
     return b"%sx-request-id: %s\r\n" % (request.forward, request.request_id)

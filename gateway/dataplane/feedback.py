@@ -43,8 +43,8 @@ from gateway.observability.metrics import RequestSeries
 
 if TYPE_CHECKING:
     from gateway.dataplane.fronts import ErrorStyle
-    from gateway.dataplane.http11 import Request
-    from gateway.dataplane.server import ClientConnection
+    from gateway.dataplane.http.server import ClientConnection
+    from gateway.dataplane.http.wire import Request
 
 FEEDBACK_PATH = b"/v1/feedback"
 _FIELDS = ("request_id", "outcome", "reward")

@@ -6,7 +6,7 @@ back on its own; one success resets the streak. Retry budgets follow Envoy's/Lin
 idea: retries may add only a fixed share of a route's traffic, so a failing backend is
 not hit with a retry storm.
 
-Active health checks (controlplane/healthcheck.py) feed the same state: while any probe
+Active health checks (controlplane/backends/health.py) feed the same state: while any probe
 of an endpoint fails, it is out of rotation with no end time (`PROBE_EJECTED`), and it
 comes back when its probes pass again.
 """

@@ -39,9 +39,9 @@ from gateway.errors import (
 from gateway.kserve_types import ITEM_SIZE, STRUCT_CODES
 
 if TYPE_CHECKING:
-    from gateway.dataplane.http11 import Request
+    from gateway.dataplane.http.server import ClientConnection
+    from gateway.dataplane.http.wire import Request
     from gateway.dataplane.plane import DataPlane
-    from gateway.dataplane.server import ClientConnection
     from gateway.dataplane.snapshot import Route
 
 PROTOCOL = "kserve-v2"

@@ -18,13 +18,13 @@ from gateway.dataplane.exchange import Exchange, ResponseFilter
 from gateway.dataplane.feedback import ExposureLog
 from gateway.dataplane.fronts import ErrorStyle, Front, OllamaFront, OpenAIFront, OpenAIStyle
 from gateway.dataplane.health import HealthRegistry
-from gateway.dataplane.http11 import Request
+from gateway.dataplane.http.server import ClientConnection
+from gateway.dataplane.http.upstream import UpstreamPool
+from gateway.dataplane.http.wire import Request
 from gateway.dataplane.kserve import KServeFront
-from gateway.dataplane.server import ClientConnection
 from gateway.dataplane.services import ServicesFront
-from gateway.dataplane.shadow import ShadowMirror
+from gateway.dataplane.shadow.mirror import ShadowMirror
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.dataplane.upstream import UpstreamPool
 from gateway.drift.tap import NoTap, Tap
 from gateway.errors import GatewayError, InternalError, NotFound, Unavailable
 from gateway.observability.metrics import GatewayMetrics

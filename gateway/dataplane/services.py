@@ -25,9 +25,9 @@ from gateway.errors import (
 )
 
 if TYPE_CHECKING:
-    from gateway.dataplane.http11 import Request
+    from gateway.dataplane.http.server import ClientConnection
+    from gateway.dataplane.http.wire import Request
     from gateway.dataplane.plane import DataPlane
-    from gateway.dataplane.server import ClientConnection
     from gateway.dataplane.snapshot import Route, RuntimeSnapshot
 
 PROTOCOL = "json"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from zlib import crc32
 
 from gateway.dataplane.health import EndpointState, RetryBudget
-from gateway.dataplane.shadowverdict import Tolerance
+from gateway.dataplane.shadow.verdict import Tolerance
 from gateway.observability.metrics import RequestSeries, RouteCounters
 from gateway.observability.shadow_metrics import ShadowSeries
 
@@ -133,7 +133,7 @@ class Shadow:
     """A model version that gets a copy of a sample of the route's requests.
 
     Its answers are compared with the primary's and never reach the client; see
-    `gateway.dataplane.shadow`.
+    `gateway.dataplane.shadow.mirror`.
     """
 
     name: str

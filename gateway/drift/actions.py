@@ -28,7 +28,7 @@ import httpx
 import orjson
 import pandas as pd
 
-from gateway.controlplane.driftspec import DriftSpec, WebhookSpec, is_remote, local_path
+from gateway.controlplane.policy.driftspec import DriftSpec, WebhookSpec, is_remote, local_path
 from gateway.drift.episodes import Episode
 from gateway.drift.kubeflow import CallFailed, KubeflowClient, Sleep, check, with_retries
 from gateway.drift.status import safe_name

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.controlplane.registry import RegistryConfig
+from gateway.controlplane.registry.client import RegistryConfig
 from gateway.drift.status import STATUS_FILE, write_json
 from gateway.observability.logs import configure_logging
 from gateway.settings import Settings, from_env

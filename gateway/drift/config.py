@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.controlplane.driftspec import DriftSpec, policy_dir
-from gateway.controlplane.fields import split_target
-from gateway.controlplane.loader import LoadedPolicy
+from gateway.controlplane.policy.driftspec import DriftSpec, policy_dir
+from gateway.controlplane.policy.fields import split_target
+from gateway.controlplane.policy.loader import LoadedPolicy
 
 
 @dataclass(frozen=True, slots=True)

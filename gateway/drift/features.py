@@ -18,8 +18,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gateway.controlplane.driftspec import TEXT_DESCRIPTORS, TEXT_PROTOCOLS, FeatureSpec
-from gateway.controlplane.fields import split_path
+from gateway.controlplane.policy.driftspec import TEXT_DESCRIPTORS, TEXT_PROTOCOLS, FeatureSpec
+from gateway.controlplane.policy.fields import split_path
 
 Value = float | str | None
 Row = dict[str, Value]

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.controlplane.loader import LoadedPolicy
+from gateway.controlplane.policy.loader import LoadedPolicy
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.drift.channel import worker_address
 from gateway.drift.manager import DriftWorkerManager

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from gateway.controlplane.driftspec import KubeflowSpec, RetrySpec
+from gateway.controlplane.policy.driftspec import KubeflowSpec, RetrySpec
 
 RUNS_PATH = "/apis/v2beta1/runs"
 MAX_BACKOFF = 30.0

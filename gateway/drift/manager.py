@@ -17,8 +17,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.controlplane.loader import collect_policies
-from gateway.controlplane.sources import Fingerprint, fingerprint
+from gateway.controlplane.policy.loader import collect_policies
+from gateway.controlplane.policy.sources import Fingerprint, fingerprint
 from gateway.settings import Settings, to_env
 
 log = logging.getLogger("switchyard.drift")

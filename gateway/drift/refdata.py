@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gateway.controlplane.driftspec import DriftSpec, is_registry, is_remote, local_path
-from gateway.controlplane.fields import split_target
-from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
+from gateway.controlplane.policy.driftspec import DriftSpec, is_registry, is_remote, local_path
+from gateway.controlplane.policy.fields import split_target
+from gateway.controlplane.registry.client import MlflowRegistry, RegistryConfig
 
 REFERENCE_TAG = "switchyard.drift.reference"
 REFRESH_REGISTRY = 300.0  # seconds between re-resolutions of a models:/ reference

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.controlplane.loader import LoadedPolicy
+from gateway.controlplane.policy.loader import LoadedPolicy
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.drift.channel import MAX_DATAGRAM, Address, encode, encode_config, sender_socket
 from gateway.drift.config import config_entries

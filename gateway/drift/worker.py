@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from gateway.controlplane.registry import RegistryConfig
+from gateway.controlplane.registry.client import RegistryConfig
 from gateway.drift.actions import ACTIONS, ActionContext, configured, run_actions
 from gateway.drift.channel import (
     MAX_DATAGRAM,

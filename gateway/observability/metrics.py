@@ -160,7 +160,7 @@ class BackendPod:
 
 
 NO_POD = BackendPod("", "", "")
-# Why a policy reload is held (gateway.controlplane.diff.HoldReason): a bounded label set.
+# Why a policy reload is held (gateway.controlplane.policy.diff.HoldReason): a bounded label set.
 RELOAD_HOLD_REASONS = ("empty", "removes_routes")
 
 

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from gateway.controlplane.policy.rolloutspec import AnalysisSpec
 from gateway.observability.metrics import DURATION_BUCKETS, RequestSeries
 from gateway.observability.shadow_metrics import ShadowMetrics
-from gateway.rollout.spec import AnalysisSpec
 
 SeriesKey = tuple[str, str, str, str]  # (route, variant, version, backend)
 Outcome = Literal["pass", "fail", "wait"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.controlplane.kube import KubeAccess, identity
-from gateway.controlplane.resolve import RegistryResolver
+from gateway.controlplane.k8s.client import KubeAccess, identity
+from gateway.controlplane.registry.resolve import RegistryResolver
 from gateway.dataplane.feedback import ExposureLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.rollout.analysis import ShadowStats

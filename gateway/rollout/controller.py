@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from gateway.controlplane.fields import split_target
-from gateway.controlplane.loader import LoadedPolicy, PolicyError
-from gateway.controlplane.registry import MlflowRegistry, RegistryError
-from gateway.controlplane.schema import RoutingPolicy
+from gateway.controlplane.policy.fields import split_target
+from gateway.controlplane.policy.loader import LoadedPolicy, PolicyError
+from gateway.controlplane.policy.rollouts import baseline_of, challenger_of, tracks_feedback
+from gateway.controlplane.policy.schema import RoutingPolicy
+from gateway.controlplane.registry.client import MlflowRegistry, RegistryError
 from gateway.dataplane.feedback import ExposureLog
 from gateway.dataplane.snapshot import Route, SnapshotRef, Variant
 from gateway.observability.rollout_metrics import (
@@ -51,7 +52,6 @@ from gateway.rollout.analysis import (
 )
 from gateway.rollout.events import EventSink
 from gateway.rollout.promote import promote
-from gateway.rollout.spec import baseline_of, challenger_of, tracks_feedback
 from gateway.rollout.state import OUT, RolloutState, implied_weights, start, transition
 from gateway.rollout.stats import warm_up
 from gateway.rollout.store import Command, FileStore, RegistryStore, RolloutStore

@@ -12,11 +12,12 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from gateway.controlplane.schema import RoutingPolicy
+from gateway.controlplane.policy.rollouts import baseline_of
+from gateway.controlplane.policy.rolloutspec import SignificanceSpec
+from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.feedback import ExposureLog, VariantOutcomes
 from gateway.dataplane.snapshot import Route, Variant
 from gateway.observability.rollout_metrics import PairStat, VariantFeedback
-from gateway.rollout.spec import SignificanceSpec, baseline_of
 from gateway.rollout.stats import MeanTest, ProportionTest, two_proportion, welch
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.controlplane.fields import split_target
-from gateway.controlplane.registry import MlflowRegistry
-from gateway.controlplane.registry_cli import move_alias
+from gateway.controlplane.policy.fields import split_target
+from gateway.controlplane.registry.cli import move_alias
+from gateway.controlplane.registry.client import MlflowRegistry
 from gateway.rollout.state import RolloutState
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.controlplane.schema import RoutingPolicy
+from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.snapshot import Route
 from gateway.rollout.weights import VariantKey, rolled_back_weights, step_weights
 

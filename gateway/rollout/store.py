@@ -25,7 +25,7 @@ from typing import Protocol
 
 import orjson
 
-from gateway.controlplane.registry import MlflowRegistry, RegistryNotFound
+from gateway.controlplane.registry.client import MlflowRegistry, RegistryNotFound
 from gateway.rollout.state import RolloutState
 
 STATE_TAG = "switchyard.rollout.{route}"

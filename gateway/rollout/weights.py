@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from gateway.controlplane.loader import LoadedPolicy
-from gateway.controlplane.schema import RoutingPolicy
+from gateway.controlplane.policy.loader import LoadedPolicy
+from gateway.controlplane.policy.schema import RoutingPolicy
 
 VariantKey = tuple[str, str]  # (route, variant name)
 Weights = Mapping[VariantKey, float]

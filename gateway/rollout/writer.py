@@ -3,7 +3,7 @@
 Every gateway process runs the rollout controller, but only the one holding the writer
 lock changes a rollout's state; the others follow the stored state. In a Kubernetes
 cluster (or with `--rollout-lease NAMESPACE/NAME`) the lock is a
-`coordination.k8s.io/v1` Lease (`gateway.controlplane.lease`), so one replica of a
+`coordination.k8s.io/v1` Lease (`gateway.controlplane.k8s.lease`), so one replica of a
 Deployment steps while the rest follow. Elsewhere it is an exclusive `flock` on a file
 in the rollout folder: the processes of one machine (`--workers N`, or two gateways
 started by hand) agree on one writer, and the kernel frees the lock if the writer dies.
@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import IO, Protocol
 
-from gateway.controlplane.kube import KubeAccess, identity
-from gateway.controlplane.lease import LeaseLock
+from gateway.controlplane.k8s.client import KubeAccess, identity
+from gateway.controlplane.k8s.lease import LeaseLock
 from gateway.settings import Settings
 
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

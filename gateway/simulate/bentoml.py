@@ -352,8 +352,8 @@ def _fault_rules(options: BentoMLOptions) -> list[FaultRule]:
 
 def add_bentoml(backends: Any) -> None:
     """Register `simulate bentoml`."""
-    from gateway.simulate import cli
     from gateway.simulate.kserve import parse_weights
+    from gateway.simulate.options import add_common_options, positive_number, rate_number
 
     parser = backends.add_parser(
         "bentoml",
@@ -362,7 +362,7 @@ def add_bentoml(backends: Any) -> None:
         epilog=FAULT_SYNTAX,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cli._add_common_options(parser)
+    add_common_options(parser)
     parser.add_argument("--service", default="FraudClassifier", help="service name")
     parser.add_argument(
         "--model-version",
@@ -376,16 +376,18 @@ def add_bentoml(backends: Any) -> None:
         metavar="W1,..,WF[,BIAS]",
         help="feature weights (and bias) instead of the version's presets",
     )
-    parser.add_argument("--features", type=cli._positive, default=4, help="input width (default 4)")
     parser.add_argument(
-        "--threshold", type=cli._rate, default=0.5, help="classify's default threshold (0.5)"
+        "--features", type=positive_number, default=4, help="input width (default 4)"
+    )
+    parser.add_argument(
+        "--threshold", type=rate_number, default=0.5, help="classify's default threshold (0.5)"
     )
     parser.set_defaults(handler=run_bentoml)
 
 
 def run_bentoml(args: argparse.Namespace) -> int:
     """Run the BentoML simulator from parsed arguments; returns the exit status."""
-    from gateway.simulate.cli import run_until_signalled
+    from gateway.simulate.options import run_until_signalled
 
     try:
         options = BentoMLOptions(

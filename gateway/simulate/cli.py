@@ -9,22 +9,23 @@ the gateway's CLI.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
-import uvloop
-
 from gateway.simulate.bentoml import add_bentoml
-from gateway.simulate.faults import FAULT_SYNTAX, FaultRule, FaultSpecError, parse_fault
+from gateway.simulate.faults import FAULT_SYNTAX
 from gateway.simulate.kserve import add_kserve
 from gateway.simulate.kubeflow import add_kubeflow
 from gateway.simulate.ollama import OllamaOptions, serve_ollama
 from gateway.simulate.openai import OpenAIOptions, serve_openai
-from gateway.simulate.server import SimServer
+from gateway.simulate.options import (
+    add_common_options,
+    count_number,
+    non_negative_number,
+    positive_number,
+    run_until_signalled,
+)
 
 # A string: argparse._SubParsersAction is not subscriptable at runtime on Python 3.11.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -63,7 +64,7 @@ def add_backends(backends: Subparsers) -> None:
     )
     openai.add_argument(
         "--max-num-seqs",
-        type=_positive,
+        type=positive_number,
         default=256,
         help="capacity /metrics reports running vs waiting against (default 256)",
     )
@@ -78,14 +79,16 @@ def _add_llm_options(
     parser: argparse.ArgumentParser, *, chunk: str, served: str, strict: str
 ) -> None:
     """Options every LLM simulator takes (OpenAI/vLLM and Ollama)."""
-    _add_common_options(parser)
-    parser.add_argument("--chunk-delay-ms", type=_non_negative, default=0.0, help=chunk)
-    parser.add_argument("--tokens", type=_count, default=16, help="tokens per answer (default 16)")
+    add_common_options(parser)
+    parser.add_argument("--chunk-delay-ms", type=non_negative_number, default=0.0, help=chunk)
+    parser.add_argument(
+        "--tokens", type=count_number, default=16, help="tokens per answer (default 16)"
+    )
     parser.add_argument(
         "--served-model", action="append", dest="served_models", metavar="NAME", help=served
     )
     parser.add_argument(
-        "--embedding-dim", type=_positive, default=8, help="embedding size (default 8)"
+        "--embedding-dim", type=positive_number, default=8, help="embedding size (default 8)"
     )
     parser.add_argument("--strict-models", action="store_true", help=strict)
 
@@ -153,38 +156,6 @@ def run_ollama(args: argparse.Namespace) -> int:
     return run_until_signalled("ollama", lambda: serve_ollama(options, host, port, name))
 
 
-def run_until_signalled(kind: str, start: Callable[[], Awaitable[SimServer]]) -> int:
-    """Start a simulator on uvloop, announce it on stdout, serve until SIGTERM / SIGINT."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    async def serve() -> int:
-        try:
-            server = await start()
-        except OSError as exc:
-            print(f"switchyard-sim: cannot listen: {exc}", file=sys.stderr)
-            return 1
-        print(f"switchyard-sim {kind} listening on {server.url}", flush=True)
-        # Simulators with a second protocol (KServe's gRPC) announce it after the HTTP
-        # line, which is the one scripts wait for first.
-        for label, address in getattr(server, "extra_listeners", ()):
-            print(f"switchyard-sim {kind} {label} listening on {address}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
-        for signum in signals:
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            for signum in signals:
-                loop.remove_signal_handler(signum)
-            await server.close()
-        return 0
-
-    code: int = uvloop.run(serve())
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m gateway.simulate <backend> ...`."""
     parser = argparse.ArgumentParser(
@@ -194,90 +165,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
-
-
-def _add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Options every simulator shares: where it listens, its name, timing and faults."""
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=_port, default=0, help="port; 0 picks a free one (default 0)"
-    )
-    parser.add_argument("--name", help="instance name sent as x-sim-name (default sim-PORT)")
-    parser.add_argument(
-        "--latency-ms",
-        type=_non_negative,
-        default=0.0,
-        help="delay before the response, or before the first stream chunk",
-    )
-    parser.add_argument(
-        "--error-rate",
-        type=_rate,
-        default=0.0,
-        help="share of requests answered 500 with an error body (0..1)",
-    )
-    parser.add_argument(
-        "--fault",
-        action="append",
-        dest="faults",
-        type=_fault,
-        default=[],
-        metavar="KIND[=VALUE][:RATE]",
-        help="inject a fault into a share of requests (repeatable; syntax below)",
-    )
-    parser.add_argument("--seed", type=int, help="seed for fault draws and generated text")
-
-
-def _fault(text: str) -> FaultRule:
-    try:
-        return parse_fault(text)
-    except FaultSpecError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def _non_negative(text: str) -> float:
-    value = _number(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def _rate(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _count(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _integer(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
-    return value

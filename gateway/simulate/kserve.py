@@ -165,7 +165,12 @@ async def serve_kserve(
 
 def add_kserve(backends: Any) -> None:
     """Register `simulate kserve`."""
-    from gateway.simulate import cli
+    from gateway.simulate.options import (
+        add_common_options,
+        count_number,
+        port_number,
+        positive_number,
+    )
 
     parser = backends.add_parser(
         "kserve",
@@ -181,7 +186,7 @@ def add_kserve(backends: Any) -> None:
         epilog=FAULT_SYNTAX,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cli._add_common_options(parser)
+    add_common_options(parser)
     parser.add_argument(
         "--model",
         action="append",
@@ -212,17 +217,17 @@ def add_kserve(backends: Any) -> None:
         help="feature weights (and bias) for every version, instead of the presets",
     )
     parser.add_argument(
-        "--features", type=cli._positive, default=4, help="input width F (default 4)"
+        "--features", type=positive_number, default=4, help="input width F (default 4)"
     )
     parser.add_argument(
         "--stream-responses",
-        type=cli._count,
+        type=count_number,
         default=3,
         help="responses per request of a decoupled model (default 3)",
     )
     parser.add_argument(
         "--grpc-port",
-        type=cli._port,
+        type=port_number,
         metavar="PORT",
         help="also serve gRPC inference.GRPCInferenceService here (0: free port; default off)",
     )
@@ -254,7 +259,7 @@ def run_kserve(args: argparse.Namespace) -> int:
     """Run the KServe simulator from parsed arguments; returns the exit status."""
     import sys
 
-    from gateway.simulate.cli import run_until_signalled
+    from gateway.simulate.options import run_until_signalled
 
     try:
         options = options_from_args(args)

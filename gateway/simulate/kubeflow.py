@@ -227,7 +227,7 @@ def add_kubeflow(backends: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.simulate.cli import run_until_signalled
+    from gateway.simulate.options import run_until_signalled
 
     options = KubeflowOptions(args.token, args.fail_first, args.lose_first)
     host, port, name = args.host, args.port, args.name

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.controlplane.driftspec import TEXT_DESCRIPTORS
+from gateway.controlplane.policy.driftspec import TEXT_DESCRIPTORS
 from gateway.drift.features import describe_text
 from gateway.simulate.prompts import baseline_request, shifted_request
 from tests.procs import GatewayProc, Simulator, start_gateway, start_simulator

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from gateway.controlplane.driftspec import DriftSpec, RetrySpec, WebhookSpec
+from gateway.controlplane.policy.driftspec import DriftSpec, RetrySpec, WebhookSpec
 from gateway.drift.actions import ActionContext, run_actions, send_webhook
 from gateway.drift.episodes import Episodes
 from gateway.drift.kubeflow import CallFailed, KubeflowClient

@@ -22,8 +22,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import collect_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import collect_policies
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.drift.channel import worker_address

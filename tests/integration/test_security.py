@@ -27,7 +27,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from gateway.controlplane.webhook import sign
+from gateway.controlplane.registry.webhook import sign
 from tests.procs import (
     GatewayProc,
     Simulator,

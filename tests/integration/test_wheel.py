@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.compiled import OUTPUT_DIR, check
+from gateway.native.loader import OUTPUT_DIR, check
 from tests.procs import _LISTEN_GW, REPO, Proc, Simulator
 
 DIST_NAME = "switchyard_gateway"

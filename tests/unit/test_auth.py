@@ -17,7 +17,7 @@ from gateway.dataplane.auth import (
     UnknownKey,
     parse_keys,
 )
-from gateway.dataplane.http11 import Request
+from gateway.dataplane.http.wire import Request
 
 KEY_A = "sk-team-a-0123456789abcdef"
 KEY_B = "sk-batch-fedcba9876543210"

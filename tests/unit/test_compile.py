@@ -7,9 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.controlplane.compile import compile_snapshot, load_checked, policy_version
-from gateway.controlplane.loader import LoadedPolicy, PolicyError, parse_policies
-from gateway.controlplane.schema import RoutingPolicy
+from gateway.controlplane.policy.compile import compile_snapshot, load_checked, policy_version
+from gateway.controlplane.policy.loader import LoadedPolicy, PolicyError, parse_policies
+from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import OutlierPolicy, RetryPolicy, Timeouts
 from gateway.observability.metrics import GatewayMetrics

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import gateway
-from gateway.compiled import (
+from gateway.dataplane import exchange
+from gateway.native.loader import (
     HOT_MODULES,
     MANIFEST,
     OUTPUT_DIR,
@@ -27,7 +28,6 @@ from gateway.compiled import (
     install,
     source_digest,
 )
-from gateway.dataplane import exchange
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
@@ -83,7 +83,7 @@ def test_a_build_of_another_module_list_is_not_used(tmp_path: Path) -> None:
 
 def test_missing_files_and_broken_manifests_are_reported(tmp_path: Path) -> None:
     directory = _fake_build(tmp_path / "a")
-    (directory / "gateway" / "dataplane" / f"server{SUFFIX}").unlink()
+    (directory / "gateway" / "dataplane" / "http" / f"server{SUFFIX}").unlink()
     files, reason = check(directory)
     assert files is None
     assert f"server{SUFFIX}" in reason

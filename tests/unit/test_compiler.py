@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser
-from gateway.compiler import missing_toolchain, run_compile
+from gateway.native.build import missing_toolchain, run_compile
 
 
 def compile_args(*flags: str) -> argparse.Namespace:

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot

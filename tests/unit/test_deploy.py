@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from gateway.cli import main as cli_main
-from gateway.controlplane.compile import check_policies, compile_snapshot
-from gateway.controlplane.fields import split_service_url
-from gateway.controlplane.kube import split_ref
-from gateway.controlplane.loader import configmap_policies
-from gateway.controlplane.pools import service_pools
+from gateway.controlplane.k8s.client import split_ref
+from gateway.controlplane.k8s.pools import service_pools
+from gateway.controlplane.policy.compile import check_policies, compile_snapshot
+from gateway.controlplane.policy.fields import split_service_url
+from gateway.controlplane.policy.loader import configmap_policies
 from gateway.dataplane.health import HealthRegistry
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings, from_env

@@ -71,7 +71,7 @@ def test_metrics_reference_covers_every_declared_metric() -> None:
 
 
 def test_policy_reference_is_the_schema_renderer() -> None:
-    from gateway.controlplane.reference import render_markdown
+    from gateway.controlplane.policy.reference import render_markdown
 
     assert render_markdown() in (GENERATED / "policy-reference.md").read_text()
 

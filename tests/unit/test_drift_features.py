@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.controlplane.driftspec import TEXT_DESCRIPTORS, FeatureSpec
-from gateway.controlplane.fields import split_path
+from gateway.controlplane.policy.driftspec import TEXT_DESCRIPTORS, FeatureSpec
+from gateway.controlplane.policy.fields import split_path
 from gateway.drift.features import build_extractor, describe_text, tensor_rows, value_at
 
 CHAT: dict[str, Any] = {

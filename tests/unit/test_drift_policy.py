@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controlplane.compile import load_checked
-from gateway.controlplane.loader import PolicyError, parse_policies
+from gateway.controlplane.policy.compile import load_checked
+from gateway.controlplane.policy.loader import PolicyError, parse_policies
 
 HEAD = """apiVersion: switchyard/v1
 kind: RoutingPolicy

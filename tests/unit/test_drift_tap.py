@@ -6,8 +6,8 @@ import random
 import socket
 from pathlib import Path
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import LoadedPolicy, parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import LoadedPolicy, parse_policies
 from gateway.dataplane.decide import Decision, RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.drift.channel import Config, Rows, decode, receiver_socket, worker_address

@@ -8,10 +8,10 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as pb
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import PolicyError, parse_policies
-from gateway.dataplane.grpccall import HTTP_STATUS, failure_kind, grpc_code
-from gateway.dataplane.grpctensors import GrpcInferBody, kserve_json
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import PolicyError, parse_policies
+from gateway.dataplane.grpc.call import HTTP_STATUS, failure_kind, grpc_code
+from gateway.dataplane.grpc.tensors import GrpcInferBody, kserve_json
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.kserve import MAX_DECODED_ROWS
 from gateway.dataplane.snapshot import RuntimeSnapshot

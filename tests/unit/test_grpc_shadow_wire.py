@@ -9,13 +9,13 @@ import orjson
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.dataplane.grpcshadow import (
+from gateway.dataplane.grpc.shadow import (
     NotTranslatable,
     infer_reply_as_v2,
     infer_request_as_http,
 )
-from gateway.dataplane.grpcwire import take_field
-from gateway.dataplane.shadowcompare import Tolerance, compare
+from gateway.dataplane.grpc.wire import take_field
+from gateway.dataplane.shadow.compare import Tolerance, compare
 
 
 def split(body: bytes, lines: bytes) -> tuple[dict[str, object], bytes]:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
 
-from gateway.dataplane.grpcwire import (
+from gateway.dataplane.grpc.wire import (
     WireError,
     readdress,
     readdress_nested,

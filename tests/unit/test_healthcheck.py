@@ -11,9 +11,9 @@ import asyncio
 import httpx
 import pytest
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.healthcheck import HealthChecker
-from gateway.controlplane.loader import PolicyError, parse_policies
+from gateway.controlplane.backends.health import HealthChecker
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import PolicyError, parse_policies
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.pick import pick
 from gateway.dataplane.snapshot import HealthCheck, RuntimeSnapshot, SnapshotRef

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.exposition import generate_latest
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.discovery import ready_endpoints
-from gateway.controlplane.fields import split_service_url
-from gateway.controlplane.loader import PolicyError, parse_policies
-from gateway.controlplane.pools import expand_pool, service_pools
-from gateway.controlplane.reload import PolicyReloader
+from gateway.controlplane.k8s.discovery import ready_endpoints
+from gateway.controlplane.k8s.pools import expand_pool, service_pools
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.fields import split_service_url
+from gateway.controlplane.policy.loader import PolicyError, parse_policies
+from gateway.controlplane.policy.reload import PolicyReloader
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.observability.metrics import BackendPod, GatewayMetrics

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controlplane.kube import Backoff, KubeAccess, KubeUnavailable, config_source, split_ref
+from gateway.controlplane.k8s.client import (
+    Backoff,
+    KubeAccess,
+    KubeUnavailable,
+    config_source,
+    split_ref,
+)
 
 
 def test_split_ref() -> None:

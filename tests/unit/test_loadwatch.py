@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import parse_policies
-from gateway.controlplane.loadwatch import LoadWatcher, parse_vllm_metrics
+from gateway.controlplane.backends.load import LoadWatcher, parse_vllm_metrics
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.pick import pick
 from gateway.dataplane.snapshot import SnapshotRef

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import PROBE_EJECTED, HealthRegistry
 from gateway.dataplane.pick import candidates, panic_pick

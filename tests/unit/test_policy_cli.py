@@ -62,7 +62,7 @@ def test_validate_configmap_and_shipped_policies(capsys: pytest.CaptureFixture[s
     assert main(["policy", "validate", str(configmap)]) == 0
     assert capsys.readouterr().out.startswith("ok: 2 routes")
     assert main(["policy", "validate", str(ROOT / "policies")]) == 0
-    assert capsys.readouterr().out.startswith("ok: 5 routes")
+    assert capsys.readouterr().out.startswith("ok: 6 routes")  # chat-ollama too
 
 
 def test_diff_exit_codes_and_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

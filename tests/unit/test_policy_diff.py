@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.controlplane.diff import diff_policies
-from gateway.controlplane.loader import LoadedPolicy, parse_policies
+from gateway.controlplane.policy.diff import diff_policies
+from gateway.controlplane.policy.loader import LoadedPolicy, parse_policies
 
 BASE = """\
 apiVersion: switchyard/v1

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controlplane.binding import Resolved, bind, needs_of
-from gateway.controlplane.compile import compile_snapshot, load_checked
-from gateway.controlplane.registry import ModelVersion
+from gateway.controlplane.policy.compile import compile_snapshot, load_checked
+from gateway.controlplane.registry.binding import Resolved, bind, needs_of
+from gateway.controlplane.registry.client import ModelVersion
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot
-from gateway.localmlflow import DEMO_MODELS
 from gateway.observability.metrics import GatewayMetrics
+from gateway.quickstart.mlflow_server import DEMO_MODELS
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 EXAMPLES = sorted((POLICIES / "examples").glob("*.y*ml"))

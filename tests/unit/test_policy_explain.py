@@ -7,9 +7,9 @@ import random
 import orjson
 import pytest
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.explain import explain, render_text
-from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.explain import explain, render_text
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot

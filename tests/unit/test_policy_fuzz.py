@@ -17,8 +17,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.controlplane.compile import check_policies, compile_snapshot
-from gateway.controlplane.loader import PolicyError, configmap_policies, parse_policies
+from gateway.controlplane.policy.compile import check_policies, compile_snapshot
+from gateway.controlplane.policy.loader import PolicyError, configmap_policies, parse_policies
 from gateway.dataplane.health import HealthRegistry
 from gateway.observability.metrics import GatewayMetrics
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.controlplane.fields import parse_duration, split_endpoint, split_target
-from gateway.controlplane.schema import RoutingPolicy, policy_json_schema, render_json_schema
+from gateway.controlplane.policy.fields import parse_duration, split_endpoint, split_target
+from gateway.controlplane.policy.schema import RoutingPolicy, policy_json_schema, render_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 

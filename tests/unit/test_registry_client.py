@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from gateway.controlplane.registry import (
+from gateway.controlplane.registry.client import (
     MlflowRegistry,
     RegistryConfig,
     RegistryError,

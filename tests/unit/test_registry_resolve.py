@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.controlplane.binding import Need, Resolved, bind, needs_of
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import LoadedPolicy, parse_policies
-from gateway.controlplane.registry import MlflowRegistry, ModelVersion, RegistryConfig
-from gateway.controlplane.reload import PolicyReloader
-from gateway.controlplane.resolve import RegistryResolver
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import LoadedPolicy, parse_policies
+from gateway.controlplane.policy.reload import PolicyReloader
+from gateway.controlplane.registry.binding import Need, Resolved, bind, needs_of
+from gateway.controlplane.registry.client import MlflowRegistry, ModelVersion, RegistryConfig
+from gateway.controlplane.registry.resolve import RegistryResolver
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import SnapshotRef

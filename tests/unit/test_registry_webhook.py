@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from gateway.controlplane.webhook import AliasEvent, WebhookRejected, sign, verify
+from gateway.controlplane.registry.webhook import AliasEvent, WebhookRejected, sign, verify
 
 BODY = json.dumps(
     {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controlplane.loader import PolicyError
-from gateway.controlplane.reload import PolicyReloader, fingerprint
+from gateway.controlplane.policy.loader import PolicyError
+from gateway.controlplane.policy.reload import PolicyReloader, fingerprint
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.observability.metrics import GatewayMetrics

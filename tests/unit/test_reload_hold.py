@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from gateway.cli import main
-from gateway.controlplane.reload import PolicyReloader
+from gateway.controlplane.policy.reload import PolicyReloader
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.observability.metrics import GatewayMetrics

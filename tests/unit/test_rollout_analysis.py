@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.controlplane.policy.rolloutspec import AnalysisSpec
 from gateway.observability.metrics import DURATION_BUCKETS, RequestSeries
 from gateway.rollout.analysis import Counts, judge, quantile, read, totals, window
-from gateway.rollout.spec import AnalysisSpec
 
 N = len(DURATION_BUCKETS) + 1
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controlplane.binding import Resolved
-from gateway.controlplane.compile import check_policies, compile_snapshot
-from gateway.controlplane.loader import PolicyError, collect_policies
-from gateway.controlplane.schema import RoutingPolicy
+from gateway.controlplane.policy.compile import check_policies, compile_snapshot
+from gateway.controlplane.policy.loader import PolicyError, collect_policies
+from gateway.controlplane.policy.schema import RoutingPolicy
+from gateway.controlplane.registry.binding import Resolved
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import Route
 from gateway.observability.metrics import GatewayMetrics

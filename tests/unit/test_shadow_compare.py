@@ -8,7 +8,7 @@ import struct
 import orjson
 import pytest
 
-from gateway.dataplane.shadowcompare import (
+from gateway.dataplane.shadow.compare import (
     Tolerance,
     compare,
     jaccard,
@@ -16,7 +16,7 @@ from gateway.dataplane.shadowcompare import (
     llm_text,
     words,
 )
-from gateway.dataplane.shadowlabels import predictions
+from gateway.dataplane.shadow.labels import predictions
 
 TOL = Tolerance(numeric=1e-3, min_similarity=0.5)
 

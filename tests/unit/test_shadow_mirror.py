@@ -12,15 +12,15 @@ import random
 
 import orjson
 
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.health import HealthRegistry
+from gateway.dataplane.http.server import ClientConnection
+from gateway.dataplane.http.upstream import UpstreamConnection, UpstreamPool
 from gateway.dataplane.plane import DataPlane
-from gateway.dataplane.server import ClientConnection
-from gateway.dataplane.shadow import ShadowedExchange
+from gateway.dataplane.shadow.mirror import ShadowedExchange
 from gateway.dataplane.snapshot import Endpoint, SnapshotRef
-from gateway.dataplane.upstream import UpstreamConnection, UpstreamPool
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.shadow_metrics import ShadowSeries
 from gateway.settings import Settings

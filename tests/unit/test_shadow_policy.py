@@ -7,11 +7,17 @@ import logging
 import httpx
 import pytest
 
-from gateway.controlplane.binding import Binding, Resolved, VariantKey, needs_of, shadow_key
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import LoadedPolicy, PolicyError, parse_policies
-from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
-from gateway.controlplane.resolve import RegistryResolver
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import LoadedPolicy, PolicyError, parse_policies
+from gateway.controlplane.registry.binding import (
+    Binding,
+    Resolved,
+    VariantKey,
+    needs_of,
+    shadow_key,
+)
+from gateway.controlplane.registry.client import MlflowRegistry, RegistryConfig
+from gateway.controlplane.registry.resolve import RegistryResolver
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import RuntimeSnapshot
 from gateway.observability.metrics import GatewayMetrics

@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.admin.shadow import merge_overviews, merge_raw, raw_view, shadow_routes, summarise
-from gateway.controlplane.compile import compile_snapshot
-from gateway.controlplane.loader import parse_policies
+from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.health import HealthRegistry
-from gateway.dataplane.shadowlog import ComparisonLog
+from gateway.dataplane.shadow.log import ComparisonLog
 from gateway.dataplane.snapshot import RuntimeSnapshot
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.shadow_metrics import ShadowMetrics

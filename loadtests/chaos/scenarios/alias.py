@@ -1,7 +1,7 @@
 """A registry alias moved N times under load: no request may fail, and traffic follows
 every move (the new version answers within the poll interval and a margin).
 
-A real MLflow tracking server (`gateway.localmlflow`, SQLite in the run's folder) holds
+A real MLflow tracking server (`gateway.quickstart.mlflow_server`, SQLite in the run's folder) holds
 one model with two versions, each tagged with its serving endpoint; the gateway routes
 to `models:/NAME@champion` and polls the alias. Skipped when MLflow is not installed.
 """
@@ -13,9 +13,9 @@ import importlib.util
 import io
 import time
 
-from gateway.controlplane.binding import ENDPOINT_TAG, PROTOCOL_TAG
-from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
-from gateway.localmlflow import LocalMlflow
+from gateway.controlplane.registry.binding import ENDPOINT_TAG, PROTOCOL_TAG
+from gateway.controlplane.registry.client import MlflowRegistry, RegistryConfig
+from gateway.quickstart.mlflow_server import LocalMlflow
 from loadtests.chaos.load import Load, Outcome, chat
 from loadtests.chaos.procs import free_port
 from loadtests.chaos.scenario import Context, Result, Scenario

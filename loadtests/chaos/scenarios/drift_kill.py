@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Any
 
-from gateway.controlplane.driftspec import TEXT_DESCRIPTORS
+from gateway.controlplane.policy.driftspec import TEXT_DESCRIPTORS
 from gateway.drift.features import describe_text
 from gateway.simulate.prompts import baseline_request
 from loadtests.chaos.load import Load, chat

@@ -2,7 +2,7 @@
 traffic must not see a single failure, and each shadow's copies must be counted by how
 they ended (connect_error, ok or timeout, invalid_response).
 
-Runs only where the shadow feature exists (gateway/dataplane/shadow.py).
+Runs only where the shadow feature exists (gateway/dataplane/shadow/mirror.py).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ async def run(ctx: Context) -> Result:
 
 
 def _unavailable() -> str | None:
-    if importlib.util.find_spec("gateway.dataplane.shadow") is None:
-        return "this gateway has no shadow traffic (gateway/dataplane/shadow.py)"
+    if importlib.util.find_spec("gateway.dataplane.shadow.mirror") is None:
+        return "this gateway has no shadow traffic (gateway/dataplane/shadow/mirror.py)"
     return None
 
 

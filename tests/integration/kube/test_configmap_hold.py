@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from gateway.controlplane.configmap import ConfigMapPolicies
-from gateway.controlplane.kube import Backoff, KubeAccess
-from gateway.controlplane.reload import PolicyReloader, ReloadResult
+from gateway.controlplane.k8s.client import Backoff, KubeAccess
+from gateway.controlplane.k8s.configmap import ConfigMapPolicies
+from gateway.controlplane.policy.reload import PolicyReloader, ReloadResult
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.observability.metrics import GatewayMetrics

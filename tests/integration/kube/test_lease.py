@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controlplane.kube import KubeAccess
-from gateway.controlplane.lease import LeaseLock, LeaseUnavailable
+from gateway.controlplane.k8s.client import KubeAccess
+from gateway.controlplane.k8s.lease import LeaseLock, LeaseUnavailable
 from tests.kubefake import LEASES, FakeKube
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controlplane.kube import Backoff, KubeAccess
-from gateway.controlplane.kubewatch import ListWatch, Obj
+from gateway.controlplane.k8s.client import Backoff, KubeAccess
+from gateway.controlplane.k8s.watch import ListWatch, Obj
 from gateway.observability.metrics import GatewayMetrics
 from tests.kubefake import CONFIGMAPS, FakeKube, configmap
 

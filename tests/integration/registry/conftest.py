@@ -1,6 +1,6 @@
 """A real MLflow tracking server on SQLite for the registry tests, started once.
 
-The server is the one the quick start runs (`gateway.localmlflow.LocalMlflow`), on a
+The server is the one the quick start runs (`gateway.quickstart.mlflow_server.LocalMlflow`), on a
 free port under a temporary folder, with webhooks allowed to reach loopback over plain
 HTTP (MLflow's defaults demand https and a public address). Models get unique names
 per test, so tests share the server without seeing each other's aliases.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from gateway.localmlflow import LocalMlflow
+from gateway.quickstart.mlflow_server import LocalMlflow
 
 WEBHOOK_ENV = {
     "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from gateway.localmlflow import LocalMlflow
+from gateway.quickstart.mlflow_server import LocalMlflow
 from tests.integration.registry.conftest import Registered, serving_tags
 from tests.procs import GatewayProc, Simulator, running, start_gateway
 

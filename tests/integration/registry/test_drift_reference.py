@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from gateway.controlplane.driftspec import DriftSpec
-from gateway.controlplane.registry import RegistryConfig
+from gateway.controlplane.policy.driftspec import DriftSpec
+from gateway.controlplane.registry.client import RegistryConfig
 from gateway.drift.refdata import REFERENCE_TAG, ReferenceError, load_reference
-from gateway.localmlflow import LocalMlflow
+from gateway.quickstart.mlflow_server import LocalMlflow
 
 
 def model_with_reference(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from gateway.localmlflow import LocalMlflow
+from gateway.quickstart.mlflow_server import LocalMlflow
 from tests.integration.registry.conftest import Registered, serving_tags
 from tests.integration.registry.test_registry_cli import switchyard
 from tests.kubefake import LEASES, FakeKube

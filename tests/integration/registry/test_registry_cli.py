@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from mlflow import MlflowClient
 
-from gateway.controlplane.registry import MlflowRegistry, RegistryConfig
-from gateway.localmlflow import LocalMlflow, SeedModel, SeedVersion, seed
+from gateway.controlplane.registry.client import MlflowRegistry, RegistryConfig
+from gateway.quickstart.mlflow_server import LocalMlflow, SeedModel, SeedVersion, seed
 from tests.integration.registry.conftest import Registered, serving_tags
 from tests.procs import REPO
 

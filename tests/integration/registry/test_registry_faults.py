@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from mlflow import MlflowClient
 
-from gateway.localmlflow import LocalMlflow
+from gateway.quickstart.mlflow_server import LocalMlflow
 from tests.integration.registry.conftest import Registered, free_port, serving_tags
 from tests.integration.registry.test_alias_follow import Load, alias_policy
 from tests.integration.registry.test_registry_cli import switchyard

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from mlflow import MlflowClient
 
-from gateway.localmlflow import LocalMlflow
+from gateway.quickstart.mlflow_server import LocalMlflow
 from tests.integration.registry.conftest import Registered, serving_tags
 from tests.integration.test_rollout import (
     Traffic,

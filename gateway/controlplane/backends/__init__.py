@@ -1,0 +1,3 @@
+"""Backend state gathered off the request path: active health checks and load
+scraped from the model servers' own metrics.
+"""

@@ -1,0 +1,253 @@
+"""One proxied gRPC call's attempts: pick, retry, eject and count, as HTTP exchanges do.
+
+The gRPC front runs each call as a coroutine (grpc.aio hands it one), so this is the
+bookkeeping half of `Exchange` without the HTTP parsing: the same endpoint choice
+(`pick`, then fallbacks), the same retry policy and budget, the same passive outlier
+ejection and the same metric series. gRPC statuses are read as the HTTP statuses
+they correspond to, so a policy's `retries.on: [503]` and the status-class metrics
+mean the same thing on both fronts.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+
+from gateway.dataplane.decide import Decision
+from gateway.dataplane.grpc.wire import Head, with_head
+from gateway.dataplane.pick import (
+    attempt_failed,
+    candidates,
+    panic_pick,
+    pick,
+    retry_target,
+)
+from gateway.dataplane.snapshot import Endpoint, Variant
+from gateway.errors import GatewayError, NoHealthyUpstream
+from gateway.observability.metrics import RequestSeries
+
+# Metadata a proxy never relays: transport-level keys gRPC sets itself, and the
+# gateway's own namespace (a client or backend must not forge x-switchyard-*).
+_RESERVED = ("grpc-", ":", "x-switchyard-")
+
+# gRPC status -> the HTTP status it stands for (grpc's own HTTP mapping, inverted):
+# status classes in metrics, retry conditions, and whether the backend failed.
+HTTP_STATUS = MappingProxyType(
+    {
+        grpc.StatusCode.OK: 200,
+        grpc.StatusCode.CANCELLED: 499,
+        grpc.StatusCode.UNKNOWN: 500,
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.ALREADY_EXISTS: 409,
+        grpc.StatusCode.PERMISSION_DENIED: 403,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+        grpc.StatusCode.FAILED_PRECONDITION: 400,
+        grpc.StatusCode.ABORTED: 409,
+        grpc.StatusCode.OUT_OF_RANGE: 400,
+        grpc.StatusCode.UNIMPLEMENTED: 501,
+        grpc.StatusCode.INTERNAL: 500,
+        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.DATA_LOSS: 500,
+        grpc.StatusCode.UNAUTHENTICATED: 401,
+    }
+)
+# The gateway's own errors (by HTTP status) -> the gRPC status a client gets.
+_GRPC_CODE = MappingProxyType(
+    {
+        400: grpc.StatusCode.INVALID_ARGUMENT,
+        401: grpc.StatusCode.UNAUTHENTICATED,
+        404: grpc.StatusCode.NOT_FOUND,
+        405: grpc.StatusCode.UNIMPLEMENTED,
+        408: grpc.StatusCode.DEADLINE_EXCEEDED,
+        413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        431: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        502: grpc.StatusCode.UNAVAILABLE,
+        503: grpc.StatusCode.UNAVAILABLE,
+        504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+def grpc_code(err: GatewayError) -> grpc.StatusCode:
+    """The gRPC status of an error the gateway itself answers."""
+    return _GRPC_CODE.get(err.status, grpc.StatusCode.INTERNAL)
+
+
+def failure_kind(code: grpc.StatusCode, details: str, ours: bool) -> str:
+    """The retry condition a failed upstream call meets, as the HTTP path names them.
+
+    UNAVAILABLE is what gRPC reports both for a backend it could not reach and for a
+    backend that answered "unavailable"; its message tells them apart. `ours`: the
+    deadline that expired was the route's, not the client's.
+    """
+    if code == grpc.StatusCode.UNAVAILABLE:
+        text = details.lower()
+        if "connect" in text:
+            return "connect-error"
+        if "socket closed" in text or "reset" in text or "goaway" in text:
+            return "reset"
+        return "503"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and ours:
+        return "timeout"
+    return str(HTTP_STATUS.get(code, 500))
+
+
+def grpc_endpoints(variant: Variant) -> bool:
+    """Whether the variant's pool can be reached over gRPC (its policy set grpc_port)."""
+    return bool(variant.endpoints) and bool(variant.endpoints[0].grpc_target)
+
+
+class GrpcCall:
+    """Attempt bookkeeping for one client call (unary or one stream)."""
+
+    __slots__ = (
+        "attempts",
+        "decision",
+        "endpoint",
+        "idx",
+        "next_turn",
+        "received_at",
+        "sent_at",
+        "series",
+        "tried",
+        "variant",
+    )
+
+    def __init__(
+        self, decision: Decision, received_at: float, next_turn: Callable[[], int]
+    ) -> None:
+        self.decision = decision
+        self.received_at = received_at
+        self.next_turn = next_turn  # the data plane's rotating start for equal endpoints
+        self.variant: Variant = decision.variant
+        self.idx = 0
+        self.attempts = 0
+        self.tried: tuple[tuple[int, int], ...] = ()
+        self.endpoint: Endpoint | None = None
+        self.series: RequestSeries | None = None
+        self.sent_at = 0.0
+
+    def first(self) -> tuple[Variant, int]:
+        """Where the first attempt goes: the decided variant, else its fallbacks."""
+        route = self.decision.route
+        now = time.monotonic()
+        route.budget.record_request(now)
+        variant = self.decision.variant
+        if grpc_endpoints(variant):
+            idx = pick(variant, now, self.next_turn())
+            if idx >= 0:
+                return variant, idx
+        for fallback, i in candidates(self.decision, now, self.next_turn()):
+            if grpc_endpoints(fallback):
+                route.counters.fallbacks += 1
+                return fallback, i
+        panic = panic_pick(self.decision, self.next_turn())
+        if panic is not None and grpc_endpoints(panic[0]):
+            route.counters.panic += 1
+            return panic
+        route.counters.no_healthy += 1
+        if not any(grpc_endpoints(v) for v in self.decision.order):
+            raise NoHealthyUpstream(
+                f"route '{route.name}': variant '{variant.name}' and its fallbacks have no "
+                "gRPC backends (set grpc_port on the variant to reach its pool over gRPC)",
+                route=route.name,
+            )
+        raise NoHealthyUpstream(
+            f"route '{route.name}': every endpoint of variant '{variant.name}' and its "
+            "fallbacks is ejected or unavailable",
+            route=route.name,
+        )
+
+    def begin(self, variant: Variant, idx: int) -> Endpoint:
+        """Start an attempt on endpoint `idx` of `variant`."""
+        self.attempts += 1
+        self.variant = variant
+        self.idx = idx
+        self.tried += ((variant.index, idx),)
+        endpoint = self.endpoint = variant.endpoints[idx]
+        self.series = variant.series[idx]
+        endpoint.state.in_flight += 1
+        self.sent_at = time.perf_counter()
+        return endpoint
+
+    def end_attempt(self, ok: bool) -> None:
+        """The attempt is over; a failure counts towards the endpoint's ejection."""
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is None:
+            return
+        state = endpoint.state
+        state.in_flight -= 1
+        if ok:
+            state.consecutive_failures = 0
+            return
+        attempt_failed(self.decision, self.variant, endpoint, self.series, time.monotonic())
+
+    def next_target(self, kind: str) -> tuple[Variant, int] | None:
+        """Where to retry after a failure of `kind`, or None (spends retry budget)."""
+        return retry_target(
+            self.decision,
+            self.attempts,
+            self.tried,
+            kind,
+            time.monotonic(),
+            self.next_turn,
+            grpc_endpoints,
+        )
+
+    def finish(self, status: int) -> None:
+        """Count the call's outcome (`status` as HTTP: 200, 4xx, 5xx; 499 = client left)."""
+        series = self.series
+        if series is None:
+            return
+        if status == 499:  # the client went away: as the HTTP path counts it
+            series.by_class[0] += 1
+            counts = self.decision.route.counters.errors_by_code
+            counts["client_closed"] = counts.get("client_closed", 0) + 1
+            return
+        series.by_class[status // 100 if status < 600 else 5] += 1
+        end = time.perf_counter()
+        total = end - self.received_at
+        upstream = end - self.sent_at
+        series.duration.counts[bisect_left(series.duration.bounds, total)] += 1
+        series.duration.total += total
+        series.upstream.counts[bisect_left(series.upstream.bounds, upstream)] += 1
+        series.upstream.total += upstream
+        added = total - upstream if total > upstream else 0.0
+        series.overhead.counts[bisect_left(series.overhead.bounds, added)] += 1
+        series.overhead.total += added
+
+    def failed(self, err: GatewayError) -> None:
+        """Count an error the gateway answers for this route (after routing)."""
+        counts = self.decision.route.counters.errors_by_code
+        counts[err.code] = counts.get(err.code, 0) + 1
+        if self.series is not None:
+            self.series.by_class[err.status // 100] += 1
+
+
+def upstream_message(head: Head, variant: Variant, route: str) -> bytes:
+    """The request as the variant's backend must see it: its model name and version."""
+    name = variant.upstream_model or route
+    version = variant.model_version or head.version
+    if name == head.name and version == head.version:
+        return head.data
+    return with_head(name, version, head)
+
+
+def relayable(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
+    """A backend's metadata minus what gRPC manages itself and the gateway's own keys."""
+    if not metadata:
+        return ()
+    return tuple((k, v) for k, v in metadata if not k.startswith(_RESERVED))
+
+
+def reserved(key: str) -> bool:
+    """Whether a metadata key is gRPC's own or the gateway's (never relayed)."""
+    return key.startswith(_RESERVED)
