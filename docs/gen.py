@@ -511,25 +511,12 @@ def soak() -> str:
 # ---- references from the code ---------------------------------------------------------
 
 
-# Where the policy reference renderer lives: the policy sub-package, or (before the
-# control plane was split into sub-packages) the control plane itself.
-REFERENCE_MODULES = ("gateway.controlplane.policy.reference", "gateway.controlplane.reference")
-
-
 def policy_reference() -> str:
-    import importlib
+    from gateway.controlplane.policy.reference import render_markdown
 
-    for name in REFERENCE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # not at this path: try the next
-            raise
-        return _header("gateway/controlplane/ (the policy models' JSON schema)") + str(
-            module.render_markdown()
-        )
-    raise SystemExit(f"docs/gen.py: no policy reference renderer in {REFERENCE_MODULES}")
+    return _header("gateway/controlplane/policy/ (the policy models' JSON schema)") + str(
+        render_markdown()
+    )
 
 
 @dataclass(frozen=True)
@@ -605,12 +592,13 @@ def metrics_reference() -> str:
 # package without either makes the generator fail, so the map cannot silently omit it.
 PACKAGE_ROLES = {
     "gateway": "The process: command line, settings, the app factory, the `--workers` "
-    "supervisor, the compiled-module loader, the quick start.",
-    "gateway/dataplane": "The request path only: HTTP/1.1 server, one front per protocol, "
-    "decide, pick, exchange, upstream pool, the gRPC front, shadow copies, feedback.",
-    "gateway/controlplane": "Policies (load, validate, compile, swap; file and ConfigMap "
-    "watches), registry resolution, `k8s://` discovery, Leases, the `switchyard policy` "
-    "and `registry` commands.",
+    "supervisor, the error tree.",
+    "gateway/dataplane": "The request path only: one front per protocol, decide, pick, "
+    "exchange, feedback; the HTTP/1.1 server and upstream pool, the gRPC front and shadow "
+    "copies in the sub-packages below.",
+    "gateway/controlplane": "Everything that builds the snapshot the data plane reads, off "
+    "the request path: policies, the registry, Kubernetes, backend probes (sub-packages "
+    "below).",
     "gateway/admin": "The admin API (Starlette, port 8081).",
     "gateway/observability": "Every metric, declared once; logging.",
     "gateway/rollout": "Progressive rollouts and A/B experiments: controller, gates, state "
@@ -652,7 +640,8 @@ def layout() -> str:
                 continue
             summary = _first_sentence(ast.get_docstring(ast.parse(module.read_text())))
             rows.append([f"`{module.name}`", summary or "-"])
-        parts.append(f"### `{rel}/`\n\n{role}\n\n" + _table(["module", "what"], rows, (0, 1)))
+        table = _table(["module", "what"], rows, (0, 1)) if rows else ""
+        parts.append(f"### `{rel}/`\n\n{role}\n\n" + table)
     return "\n".join(parts)
 
 
