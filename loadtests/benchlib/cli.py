@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"sent in the gateway process); 0 turns it off (default {configs.DRIFT_SAMPLE:g})",
     )
     parser.add_argument(
+        "--dataplane",
+        choices=("compiled", "python"),
+        default="compiled",
+        help="the gateway row's request path: compiled (SWITCHYARD_COMPILED=require, a "
+        "stale or missing build fails) or python (=0, where no compiler is); default "
+        "compiled",
+    )
+    parser.add_argument(
         "--with-python",
         action="store_true",
         help="add a row for the same gateway on its pure-Python request path "
@@ -206,7 +214,9 @@ def throughput_mode(args: argparse.Namespace) -> int:
         )
         extras = configs.shadow_and_drift_hook(upstream.url, args.shadow_sample, args.drift_sample)
         policy = configs.gateway_policy(upstream.url, extras)
-        gateway = launcher.start_gateway(policy, args.python, _worker_args(args.workers))
+        gateway = launcher.start_gateway(
+            policy, args.python, _worker_args(args.workers), compiled=_compiled_mode(args)
+        )
         _check_gateway(gateway)
         path = configs.CHAT_PATH
         systems = [
@@ -318,7 +328,10 @@ def streaming_mode(args: argparse.Namespace) -> int:
         )
         extras = configs.shadow_and_drift_hook(sim.url, args.shadow_sample, args.drift_sample)
         gateway = launcher.start_gateway(
-            configs.gateway_policy(sim.url, extras), args.python, _worker_args(args.workers)
+            configs.gateway_policy(sim.url, extras),
+            args.python,
+            _worker_args(args.workers),
+            compiled=_compiled_mode(args),
         )
         _check_gateway(gateway)
         proxies: dict[str, Service | None] = {"direct": None, "nginx": proxy, "gateway": gateway}
@@ -385,6 +398,11 @@ def _serve_has_workers(python: str) -> bool:
         timeout=60,
     )
     return "--workers" in done.stdout
+
+
+def _compiled_mode(args: argparse.Namespace) -> str:
+    """SWITCHYARD_COMPILED for the gateway row."""
+    return "require" if args.dataplane == "compiled" else "0"
 
 
 def _worker_args(workers: int) -> list[str]:
