@@ -564,6 +564,7 @@ METRIC_GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("Model registry", ("switchyard_registry_",)),
     ("Kubernetes", ("switchyard_kubernetes_", "switchyard_discovery_")),
     ("Backends and health checks", ("switchyard_backend_", "switchyard_health_")),
+    ("Tracing and the access log", ("switchyard_trace_", "switchyard_access_log_")),
     ("Requests and the gateway process", ("switchyard_",)),
 ]
 

@@ -26,6 +26,7 @@ from gateway.observability.drift_metrics import DriftCounters, drift_families
 from gateway.observability.histogram import Histogram
 from gateway.observability.rollout_metrics import RolloutCounters, rollout_families
 from gateway.observability.shadow_metrics import ShadowMetrics, shadow_families
+from gateway.observability.trace_metrics import TraceCounters, trace_families
 
 # Seconds. Dense below 10 ms because gateway overhead lives there; up to 5 min for
 # long LLM streams.
@@ -199,6 +200,8 @@ class GatewayMetrics:
         self.shadow = ShadowMetrics()
         # Progressive rollouts and A/B feedback (rollout_metrics; gateway.rollout).
         self.rollout = RolloutCounters()
+        # Tracing and the access log (trace_metrics; gateway.observability.tracing).
+        self.tracing = TraceCounters()
         # Kubernetes: what the control plane's watches report (see controlplane.kubewatch).
         self.kube_watch_restarts: dict[tuple[str, str], int] = {}  # (resource, reason)
         self.kube_synced: dict[str, bool] = {}  # resource -> list+watch is current
@@ -472,6 +475,7 @@ class GatewayMetrics:
         yield from drift_families(self.drift)
         yield from shadow_families(self.shadow)
         yield from rollout_families(self.rollout)
+        yield from trace_families(self.tracing)
         yield from self._kubernetes_families()
 
     def _registry_families(self) -> Iterator[object]:

@@ -1,0 +1,179 @@
+"""The span exporter: a bounded queue on the event loop, batched OTLP/HTTP POSTs off it.
+
+`submit` is all the request path calls: a length check and a `deque.extend`, never a
+wait. A background task (`run`) wakes when a batch is full or `delay` has passed,
+encodes a batch (yielding to the loop every few spans, so a large batch cannot stall
+requests) and POSTs it with a total timeout, one request at a time. Whatever cannot
+be held or delivered is dropped and counted by reason (`TraceCounters.dropped`):
+memory stays bounded by `max_queue` spans plus the one batch in flight, whether the
+collector is slow, down or refusing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Final
+
+import httpx
+
+from gateway.observability.trace_metrics import TraceCounters
+from gateway.observability.tracing.config import TraceConfig
+from gateway.observability.tracing.otlp import CONTENT_TYPE, Encoder
+from gateway.observability.tracing.span import Span
+
+log = logging.getLogger("switchyard.tracing")
+
+SCOPE: Final = "switchyard"
+ENCODE_SLICE: Final = 64  # spans encoded between two yields to the event loop
+RETRY_AFTER: Final = 1.0  # seconds at least between a failed export and the next
+SHUTDOWN_FLUSH: Final = 5.0  # seconds at most spent delivering what is queued at stop
+
+
+class SpanExporter:
+    """Holds finished spans and ships them to an OTLP/HTTP collector in batches."""
+
+    def __init__(
+        self,
+        config: TraceConfig,
+        counters: TraceCounters,
+        *,
+        scope_version: str = "",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.counters = counters
+        self.max_queue = config.max_queue
+        self.batch_size = config.batch_size
+        self._queue: deque[Span] = deque()
+        self._encoder = Encoder(config.resource, SCOPE, scope_version)
+        self._wake = asyncio.Event()
+        self._transport = transport
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self._headers = {"content-type": CONTENT_TYPE, **dict(config.headers)}
+        if config.compression == "gzip":
+            self._headers["content-encoding"] = "gzip"
+        counters.queued = self.queued
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, spans: Sequence[Span]) -> None:
+        """Queue one request's spans, all or none (a full queue drops and counts them)."""
+        queue = self._queue
+        if len(queue) + len(spans) > self.max_queue:
+            self.counters.dropped["queue_full"] += len(spans)
+            return
+        queue.extend(spans)
+        if len(queue) >= self.batch_size:
+            self._wake.set()
+
+    # Background ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the export loop as a task of the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self) -> None:
+        """Export forever: a full batch at once, a partial one every `delay` seconds."""
+        async with self._client() as client:
+            while True:
+                if len(self._queue) < self.batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.config.delay or 0.001)
+                self._wake.clear()
+                while self._queue:
+                    if not await self._export(client):
+                        await asyncio.sleep(max(self.config.delay, RETRY_AFTER))
+                        break
+                    if len(self._queue) < self.batch_size:
+                        break  # a partial batch waits for the timer, as OTLP SDKs do
+
+    async def aclose(self) -> None:
+        """Stop the loop and deliver what is queued, for a few seconds at most."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not self._queue:
+            return
+        try:
+            async with asyncio.timeout(min(self.config.timeout, SHUTDOWN_FLUSH)):
+                async with self._client() as client:
+                    while self._queue and await self._export(client):
+                        pass
+        except TimeoutError:
+            pass
+        finally:
+            self.counters.dropped["shutdown"] += len(self._queue)
+            self._queue.clear()
+
+    def _client(self) -> httpx.AsyncClient:
+        verify: ssl.SSLContext | bool = True
+        if self.config.certificate:
+            verify = ssl.create_default_context(cafile=self.config.certificate)
+        return httpx.AsyncClient(
+            timeout=self.config.timeout, verify=verify, transport=self._transport
+        )
+
+    async def _export(self, client: httpx.AsyncClient) -> bool:
+        """POST one batch; False when it was lost (counted by reason)."""
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+        count = len(batch)
+        reason = "shutdown"  # if cancelled before an outcome is known
+        try:
+            encoder = self._encoder
+            encoded: list[bytes] = []
+            for i, span in enumerate(batch):
+                encoded.append(encoder.span(span))
+                if i % ENCODE_SLICE == ENCODE_SLICE - 1:
+                    await asyncio.sleep(0)
+            body = encoder.request(encoded)
+            if self.config.compression == "gzip":
+                body = await asyncio.to_thread(gzip.compress, body, 6, mtime=0)
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    response = await client.post(
+                        self.config.endpoint, content=body, headers=self._headers
+                    )
+            except (TimeoutError, httpx.TimeoutException):
+                reason = "timeout"
+                self._failed(f"no answer within {self.config.timeout:g}s")
+                return False
+            except (httpx.HTTPError, OSError) as exc:
+                reason = "export_failed"
+                self._failed(f"{type(exc).__name__}: {exc}")
+                return False
+            if not 200 <= response.status_code < 300:
+                reason = "export_failed"
+                self._failed(f"HTTP {response.status_code}")
+                return False
+            reason = ""
+            self.counters.exported += count
+            self.counters.exports["ok"] += 1
+            if self._failing:
+                self._failing = False
+                log.info("trace export to %s works again", self.config.endpoint)
+            return True
+        finally:
+            if reason:
+                self.counters.dropped[reason] += count
+
+    def _failed(self, why: str) -> None:
+        self.counters.exports["failed"] += 1
+        if not self._failing:  # once per outage, not once per batch
+            self._failing = True
+            log.warning(
+                "trace export to %s failed (%s); spans are dropped and counted in "
+                "switchyard_trace_spans_dropped_total until it works again",
+                self.config.endpoint,
+                why,
+            )
