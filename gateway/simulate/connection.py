@@ -296,6 +296,7 @@ class HttpConnection(asyncio.Protocol):
                 result: Response | Deferred = control_response(request, state.stats, state.faults)
             else:
                 self._key = state.stats.begin(request.path)
+                state.stats.saw_headers(request.path, request.headers)
                 result = state.handler(request)
         except Exception:
             _log.exception("simulator handler failed on %r", request)

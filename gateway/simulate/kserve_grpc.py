@@ -188,7 +188,7 @@ class KServeGrpc:
         key = stats.begin(f"grpc:/{SERVICE}/ModelInfer")
         outcome: Any = "cancelled"  # unless we get to the end: the client left
         try:
-            plan = await self._plan(context)
+            plan = await self._plan(context, key)
             model, version = await self._resolve(
                 request.model_name, request.model_version, context, infer=True
             )
@@ -230,7 +230,7 @@ class KServeGrpc:
         key = stats.begin(f"grpc:/{SERVICE}/ModelStreamInfer")
         outcome: Any = "cancelled"
         try:
-            plan = await self._plan(context)
+            plan = await self._plan(context, key)
             stats.count_faults(plan)
             await context.send_initial_metadata(self._name_metadata)
             if plan.hang:
@@ -330,10 +330,11 @@ class KServeGrpc:
 
     # -- helpers -----------------------------------------------------------------------
 
-    async def _plan(self, context: Any) -> FaultPlan:
+    async def _plan(self, context: Any, path: str = "grpc") -> FaultPlan:
         metadata: Mapping[str, str] = {
             key: value for key, value in context.invocation_metadata() if isinstance(value, str)
         }
+        self._stats.saw_headers(path, metadata)
         try:
             return self._faults.plan(metadata)
         except FaultSpecError as exc:

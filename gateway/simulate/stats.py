@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Mapping
 from typing import Final, Literal
 
 Outcome = Literal["completed", "cancelled", "aborted"]
@@ -12,6 +13,8 @@ Outcome = Literal["completed", "cancelled", "aborted"]
 # grow a long-running load-test backend without limit.
 MAX_PATHS: Final = 64
 OTHER_PATHS: Final = "(other)"
+# The last requests' W3C trace context, so a test can see what a proxy propagated.
+MAX_TRACES: Final = 256
 
 
 class SimStats:
@@ -23,9 +26,19 @@ class SimStats:
     connection first; the simulator stops producing) or `aborted` (a fault such as
     `x-sim-cut-after` or `x-sim-garbage` closed it on purpose). `in_flight` is a live
     gauge and survives `reset()`, so a reset during a test never drives it negative.
+    `traces` holds the `traceparent` and `tracestate` of the last requests that carried
+    one (bounded), with their path and `x-request-id`.
     """
 
-    __slots__ = ("_in_flight_by_path", "aborted", "by_path", "cancelled", "completed", "started")
+    __slots__ = (
+        "_in_flight_by_path",
+        "aborted",
+        "by_path",
+        "cancelled",
+        "completed",
+        "started",
+        "traces",
+    )
 
     def __init__(self) -> None:
         self.started = 0
@@ -34,6 +47,7 @@ class SimStats:
         self.aborted = 0
         self.by_path: dict[str, int] = {}
         self._in_flight_by_path: dict[str, int] = {}
+        self.traces: deque[dict[str, str]] = deque(maxlen=MAX_TRACES)
 
     @property
     def in_flight(self) -> int:
@@ -52,6 +66,19 @@ class SimStats:
         self.by_path[key] = self.by_path.get(key, 0) + 1
         self._in_flight_by_path[key] = self._in_flight_by_path.get(key, 0) + 1
         return key
+
+    def saw_headers(self, path: str, headers: Mapping[str, str]) -> None:
+        """Keep the trace context of a request, if it carried one."""
+        parent = headers.get("traceparent")
+        if parent is not None:
+            self.traces.append(
+                {
+                    "path": path,
+                    "traceparent": parent,
+                    "tracestate": headers.get("tracestate", ""),
+                    "request_id": headers.get("x-request-id", ""),
+                }
+            )
 
     def end(self, key: str, outcome: Outcome) -> None:
         """Count how the request started under `key` ended."""
@@ -73,6 +100,7 @@ class SimStats:
         self.started = self.completed = self.cancelled = self.aborted = 0
         # Keys of requests still in flight stay so their `end` finds them.
         self.by_path = {}
+        self.traces.clear()
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-ready copy of the counters."""
@@ -83,4 +111,5 @@ class SimStats:
             "aborted": self.aborted,
             "in_flight": self.in_flight,
             "by_path": dict(self.by_path),
+            "traces": list(self.traces),
         }

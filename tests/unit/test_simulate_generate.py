@@ -7,7 +7,7 @@ import math
 import struct
 
 from gateway.simulate.generate import TextModel, count_words, float32_le
-from gateway.simulate.stats import MAX_PATHS, OTHER_PATHS, SimStats
+from gateway.simulate.stats import MAX_PATHS, MAX_TRACES, OTHER_PATHS, SimStats
 
 
 def test_count_words() -> None:
@@ -59,10 +59,30 @@ def test_stats_lifecycle() -> None:
         "aborted": 0,
         "in_flight": 1,  # a gauge: the /health request is still live
         "by_path": {},
+        "traces": [],
     }
     stats.end(c, "aborted")
     assert stats.in_flight == 0
     assert stats.aborted == 1
+
+
+def test_stats_keep_the_last_trace_contexts_bounded() -> None:
+    stats = SimStats()
+    stats.saw_headers("/v1/x", {"host": "sim"})  # no traceparent: nothing kept
+    for i in range(MAX_TRACES + 5):
+        stats.saw_headers(
+            "/v1/x", {"traceparent": f"00-{i:032x}-{1:016x}-01", "x-request-id": f"r{i}"}
+        )
+    traces = stats.snapshot()["traces"]
+    assert isinstance(traces, list) and len(traces) == MAX_TRACES
+    assert traces[-1] == {
+        "path": "/v1/x",
+        "traceparent": f"00-{MAX_TRACES + 4:032x}-{1:016x}-01",
+        "tracestate": "",
+        "request_id": f"r{MAX_TRACES + 4}",
+    }
+    stats.reset()
+    assert stats.snapshot()["traces"] == []
 
 
 def test_stats_paths_bounded() -> None:
