@@ -94,6 +94,20 @@ class Settings:
     rollout_lease: str | None = None
     feedback_window: float = 3600.0
     feedback_capacity: int = 200_000
+    # Tracing (gateway/observability/tracing): an OTLP/HTTP endpoint turns it on. Each of
+    # these wins over its standard variable (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    # OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
+    # OTEL_SERVICE_NAME); headers, resource attributes, timeout and batching are read
+    # from OTEL_* only (headers often hold credentials: keep them off argv).
+    trace_endpoint: str | None = None
+    trace_sampler: str | None = None
+    trace_sampler_arg: str | None = None
+    trace_service_name: str | None = None
+    # The access log (`access_log`): JSON lines to this file (None: standard error),
+    # rotated at `access_log_max_bytes` into FILE.1 .. FILE.<access_log_backups>.
+    access_log_file: str | None = None
+    access_log_max_bytes: int = 64 * 1024 * 1024
+    access_log_backups: int = 5
     limits: Limits = field(default_factory=Limits)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
 
