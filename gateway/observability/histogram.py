@@ -4,29 +4,52 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from prometheus_client.samples import Exemplar
+
+Bucket = tuple[str, float] | tuple[str, float, Exemplar]
+
 
 class Histogram:
-    """A lock-free histogram: one bisect and two additions per observation."""
+    """A lock-free histogram: one bisect and two additions per observation.
 
-    __slots__ = ("bounds", "counts", "total")
+    Traced requests may leave an exemplar (their trace id) on the bucket their value
+    fell in, the latest per bucket; OpenMetrics scrapes show them, so a latency spike
+    on a dashboard links to a trace of it. Untraced requests never touch them.
+    """
+
+    __slots__ = ("bounds", "counts", "exemplars", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
+        # bucket index -> (trace id, observed value, Unix time); None until the first.
+        self.exemplars: dict[int, tuple[str, float, float]] | None = None
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
+    def exemplar(self, value: float, trace_id: str, at: float) -> None:
+        """Keep `trace_id` as the exemplar of the bucket `value` falls in."""
+        exemplars = self.exemplars
+        if exemplars is None:
+            exemplars = self.exemplars = {}
+        exemplars[bisect_left(self.bounds, value)] = (trace_id, value, at)
+
+    def buckets(self) -> list[Bucket]:
+        out: list[Bucket] = []
+        exemplars = self.exemplars or {}
         running = 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
+        for i, count in enumerate(self.counts):
             running += count
-            out.append((_fmt(bound), running))
-        running += self.counts[-1]
-        out.append(("+Inf", running))
+            bound = _fmt(self.bounds[i]) if i < len(self.bounds) else "+Inf"
+            found = exemplars.get(i)
+            if found is None:
+                out.append((bound, running))
+            else:
+                trace_id, value, at = found
+                out.append((bound, running, Exemplar({"trace_id": trace_id}, value, at)))
         return out
 
 
