@@ -143,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         "compiled",
     )
     parser.add_argument(
+        "--tracing",
+        type=_fraction_list,
+        metavar="F[,F...]",
+        help="add a row per rate for the same gateway tracing that share of requests "
+        "(OTEL_TRACES_SAMPLER=parentbased_traceidratio, spans exported over OTLP/HTTP to "
+        "a local nginx sink), beside the untraced one; e.g. 0.01,1. Results go to "
+        "bench-tracing-latest.json unless --output says otherwise",
+    )
+    parser.add_argument(
         "--with-python",
         action="store_true",
         help="add a row for the same gateway on its pure-Python request path "
@@ -224,6 +233,9 @@ def throughput_mode(args: argparse.Namespace) -> int:
             System("nginx", "nginx proxy", proxy.url + path, proxy),
             System("gateway", "switchyard gateway", gateway.url + path, gateway),
         ]
+        for rate in args.tracing or ():
+            traced = _start_traced_gateway(launcher, args, policy, rate)
+            systems.append(System(traced.name, _traced_label(rate), traced.url + path, traced))
         if args.with_python:
             pure = launcher.start_gateway(
                 policy, args.python, _worker_args(args.workers), name="gateway-py", compiled="0"
@@ -269,6 +281,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "response_bytes": len(configs.RESPONSE_BODY),
         },
         "gateway": {
+            "tracing": _tracing_summary(args.tracing),
             "policy": policy,
             "policy_summary": POLICY_SUMMARY,
             "shadow": extras.shadow,
@@ -281,15 +294,71 @@ def throughput_mode(args: argparse.Namespace) -> int:
         "systems": results,
         "ratios": ratios,
     }
-    _write(result, args.output or RESULTS / "bench-latest.json")
+    default = "bench-tracing-latest.json" if args.tracing else "bench-latest.json"
+    _write(result, args.output or RESULTS / default)
     print(report.throughput_table(result))
     if args.markdown:
         print("\n" + report.throughput_table(result, markdown=True))
-    gateway_errors = results["gateway"]["non2xx_total"]
-    if gateway_errors:
-        print(f"bench: the gateway answered {gateway_errors} non-2xx responses", file=sys.stderr)
-        return 1
-    return 0
+    failed = 0
+    for system in systems:
+        if system.name.startswith("gateway"):
+            errors = results[system.name]["non2xx_total"]
+            if errors:
+                print(f"bench: {system.name} answered {errors} non-2xx responses", file=sys.stderr)
+                failed = 1
+    return failed
+
+
+# Tracing rows -------------------------------------------------------------------------
+
+
+def _traced_name(rate: float) -> str:
+    return f"gateway-trace-{rate:g}"
+
+
+def _traced_label(rate: float) -> str:
+    return f"gateway, tracing {rate:.0%}" if rate >= 0.01 else f"gateway, tracing {rate:g}"
+
+
+def _start_traced_gateway(
+    launcher: Launcher, args: argparse.Namespace, policy: str, rate: float
+) -> Service:
+    """The bench gateway again, sampling `rate` of its requests into OTLP spans.
+
+    The spans go to an nginx that answers every POST /v1/traces with 200 (a collector
+    that never pushes back), so the row costs what the gateway's own tracing costs:
+    the sampling decision, the span records, the encoding and the export requests.
+    Its access log stays off, as in the other rows.
+    """
+    name = _traced_name(rate)
+    sink = launcher.start_nginx(f"otlp-sink-{rate:g}", configs.nginx_otlp_sink_conf)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{rate:g}",
+        "OTEL_SERVICE_NAME": "switchyard-bench",
+        "OTEL_BSP_SCHEDULE_DELAY": "1000",
+    }
+    traced = launcher.start_gateway(
+        policy,
+        args.python,
+        _worker_args(args.workers),
+        name=name,
+        compiled=_compiled_mode(args),
+        env=env,
+    )
+    _check_gateway(traced)
+    return traced
+
+
+def _tracing_summary(rates: Sequence[float] | None) -> dict[str, Any]:
+    if not rates:
+        return {"rows": {}}
+    return {
+        "sampler": "parentbased_traceidratio",
+        "exporter": "OTLP/HTTP protobuf to a local nginx answering 200",
+        "rows": {_traced_name(rate): rate for rate in rates},
+    }
 
 
 def _dataplane(metrics_text: str) -> str:
@@ -440,6 +509,13 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return value
+
+
+def _fraction_list(text: str) -> tuple[float, ...]:
+    rates = tuple(_fraction(part) for part in text.split(",") if part.strip())
+    if not rates or any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: rates above 0, up to 1, comma-separated")
+    return rates
 
 
 def _token_list(text: str) -> tuple[int, ...]:

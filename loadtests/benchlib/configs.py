@@ -100,6 +100,22 @@ def nginx_upstream_conf(workdir: Path, port: int) -> str:
     )
 
 
+def nginx_otlp_sink_conf(workdir: Path, port: int) -> str:
+    """An OTLP/HTTP "collector" that accepts every export: 200 with an empty
+    ExportTraceServiceResponse (zero protobuf bytes), whatever was sent."""
+    return (
+        _nginx_head(workdir) + "http {\n" + _http_common(workdir) + "    server {\n"
+        f"        listen 127.0.0.1:{port} backlog=4096;\n"
+        "        client_max_body_size 64m;\n"
+        "        location / {\n"
+        "            default_type application/x-protobuf;\n"
+        "            return 200 '';\n"
+        "        }\n"
+        "    }\n"
+        "}\n"
+    )
+
+
 def nginx_proxy_conf(workdir: Path, port: int, upstream_port: int, *, streaming: bool) -> str:
     """nginx as a reverse proxy tuned the way people run it in front of model servers.
 

@@ -202,6 +202,7 @@ class Launcher:
         *,
         name: str = "gateway",
         compiled: str = "require",
+        env: dict[str, str] | None = None,
     ) -> Service:
         """`switchyard serve` on `policy`; `compiled` is its SWITCHYARD_COMPILED: the
         compiled request path is required by default, so a stale build fails loudly
@@ -216,7 +217,7 @@ class Launcher:
         args += ["--port", "0", "--admin-port", "0", "--watch-interval", "0", "--grpc-port", "-1"]
         args += ["--no-drift-worker", "--drift-dir", str(self.root / f"drift-{name}")]
         args += ["--log-level", "warning", *(extra or [])]
-        popen, log = self._spawn(name, args, env={"SWITCHYARD_COMPILED": compiled})
+        popen, log = self._spawn(name, args, env={**(env or {}), "SWITCHYARD_COMPILED": compiled})
         service = self._track(Service(name, popen, "", log))
         match = self._wait_line(service, _LISTEN_GW, 30.0)
         service.url, service.admin_url = match.group(1), match.group(2)

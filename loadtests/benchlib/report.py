@@ -78,6 +78,12 @@ def throughput_table(result: Mapping[str, Any], markdown: bool = False) -> str:
         )
     if "gateway_vs_litellm_rps" in ratios:
         ratio_line += f", gateway/litellm req/s {_ratio(ratios['gateway_vs_litellm_rps'])}"
+    for name in systems:
+        if name.startswith("gateway-trace-"):
+            ratio_line += (
+                f", {name}/gateway req/s {_ratio(ratios.get(f'{name}_vs_gateway_rps'))}"
+                f" and CPU {_num(ratios.get(f'{name}_added_cpu_us'), '.2f', signed=True)} us/req"
+            )
     gateway = result["gateway"]
     split = gateway.get("variant_share") or {}
     split_text = ", ".join(f"{k} {v:.1%}" for k, v in split.items()) or "n/a"

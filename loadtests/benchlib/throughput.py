@@ -183,6 +183,16 @@ def add_comparisons(
                 ratios.append(xs / ys)
         return statistics.median(ratios) if ratios else None
 
+    def cpu_added(a: str, b: str) -> float | None:
+        """Microseconds of CPU per request `a` spends beyond `b` (per-round median)."""
+        diffs = []
+        for x, y in zip(by_name[a].throughput, by_name[b].throughput, strict=True):
+            xs = _per_request_us(x.proxy_cpu_s, x.wrk.requests)
+            ys = _per_request_us(y.proxy_cpu_s, y.wrk.requests)
+            if xs is not None and ys is not None:
+                diffs.append(xs - ys)
+        return statistics.median(diffs) if diffs else None
+
     ratios = {
         "gateway_vs_nginx_rps": rps("gateway", "nginx"),
         "gateway_vs_direct_rps": rps("gateway", "direct"),
@@ -192,6 +202,11 @@ def add_comparisons(
     if "gateway-py" in by_name:
         ratios["gateway_vs_python_rps"] = rps("gateway", "gateway-py")
         ratios["gateway_vs_python_cpu"] = cpu("gateway", "gateway-py")
+    for name in by_name:
+        if name.startswith("gateway-trace-"):  # tracing rows (--tracing): vs untraced
+            ratios[f"{name}_vs_gateway_rps"] = rps(name, "gateway")
+            ratios[f"{name}_vs_gateway_cpu"] = cpu(name, "gateway")
+            ratios[f"{name}_added_cpu_us"] = cpu_added(name, "gateway")
     if "litellm" in by_name:
         ratios["gateway_vs_litellm_rps"] = rps("gateway", "litellm")
         ratios["litellm_vs_gateway_cpu"] = cpu("litellm", "gateway")
