@@ -13,13 +13,12 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
-
-import uvicorn
 
 from gateway import COMPILED, __version__
 from gateway.admin.app import build_admin_app
+from gateway.admin.server import AdminServer
 from gateway.controlplane.backends.health import HealthChecker
 from gateway.controlplane.backends.load import LoadWatcher
 from gateway.controlplane.k8s.client import KubeAccess
@@ -146,37 +145,29 @@ class Gateway:
             resolver=self.resolver,
             logger=log,
         )
-        admin = _AdminServer(
-            uvicorn.Config(
-                build_admin_app(
-                    plane,
-                    self.reloader,
-                    settings.admin_token,
-                    webhook_secret=settings.registry_webhook_secret,
-                    drift_dir=settings.drift_dir,
-                    rollouts=rollouts,
-                ),
-                host=settings.admin_host,
-                port=settings.admin_port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-            )
+        admin = AdminServer(
+            build_admin_app(
+                plane,
+                self.reloader,
+                settings.admin_token,
+                webhook_secret=settings.registry_webhook_secret,
+                drift_dir=settings.drift_dir,
+                rollouts=rollouts,
+            ),
+            settings.admin_host,
+            settings.admin_port,
         )
-        admin_task = loop.create_task(admin.serve())
-        while not admin.started:
-            if admin_task.done():
-                plane.stop_listening()
-                if grpc_front is not None:
-                    await grpc_front.drain(0)
-                log.error(
-                    "admin API could not start on %s:%d", settings.admin_host, settings.admin_port
-                )
-                return 2
-            await asyncio.sleep(0.01)
-        for server in admin.servers:
-            for sock in server.sockets:
-                self.admin_port = sock.getsockname()[1]
+        if not await admin.start():
+            plane.stop_listening()
+            if grpc_front is not None:
+                await grpc_front.drain(0)
+            log.error(
+                "admin API could not start on %s:%d", settings.admin_host, settings.admin_port
+            )
+            await rollouts.aclose()
+            await self._close_registry()
+            return 2
+        self.admin_port = admin.port
         background: list[asyncio.Task[None]] = []
         if self.configmap is not None:
 
@@ -250,9 +241,7 @@ class Gateway:
         await self.drift.stop()
         await rollouts.aclose()
         await self._close_registry()
-        admin.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await admin_task
+        await admin.stop()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         return 0
@@ -271,15 +260,6 @@ def _resolver(settings: Settings, metrics: GatewayMetrics) -> RegistryResolver |
     return RegistryResolver(
         MlflowRegistry(config), metrics, log, cache_path=settings.registry_cache
     )
-
-
-class _AdminServer(uvicorn.Server):
-    """uvicorn for the admin app, minus its signal handling: the gateway owns SIGTERM
-    (drain) and SIGHUP (reload), and uvicorn's handlers would replace ours."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 def _check_admin_exposure(settings: Settings) -> None:

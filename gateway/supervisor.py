@@ -11,24 +11,22 @@ files, so a reload reaches all of them within the watch interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
 import signal
 import socket
 import sys
-from collections.abc import Generator
 from dataclasses import dataclass, replace
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin.aggregate import merge_expositions
+from gateway.admin.server import AdminServer
 from gateway.admin.shadow import supervisor_shadow_routes
 from gateway.drift.manager import DriftWanted, DriftWorkerManager
 from gateway.settings import Settings, to_env
@@ -78,6 +76,19 @@ class Supervisor:
             self._forward(signal.SIGTERM)
             await asyncio.gather(*watchers, return_exceptions=True)
             return 2
+        admin = AdminServer(
+            build_supervisor_app(self), self.settings.admin_host, self.settings.admin_port
+        )
+        if not await admin.start():
+            log.error(
+                "admin API could not start on %s:%d",
+                self.settings.admin_host,
+                self.settings.admin_port,
+            )
+            self.stopping = True
+            self._forward(signal.SIGTERM)
+            await asyncio.gather(*watchers, return_exceptions=True)
+            return 2
         drift = None
         if self.settings.drift_worker:
             wanted = DriftWanted(
@@ -85,27 +96,10 @@ class Supervisor:
             )
             drift = DriftWorkerManager(self.settings, wanted)
             drift_task = loop.create_task(drift.run())
-        admin = _AdminServer(
-            uvicorn.Config(
-                build_supervisor_app(self),
-                host=self.settings.admin_host,
-                port=self.settings.admin_port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-            )
-        )
-        admin_task = loop.create_task(admin.serve())
-        while not admin.started and not admin_task.done():
-            await asyncio.sleep(0.01)
-        admin_port = self.settings.admin_port
-        for server in admin.servers:
-            for sock in server.sockets:
-                admin_port = sock.getsockname()[1]
         grpc_at = f" grpc {self.settings.host}:{self.grpc_port}" if grpc_reserve else ""
         print(
             f"switchyard listening on http://{self.settings.host}:{self.port} "
-            f"admin http://{self.settings.admin_host}:{admin_port}{grpc_at} "
+            f"admin http://{self.settings.admin_host}:{admin.port}{grpc_at} "
             f"({len(self.workers)} workers)",
             flush=True,
         )
@@ -122,9 +116,7 @@ class Supervisor:
             drift_task.cancel()
             await asyncio.gather(drift_task, return_exceptions=True)
             await drift.stop()
-        admin.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await admin_task
+        await admin.stop()
         reserve.close()
         if grpc_reserve is not None:
             grpc_reserve.close()
@@ -192,12 +184,6 @@ class Supervisor:
 
     def admins(self) -> list[str]:
         return [w.admin for w in self.workers if w.admin is not None]
-
-
-class _AdminServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the supervisor owns the signals
 
 
 _FORWARDED = frozenset({"authorization", "content-type"})

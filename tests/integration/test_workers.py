@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.procs import GatewayProc, Simulator, start_kserve
+from tests.procs import GatewayProc, Simulator, spawn, start_kserve
 
 
 def children(pid: int) -> list[int]:
@@ -90,3 +92,24 @@ variants: [{{name: main, endpoints: ["{sim.url}"], grpc_port: {port}}}]
         assert gw.metric("switchyard_requests_total", route="fraud-detector") == 20
     finally:
         sim.proc.stop()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_admin_port_in_use_stops_either_mode_cleanly(tmp_path: Path, workers: str) -> None:
+    """Exit 2 with the reason, and no worker left behind (uvicorn's own answer to a
+    port in use is sys.exit, which once hung the supervisor and its workers)."""
+    (tmp_path / "r.yaml").write_text(
+        "apiVersion: switchyard/v1\nkind: RoutingPolicy\nroute: r\n"
+        'variants: [{name: main, endpoints: ["http://127.0.0.1:9"]}]\n'
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = ["serve", "--port", "0", "--grpc-port", "-1", "--admin-port", port]
+        proc = spawn([*args, "--policies", str(tmp_path), "--workers", workers])
+        code = proc.popen.wait(60)
+    proc.stop()
+    assert code == 2, proc.output()
+    assert f"admin API could not start on 127.0.0.1:{port}" in proc.output()
+    assert "Traceback" not in proc.output()
