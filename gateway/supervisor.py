@@ -5,7 +5,9 @@ processes. The supervisor reserves the port, starts N workers that each bind it 
 SO_REUSEPORT (the kernel spreads connections), and serves the admin API itself: its
 `/metrics` merges every worker's scrape, `/admin/reload` reaches every worker, and
 SIGTERM drains them all. A worker that dies is restarted. Workers read the same policy
-files, so a reload reaches all of them within the watch interval.
+files, so a reload reaches all of them within the watch interval. The admin API is the
+one a gateway process serves (`gateway.admin.endpoints`), each endpoint answered from the
+workers (`gateway.admin.fleet`), on the same server class (`gateway.admin.server`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,9 @@ import socket
 import sys
 from dataclasses import dataclass, replace
 
-import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from gateway.admin.aggregate import merge_expositions
+from gateway.admin.endpoints import features
+from gateway.admin.fleet import build_fleet_app
 from gateway.admin.server import AdminServer
-from gateway.admin.shadow import supervisor_shadow_routes
 from gateway.drift.manager import DriftWanted, DriftWorkerManager
 from gateway.settings import Settings, to_env
 
@@ -76,8 +72,12 @@ class Supervisor:
             self._forward(signal.SIGTERM)
             await asyncio.gather(*watchers, return_exceptions=True)
             return 2
+        # Every worker runs a rollout controller, and drift endpoints with a drift dir.
+        enabled = features(drift_dir=self.settings.drift_dir, rollouts=True)
         admin = AdminServer(
-            build_supervisor_app(self), self.settings.admin_host, self.settings.admin_port
+            build_fleet_app(self, self.settings.admin_token, enabled=enabled),
+            self.settings.admin_host,
+            self.settings.admin_port,
         )
         if not await admin.start():
             log.error(
@@ -186,9 +186,6 @@ class Supervisor:
         return [w.admin for w in self.workers if w.admin is not None]
 
 
-_FORWARDED = frozenset({"authorization", "content-type"})
-
-
 def _reserve_port(host: str, port: int) -> socket.socket:
     """Bind (without listening) so port 0 picks one port that every worker then shares."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -197,104 +194,6 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
-
-
-def build_supervisor_app(sup: Supervisor) -> Starlette:
-    """Admin API of a multi-worker gateway: merged metrics, fan-out reload, probes."""
-    # Workers check the admin token themselves; the supervisor passes the header on.
-
-    def auth_headers(request: Request) -> dict[str, str]:
-        # The bearer token, and what authenticates a registry webhook (MLflow's HMAC
-        # signature headers) and lets the worker parse its body.
-        return {
-            name: value
-            for name, value in request.headers.items()
-            if name in _FORWARDED or name.startswith("x-mlflow-")
-        }
-
-    async def metrics(_: Request) -> Response:
-        async with httpx.AsyncClient(timeout=5) as client:
-            replies = await asyncio.gather(
-                *(client.get(f"{a}/metrics") for a in sup.admins()), return_exceptions=True
-            )
-        texts = [r.text for r in replies if isinstance(r, httpx.Response) and r.is_success]
-        body = merge_expositions(texts)
-        body += (
-            "# HELP switchyard_workers Worker processes answering the metrics scrape.\n"
-            "# TYPE switchyard_workers gauge\n"
-            f"switchyard_workers {len(texts)}.0\n"
-        )
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    async def livez(_: Request) -> Response:
-        return JSONResponse({"status": "alive", "workers": len(sup.admins())})
-
-    async def readyz(_: Request) -> Response:
-        if sup.stopping:
-            return JSONResponse({"status": "draining"}, status_code=503)
-        if len(sup.admins()) < len(sup.workers):
-            return JSONResponse({"status": "workers starting"}, status_code=503)
-        return JSONResponse({"status": "ready", "workers": len(sup.workers)})
-
-    async def fan_out(request: Request) -> Response:
-        body = await request.body()
-        # The query too: `POST /admin/reload?remove=ROUTE` confirms on every worker.
-        query = f"?{request.url.query}" if request.url.query else ""
-        async with httpx.AsyncClient(timeout=30) as client:
-            replies = await asyncio.gather(
-                *(
-                    client.request(
-                        request.method,
-                        f"{a}{request.url.path}{query}",
-                        content=body,
-                        headers=auth_headers(request),
-                    )
-                    for a in sup.admins()
-                ),
-                return_exceptions=True,
-            )
-        results = []
-        status = 200
-        for admin, reply in zip(sup.admins(), replies, strict=False):
-            if isinstance(reply, httpx.Response):
-                status = max(status, reply.status_code)
-                results.append(
-                    {"worker": admin, "status": reply.status_code, "result": reply.json()}
-                )
-            else:
-                status = 502
-                results.append({"worker": admin, "error": str(reply)})
-        return JSONResponse({"workers": results}, status_code=status)
-
-    async def first_worker(request: Request) -> Response:
-        admins = sup.admins()
-        if not admins:
-            return JSONResponse({"error": "no worker is up"}, status_code=503)
-        async with httpx.AsyncClient(timeout=10) as client:
-            reply = await client.request(
-                request.method,
-                f"{admins[0]}{request.url.path}",
-                content=await request.body(),
-                headers=auth_headers(request),
-            )
-        return Response(
-            reply.content,
-            status_code=reply.status_code,
-            media_type=reply.headers.get("content-type"),
-        )
-
-    return Starlette(
-        routes=[
-            Route("/metrics", metrics),
-            Route("/livez", livez),
-            Route("/readyz", readyz),
-            Route("/admin/reload", fan_out, methods=["POST"]),
-            # Every worker resolves aliases itself: each must hear that one moved.
-            Route("/admin/registry/webhook", fan_out, methods=["POST"]),
-            *supervisor_shadow_routes(sup.admins),  # every worker's copies, merged
-            Route("/admin/{rest:path}", first_worker, methods=["GET", "POST"]),
-        ]
-    )
 
 
 def run_supervisor(settings: Settings) -> int:

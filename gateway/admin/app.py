@@ -1,28 +1,29 @@
-"""The admin API and `/metrics`: Starlette under uvicorn, on its own port.
+"""The admin API of one gateway process, answered from its own state.
 
 Off the request path by design: the data plane never passes through here. Everything
 that changes state (reload) or reveals internals requires the bearer token when one is
 configured; `/metrics`, `/livez` and `/readyz` stay open for probes and Prometheus.
+Which endpoints there are, their methods and token checks: the table in
+`gateway.admin.endpoints`, which the supervisor of `--workers N` serves too.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from gateway.admin.drift import drift_routes
-from gateway.admin.rollouts import rollout_routes
-from gateway.admin.shadow import shadow_routes
+from gateway.admin.drift import drift_handlers
+from gateway.admin.endpoints import Handler, build_app, features
+from gateway.admin.rollouts import rollout_handlers
+from gateway.admin.shadow import shadow_handlers
 from gateway.admin.views import reload_status_view, reload_view, routes_view, snapshot_view
 from gateway.controlplane.policy.diff import ALL_ROUTES
 from gateway.controlplane.policy.explain import explain
@@ -33,7 +34,6 @@ from gateway.dataplane.plane import DataPlane
 from gateway.errors import UnknownRoute
 from gateway.rollout.controller import RolloutController
 
-Handler = Callable[[Request], Awaitable[Response]]
 log = logging.getLogger("switchyard.admin")
 
 
@@ -52,20 +52,6 @@ def build_admin_app(
     HMAC signature with `webhook_secret` authenticates it instead.
     """
     registry = plane.metrics.registry()
-
-    def guarded(handler: Handler) -> Handler:
-        async def check(request: Request) -> Response:
-            if token is not None:
-                given = request.headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return JSONResponse(
-                        {"error": "admin API requires 'Authorization: Bearer <token>'"},
-                        status_code=401,
-                        headers={"www-authenticate": "Bearer"},
-                    )
-            return await handler(request)
-
-        return check
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -148,22 +134,22 @@ def build_admin_app(
             return JSONResponse({"error": exc.message}, status_code=404)
         return JSONResponse(result)
 
-    return Starlette(
-        routes=[
-            Route("/metrics", metrics),
-            Route("/livez", livez),
-            Route("/readyz", readyz),
-            Route("/admin/reload", guarded(reload), methods=["POST"]),
-            Route("/admin/reload", guarded(reload_status), methods=["GET"]),
-            Route("/admin/snapshot", guarded(snapshot)),
-            Route("/admin/routes", guarded(routes)),
-            Route("/admin/explain", guarded(explain_view), methods=["POST"]),
-            Route("/admin/registry/webhook", registry_webhook, methods=["POST"]),
-            *(drift_routes(drift_dir, plane.metrics.drift, guarded) if drift_dir else ()),
-            *shadow_routes(lambda: plane.ref.current, plane.metrics.shadow, guarded),
-            *(rollout_routes(rollouts, guarded) if rollouts is not None else ()),
-        ]
-    )
+    handlers: dict[str, Handler] = {
+        "metrics": metrics,
+        "livez": livez,
+        "readyz": readyz,
+        "reload": reload,
+        "reload_status": reload_status,
+        "snapshot": snapshot,
+        "routes": routes,
+        "explain": explain_view,
+        "registry_webhook": registry_webhook,
+        **(drift_handlers(drift_dir, plane.metrics.drift) if drift_dir else {}),
+        **shadow_handlers(lambda: plane.ref.current, plane.metrics.shadow),
+        **(rollout_handlers(rollouts) if rollouts is not None else {}),
+    }
+    enabled = features(drift_dir=drift_dir, rollouts=rollouts is not None)
+    return build_app(handlers, token, enabled=enabled)
 
 
 def _removals_asked(

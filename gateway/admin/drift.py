@@ -14,19 +14,17 @@ so any gateway process (or supervisor worker) answers for the one drift worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
 
+from gateway.admin.endpoints import Handler
 from gateway.drift.status import report_path
 from gateway.observability.drift_metrics import WORKER_STALE_AFTER, DriftCounters
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def worker_view(status: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -78,10 +76,8 @@ def route_view(
     }
 
 
-def drift_routes(
-    drift_dir: str | Path, counters: DriftCounters, guarded: Callable[[Handler], Handler]
-) -> list[Route]:
-    """The admin routes of drift, behind the admin token.
+def drift_handlers(drift_dir: str | Path, counters: DriftCounters) -> dict[str, Handler]:
+    """The handlers of the drift endpoints (paths and token: `gateway.admin.endpoints`).
 
     The status comes through `counters.status` (limited to the routes this process
     samples); reports are files under `drift_dir`.
@@ -128,8 +124,4 @@ def drift_routes(
             )
         return FileResponse(path, media_type="text/html; charset=utf-8")
 
-    return [
-        Route("/admin/drift", guarded(overview)),
-        Route("/admin/drift/{route:path}/report.html", guarded(report)),
-        Route("/admin/drift/{route:path}", guarded(one)),
-    ]
+    return {"drift": overview, "drift_report": report, "drift_route": one}

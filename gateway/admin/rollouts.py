@@ -15,24 +15,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from gateway.admin.endpoints import Handler
 from gateway.controlplane.registry.client import RegistryError
 from gateway.rollout.controller import RolloutController
 from gateway.rollout.stats import warm_up
 from gateway.rollout.store import ACTIONS
 
-Handler = Callable[[Request], Awaitable[Response]]
 
-
-def rollout_routes(
-    controller: RolloutController, guarded: Callable[[Handler], Handler]
-) -> list[Route]:
-    """The admin routes of rollouts and experiments, each behind `guarded`."""
+def rollout_handlers(controller: RolloutController) -> dict[str, Handler]:
+    """The handlers of the rollout and experiment endpoints (`gateway.admin.endpoints`)."""
 
     async def rollouts(_: Request) -> Response:
         return JSONResponse(controller.status())
@@ -79,10 +74,10 @@ def rollout_routes(
             )
         return JSONResponse(found)
 
-    return [
-        Route("/admin/rollouts", guarded(rollouts)),
-        Route("/admin/rollouts/{route:path}/{action:str}", guarded(command), methods=["POST"]),
-        Route("/admin/rollouts/{route:path}", guarded(rollout)),
-        Route("/admin/experiments", guarded(experiments)),
-        Route("/admin/experiments/{route:path}", guarded(experiment)),
-    ]
+    return {
+        "rollouts": rollouts,
+        "rollout_command": command,
+        "rollout": rollout,
+        "experiments": experiments,
+        "experiment": experiment,
+    }

@@ -7,27 +7,24 @@
   and latency delta (over the last comparisons kept, 1,024 per shadow version and
   process). `?since=UNIX_TIME` limits the agreement counts to that stretch.
 
-With `--workers N` the supervisor asks every worker (for its raw numbers, `?raw=1`)
-and merges the answers (`merge_raw`, `merge_overviews`) before summarising, so they
-cover all workers; `workers` in an answer says how many answered.
+With `--workers N` the supervisor (`gateway.admin.fleet`) asks every worker (for its raw
+numbers, `?raw=1`) and merges the answers (`merge_raw`, `merge_overviews`) before
+summarising, so they cover all workers; `workers` in an answer says how many answered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from gateway.admin.endpoints import Handler
 from gateway.dataplane.snapshot import RuntimeSnapshot
 from gateway.observability.shadow_metrics import SAMPLE_FIELDS, ShadowMetrics
 
-Handler = Callable[[Request], Awaitable[Response]]
 _COUNTS = ("requests", "skipped", "dropped", "comparisons")
 _AGREEMENT = ("agreed", "disagreed", "uncomparable", "failed")
 
@@ -181,12 +178,10 @@ def _since(request: Request) -> float | None:
     return value
 
 
-def shadow_routes(
-    snapshot: Callable[[], RuntimeSnapshot],
-    metrics: ShadowMetrics,
-    guarded: Callable[[Handler], Handler],
-) -> list[Route]:
-    """The admin routes of one gateway process, behind the admin token."""
+def shadow_handlers(
+    snapshot: Callable[[], RuntimeSnapshot], metrics: ShadowMetrics
+) -> dict[str, Handler]:
+    """The handlers of the shadow endpoints of one process (`gateway.admin.endpoints`)."""
 
     async def overview(_: Request) -> Response:
         snap = snapshot()
@@ -219,10 +214,7 @@ def shadow_routes(
             return JSONResponse(raw)
         return JSONResponse(summarise(raw))
 
-    return [
-        Route("/admin/shadow", guarded(overview)),
-        Route("/admin/shadow/{route:path}", guarded(one)),
-    ]
+    return {"shadow": overview, "shadow_route": one}
 
 
 def merge_overviews(views: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -247,57 +239,3 @@ def merge_overviews(views: Iterable[dict[str, Any]]) -> dict[str, Any]:
             for _, e in sorted(merged[route].items())
         ]
     return {"workers": workers, "routes": routes}
-
-
-def supervisor_shadow_routes(admins: Callable[[], list[str]]) -> list[Route]:
-    """The shadow admin routes of a multi-worker gateway: every worker asked, merged.
-
-    Each worker checks the admin token itself; the caller's header is passed on.
-    """
-
-    async def ask(request: Request, path: str, params: dict[str, str]) -> list[httpx.Response]:
-        headers = {}
-        if "authorization" in request.headers:
-            headers["authorization"] = request.headers["authorization"]
-        async with httpx.AsyncClient(timeout=10) as client:
-            replies = await asyncio.gather(
-                *(client.get(f"{a}{path}", params=params, headers=headers) for a in admins()),
-                return_exceptions=True,
-            )
-        return [r for r in replies if isinstance(r, httpx.Response)]
-
-    def refused(answers: list[httpx.Response]) -> Response | None:
-        if not answers:
-            return JSONResponse({"error": "no worker answered"}, status_code=503)
-        for reply in answers:
-            if reply.status_code in (400, 401):
-                return Response(
-                    reply.content, status_code=reply.status_code, media_type="application/json"
-                )
-        return None
-
-    async def overview(request: Request) -> Response:
-        answers = await ask(request, "/admin/shadow", {})
-        problem = refused(answers)
-        if problem is not None:
-            return problem
-        return JSONResponse(merge_overviews(r.json() for r in answers if r.status_code == 200))
-
-    async def one(request: Request) -> Response:
-        route = request.path_params["route"]
-        params = {"raw": "1", **dict(request.query_params)}
-        answers = await ask(request, f"/admin/shadow/{route}", params)
-        problem = refused(answers)
-        if problem is not None:
-            return problem
-        merged = merge_raw(r.json() for r in answers if r.status_code == 200)
-        if merged is None:
-            return JSONResponse({"error": f"route {route!r} has no shadows"}, status_code=404)
-        if request.query_params.get("raw") == "1":
-            return JSONResponse(merged)
-        return JSONResponse(summarise(merged))
-
-    return [
-        Route("/admin/shadow", overview),
-        Route("/admin/shadow/{route:path}", one),
-    ]

@@ -4,7 +4,6 @@ workers, the metric families and the comparison log, on known numbers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -13,10 +12,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
-from gateway.admin.shadow import merge_overviews, merge_raw, raw_view, shadow_routes, summarise
+from gateway.admin.endpoints import admin_routes
+from gateway.admin.shadow import merge_overviews, merge_raw, raw_view, shadow_handlers, summarise
 from gateway.controlplane.policy.compile import compile_snapshot
 from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.health import HealthRegistry
@@ -158,17 +156,7 @@ async def test_admin_view_over_http() -> None:
         "agree", (1.0, 1.0, None, None, 0.0), (), T0
     )
 
-    def guarded(
-        handler: Callable[[Request], Awaitable[Response]],
-    ) -> Callable[..., Awaitable[Response]]:
-        async def check(request: Request) -> Response:
-            if request.headers.get("authorization") != "Bearer t":
-                return JSONResponse({"error": "token"}, status_code=401)
-            return await handler(request)
-
-        return check
-
-    app = Starlette(routes=shadow_routes(lambda: snap, metrics.shadow, guarded))
+    app = Starlette(routes=admin_routes(shadow_handlers(lambda: snap, metrics.shadow), "t"))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         assert (await client.get("/admin/shadow/chat")).status_code == 401

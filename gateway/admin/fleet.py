@@ -1,0 +1,205 @@
+"""The admin API of `--workers N`: the supervisor answers every endpoint from its workers.
+
+The endpoints are the table in `gateway.admin.endpoints`, as in one gateway process;
+each entry's `fleet` says how the supervisor answers it:
+
+- `own`: `/livez` and `/readyz` from the supervisor's own state (ready once every
+  worker is up, draining once it stops).
+- `merged`: `/metrics` sums every worker's scrape (`gateway.admin.aggregate`); the
+  shadow summaries merge every worker's raw numbers (`gateway.admin.shadow`).
+- `each`: passed to every worker, query string included (a reload, `?remove=` and all;
+  a registry webhook), and answered with each worker's reply.
+- `one`: passed to one worker (reads that any worker answers, rollout commands).
+
+The supervisor checks the bearer token as a process does, and passes the caller's
+header on, so every worker checks it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.admin.aggregate import merge_expositions
+from gateway.admin.endpoints import Feature, Handler, build_app, served
+from gateway.admin.shadow import merge_overviews, merge_raw, summarise
+
+# The bearer token, the body's type, who gave a rollout command, and what authenticates
+# a registry webhook (MLflow's `x-mlflow-*` HMAC signature headers).
+_FORWARDED = frozenset({"authorization", "content-type", "x-switchyard-operator"})
+
+
+class Workers(Protocol):
+    """What the admin API reads of the supervisor."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def workers(self) -> Sequence[object]: ...
+
+    def admins(self) -> list[str]:
+        """The admin URLs of the workers that are up."""
+        ...
+
+
+def _passed_on(request: Request) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in request.headers.items()
+        if name in _FORWARDED or name.startswith("x-mlflow-")
+    }
+
+
+def _query(request: Request) -> str:
+    return f"?{request.url.query}" if request.url.query else ""
+
+
+def _json_or_text(reply: httpx.Response) -> Any:
+    try:
+        return reply.json()
+    except ValueError:
+        return reply.text
+
+
+def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feature]) -> Starlette:
+    """The admin ASGI app of a multi-worker gateway: the same endpoints as one process."""
+
+    async def metrics(_: Request) -> Response:
+        async with httpx.AsyncClient(timeout=5) as client:
+            replies = await asyncio.gather(
+                *(client.get(f"{a}/metrics") for a in sup.admins()), return_exceptions=True
+            )
+        texts = [r.text for r in replies if isinstance(r, httpx.Response) and r.is_success]
+        body = merge_expositions(texts)
+        body += (
+            "# HELP switchyard_workers Worker processes answering the metrics scrape.\n"
+            "# TYPE switchyard_workers gauge\n"
+            f"switchyard_workers {len(texts)}.0\n"
+        )
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def livez(_: Request) -> Response:
+        return JSONResponse({"status": "alive", "workers": len(sup.admins())})
+
+    async def readyz(_: Request) -> Response:
+        if sup.stopping:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if len(sup.admins()) < len(sup.workers):
+            return JSONResponse({"status": "workers starting"}, status_code=503)
+        return JSONResponse({"status": "ready", "workers": len(sup.workers)})
+
+    async def each(request: Request) -> Response:
+        body = await request.body()
+        admins = sup.admins()
+        async with httpx.AsyncClient(timeout=30) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.request(
+                        request.method,
+                        f"{a}{request.url.path}{_query(request)}",
+                        content=body,
+                        headers=_passed_on(request),
+                    )
+                    for a in admins
+                ),
+                return_exceptions=True,
+            )
+        results = []
+        status = 200
+        for admin, reply in zip(admins, replies, strict=True):
+            if isinstance(reply, httpx.Response):
+                status = max(status, reply.status_code)
+                results.append(
+                    {"worker": admin, "status": reply.status_code, "result": _json_or_text(reply)}
+                )
+            else:
+                status = 502
+                results.append({"worker": admin, "error": str(reply)})
+        return JSONResponse({"workers": results}, status_code=status)
+
+    async def one(request: Request) -> Response:
+        admins = sup.admins()
+        if not admins:
+            return JSONResponse({"error": "no worker is up"}, status_code=503)
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                reply = await client.request(
+                    request.method,
+                    f"{admins[0]}{request.url.path}{_query(request)}",
+                    content=await request.body(),
+                    headers=_passed_on(request),
+                )
+        except httpx.HTTPError as exc:
+            return JSONResponse({"worker": admins[0], "error": str(exc)}, status_code=502)
+        return Response(
+            reply.content,
+            status_code=reply.status_code,
+            media_type=reply.headers.get("content-type"),
+        )
+
+    async def ask(request: Request, path: str, params: dict[str, str]) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.get(f"{a}{path}", params=params, headers=_passed_on(request))
+                    for a in sup.admins()
+                ),
+                return_exceptions=True,
+            )
+        return [r for r in replies if isinstance(r, httpx.Response)]
+
+    def refused(answers: list[httpx.Response]) -> Response | None:
+        if not answers:
+            return JSONResponse({"error": "no worker answered"}, status_code=503)
+        for reply in answers:
+            if reply.status_code in (400, 401):
+                return Response(
+                    reply.content, status_code=reply.status_code, media_type="application/json"
+                )
+        return None
+
+    async def shadow(request: Request) -> Response:
+        answers = await ask(request, "/admin/shadow", {})
+        problem = refused(answers)
+        if problem is not None:
+            return problem
+        return JSONResponse(merge_overviews(r.json() for r in answers if r.status_code == 200))
+
+    async def shadow_route(request: Request) -> Response:
+        route = request.path_params["route"]
+        params = {"raw": "1", **dict(request.query_params)}
+        answers = await ask(request, f"/admin/shadow/{route}", params)
+        problem = refused(answers)
+        if problem is not None:
+            return problem
+        merged = merge_raw(r.json() for r in answers if r.status_code == 200)
+        if merged is None:
+            return JSONResponse({"error": f"route {route!r} has no shadows"}, status_code=404)
+        if request.query_params.get("raw") == "1":
+            return JSONResponse(merged)
+        return JSONResponse(summarise(merged))
+
+    own: dict[str, Handler] = {
+        "metrics": metrics,
+        "livez": livez,
+        "readyz": readyz,
+        "shadow": shadow,
+        "shadow_route": shadow_route,
+    }
+    handlers: dict[str, Handler] = {}
+    for endpoint in served(enabled):
+        if endpoint.fleet == "each":
+            handlers[endpoint.name] = each
+        elif endpoint.fleet == "one":
+            handlers[endpoint.name] = one
+        elif endpoint.name in own:
+            handlers[endpoint.name] = own[endpoint.name]
+    # build_app refuses an `own` or `merged` endpoint that has no handler above.
+    return build_app(handlers, token, enabled=enabled)
