@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from gateway.admin.endpoints import ENDPOINTS
 from tests.procs import GatewayProc, Simulator, spawn, start_kserve
 
 
@@ -92,6 +93,46 @@ variants: [{{name: main, endpoints: ["{sim.url}"], grpc_port: {port}}}]
         assert gw.metric("switchyard_requests_total", route="fraud-detector") == 20
     finally:
         sim.proc.stop()
+
+
+def test_one_process_and_two_workers_answer_the_same_admin_paths(
+    gateway: Callable[..., GatewayProc], sims: tuple[Simulator, Simulator]
+) -> None:
+    """Every endpoint of the admin table, on both modes: the same status without the
+    token, with it, and for a path the table does not have."""
+    policy = f"""apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: r
+variants: [{{name: main, endpoints: ["{sims[0].url}"]}}]
+"""
+    token = "admin-paths"
+    probes = [
+        (method, e.path.replace("{route:path}", "r").replace("{action:str}", "pause"))
+        for e in ENDPOINTS
+        for method in e.methods
+    ]
+    probes += [("GET", "/admin/nope"), ("PUT", "/admin/reload"), ("GET", "/admin/shadow/nope")]
+    answers: dict[str, dict[tuple[str, str, bool], int]] = {}
+    for workers in ("1", "2"):
+        gw = gateway(policy, extra=("--workers", workers, "--admin-token", token))
+        found = answers[workers] = {}
+        with httpx.Client(base_url=gw.admin, timeout=30) as admin:
+            deadline = time.monotonic() + 60
+            while admin.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for method, path in probes:
+                body = {"route": "r"} if path == "/admin/explain" else None
+                for authed in (False, True):
+                    headers = {"authorization": f"Bearer {token}"} if authed else {}
+                    reply = admin.request(method, path, json=body, headers=headers)
+                    found[method, path, authed] = reply.status_code
+        assert gw.proc.stop() == 0
+    assert answers["1"] == answers["2"]
+    # And they are the expected answers, not the same failure twice.
+    assert answers["2"]["POST", "/admin/reload", True] == 200
+    assert answers["2"]["GET", "/admin/routes", False] == 401
+    assert answers["2"]["GET", "/metrics", False] == 200
+    assert answers["2"]["GET", "/admin/nope", True] == 404
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
