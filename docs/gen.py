@@ -576,7 +576,7 @@ def metrics_reference() -> str:
         if metric.name == "switchyard_feedback_requests_total":
             title = "Rollouts and experiments"
         groups[title].append(metric)
-    parts = [_header("gateway/observability/*.py", "gateway/supervisor.py")]
+    parts = [_header("gateway/observability/*.py", "gateway/admin/fleet.py")]
     for title, _ in reversed(METRIC_GROUPS):
         if not groups[title]:
             continue
