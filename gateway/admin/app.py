@@ -16,6 +16,8 @@ from collections.abc import Collection
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -53,7 +55,12 @@ def build_admin_app(
     """
     registry = plane.metrics.registry()
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        # OpenMetrics when the scraper asks for it (Prometheus does, with exemplar
+        # storage on): the only format that carries the trace-id exemplars.
+        if "application/openmetrics-text" in request.headers.get("accept", ""):
+            text = openmetrics_latest(registry)  # type: ignore[no-untyped-call]
+            return Response(text, media_type=OPENMETRICS_TYPE)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def livez(_: Request) -> Response:
