@@ -14,10 +14,12 @@ import pytest
 
 from gateway.observability.trace_metrics import TraceCounters
 from gateway.observability.tracing.accesslog import AccessLog
-from gateway.observability.tracing.config import TraceConfig
+from gateway.observability.tracing.config import TraceConfig, TraceConfigError
 from gateway.observability.tracing.exporter import SpanExporter
+from gateway.observability.tracing.setup import Tracing
 from gateway.observability.tracing.span import KIND_SERVER, Span
 from gateway.observability.tracing.tracer import RequestRecord
+from gateway.settings import Settings
 from tests.otlp_receiver import otlp_receiver
 
 
@@ -214,3 +216,30 @@ def test_access_lines_hold_no_request_secrets(field: str) -> None:
     line = _record(1).access_line("", "", 0.0)
     assert field not in line
     assert "?" not in str(line["path"])
+
+
+async def test_the_process_builds_only_what_is_configured(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    off = Tracing.build(Settings(), TraceCounters(), loop, env={})
+    assert (off.tracer, off.exporter, off.access_log) == (None, None, None)
+    assert off.describe() == "tracing off; access log off"
+    settings = Settings(
+        trace_sampler="traceidratio",
+        trace_sampler_arg="0.5",
+        access_log_file=str(tmp_path / "a.jsonl"),
+    )
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "SWITCHYARD_WORKER_INDEX": "2"}
+    on = Tracing.build(settings, TraceCounters(), loop, version="1.2", env=env)
+    assert on.tracer is not None and on.exporter is not None and on.access_log is not None
+    assert on.tracer.sampler.describe() == "traceidratio (0.5)"
+    assert on.config is not None
+    assert dict(on.config.resource)["service.instance.id"].endswith("-2")
+    assert "http://c:4318/v1/traces" in on.describe() and "a.jsonl" in on.describe()
+    with pytest.raises(TraceConfigError):
+        Tracing.build(
+            Settings(trace_sampler_arg="x", trace_sampler="traceidratio"),
+            TraceCounters(),
+            loop,
+            env=env,
+        )
+    await on.aclose()
