@@ -27,7 +27,7 @@ import httptools
 
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.http import wire
-from gateway.dataplane.pick import attempt_failed, candidates, panic_pick, pick, retry_target
+from gateway.dataplane.pick import attempt_failed, first_target, retry_target
 from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.dataplane.translate import Translator
 from gateway.errors import (
@@ -146,29 +146,17 @@ class Exchange:
     # Attempts -------------------------------------------------------------------
 
     def start(self) -> None:
-        route = self.decision.route
-        now = self.plane.now
-        route.budget.record_request(now)
-        idx = pick(self.variant, now, self.plane.next_turn())
-        if idx >= 0:
-            self._send(self.variant, idx)
+        # The decided variant, else its fallbacks (no retry is spent: nothing was sent),
+        # else the panic pick; the gRPC front chooses with the same routine.
+        target = first_target(self.decision, self.plane.now, self.plane.turns)
+        if target is not None:
+            variant, idx = target
+            self._send(variant, idx)
             return
-        # The chosen variant has no endpoint in rotation: go straight to fallbacks; no
-        # retry is spent because nothing was sent.
-        for variant, i in candidates(self.decision, now, self.plane.next_turn()):
-            route.counters.fallbacks += 1
-            self._send(variant, i)
-            return
-        panic = panic_pick(self.decision, self.plane.next_turn())
-        if panic is not None:
-            route.counters.panic += 1
-            self._send(*panic)
-            return
-        route.counters.no_healthy += 1
         self._respond_error(
             NoHealthyUpstream(
-                f"route '{route.name}': every endpoint of variant '{self.variant.name}'"
-                " and its fallbacks is ejected or unavailable"
+                f"route '{self.decision.route.name}': every endpoint of variant "
+                f"'{self.variant.name}' and its fallbacks is ejected or unavailable"
             )
         )
 
@@ -272,7 +260,7 @@ class Exchange:
     def _next_target(self, kind: str) -> tuple[Variant, int] | None:
         """Where to retry after a failure of `kind`, or None (spends retry budget)."""
         return retry_target(
-            self.decision, self.attempts, self.tried, kind, self.plane.now, self.plane.next_turn
+            self.decision, self.attempts, self.tried, kind, self.plane.now, self.plane.turns
         )
 
     def _attempt_failed(self, err: UpstreamError) -> None:

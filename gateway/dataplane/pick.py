@@ -22,6 +22,19 @@ from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
 from gateway.observability.metrics import RequestSeries
 
 
+class Turns:
+    """The rotating start of a process's picks, so that equal endpoints share the load:
+    one counter for every front (`SharedState.turns`). An object, not a callable: the
+    compiled pick routines call it directly."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+
+    def next_turn(self) -> int:
+        self.turn += 1
+        return self.turn
+
+
 def pick(variant: Variant, now: float, turn: int) -> int:
     """Index of the endpoint to use, or -1 when every endpoint is ejected."""
     endpoints = variant.endpoints
@@ -104,13 +117,46 @@ def retryable(policy: RetryPolicy, kind: str) -> bool:
     return kind.isdigit() and int(kind) in policy.statuses
 
 
+def first_target(
+    decision: Decision,
+    now: float,
+    turns: Turns,
+    usable: Callable[[Variant], bool] | None = None,
+) -> tuple[Variant, int] | None:
+    """Where a request's first attempt goes, or None when no endpoint can take it.
+
+    The decided variant's best endpoint; if none is in rotation its fallbacks' best
+    (counted as a fallback; no retry is spent, nothing was sent); then the panic pick
+    (counted); else None, counted as no_healthy. The request counts towards the route's
+    retry budget. `usable` leaves out variants a front cannot reach (the gRPC front's
+    need a gRPC port). HTTP exchanges and gRPC calls share it, and `retry_target`.
+    """
+    route = decision.route
+    route.budget.record_request(now)
+    variant = decision.variant
+    if usable is None or usable(variant):
+        idx = pick(variant, now, turns.next_turn())
+        if idx >= 0:
+            return variant, idx
+    for fallback, i in candidates(decision, now, turns.next_turn()):
+        if usable is None or usable(fallback):
+            route.counters.fallbacks += 1
+            return fallback, i
+    panic = panic_pick(decision, turns.next_turn())
+    if panic is not None and (usable is None or usable(panic[0])):
+        route.counters.panic += 1
+        return panic
+    route.counters.no_healthy += 1
+    return None
+
+
 def retry_target(
     decision: Decision,
     attempts: int,
     tried: tuple[tuple[int, int], ...],
     kind: str,
     now: float,
-    next_turn: Callable[[], int],
+    turns: Turns,
     usable: Callable[[Variant], bool] | None = None,
 ) -> tuple[Variant, int] | None:
     """Where to retry after a failure of `kind`, or None; spends the route's retry
@@ -119,7 +165,7 @@ def retry_target(
     policy = route.retries
     if attempts >= policy.attempts or not retryable(policy, kind):
         return None
-    for variant, idx in candidates(decision, now, next_turn()):
+    for variant, idx in candidates(decision, now, turns.next_turn()):
         if (variant.index, idx) in tried or (usable is not None and not usable(variant)):
             continue
         if not route.budget.try_retry(now, policy.budget, policy.min_per_second):

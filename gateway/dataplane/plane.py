@@ -22,6 +22,7 @@ from gateway.dataplane.http.server import ClientConnection
 from gateway.dataplane.http.upstream import UpstreamPool
 from gateway.dataplane.http.wire import Request
 from gateway.dataplane.kserve import KServeFront
+from gateway.dataplane.pick import Turns
 from gateway.dataplane.services import ServicesFront
 from gateway.dataplane.shadow.mirror import ShadowMirror
 from gateway.dataplane.snapshot import SnapshotRef
@@ -70,7 +71,8 @@ class DataPlane:
         self.default_style: ErrorStyle = OpenAIStyle()
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        self._turn = 0
+        # The rotating start that spreads equal endpoints' load (see `pick`), HTTP and gRPC.
+        self.turns = Turns()
         self._rid_prefix = os.urandom(4).hex().encode()
         self._rid_counter = 0
         self._fronts: list[tuple[bytes, Front]] = [
@@ -170,10 +172,6 @@ class DataPlane:
         conn.start_exchange(exchange)
 
     # Shared helpers for exchanges ---------------------------------------------------
-
-    def next_turn(self) -> int:
-        self._turn += 1
-        return self._turn
 
     def new_request_id(self) -> bytes:
         self._rid_counter += 1

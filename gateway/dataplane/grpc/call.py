@@ -2,7 +2,8 @@
 
 The gRPC front runs each call as a coroutine (grpc.aio hands it one), so this is the
 bookkeeping half of `Exchange` without the HTTP parsing: the same endpoint choice
-(`pick`, then fallbacks), the same retry policy and budget, the same passive outlier
+(`pick.first_target`, then `pick.retry_target`: one routine for both fronts), the same
+retry policy and budget, the same passive outlier
 ejection and the same metric series. gRPC statuses are read as the HTTP statuses
 they correspond to, so a policy's `retries.on: [503]` and the status-class metrics
 mean the same thing on both fronts.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -20,13 +20,7 @@ import grpc
 
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.grpc.wire import Head, with_head
-from gateway.dataplane.pick import (
-    attempt_failed,
-    candidates,
-    panic_pick,
-    pick,
-    retry_target,
-)
+from gateway.dataplane.pick import Turns, attempt_failed, first_target, retry_target
 from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.errors import GatewayError, NoHealthyUpstream
 from gateway.observability.metrics import RequestSeries
@@ -113,20 +107,18 @@ class GrpcCall:
         "decision",
         "endpoint",
         "idx",
-        "next_turn",
         "received_at",
         "sent_at",
         "series",
         "tried",
+        "turns",
         "variant",
     )
 
-    def __init__(
-        self, decision: Decision, received_at: float, next_turn: Callable[[], int]
-    ) -> None:
+    def __init__(self, decision: Decision, received_at: float, turns: Turns) -> None:
         self.decision = decision
         self.received_at = received_at
-        self.next_turn = next_turn  # the data plane's rotating start for equal endpoints
+        self.turns = turns  # the data plane's rotating start for equal endpoints
         self.variant: Variant = decision.variant
         self.idx = 0
         self.attempts = 0
@@ -137,23 +129,11 @@ class GrpcCall:
 
     def first(self) -> tuple[Variant, int]:
         """Where the first attempt goes: the decided variant, else its fallbacks."""
+        target = first_target(self.decision, time.monotonic(), self.turns, grpc_endpoints)
+        if target is not None:
+            return target
         route = self.decision.route
-        now = time.monotonic()
-        route.budget.record_request(now)
         variant = self.decision.variant
-        if grpc_endpoints(variant):
-            idx = pick(variant, now, self.next_turn())
-            if idx >= 0:
-                return variant, idx
-        for fallback, i in candidates(self.decision, now, self.next_turn()):
-            if grpc_endpoints(fallback):
-                route.counters.fallbacks += 1
-                return fallback, i
-        panic = panic_pick(self.decision, self.next_turn())
-        if panic is not None and grpc_endpoints(panic[0]):
-            route.counters.panic += 1
-            return panic
-        route.counters.no_healthy += 1
         if not any(grpc_endpoints(v) for v in self.decision.order):
             raise NoHealthyUpstream(
                 f"route '{route.name}': variant '{variant.name}' and its fallbacks have no "
@@ -198,7 +178,7 @@ class GrpcCall:
             self.tried,
             kind,
             time.monotonic(),
-            self.next_turn,
+            self.turns,
             grpc_endpoints,
         )
 

@@ -285,7 +285,7 @@ class GrpcFront:
         received = time.perf_counter()
         try:
             head, decision, forward = self.route_call(method, data, context)
-            call = GrpcCall(decision, received, self.plane.next_turn)
+            call = GrpcCall(decision, received, self.plane.turns)
             variant, idx = call.first()
         except GatewayError as err:
             self.plane.metrics.refused(err.code, err.status, err.route)

@@ -98,7 +98,7 @@ class StreamRelay:
         front = self.front
         try:
             head, decision, forward = front.route_call(METHOD, first, self.context)
-            call = GrpcCall(decision, received, front.plane.next_turn)
+            call = GrpcCall(decision, received, front.plane.turns)
             variant, idx = call.first()
         except GatewayError as err:
             front.plane.metrics.refused(err.code, err.status, err.route)
