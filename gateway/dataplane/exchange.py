@@ -12,6 +12,26 @@ Invariants:
 - After the head is relayed, any failure ends the client's response *incompletely*
   (an error event, then the connection closed without the final chunk), so a cut
   stream can never look like a clean finish.
+
+Where an exchange stands is one value, `phase`; everything else it holds is a fact
+about the response (framed, chunked, a stream...). The phases, in order:
+
+    PICKING -> [CONNECTING ->] WAITING -> RELAYING -> COMPLETE -> DONE
+                                 |   ^
+                                 v   | the next attempt (`_resend`)
+                               RESENDING
+
+- `_send` starts an attempt: WAITING at once on an idle pooled connection, else
+  CONNECTING until one is open (`_write` then moves it to WAITING).
+- `on_headers_complete` in WAITING: RESENDING for a status the route retries (its
+  answer is ignored, the next attempt goes out on the next loop turn), WAITING still
+  after a 1xx, else RELAYING: the head is accepted and nothing is retried from there.
+- `on_message_complete` in RELAYING: COMPLETE; `feed` finishes it once this read's
+  bytes are flushed (completing may start the client's next pipelined request).
+- A failed attempt before RELAYING starts the next one (`_send`: retry, fallback) or
+  ends in DONE with the gateway's own error; from RELAYING on it cuts the response.
+- DONE is final: completed, answered with an error, cut, or the client left. Parser
+  callbacks outside their phase (a backend writing past its answer) are ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +41,7 @@ import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httptools
 
@@ -44,6 +64,16 @@ if TYPE_CHECKING:
     from gateway.dataplane.http.server import ClientConnection
     from gateway.dataplane.http.upstream import UpstreamConnection
     from gateway.dataplane.plane import DataPlane
+
+# Exchange.phase (see the module's docstring); ordered: comparisons read "before" and
+# "from ... on". Final ints: compiled, each test is one machine compare.
+PICKING: Final = 0  # created; no attempt sent yet
+CONNECTING: Final = 1  # an attempt waits for a new upstream connection
+WAITING: Final = 2  # the request is written; no response head accepted yet
+RESENDING: Final = 3  # a status the route retries came: ignored, the next attempt is due
+RELAYING: Final = 4  # the head went to the client: the body follows, no retry from here
+COMPLETE: Final = 5  # the backend's response is whole; ends once this read is flushed
+DONE: Final = 6  # over: completed, answered with an error, cut, or the client left
 
 _EVENT_STREAM = b"text/event-stream"
 # Fronts whose request body names the model: there a variant's `model` rewrites it.
@@ -92,12 +122,8 @@ class Exchange:
     parser: httptools.HttpResponseParser | None = None
     connect_task: asyncio.Task[None] | None = None
     tried: tuple[tuple[int, int], ...] = ()
-    started = False
-    head_done = False
+    phase = PICKING
     head_buf = b""
-    discard = False
-    finished = False
-    complete_pending = False
     upstream_keep = False
     chunked_out = False
     framed = False
@@ -172,6 +198,7 @@ class Exchange:
         if conn is not None:
             self._write(conn)
         else:
+            self.phase = CONNECTING
             self.connect_task = self.plane.loop.create_task(self._connect(endpoint))
 
     async def _connect(self, endpoint: Endpoint) -> None:
@@ -179,11 +206,11 @@ class Exchange:
             conn = await self.plane.pool.connect(endpoint, self.decision.route.timeouts.connect)
         except UpstreamError as exc:
             self.connect_task = None
-            if not self.finished:
+            if self.phase != DONE:
                 self._attempt_failed(exc)
             return
         self.connect_task = None
-        if self.finished:  # the client left while we were connecting
+        if self.phase == DONE:  # the client left while we were connecting
             self.plane.pool.release(conn, time.monotonic())
             return
         self._write(conn)
@@ -192,7 +219,7 @@ class Exchange:
         self.upstream = conn
         conn.sink = self
         self.parser = httptools.HttpResponseParser(self)
-        self.head_done = False
+        self.phase = WAITING
         self.head_buf = b""
         self.framed = False
         self.sse = False
@@ -267,7 +294,7 @@ class Exchange:
         conn = self.upstream
         fresh = conn is None or conn.served == 0
         self._detach_upstream(abort=True)
-        if self.started:
+        if self.phase >= RELAYING:
             self._end_attempt(ok=False)
             self._cut_client(err)
             return
@@ -302,7 +329,7 @@ class Exchange:
         parser = self.parser
         if parser is None:
             return
-        if not self.head_done:
+        if self.phase == WAITING:
             # Keep the raw head: it is relayed nearly verbatim (see on_headers_complete).
             self.head_buf = self.head_buf + data if self.head_buf else data
             if len(self.head_buf) > _MAX_RESPONSE_HEAD and b"\r\n\r\n" not in self.head_buf:
@@ -313,7 +340,7 @@ class Exchange:
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if not self.finished and not self.discard:
+            if self.phase != DONE and self.phase != RESENDING:
                 cause = (
                     exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
                 )
@@ -328,24 +355,24 @@ class Exchange:
                 return
         if self.out:
             self._flush()
-        if self.complete_pending:
+        if self.phase == COMPLETE:
             self._finish_ok()
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        assert parser is not None
+        if parser is None or self.phase != WAITING:
+            return
         status = parser.get_status_code()
         self.status = status
-        self.head_done = True
         now = self.last_activity = self.plane.now
         idle_deadline = now + self.decision.route.timeouts.idle
         self.deadline = min(idle_deadline, self.total_deadline)
-        if status in self.decision.route.retries.statuses and not self.discard:
+        if status in self.decision.route.retries.statuses:
             nxt = self._next_target(str(status))
             if nxt is not None:
                 # Retry: nothing has reached the client. The parser is mid-feed, so stop
                 # listening to it now and resend on the next loop turn.
-                self.discard = True
+                self.phase = RESENDING
                 self.out.clear()
                 self.status = 0
                 self._detach_upstream(abort=True)
@@ -354,8 +381,7 @@ class Exchange:
                 return
         if status < 200:  # 1xx interim answers are not relayed (we never send Expect)
             self.head_buf = self.head_buf[self.head_buf.find(b"\r\n\r\n") + 4 :]
-            self.head_done = False
-            return
+            return  # still WAITING: the final head follows
         # The header block is relayed as the backend wrote it, minus hop-by-hop and
         # internal fields. Searches on a lower-cased copy find the few lines that matter
         # (a Python callback per header measured several microseconds slower).
@@ -383,7 +409,7 @@ class Exchange:
             self.chunked_out = True  # the client's body length is unknown until the end
             self.sse = translator.front == "openai" and translator.stream and translator.ok
         self.streaming = self.sse or b"\ncontent-type: application/x-ndjson" in probe
-        self.started = True
+        self.phase = RELAYING
         no_body = status in (204, 304)
         if not self.framed and not no_body:
             self.chunked_out = True  # read-until-close body: re-frame it for the client
@@ -405,7 +431,7 @@ class Exchange:
         ]
 
     def on_body(self, data: bytes) -> None:
-        if self.discard or not self.started:
+        if self.phase != RELAYING:
             return
         if self.count_tokens and self.translator is None:
             data = self._observe_tokens(data)
@@ -448,7 +474,7 @@ class Exchange:
         return data
 
     def on_message_complete(self) -> None:
-        if self.discard or not self.started:
+        if self.phase != RELAYING:
             return
         if self.translator is not None:
             tail = self.translator.finish()
@@ -458,15 +484,15 @@ class Exchange:
             self.out.append(wire.LAST_CHUNK)
         # Completion waits until `feed` has flushed what this read produced: completing
         # may start the client's next pipelined request, whose bytes must come after.
-        self.complete_pending = True
+        self.phase = COMPLETE
         parser = self.parser
         self.upstream_keep = parser is not None and parser.should_keep_alive()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None
-        if self.finished or self.discard:
+        if self.phase == DONE or self.phase == RESENDING:
             return
-        if self.head_done and self.started and not self.framed:
+        if self.phase == RELAYING and not self.framed:
             # Read-until-close body: the close is the end of the message.
             self.on_message_complete()
             if self.out:
@@ -485,8 +511,7 @@ class Exchange:
         self.client.pause_reading_for_upstream(paused)
 
     def _resend(self, nxt: tuple[Variant, int]) -> None:
-        self.discard = False
-        if not self.finished:
+        if self.phase == RESENDING:  # not ended (client gone, timed out) in the meantime
             self._send(*nxt)
 
     # Client side --------------------------------------------------------------------
@@ -510,9 +535,9 @@ class Exchange:
 
     def client_gone(self) -> None:
         """The client closed its connection: cancel the backend's work by closing ours."""
-        if self.finished:
+        if self.phase == DONE:
             return
-        self.finished = True
+        self.phase = DONE
         task, self.connect_task = self.connect_task, None
         if task is not None:
             task.cancel()
@@ -525,7 +550,7 @@ class Exchange:
         )
 
     def _complete(self) -> None:
-        self.finished = True
+        self.phase = DONE
         self._end_attempt(ok=self.status < 500)
         series = self.series
         if series is not None:
@@ -550,7 +575,6 @@ class Exchange:
         self.client.exchange_done(self.keep_alive)
 
     def _finish_ok(self) -> None:
-        self.complete_pending = False
         conn, self.upstream = self.upstream, None
         self.parser = None
         if conn is not None:
@@ -563,7 +587,7 @@ class Exchange:
 
     def _respond_error(self, err: GatewayError) -> None:
         """Answer the client with the gateway's own error (nothing relayed yet)."""
-        self.finished = True
+        self.phase = DONE
         route = self.decision.route
         route.counters.errors_by_code[err.code] = route.counters.errors_by_code.get(err.code, 0) + 1
         if self.series is not None:
@@ -573,7 +597,7 @@ class Exchange:
 
     def _cut_client(self, err: GatewayError) -> None:
         """End a response already under way so the client cannot mistake it as complete."""
-        self.finished = True
+        self.phase = DONE
         route = self.decision.route
         route.counters.errors_by_code["stream_cut"] = (
             route.counters.errors_by_code.get("stream_cut", 0) + 1
@@ -591,13 +615,13 @@ class Exchange:
 
     def on_deadline(self, now: float) -> None:
         """Called by the data plane's tick once `deadline` has passed."""
-        if self.finished:
+        if self.phase == DONE:
             self.deadline = float("inf")
             return
         timeouts = self.decision.route.timeouts
         if now >= self.total_deadline:
             self._timed_out(f"the route's total timeout of {timeouts.total:g}s")
-        elif not self.head_done:
+        elif self.phase <= WAITING:  # no response head yet
             if self.upstream is not None and now >= self.first_byte_deadline:
                 self._timed_out(f"no response head within first_byte={timeouts.first_byte:g}s")
             else:  # still connecting: the connect timeout governs that part

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.exchange import DONE, RELAYING, Exchange
 from gateway.dataplane.grpc.shadow import (
     GRPC_INFER_PATH,
     NotTranslatable,
@@ -95,7 +95,7 @@ class ShadowedExchange(Exchange):
             mirror.send(call, now)
 
     def on_body(self, data: bytes) -> None:
-        if not self.discard and self.started:
+        if self.phase == RELAYING:
             size = self.captured_size + len(data)
             if size <= self.capture_limit:
                 self.captured.append(data)
@@ -122,7 +122,7 @@ class ShadowedExchange(Exchange):
         self._primary_failed(f"stream cut: {err.code}")
 
     def client_gone(self) -> None:
-        if not self.finished:
+        if self.phase != DONE:
             super().client_gone()
             self._primary_failed("client closed the connection")
 
