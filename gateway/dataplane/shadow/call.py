@@ -10,26 +10,40 @@ can end is one outcome string, counted per shadow:
     invalid_response (not HTTP), cancelled (gateway shutting down)
 
 It also carries the primary's result, reported by the primary's exchange, so the pair
-is compared once both are in (`ShadowMirror.settle`).
+is compared once both are in (`ShadowMirror.settle`). The copy calls back into its
+`CallOwner` (the mirror subclasses it), so this module sits below the mirror.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import httptools
 
+from gateway.dataplane.http.upstream import UpstreamConnection, UpstreamPool
 from gateway.dataplane.snapshot import Endpoint, Shadow
 from gateway.errors import UpstreamError, UpstreamTimeout
 
-if TYPE_CHECKING:
-    from gateway.dataplane.http.upstream import UpstreamConnection
-    from gateway.dataplane.shadow.mirror import ShadowMirror
-
 # Outcomes after which there is an answer to compare.
 ANSWERED = frozenset({"ok", "error_status"})
+
+
+class CallOwner:
+    """What a copy calls back into (the `ShadowMirror`): its own upstream pool, its loop
+    and clock, and `ended` once the copy is over."""
+
+    def __init__(self, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+
+    def now(self) -> float:
+        """The monotonic clock of shadow deadlines."""
+        return time.monotonic()
+
+    def ended(self, call: ShadowCall) -> None:
+        """The copy is over (`call.outcome` says how): count it, compare if all is in."""
+        raise NotImplementedError
 
 
 class ShadowCall:
@@ -63,7 +77,7 @@ class ShadowCall:
 
     def __init__(
         self,
-        mirror: ShadowMirror,
+        mirror: CallOwner,
         shadow: Shadow,
         endpoint: Endpoint,
         route: str,

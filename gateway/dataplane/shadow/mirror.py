@@ -44,7 +44,7 @@ from gateway.dataplane.grpc.shadow import (
 )
 from gateway.dataplane.http import wire
 from gateway.dataplane.http.upstream import UpstreamPool
-from gateway.dataplane.shadow.call import ANSWERED, ShadowCall
+from gateway.dataplane.shadow.call import ANSWERED, CallOwner, ShadowCall
 from gateway.dataplane.shadow.compare import Comparison, compare
 from gateway.dataplane.shadow.log import ComparisonLog
 from gateway.errors import GatewayError
@@ -133,7 +133,7 @@ class ShadowedExchange(Exchange):
             mirror.primary_done(call, why)
 
 
-class ShadowMirror:
+class ShadowMirror(CallOwner):
     """Samples, sends, times and compares the shadow copies of one data plane."""
 
     def __init__(
@@ -143,10 +143,9 @@ class ShadowMirror:
         loop: asyncio.AbstractEventLoop,
         rng: random.Random | None = None,
     ) -> None:
-        self.loop = loop
-        self.metrics = metrics.shadow
         # Its own pool: a shadow never takes, or waits for, a primary's connection.
-        self.pool = UpstreamPool(settings.upstream, metrics, loop)
+        super().__init__(UpstreamPool(settings.upstream, metrics, loop), loop)
+        self.metrics = metrics.shadow
         self.max_inflight = settings.shadow_max_inflight
         self.limit = settings.shadow_max_response_bytes
         self.log_sample = settings.shadow_log_sample
@@ -165,10 +164,6 @@ class ShadowMirror:
         self._ticker: asyncio.TimerHandle | None = None
         self._ticks = 0
         self.closed = False
-
-    def now(self) -> float:
-        """The monotonic clock of shadow deadlines."""
-        return time.monotonic()
 
     # Sampling (on the request path of routes with shadows) ------------------------
 
