@@ -37,6 +37,7 @@ about the response (framed, chunked, a stream...). The phases, in order:
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from bisect import bisect_left
@@ -44,11 +45,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httptools
+import orjson
 
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.http import wire
+from gateway.dataplane.http.server import ClientConnection, ResponseSource
 from gateway.dataplane.pick import attempt_failed, first_target, retry_target
+from gateway.dataplane.shared import SharedState
 from gateway.dataplane.snapshot import Endpoint, Variant
+from gateway.dataplane.styles import ErrorStyle
 from gateway.dataplane.translate import Translator
 from gateway.errors import (
     GatewayError,
@@ -60,10 +65,7 @@ from gateway.errors import (
 from gateway.observability.metrics import RequestSeries
 
 if TYPE_CHECKING:
-    from gateway.dataplane.fronts import ErrorStyle
-    from gateway.dataplane.http.server import ClientConnection
     from gateway.dataplane.http.upstream import UpstreamConnection
-    from gateway.dataplane.plane import DataPlane
 
 # Exchange.phase (see the module's docstring); ordered: comparisons read "before" and
 # "from ... on". Final ints: compiled, each test is one machine compare.
@@ -75,6 +77,7 @@ RELAYING: Final = 4  # the head went to the client: the body follows, no retry f
 COMPLETE: Final = 5  # the backend's response is whole; ends once this read is flushed
 DONE: Final = 6  # over: completed, answered with an error, cut, or the client left
 
+log = logging.getLogger("switchyard.access")
 _EVENT_STREAM = b"text/event-stream"
 # Fronts whose request body names the model: there a variant's `model` rewrites it.
 _MODEL_IN_BODY = frozenset({"openai", "ollama"})
@@ -109,7 +112,7 @@ class ResponseFilter(Protocol):
     def finish(self) -> bytes: ...
 
 
-class Exchange:
+class Exchange(ResponseSource):
     """State of one client request while it is proxied (possibly several attempts)."""
 
     # Defaults live on the class: an exchange is created per request, and storing
@@ -145,7 +148,7 @@ class Exchange:
 
     def __init__(
         self,
-        plane: DataPlane,
+        plane: SharedState,
         client: ClientConnection,
         request: wire.Request,
         decision: Decision,
@@ -248,7 +251,7 @@ class Exchange:
             if self.response_filter is not None:
                 self.translator = self.response_filter()
         elif variant.upstream_model is not None and self.style.protocol in _MODEL_IN_BODY:
-            body = self.plane.rewrite_model(body, variant.upstream_model)
+            body = rewrite_model(body, variant.upstream_model)
         assert conn.transport is not None
         conn.transport.write(
             b"".join(
@@ -571,8 +574,23 @@ class Exchange:
             h.total += added
             self.plane.exposures.record(self.request.request_id, series, self.plane.now)
         if self.plane.access_log:
-            self.plane.log_access(self)
+            self._log_access()
         self.client.exchange_done(self.keep_alive)
+
+    def _log_access(self) -> None:
+        req = self.request
+        log.info(
+            "%s %s %s route=%s variant=%s backend=%s status=%d attempts=%d ms=%.2f",
+            req.request_id.decode(),
+            req.method.decode(),
+            req.path.decode("utf-8", "replace"),
+            self.decision.route.name,
+            self.variant.name,
+            self.variant.endpoints[self.ep_index].backend,
+            self.status,
+            self.attempts,
+            (time.perf_counter() - req.received_at) * 1000,
+        )
 
     def _finish_ok(self) -> None:
         conn, self.upstream = self.upstream, None
@@ -639,6 +657,14 @@ class Exchange:
 
     def _backend(self) -> str:
         return self.endpoint.backend if self.endpoint is not None else "?"
+
+
+def rewrite_model(body: bytes, model: str) -> bytes:
+    """The body with `model` replaced by the backend's name for it (the front parsed it:
+    a JSON object)."""
+    parsed = orjson.loads(body)
+    parsed["model"] = model
+    return orjson.dumps(parsed)
 
 
 def _count_after(data: bytes, key: bytes, other: bytes) -> int:

@@ -18,6 +18,9 @@ Counts live here as plain numbers (per route, variant and version, so a new chal
 version starts from zero); the statistics (z-test, Welch's t-test) are computed off the
 request path by `gateway.rollout.experiments`.
 
+The endpoint itself is the OpenAI front's (`fronts.OpenAIFront`); this module holds what
+it and the request path share: the log, the parsing and the counting.
+
 With `--workers N` each worker process remembers only the requests it served itself.
 The kernel keeps a connection on one worker, so feedback sent on the connection that
 made the request finds it; feedback on a new connection may reach another worker and
@@ -27,7 +30,7 @@ get 404. Run one worker per pod (more pods) where feedback matters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -36,15 +39,9 @@ from gateway.errors import (
     FeedbackConflict,
     GatewayError,
     InvalidJSON,
-    MethodNotAllowed,
     UnknownRequest,
 )
 from gateway.observability.metrics import RequestSeries
-
-if TYPE_CHECKING:
-    from gateway.dataplane.fronts import ErrorStyle
-    from gateway.dataplane.http.server import ClientConnection
-    from gateway.dataplane.http.wire import Request
 
 FEEDBACK_PATH = b"/v1/feedback"
 _FIELDS = ("request_id", "outcome", "reward")
@@ -196,37 +193,8 @@ def parse_feedback(body: bytes) -> tuple[bytes, bool | None, float | None]:
     return rid.encode(), outcome, reward
 
 
-def handle_feedback(
-    log: ExposureLog, conn: ClientConnection, request: Request, style: ErrorStyle, now: float
-) -> None:
-    """Answer one `POST /v1/feedback`: 200 with who served the request, else 4xx."""
-    if request.method != b"POST":
-        raise MethodNotAllowed("/v1/feedback accepts POST only")
-    try:
-        rid, outcome, reward = parse_feedback(request.body)
-        series = log.take(rid, now)
-    except GatewayError as err:
-        # Answered here, not raised: these are the client's facts (an id we no longer
-        # hold), not unknown routes or malformed HTTP, and are counted as feedback.
-        log.counted(_result_of(err))
-        conn.respond_error(err, style)
-        return
-    log.count(series, outcome, reward)
-    log.counted("recorded")
-    reply: dict[str, Any] = {
-        "request_id": rid.decode(),
-        "route": series.route,
-        "variant": series.variant,
-        "version": series.version,
-    }
-    if outcome is not None:
-        reply["outcome"] = outcome
-    if reward is not None:
-        reply["reward"] = reward
-    conn.respond(200, orjson.dumps(reply))
-
-
-def _result_of(err: GatewayError) -> str:
+def result_of(err: GatewayError) -> str:
+    """How a refused feedback is counted: duplicate, expired, unknown or malformed."""
     if isinstance(err, FeedbackConflict):
         return "duplicate"
     if isinstance(err, UnknownRequest):

@@ -8,12 +8,16 @@ to send. Each front renders the gateway's own errors the way its clients expect.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 
 from gateway.dataplane.decide import Decision, RequestHead, decide
-from gateway.dataplane.feedback import FEEDBACK_PATH, handle_feedback
+from gateway.dataplane.feedback import FEEDBACK_PATH, ExposureLog, parse_feedback, result_of
+from gateway.dataplane.http.server import ClientConnection
+from gateway.dataplane.http.wire import Request
+from gateway.dataplane.proxy import ProxyPlane
+from gateway.dataplane.styles import ErrorStyle, OllamaStyle, OpenAIStyle
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -22,39 +26,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     UnknownRoute,
-    openai_body,
-    plain_body,
 )
-
-if TYPE_CHECKING:
-    from gateway.dataplane.http.server import ClientConnection
-    from gateway.dataplane.http.wire import Request
-    from gateway.dataplane.plane import DataPlane
-
-
-class ErrorStyle(Protocol):
-    """How one protocol's clients expect the gateway's own errors."""
-
-    protocol: str  # the API the front's clients speak ("openai", "ollama")
-    content_type: bytes
-
-    def body(self, err: GatewayError) -> bytes: ...
-
-    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
-        """Bytes that end a streamed response in error (before the connection closes)."""
-        ...
-
-
-class OpenAIStyle:
-    protocol = "openai"
-    content_type = b"application/json"
-
-    def body(self, err: GatewayError) -> bytes:
-        return openai_body(err)
-
-    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
-        # The openai SDK raises APIError for an SSE event carrying an "error" object.
-        return b"data: " + openai_body(err) + b"\n\n" if sse else b""
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -71,7 +43,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def route_body_request(
-    plane: DataPlane, request: Request, protocol: str, api: str
+    plane: ProxyPlane, request: Request, protocol: str, api: str
 ) -> tuple[dict[str, Any], Decision]:
     """Parse a body that names its route in `model`, decide, and check the route fits."""
     body = parse_json_object(request.body)
@@ -92,6 +64,36 @@ def route_body_request(
     return body, decision
 
 
+def handle_feedback(
+    log: ExposureLog, conn: ClientConnection, request: Request, style: ErrorStyle, now: float
+) -> None:
+    """Answer one `POST /v1/feedback`: 200 with who served the request, else 4xx."""
+    if request.method != b"POST":
+        raise MethodNotAllowed("/v1/feedback accepts POST only")
+    try:
+        rid, outcome, reward = parse_feedback(request.body)
+        series = log.take(rid, now)
+    except GatewayError as err:
+        # Answered here, not raised: these are the client's facts (an id we no longer
+        # hold), not unknown routes or malformed HTTP, and are counted as feedback.
+        log.counted(result_of(err))
+        conn.respond_error(err, style)
+        return
+    log.count(series, outcome, reward)
+    log.counted("recorded")
+    reply: dict[str, Any] = {
+        "request_id": rid.decode(),
+        "route": series.route,
+        "variant": series.variant,
+        "version": series.version,
+    }
+    if outcome is not None:
+        reply["outcome"] = outcome
+    if reward is not None:
+        reply["reward"] = reward
+    conn.respond(200, orjson.dumps(reply))
+
+
 _OPENAI_PROXIED = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"})
 _OPENAI_PATHS = (
     "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, "
@@ -104,7 +106,7 @@ class OpenAIFront:
 
     style = OpenAIStyle()
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: ProxyPlane) -> None:
         self.plane = plane
 
     def handle(self, conn: ClientConnection, request: Request) -> None:
@@ -176,18 +178,6 @@ class Front(Protocol):
     def handle(self, conn: ClientConnection, request: Request) -> None: ...
 
 
-class OllamaStyle:
-    protocol = "ollama"
-    content_type = b"application/json"
-
-    def body(self, err: GatewayError) -> bytes:
-        return plain_body(err)
-
-    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
-        # An NDJSON line the ollama client raises on (ResponseError); no done line follows.
-        return plain_body(err) + b"\n"
-
-
 _OLLAMA_PROXIED = frozenset({b"/api/chat", b"/api/generate", b"/api/embed", b"/api/embeddings"})
 _OLLAMA_PATHS = (
     "POST /api/chat, POST /api/generate, POST /api/embed, POST /api/embeddings, "
@@ -200,7 +190,7 @@ class OllamaFront:
 
     style = OllamaStyle()
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: ProxyPlane) -> None:
         self.plane = plane
 
     def handle(self, conn: ClientConnection, request: Request) -> None:

@@ -27,21 +27,20 @@ import orjson
 from gateway import __version__
 from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.fronts import parse_json_object
+from gateway.dataplane.styles import KServeStyle
 from gateway.errors import (
     BadRequest,
-    GatewayError,
     InvalidJSON,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    plain_body,
 )
 from gateway.kserve_types import ITEM_SIZE, STRUCT_CODES
 
 if TYPE_CHECKING:
     from gateway.dataplane.http.server import ClientConnection
     from gateway.dataplane.http.wire import Request
-    from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.proxy import ProxyPlane
     from gateway.dataplane.snapshot import Route
 
 PROTOCOL = "kserve-v2"
@@ -58,19 +57,6 @@ _SERVED = (
 _SERVER_METADATA = orjson.dumps(
     {"name": "switchyard", "version": __version__, "extensions": ["binary_tensor_data"]}
 )
-
-
-class KServeStyle:
-    """KServe v2 clients read errors as `{"error": "..."}` (tritonclient raises it)."""
-
-    protocol = PROTOCOL
-    content_type = b"application/json"
-
-    def body(self, err: GatewayError) -> bytes:
-        return plain_body(err)
-
-    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
-        return b""  # v2 responses are not streams: closing early is the only signal
 
 
 class NameRewrite:
@@ -313,7 +299,7 @@ class KServeFront:
 
     style = KServeStyle()
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: ProxyPlane) -> None:
         self.plane = plane
 
     def handle(self, conn: ClientConnection, request: Request) -> None:

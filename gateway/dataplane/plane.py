@@ -1,44 +1,41 @@
-"""The data plane of one process: listener, fronts, upstream pool and what they share."""
+"""The data plane of one process: listener, fronts, upstream pool and what they share.
+
+`DataPlane` is the top of the request path's layers and the one object that owns them:
+it extends `ProxyPlane` (the shadow mirror and `proxy`, which the fronts call), itself
+a `RequestHandler` (what the connections call) over `SharedState` (what every request
+reads). Nothing below imports this module.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import orjson
-
 from gateway.dataplane.auth import ApiKeys, AuthRejected
-from gateway.dataplane.decide import Decision
-from gateway.dataplane.exchange import Exchange, ResponseFilter
-from gateway.dataplane.feedback import ExposureLog
-from gateway.dataplane.fronts import ErrorStyle, Front, OllamaFront, OpenAIFront, OpenAIStyle
+from gateway.dataplane.fronts import Front, OllamaFront, OpenAIFront
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.http.server import ClientConnection
-from gateway.dataplane.http.upstream import UpstreamPool
 from gateway.dataplane.http.wire import Request
 from gateway.dataplane.kserve import KServeFront
-from gateway.dataplane.pick import Turns
+from gateway.dataplane.proxy import ProxyPlane
 from gateway.dataplane.services import ServicesFront
-from gateway.dataplane.shadow.mirror import ShadowMirror
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.drift.tap import NoTap, Tap
-from gateway.errors import GatewayError, InternalError, NotFound, Unavailable
+from gateway.drift.tap import Tap
+from gateway.errors import GatewayError, InternalError, NotFound
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings
 
 TICK = 0.1  # seconds between deadline checks: the precision of every timeout
 SWEEP_EVERY = 50  # ticks between closing idle upstream connections
 
-log = logging.getLogger("switchyard.access")
 errlog = logging.getLogger("switchyard.dataplane")
 
 
-class DataPlane:
+class DataPlane(ProxyPlane):
     """Everything the request path needs, built once per process and passed in."""
 
     def __init__(
@@ -52,29 +49,11 @@ class DataPlane:
         tap: Tap | None = None,
         auth: ApiKeys | None = None,
     ) -> None:
-        self.settings = settings
-        self.ref = ref
-        self.metrics = metrics
+        super().__init__(settings, ref, metrics, loop, rng, tap)
         self.health = health
-        self.loop = loop
-        self.rng = rng or random.Random(settings.seed)
-        self.pool = UpstreamPool(settings.upstream, metrics, loop)
-        # Drift sampling: called once per proxied request; NoTap returns at once.
-        self.tap: Tap = tap if tap is not None else NoTap()
-        # Shadow copies of sampled requests, for routes with a `shadow` list.
-        self.shadow = ShadowMirror(settings, metrics, loop)
         # Client API keys (--api-keys); None: open, and the request path tests only that.
         self.auth = auth
-        # Who served each recent request of routes with an experiment or rollout, for
-        # POST /v1/feedback (dataplane.feedback); the rollout controller sets its routes.
-        self.exposures = ExposureLog(settings.feedback_capacity, settings.feedback_window)
-        self.default_style: ErrorStyle = OpenAIStyle()
         self.connections: set[ClientConnection] = set()
-        self.draining = False
-        # The rotating start that spreads equal endpoints' load (see `pick`), HTTP and gRPC.
-        self.turns = Turns()
-        self._rid_prefix = os.urandom(4).hex().encode()
-        self._rid_counter = 0
         self._fronts: list[tuple[bytes, Front]] = [
             (b"/v1/", OpenAIFront(self)),
             (b"/api/", OllamaFront(self)),
@@ -84,10 +63,6 @@ class DataPlane:
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._ticks = 0
-        # A coarse clock for the request path (time.monotonic() base): refreshed per
-        # client read and per tick, so exchanges read a float instead of calling clocks.
-        self.now = time.monotonic()
-        self.access_log = settings.access_log
 
     # Serving ------------------------------------------------------------------------
 
@@ -142,61 +117,6 @@ class DataPlane:
         )
         self.metrics.refused(missing.code, missing.status, None)
         conn.respond_error(missing, self.default_style)
-
-    def proxy(
-        self,
-        conn: ClientConnection,
-        request: Request,
-        decision: Decision,
-        body: bytes,
-        style: ErrorStyle,
-        parsed: dict[str, Any] | None = None,
-        strip_usage: bool = False,
-        targets: tuple[bytes, ...] | None = None,
-        response_filter: Callable[[], ResponseFilter] | None = None,
-    ) -> None:
-        """Send the request to the decision's backends; `targets` (per variant index)
-        replace the client's path upstream, `response_filter` rewrites the answer."""
-        if self.draining:
-            raise Unavailable("the gateway is shutting down; retry on another replica")
-        if decision.route.shadows:  # the shadow feature's whole cost on other routes
-            exchange = self.shadow.exchange(
-                self, conn, request, decision, body, style, parsed, targets
-            )
-        else:
-            exchange = Exchange(self, conn, request, decision, body, style, parsed)
-        if targets is not None:
-            exchange.targets = targets
-            exchange.response_filter = response_filter
-        exchange.strip_usage = strip_usage
-        conn.start_exchange(exchange)
-
-    # Shared helpers for exchanges ---------------------------------------------------
-
-    def new_request_id(self) -> bytes:
-        self._rid_counter += 1
-        return b"%s-%x" % (self._rid_prefix, self._rid_counter)
-
-    def rewrite_model(self, body: bytes, model: str) -> bytes:
-        """The body with `model` replaced by the backend's name for it."""
-        parsed = orjson.loads(body)
-        parsed["model"] = model
-        return orjson.dumps(parsed)
-
-    def log_access(self, exchange: Exchange) -> None:
-        req = exchange.request
-        log.info(
-            "%s %s %s route=%s variant=%s backend=%s status=%d attempts=%d ms=%.2f",
-            req.request_id.decode(),
-            req.method.decode(),
-            req.path.decode("utf-8", "replace"),
-            exchange.decision.route.name,
-            exchange.variant.name,
-            exchange.variant.endpoints[exchange.ep_index].backend,
-            exchange.status,
-            exchange.attempts,
-            (time.perf_counter() - req.received_at) * 1000,
-        )
 
     # Connections and drain ----------------------------------------------------------
 

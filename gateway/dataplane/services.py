@@ -14,37 +14,23 @@ from urllib.parse import unquote_to_bytes
 import orjson
 
 from gateway.dataplane.decide import RequestHead, decide
+from gateway.dataplane.styles import ServicesStyle
 from gateway.errors import (
     BadRequest,
-    GatewayError,
     InvalidJSON,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    plain_body,
 )
 
 if TYPE_CHECKING:
     from gateway.dataplane.http.server import ClientConnection
     from gateway.dataplane.http.wire import Request
-    from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.proxy import ProxyPlane
     from gateway.dataplane.snapshot import Route, RuntimeSnapshot
 
 PROTOCOL = "json"
 PREFIX = b"/services/"
-
-
-class ServicesStyle:
-    """JSON services answer errors as `{"error": "..."}` (BentoML's own shape)."""
-
-    protocol = PROTOCOL
-    content_type = b"application/json"
-
-    def body(self, err: GatewayError) -> bytes:
-        return plain_body(err)
-
-    def stream_error(self, err: GatewayError, *, sse: bool) -> bytes:
-        return b""  # the connection closing mid-body is the signal
 
 
 def split_service_path(snap: RuntimeSnapshot, rest: bytes) -> tuple[str, Route, bytes]:
@@ -82,7 +68,7 @@ class ServicesFront:
 
     style = ServicesStyle()
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: ProxyPlane) -> None:
         self.plane = plane
 
     def handle(self, conn: ClientConnection, request: Request) -> None:

@@ -8,6 +8,10 @@ is served the next wait in a bounded queue, and reading pauses when it is full.
 Timeouts cost the hot path one float store: each connection (and its exchange) keeps
 a deadline, and the data plane's ~10 Hz tick closes whatever is past due. A timer per
 request measured ~2 us; the tick's precision (0.1 s) is ample for these limits.
+
+The server knows nothing above it: it calls the two small base classes defined here,
+`RequestHandler` (the data plane implements it) and `ResponseSource` (the exchange
+does). Native base classes, not Protocols: compiled, these calls are vtable calls.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 import httptools
 
 from gateway.dataplane.http import wire
+from gateway.dataplane.shared import SharedState
+from gateway.dataplane.styles import ErrorStyle
 from gateway.errors import (
     BadRequest,
     ExpectationFailed,
@@ -34,15 +39,52 @@ from gateway.errors import (
     UriTooLong,
 )
 
-if TYPE_CHECKING:
-    from gateway.dataplane.exchange import Exchange
-    from gateway.dataplane.fronts import ErrorStyle
-    from gateway.dataplane.plane import DataPlane
-
 log = logging.getLogger("switchyard.server")
 
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class RequestHandler(SharedState):
+    """What the connections hand their requests to: the data plane implements it.
+
+    The process's shared state (the clock the connections refresh, the settings they
+    read) plus the three calls a connection makes upwards.
+    """
+
+    def handle(self, conn: ClientConnection, request: wire.Request) -> None:
+        """Serve `request`: answer it with `conn.respond`, or `conn.start_exchange`."""
+        raise NotImplementedError
+
+    def connection_opened(self, conn: ClientConnection) -> None:
+        raise NotImplementedError
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        raise NotImplementedError
+
+
+class ResponseSource:
+    """What answers a request from elsewhere (the exchange, from a backend): the
+    connection starts it and passes on the client's flow control and departure; the
+    data plane's tick calls `on_deadline` once `deadline` has passed."""
+
+    # Set by the subclass (a class default of float("inf") would be computed again for
+    # every instance, compiled).
+    deadline: float
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def client_paused(self, paused: bool) -> None:
+        """The client cannot take more (True) or can again (False)."""
+        raise NotImplementedError
+
+    def client_gone(self) -> None:
+        """The client closed its connection before the response was complete."""
+        raise NotImplementedError
+
+    def on_deadline(self, now: float) -> None:
+        raise NotImplementedError
 
 
 class ClientConnection:
@@ -53,13 +95,13 @@ class ClientConnection:
     this object's attributes are read and written a few dozen times per request.
     """
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: RequestHandler) -> None:
         self.plane = plane
         self.limits = plane.settings.limits
         self.loop = plane.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.exchange: Exchange | None = None
+        self.exchange: ResponseSource | None = None
         self.pending: deque[wire.Request] = deque()
         self.closing = False
         self.closing_after = False  # client half-closed: finish in-flight work, then close
@@ -317,7 +359,7 @@ class ClientConnection:
         finally:
             self._advancing = False
 
-    def start_exchange(self, exchange: Exchange) -> None:
+    def start_exchange(self, exchange: ResponseSource) -> None:
         self.exchange = exchange
         if self.write_paused:
             exchange.client_paused(True)

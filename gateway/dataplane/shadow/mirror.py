@@ -1,6 +1,6 @@
 """Shadow traffic: copies of sampled requests to shadow versions, compared off the path.
 
-The request path pays one check for it: `DataPlane.proxy` asks the mirror only when
+The request path pays one check for it: `ProxyPlane.proxy` asks the mirror only when
 the route has shadows (`route.shadows`, an empty tuple otherwise). For such a route
 the mirror draws one number against the route's largest sample (most requests stop
 there); a sampled request gets a `ShadowedExchange`, an `Exchange` that also keeps a
@@ -52,10 +52,10 @@ from gateway.observability.shadow_metrics import Sample, wall_clock
 
 if TYPE_CHECKING:
     from gateway.dataplane.decide import Decision
-    from gateway.dataplane.fronts import ErrorStyle
     from gateway.dataplane.http.server import ClientConnection
-    from gateway.dataplane.plane import DataPlane
+    from gateway.dataplane.shared import SharedState
     from gateway.dataplane.snapshot import Endpoint, Shadow
+    from gateway.dataplane.styles import ErrorStyle
     from gateway.observability.metrics import GatewayMetrics
     from gateway.settings import Settings
 
@@ -83,13 +83,14 @@ class ShadowedExchange(Exchange):
     """
 
     calls: tuple[ShadowCall, ...] = ()
+    mirror: ShadowMirror
     captured: list[bytes]
     capture_limit = 0
     captured_size = 0
 
     def start(self) -> None:
         super().start()  # the primary goes out first
-        mirror = self.plane.shadow
+        mirror = self.mirror
         now = self.plane.now
         for call in self.calls:
             mirror.send(call, now)
@@ -109,7 +110,7 @@ class ShadowedExchange(Exchange):
         body = None if over else b"".join(self.captured)
         self.captured = []
         result = (self.status, body, seconds, self.variant.name, self.variant.version)
-        mirror = self.plane.shadow
+        mirror = self.mirror
         for call in self.calls:
             mirror.primary_done(call, result)
 
@@ -128,7 +129,7 @@ class ShadowedExchange(Exchange):
 
     def _primary_failed(self, why: str) -> None:
         self.captured = []
-        mirror = self.plane.shadow
+        mirror = self.mirror
         for call in self.calls:
             mirror.primary_done(call, why)
 
@@ -169,7 +170,7 @@ class ShadowMirror(CallOwner):
 
     def exchange(
         self,
-        plane: DataPlane,
+        plane: SharedState,
         conn: ClientConnection,
         request: wire.Request,
         decision: Decision,
@@ -191,6 +192,7 @@ class ShadowMirror(CallOwner):
         if not calls:
             return Exchange(plane, conn, request, decision, body, style, parsed)
         exchange = ShadowedExchange(plane, conn, request, decision, body, style, parsed)
+        exchange.mirror = self
         exchange.calls = calls
         exchange.capture_limit = self.limit
         exchange.captured = []
