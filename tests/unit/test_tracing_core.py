@@ -14,6 +14,7 @@ from gateway.observability.tracing.context import (
     IdSource,
     format_traceparent,
     parse_traceparent,
+    without_traceparent,
 )
 from gateway.observability.tracing.otlp import Encoder, varint
 from gateway.observability.tracing.sampler import Sampler
@@ -170,14 +171,11 @@ def test_spans_decode_with_the_official_messages() -> None:
     tracer = Tracer(Sampler("always_on"), sink, TraceCounters(), IdSource(1))
     trace = tracer.start(_fields(VALID), 0.0)
     assert trace is not None
-    header = trace.attempt(
-        "POST", "champion", "3", "127.0.0.1:9", "127.0.0.1", 9, "http://127.0.0.1:9/v1/x"
-    )
+    header = trace.attempt("POST", "champion", "3", "127.0.0.1:9", "127.0.0.1", 9)
     trace.attempt_failed("upstream_timeout", "no answer")
     trace.attempt_ended(0)
-    header2 = trace.attempt(
-        "POST", "challenger", "4", "127.0.0.1:10", "127.0.0.1", 10, "http://127.0.0.1:10/v1/x"
-    )
+    header2 = trace.attempt("POST", "challenger", "4", "127.0.0.1:10", "127.0.0.1", 10)
+    trace.attempt_sent("http://127.0.0.1:10/v1/x")
     trace.saw_body(b'{"id":"x","model":"llama-3-8b","choices":[]}')
     trace.attempt_ended(200)
     record = RequestRecord(
@@ -235,6 +233,7 @@ def test_spans_decode_with_the_official_messages() -> None:
     ok = {kv.key: value_of(kv.value) for kv in second.attributes}
     assert ok["http.response.status_code"] == 200 and second.status.code == 0
     assert ok["switchyard.attempt"] == 2 and ok["server.port"] == 10
+    assert ok["url.full"] == "http://127.0.0.1:10/v1/x" and "url.full" not in failed
 
 
 def test_errors_carry_status_error_type_and_the_exception() -> None:
@@ -337,3 +336,46 @@ def test_bad_config_is_refused_with_a_reason(extra: dict[str, str], message: str
     with pytest.raises(TraceConfigError, match=message) as caught:
         trace_config(env)
     assert "s3cret" not in str(caught.value)
+
+
+def test_the_callers_traceparent_line_is_removed_only_as_a_whole_field() -> None:
+    lines = b"accept: */*\r\nx-traceparent: keep\r\ntraceparent: " + VALID + b"\r\nx-a: b\r\n"
+    assert without_traceparent(lines) == b"accept: */*\r\nx-traceparent: keep\r\nx-a: b\r\n"
+    first = b"traceparent: " + VALID + b"\r\nx-a: b\r\n"
+    assert without_traceparent(first) == b"x-a: b\r\n"
+    assert without_traceparent(b"x-a: b\r\n") == b"x-a: b\r\n"
+    assert without_traceparent(b"x-traceparent: 1\r\n") == b"x-traceparent: 1\r\n"
+
+
+def test_grpc_attempts_and_calls_follow_the_rpc_conventions() -> None:
+    sink = ListSink()
+    tracer = Tracer(Sampler("always_on"), sink, TraceCounters())
+    trace = tracer.start(None, 0.0)
+    assert trace is not None
+    value = trace.rpc_attempt(
+        "inference.GRPCInferenceService", "ModelInfer", "champion", "1", "h:1", "10.0.0.2:8001"
+    )
+    trace.rpc_attempt_ended(14, "UNAVAILABLE", "connection refused")
+    trace.rpc_attempt(
+        "inference.GRPCInferenceService", "ModelInfer", "backup", "1", "h:2", "10.0.0.3:8001"
+    )
+    trace.rpc_attempt_ended(0, "OK")
+    record = RequestRecord(
+        "POST",
+        "/inference.GRPCInferenceService/ModelInfer",
+        "r",
+        "fraud",
+        "infer",
+        status=200,
+        rpc_service="inference.GRPCInferenceService",
+        rpc_method="ModelInfer",
+    )
+    trace.finish(record)
+    server, failed, ok = sink.spans
+    assert parse_traceparent(value.encode()) == (trace.trace_id, failed.span_id, 1)
+    attrs = dict(server.attributes)
+    assert (attrs["rpc.system"], attrs["rpc.method"]) == ("grpc", "ModelInfer")
+    assert "http.request.method" not in attrs and server.name == "infer fraud"
+    assert failed.status == STATUS_ERROR and dict(failed.attributes)["error.type"] == "UNAVAILABLE"
+    assert dict(failed.attributes)["server.port"] == 8001
+    assert ok.status == 0 and dict(ok.attributes)["rpc.grpc.status_code"] == 0

@@ -52,6 +52,18 @@ def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> bytes:
     return b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00")
 
 
+def without_traceparent(headers: bytes) -> bytes:
+    """HTTP/1.1 header lines (lower-case names, CRLF-ended) minus a `traceparent` field:
+    a sampled request's backend gets the gateway's own instead of the caller's."""
+    at = headers.find(b"traceparent:")
+    while at > 0 and headers[at - 1] != 10:  # "\n": only a whole field name counts
+        at = headers.find(b"traceparent:", at + 1)
+    if at < 0:
+        return headers
+    end = headers.find(b"\r\n", at)
+    return headers[:at] + (headers[end + 2 :] if end >= 0 else b"")
+
+
 def trace_hex(trace_id: int) -> str:
     """A trace id as the 32 lower-case hex digits every tracing UI searches for."""
     return f"{trace_id:032x}"

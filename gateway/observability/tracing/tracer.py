@@ -96,6 +96,8 @@ class RequestRecord:
     duration: float = 0.0  # seconds, complete request to last byte
     error_type: str = ""  # a gateway error code or the failing status; "" when none
     error_message: str = ""
+    rpc_service: str = ""  # gRPC calls: the service and method (else "")
+    rpc_method: str = ""
 
     def access_line(self, trace_id: str, span_id: str, timestamp: float) -> dict[str, object]:
         """The access log's JSON object: no headers, no body, no query string."""
@@ -262,23 +264,47 @@ class RequestTrace:
         backend: str,
         host: str,
         port: int,
-        url: str,
     ) -> bytes:
-        """Open the CLIENT span of an upstream attempt; returns its `traceparent` line."""
-        self.attempt_ended(0)  # one attempt at a time: close a dangling one
-        span = self.current = self._child(f"{method} {variant}")
+        """Open the CLIENT span of an HTTP attempt; returns its `traceparent` line."""
+        span = self._attempt(f"{method} {variant}", variant, version, backend)
         span.attributes += (
             ("http.request.method", method),
             ("server.address", host),
             ("server.port", port),
-            ("url.full", url),
+        )
+        return self.header(span)
+
+    def attempt_sent(self, url: str) -> None:
+        """The attempt's request went out to `url` (no query string: it may hold keys)."""
+        if self.current is not None:
+            self.current.attributes.append(("url.full", url))
+
+    def rpc_attempt(
+        self, service: str, method: str, variant: str, version: str, backend: str, target: str
+    ) -> str:
+        """Open the CLIENT span of a gRPC attempt; returns its `traceparent` value."""
+        span = self._attempt(f"{service}/{method} {variant}", variant, version, backend)
+        host, _, port = target.rpartition(":")
+        span.attributes += (
+            ("rpc.system", "grpc"),
+            ("rpc.service", service),
+            ("rpc.method", method),
+            ("server.address", host),
+            ("server.port", int(port) if port.isdigit() else 0),
+        )
+        return format_traceparent(self.trace_id, span.span_id, True).decode()
+
+    def _attempt(self, name: str, variant: str, version: str, backend: str) -> Span:
+        self.attempt_ended(0)  # one attempt at a time: close a dangling one
+        span = self.current = self._child(name)
+        span.attributes += (
             ("switchyard.variant", variant),
             ("switchyard.version", version),
             ("switchyard.endpoint", backend),
             ("switchyard.attempt", len(self.attempts) + 1),
         )
         self.attempts.append(span)
-        return self.header(span)
+        return span
 
     def header(self, span: Span) -> bytes:
         """The `traceparent` header line naming `span` as the parent upstream."""
@@ -291,7 +317,7 @@ class RequestTrace:
             span.fail(error_type, message)
 
     def attempt_ended(self, status: int) -> None:
-        """Close the attempt in progress with the backend's status (0: none)."""
+        """Close the attempt in progress with the backend's HTTP status (0: none)."""
         span, self.current = self.current, None
         if span is None:
             return
@@ -300,6 +326,16 @@ class RequestTrace:
             span.attributes.append(("http.response.status_code", status))
             if status >= 500 and span.status != STATUS_ERROR:
                 span.fail(str(status))
+
+    def rpc_attempt_ended(self, code: int, name: str, details: str = "") -> None:
+        """Close the gRPC attempt in progress with its status code (0: OK)."""
+        span, self.current = self.current, None
+        if span is None:
+            return
+        span.end_ns = time.time_ns()
+        span.attributes.append(("rpc.grpc.status_code", code))
+        if code and span.status != STATUS_ERROR:
+            span.fail(name, details)
 
     def shadow(self, method: str, shadow: str, version: str, backend: str) -> Span:
         """A CLIENT span for a shadow copy (closed by `shadow_ended`)."""
@@ -318,7 +354,7 @@ class RequestTrace:
         span.attributes.append(("switchyard.shadow.outcome", outcome))
         if status:
             span.attributes.append(("http.response.status_code", status))
-        if outcome != "answered" or status >= 500:
+        if outcome != "ok":  # error_status (5xx), timeout, connect_error, reset, ...
             span.fail(str(status) if status >= 500 else outcome)
         self.tracer.sink.submit((span,))
 
@@ -339,11 +375,12 @@ class RequestTrace:
         """End the request: its SERVER span and every attempt span go to the exporter."""
         end_ns = time.time_ns()
         self.attempt_ended(0)
-        name = (
-            f"{record.operation} {record.route}"
-            if record.operation
-            else f"{record.method} {record.route}"
-        )
+        if record.operation:
+            name = f"{record.operation} {record.route}"
+        elif record.rpc_method:
+            name = f"{record.rpc_service}/{record.rpc_method}"
+        else:
+            name = f"{record.method} {record.route}"
         flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | (FLAG_IS_REMOTE if self.parent_id else 0)
         span = Span(
             self.trace_id,
@@ -378,10 +415,15 @@ class RequestTrace:
 
 def server_attributes(record: RequestRecord) -> Attributes:
     """The SERVER span's attributes: HTTP, GenAI (for GenAI calls) and Switchyard's own."""
-    attrs: Attributes = [
-        ("http.request.method", record.method),
-        ("url.path", record.path),
-    ]
+    attrs: Attributes
+    if record.rpc_method:
+        attrs = [
+            ("rpc.system", "grpc"),
+            ("rpc.service", record.rpc_service),
+            ("rpc.method", record.rpc_method),
+        ]
+    else:
+        attrs = [("http.request.method", record.method), ("url.path", record.path)]
     if record.status:
         attrs.append(("http.response.status_code", record.status))
     if record.operation:
