@@ -36,6 +36,9 @@ from gateway.drift.feed import DriftFeed
 from gateway.native.loader import ENV as COMPILED_ENV
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing.config import TraceConfigError
+from gateway.observability.tracing.sampler import SAMPLERS
+from gateway.observability.tracing.setup import Tracing
 from gateway.rollout.build import build_controller
 from gateway.rollout.cli import add_rollout_options
 from gateway.settings import Settings, from_env
@@ -112,12 +115,26 @@ class Gateway:
             log.error("refusing to start: %s", exc)
             await self._close_registry()
             return 2
+        try:
+            tracing = Tracing.build(settings, self.metrics.tracing, loop, version=__version__)
+        except TraceConfigError as exc:
+            log.error("refusing to start: %s", exc)
+            await self._close_registry()
+            return 2
         ref = SnapshotRef(snapshot)
         self.metrics.policy_hash = snapshot.version
         self.metrics.policy_routes = len(snapshot.routes)
         self.metrics.loop_tasks = lambda: len(asyncio.all_tasks(loop))
         plane = DataPlane(
-            settings, ref, self.metrics, self.health, loop, tap=self.drift.tap, auth=auth
+            settings,
+            ref,
+            self.metrics,
+            self.health,
+            loop,
+            tap=self.drift.tap,
+            auth=auth,
+            tracer=tracing.tracer,
+            access_log=tracing.access_log,
         )
         self.port = await plane.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
         grpc_front: GrpcFront | None = None
@@ -182,6 +199,7 @@ class Gateway:
             follow = self.reloader.follow_registry(ref, settings.registry_poll_interval)
             background.append(loop.create_task(follow))
         self.drift.start(ref)
+        tracing.start()
         background.append(loop.create_task(LoadWatcher(ref).run()))  # idle without opt-ins
         background.append(loop.create_task(HealthChecker(ref, self.metrics).run()))
         background.append(loop.create_task(rollouts.run(ref)))  # idle without rollouts
@@ -198,6 +216,7 @@ class Gateway:
             "compiled" if COMPILED.active else "Python",
             COMPILED.reason,
         )
+        log.info("%s", tracing.describe())
         log.info(
             "switchyard %s serving %d routes (policy %s) on http://%s:%d; admin and /metrics "
             "on http://%s:%d",
@@ -239,6 +258,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.drift.stop()
+        await tracing.aclose()
         await rollouts.aclose()
         await self._close_registry()
         await admin.stop()
@@ -306,7 +326,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "watch_interval": args.watch_interval,
         "admin_token": args.admin_token,
         "log_level": args.log_level,
-        "access_log": True if args.access_log else None,
+        "access_log": True if args.access_log or args.access_log_file else None,
+        "access_log_file": args.access_log_file,
+        "trace_endpoint": args.trace_endpoint,
+        "trace_sampler": args.trace_sampler,
+        "trace_sampler_arg": args.trace_sampler_arg,
+        "trace_service_name": args.trace_service_name,
         "drain_timeout": args.drain_timeout,
         "drain_delay": args.drain_delay,
         "seed": args.seed,
@@ -355,7 +380,18 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--admin-token", help="bearer token required by /admin/* endpoints")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--access-log", action="store_true", help="log one line per request")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one JSON line per request (route, variant, status, timings, tokens, trace "
+        "id; never headers or bodies) to stderr, or to --access-log-file",
+    )
+    parser.add_argument(
+        "--access-log-file",
+        metavar="FILE",
+        help="write the access log to FILE (implies --access-log), rotated at "
+        "SWITCHYARD_ACCESS_LOG_MAX_BYTES into FILE.1..FILE.N (SWITCHYARD_ACCESS_LOG_BACKUPS)",
+    )
     parser.add_argument(
         "--drain-timeout",
         type=float,
@@ -410,6 +446,36 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="keep the last resolutions in FILE, so a restart without the registry serves",
     )
     add_rollout_options(parser)
+    add_tracing_options(parser)
+
+
+def add_tracing_options(parser: argparse.ArgumentParser) -> None:
+    tracing = parser.add_argument_group(
+        "tracing",
+        "OpenTelemetry traces over OTLP/HTTP (protobuf). The standard OTEL_* variables "
+        "apply (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS, "
+        "OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*, ...); these flags win over theirs.",
+    )
+    tracing.add_argument(
+        "--trace-endpoint",
+        metavar="URL",
+        help="POST spans here, e.g. http://otel-collector:4318/v1/traces (default: "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces; "
+        "neither: tracing off)",
+    )
+    tracing.add_argument(
+        "--trace-sampler",
+        choices=SAMPLERS,
+        help="which requests are traced (default OTEL_TRACES_SAMPLER, else parentbased_always_on)",
+    )
+    tracing.add_argument(
+        "--trace-sampler-arg",
+        metavar="RATIO",
+        help="the traceidratio samplers' share of new traces, 0..1 (OTEL_TRACES_SAMPLER_ARG)",
+    )
+    tracing.add_argument(
+        "--trace-service-name", metavar="NAME", help="service.name (OTEL_SERVICE_NAME)"
+    )
 
 
 def add_drift_options(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,6 @@ about the response (framed, chunked, a stream...). The phases, in order:
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from bisect import bisect_left
@@ -63,6 +62,12 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.observability.metrics import RequestSeries
+from gateway.observability.tracing.context import (
+    TRACEPARENT,
+    parse_traceparent,
+    without_traceparent,
+)
+from gateway.observability.tracing.tracer import RequestRecord, RequestTrace, operation_for
 
 if TYPE_CHECKING:
     from gateway.dataplane.http.upstream import UpstreamConnection
@@ -77,7 +82,6 @@ RELAYING: Final = 4  # the head went to the client: the body follows, no retry f
 COMPLETE: Final = 5  # the backend's response is whole; ends once this read is flushed
 DONE: Final = 6  # over: completed, answered with an error, cut, or the client left
 
-log = logging.getLogger("switchyard.access")
 _EVENT_STREAM = b"text/event-stream"
 # Fronts whose request body names the model: there a variant's `model` rewrites it.
 _MODEL_IN_BODY = frozenset({"openai", "ollama"})
@@ -145,6 +149,14 @@ class Exchange(ResponseSource):
     strip_usage = False  # we asked for a usage chunk the client did not: drop it
     first_chunk_at = 0.0
     last_chunk_at = 0.0
+    # Tracing: set for a sampled request only (tracing off or not sampled: None, and
+    # nothing below touches tracing but a None check). Token counts of this request,
+    # from the backend's usage report (-1: none), for its span and access log line.
+    trace: RequestTrace | None = None
+    trace_line = b""  # the attempt's `traceparent` header line, while traced
+    shadow_sampled = False
+    input_tokens = -1
+    output_tokens = -1
 
     def __init__(
         self,
@@ -171,6 +183,13 @@ class Exchange(ResponseSource):
         self.keep_alive = request.keep_alive and not plane.draining
         self.total_deadline = plane.now + decision.route.timeouts.total
         self.deadline = self.total_deadline  # checked by the data plane's tick
+        tracer = plane.tracer
+        if tracer is not None:
+            trace = tracer.start(request.fields, request.received_at)
+            if trace is not None:
+                # Sampled: the backend gets our attempt's traceparent, not the caller's.
+                self.trace = trace
+                self.fwd_headers = without_traceparent(self.fwd_headers)
 
     # Attempts -------------------------------------------------------------------
 
@@ -197,6 +216,16 @@ class Exchange(ResponseSource):
         endpoint = self.endpoint = variant.endpoints[idx]
         self.series = variant.series[idx]
         endpoint.state.in_flight += 1
+        trace = self.trace
+        if trace is not None:
+            self.trace_line = trace.attempt(
+                self.request.method.decode(),
+                variant.name,
+                variant.version,
+                endpoint.backend,
+                endpoint.host,
+                endpoint.port,
+            )
         conn = self.plane.pool.take_idle(endpoint, self.plane.now)
         if conn is not None:
             self._write(conn)
@@ -264,6 +293,7 @@ class Exchange(ResponseSource):
                     endpoint.host_header,
                     b"\r\n",
                     self.fwd_headers,
+                    self.trace_line,
                     b"content-length: ",
                     str(len(body)).encode(),
                     b"\r\n\r\n",
@@ -274,6 +304,9 @@ class Exchange(ResponseSource):
         self.sent_at = time.perf_counter()
         self.first_byte_deadline = self.plane.now + self.decision.route.timeouts.first_byte
         self.deadline = min(self.first_byte_deadline, self.total_deadline)
+        if self.trace is not None:
+            path = target.split(b"?", 1)[0].decode("utf-8", "replace")
+            self.trace.attempt_sent(f"http://{endpoint.backend}{endpoint.base_path}{path}")
 
     def _end_attempt(self, ok: bool) -> None:
         endpoint = self.endpoint
@@ -286,6 +319,8 @@ class Exchange(ResponseSource):
         else:
             attempt_failed(self.decision, self.variant, endpoint, self.series, self.plane.now)
         self.endpoint = None
+        if self.trace is not None:
+            self.trace.attempt_ended(self.status)
 
     def _next_target(self, kind: str) -> tuple[Variant, int] | None:
         """Where to retry after a failure of `kind`, or None (spends retry budget)."""
@@ -294,6 +329,8 @@ class Exchange(ResponseSource):
         )
 
     def _attempt_failed(self, err: UpstreamError) -> None:
+        if self.trace is not None:
+            self.trace.attempt_failed(err.code, err.message)
         conn = self.upstream
         fresh = conn is None or conn.served == 0
         self._detach_upstream(abort=True)
@@ -377,9 +414,9 @@ class Exchange(ResponseSource):
                 # listening to it now and resend on the next loop turn.
                 self.phase = RESENDING
                 self.out.clear()
-                self.status = 0
                 self._detach_upstream(abort=True)
                 self._end_attempt(ok=False)
+                self.status = 0
                 self.plane.loop.call_soon(self._resend, nxt)
                 return
         if status < 200:  # 1xx interim answers are not relayed (we never send Expect)
@@ -436,6 +473,9 @@ class Exchange(ResponseSource):
     def on_body(self, data: bytes) -> None:
         if self.phase != RELAYING:
             return
+        trace = self.trace
+        if trace is not None and trace.response_model is None:
+            trace.saw_body(data)  # the model the backend names, from its first chunk
         if self.count_tokens and self.translator is None:
             data = self._observe_tokens(data)
             if not data:
@@ -470,8 +510,10 @@ class Exchange(ResponseSource):
             done = _count_after(data, b'"completion_tokens"', b'"eval_count"')
             if prompt >= 0:
                 series.prompt_tokens += prompt
+                self.input_tokens = prompt
             if done >= 0:
                 series.completion_tokens += done
+                self.output_tokens = done
             if self.strip_usage and self.sse:
                 data = _without_usage_event(data)
         return data
@@ -551,6 +593,8 @@ class Exchange(ResponseSource):
         self.decision.route.counters.errors_by_code["client_closed"] = (
             self.decision.route.counters.errors_by_code.get("client_closed", 0) + 1
         )
+        if self.trace is not None or self.plane.access_log is not None:
+            self._report(None, "client_closed")
 
     def _complete(self) -> None:
         self.phase = DONE
@@ -573,24 +617,53 @@ class Exchange(ResponseSource):
             h.counts[bisect_left(h.bounds, added)] += 1
             h.total += added
             self.plane.exposures.record(self.request.request_id, series, self.plane.now)
-        if self.plane.access_log:
-            self._log_access()
+            if self.trace is not None:  # the latency histogram links to this trace
+                series.duration.exemplar(total, self.trace.trace_hex, time.time())
+        if self.trace is not None or self.plane.access_log is not None:
+            self._report(None, str(self.status) if self.status >= 500 else "")
         self.client.exchange_done(self.keep_alive)
 
-    def _log_access(self) -> None:
-        req = self.request
-        log.info(
-            "%s %s %s route=%s variant=%s backend=%s status=%d attempts=%d ms=%.2f",
-            req.request_id.decode(),
-            req.method.decode(),
-            req.path.decode("utf-8", "replace"),
-            self.decision.route.name,
-            self.variant.name,
-            self.variant.endpoints[self.ep_index].backend,
-            self.status,
-            self.attempts,
-            (time.perf_counter() - req.received_at) * 1000,
+    def _report(self, err: GatewayError | None, error_type: str) -> None:
+        """How the request ended, to its trace and the access log (one of them is on)."""
+        request = self.request
+        variant = self.variant
+        route = self.decision.route
+        trace = self.trace
+        model = trace.response_model if trace is not None else None
+        record = RequestRecord(
+            method=request.method.decode(),
+            path=request.path.decode("utf-8", "replace"),
+            request_id=request.request_id.decode(),
+            route=route.name,
+            operation=operation_for(request.path),
+            variant=variant.name,
+            version=variant.version,
+            endpoint=variant.endpoints[self.ep_index].backend if self.attempts else "",
+            status=err.status if err is not None else self.status,
+            attempts=self.attempts,
+            fallback=variant is not self.decision.variant,
+            shadow_sampled=self.shadow_sampled,
+            stream=self.streaming,
+            response_model=model or variant.upstream_model or route.name,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            ttft=self.first_chunk_at - self.sent_at if self.first_chunk_at else -1.0,
+            duration=time.perf_counter() - request.received_at,
+            error_type=err.code if err is not None else error_type,
+            error_message=err.message if err is not None else "",
         )
+        if trace is not None:
+            trace.finish(record, err)
+        access_log = self.plane.access_log
+        if access_log is not None:
+            trace_id = span_id = ""
+            if trace is not None:
+                trace_id, span_id = trace.trace_hex, trace.span_hex
+            elif request.fields is not None and TRACEPARENT in request.fields:
+                caller = parse_traceparent(request.fields[TRACEPARENT])
+                if caller is not None:  # not sampled here: join the caller's trace
+                    trace_id, span_id = f"{caller[0]:032x}", f"{caller[1]:016x}"
+            access_log.offer(record.access_line(trace_id, span_id, time.time()))
 
     def _finish_ok(self) -> None:
         conn, self.upstream = self.upstream, None
@@ -611,6 +684,8 @@ class Exchange(ResponseSource):
         if self.series is not None:
             self.series.by_class[err.status // 100] += 1
         extra = self.variant.header_lines[self.ep_index] if self.attempts else b""
+        if self.trace is not None or self.plane.access_log is not None:
+            self._report(err, "")
         self.client.respond_error(err, self.style, extra=extra)
 
     def _cut_client(self, err: GatewayError) -> None:
@@ -622,6 +697,8 @@ class Exchange(ResponseSource):
         )
         if self.series is not None:
             self.series.by_class[5] += 1
+        if self.trace is not None or self.plane.access_log is not None:
+            self._report(None, err.code)
         tail = self.style.stream_error(err, sse=self.sse) if self.chunked_out else b""
         if tail:
             self.out.append(b"%x\r\n%s\r\n" % (len(tail), tail))

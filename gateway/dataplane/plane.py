@@ -27,6 +27,8 @@ from gateway.dataplane.snapshot import SnapshotRef
 from gateway.drift.tap import Tap
 from gateway.errors import GatewayError, InternalError, NotFound
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing.accesslog import AccessLog
+from gateway.observability.tracing.tracer import Tracer
 from gateway.settings import Settings
 
 TICK = 0.1  # seconds between deadline checks: the precision of every timeout
@@ -48,8 +50,10 @@ class DataPlane(ProxyPlane):
         rng: random.Random | None = None,
         tap: Tap | None = None,
         auth: ApiKeys | None = None,
+        tracer: Tracer | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
-        super().__init__(settings, ref, metrics, loop, rng, tap)
+        super().__init__(settings, ref, metrics, loop, rng, tap, tracer, access_log)
         self.health = health
         # Client API keys (--api-keys); None: open, and the request path tests only that.
         self.auth = auth

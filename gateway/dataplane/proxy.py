@@ -24,6 +24,8 @@ from gateway.dataplane.styles import ErrorStyle
 from gateway.drift.tap import Tap
 from gateway.errors import Unavailable
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing.accesslog import AccessLog
+from gateway.observability.tracing.tracer import Tracer
 from gateway.settings import Settings
 
 
@@ -38,8 +40,10 @@ class ProxyPlane(RequestHandler):
         loop: asyncio.AbstractEventLoop,
         rng: random.Random | None = None,
         tap: Tap | None = None,
+        tracer: Tracer | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
-        super().__init__(settings, ref, metrics, loop, rng, tap)
+        super().__init__(settings, ref, metrics, loop, rng, tap, tracer, access_log)
         # Shadow copies of sampled requests, for routes with a `shadow` list.
         self.shadow = ShadowMirror(settings, metrics, loop)
 

@@ -33,6 +33,8 @@ from gateway.dataplane.snapshot import SnapshotRef
 from gateway.dataplane.styles import ErrorStyle, OpenAIStyle
 from gateway.drift.tap import NoTap, Tap
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing.accesslog import AccessLog
+from gateway.observability.tracing.tracer import Tracer
 from gateway.settings import Settings
 
 
@@ -47,6 +49,8 @@ class SharedState:
         loop: asyncio.AbstractEventLoop,
         rng: random.Random | None = None,
         tap: Tap | None = None,
+        tracer: Tracer | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.settings = settings
         self.ref = ref
@@ -69,7 +73,9 @@ class SharedState:
         # A coarse clock for the request path (time.monotonic() base): refreshed per
         # client read and per tick, so exchanges read a float instead of calling clocks.
         self.now = time.monotonic()
-        self.access_log = settings.access_log
+        # Tracing (None: off, one check per request) and the JSON access log (None: off).
+        self.tracer = tracer
+        self.access_log = access_log
 
     def new_request_id(self) -> bytes:
         self._rid_counter += 1

@@ -24,6 +24,11 @@ from gateway.dataplane.pick import Turns, attempt_failed, first_target, retry_ta
 from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.errors import GatewayError, NoHealthyUpstream
 from gateway.observability.metrics import RequestSeries
+from gateway.observability.tracing.accesslog import AccessLog
+from gateway.observability.tracing.context import TRACEPARENT, parse_traceparent
+from gateway.observability.tracing.tracer import RequestRecord, RequestTrace, Tracer
+
+SERVICE = "inference.GRPCInferenceService"
 
 # Metadata a proxy never relays: transport-level keys gRPC sets itself, and the
 # gateway's own namespace (a client or backend must not forge x-switchyard-*).
@@ -103,13 +108,18 @@ class GrpcCall:
     """Attempt bookkeeping for one client call (unary or one stream)."""
 
     __slots__ = (
+        "access_log",
         "attempts",
+        "caller",
         "decision",
         "endpoint",
         "idx",
+        "method",
         "received_at",
+        "request_id",
         "sent_at",
         "series",
+        "trace",
         "tried",
         "turns",
         "variant",
@@ -126,6 +136,36 @@ class GrpcCall:
         self.endpoint: Endpoint | None = None
         self.series: RequestSeries | None = None
         self.sent_at = 0.0
+        # Tracing and the access log (`observe`); None while both are off.
+        self.trace: RequestTrace | None = None
+        self.access_log: AccessLog | None = None
+        self.method = ""
+        self.request_id = ""
+        self.caller = b""  # the incoming traceparent, for an access line not traced here
+
+    def observe(
+        self,
+        tracer: Tracer | None,
+        access_log: AccessLog | None,
+        method: str,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> tuple[tuple[str, str | bytes], ...]:
+        """Trace the call if sampled and log it if the access log is on; returns the
+        metadata to forward (a traced call's attempts send their own traceparent)."""
+        fields: dict[bytes, bytes] = {}
+        for key, value in metadata:
+            if key in ("traceparent", "tracestate", "x-request-id") and isinstance(value, str):
+                fields[key.encode()] = value.encode()
+        self.access_log = access_log
+        self.method = method
+        self.request_id = fields.get(b"x-request-id", b"").decode()
+        self.caller = fields.get(TRACEPARENT, b"")
+        if tracer is None:
+            return metadata
+        self.trace = tracer.start(fields, self.received_at)
+        if self.trace is None:
+            return metadata
+        return tuple(kv for kv in metadata if kv[0] != "traceparent")
 
     def first(self) -> tuple[Variant, int]:
         """Where the first attempt goes: the decided variant, else its fallbacks."""
@@ -191,6 +231,8 @@ class GrpcCall:
             series.by_class[0] += 1
             counts = self.decision.route.counters.errors_by_code
             counts["client_closed"] = counts.get("client_closed", 0) + 1
+            if self.trace is not None or self.access_log is not None:
+                self._report(0, None, "client_closed")
             return
         series.by_class[status // 100 if status < 600 else 5] += 1
         end = time.perf_counter()
@@ -203,6 +245,10 @@ class GrpcCall:
         added = total - upstream if total > upstream else 0.0
         series.overhead.counts[bisect_left(series.overhead.bounds, added)] += 1
         series.overhead.total += added
+        if self.trace is not None:
+            series.duration.exemplar(total, self.trace.trace_hex, time.time())
+        if self.trace is not None or self.access_log is not None:
+            self._report(status, None, str(status) if status >= 500 else "")
 
     def failed(self, err: GatewayError) -> None:
         """Count an error the gateway answers for this route (after routing)."""
@@ -210,6 +256,44 @@ class GrpcCall:
         counts[err.code] = counts.get(err.code, 0) + 1
         if self.series is not None:
             self.series.by_class[err.status // 100] += 1
+        if self.trace is not None or self.access_log is not None:
+            self._report(err.status, err, err.code)
+
+    def _report(self, status: int, err: GatewayError | None, error_type: str) -> None:
+        """How the call ended, to its trace and the access log (one of them is on)."""
+        variant = self.variant
+        route = self.decision.route
+        record = RequestRecord(
+            method="POST",
+            path=f"/{SERVICE}/{self.method}",
+            request_id=self.request_id,
+            route=route.name,
+            operation="infer" if self.method == "ModelInfer" else "",
+            variant=variant.name,
+            version=variant.version,
+            endpoint=variant.endpoints[self.idx].backend if self.attempts else "",
+            status=status,
+            attempts=self.attempts,
+            fallback=variant is not self.decision.variant,
+            response_model=variant.upstream_model or route.name,
+            duration=time.perf_counter() - self.received_at,
+            error_type=error_type,
+            error_message=err.message if err is not None else "",
+            rpc_service=SERVICE,
+            rpc_method=self.method,
+        )
+        trace = self.trace
+        if trace is not None:
+            trace.finish(record, err)
+        if self.access_log is not None:
+            trace_id = span_id = ""
+            if trace is not None:
+                trace_id, span_id = trace.trace_hex, trace.span_hex
+            elif self.caller:
+                caller = parse_traceparent(self.caller)
+                if caller is not None:
+                    trace_id, span_id = f"{caller[0]:032x}", f"{caller[1]:016x}"
+            self.access_log.offer(record.access_line(trace_id, span_id, time.time()))
 
 
 def upstream_message(head: Head, variant: Variant, route: str) -> bytes:

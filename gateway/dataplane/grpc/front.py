@@ -41,6 +41,7 @@ from gateway import __version__
 from gateway.dataplane.decide import Decision, RequestHead, decide
 from gateway.dataplane.grpc.call import (
     HTTP_STATUS,
+    SERVICE,
     GrpcCall,
     failure_kind,
     grpc_code,
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
     from gateway.dataplane.shadow.call import ShadowCall
     from gateway.dataplane.snapshot import Variant
 
-SERVICE = "inference.GRPCInferenceService"
 PREFIX = f"/{SERVICE}/"
 KSERVE = "kserve-v2"
 _NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "x-request-id"})
@@ -286,6 +286,9 @@ class GrpcFront:
         try:
             head, decision, forward = self.route_call(method, data, context)
             call = GrpcCall(decision, received, self.plane.turns)
+            plane = self.plane
+            if plane.tracer is not None or plane.access_log is not None:
+                forward = call.observe(plane.tracer, plane.access_log, method, forward)
             variant, idx = call.first()
         except GatewayError as err:
             self.plane.metrics.refused(err.code, err.status, err.route)
@@ -297,6 +300,9 @@ class GrpcFront:
             self.plane.tap.offer(decision, GrpcInferBody(data))
             if decision.route.shadows:  # the shadow feature's whole cost on other routes
                 shadows = self.plane.shadow.grpc_calls(decision, data, forward)
+                if call.trace is not None:
+                    for copy in shadows:
+                        copy.traced(call.trace, "POST")
         try:
             return await self._attempts(
                 method, head, decision, forward, call, variant, idx, context, shadows
@@ -329,8 +335,20 @@ class GrpcFront:
             limit = min(timeouts.first_byte, total_deadline - time.monotonic())
             left = context.time_remaining()
             ours = left is None or left > limit
+            metadata = forward
+            trace = call.trace
+            if trace is not None:
+                parent = trace.rpc_attempt(
+                    SERVICE,
+                    method,
+                    variant.name,
+                    variant.version,
+                    endpoint.backend,
+                    endpoint.grpc_target,
+                )
+                metadata = (*forward, ("traceparent", parent))
             upstream = self.stub(endpoint.grpc_target, method)(
-                payload, timeout=limit if ours else left, metadata=forward
+                payload, timeout=limit if ours else left, metadata=metadata
             )
             if shadows and call.attempts == 1:
                 # After the primary: its call is scheduled already, so the loop starts
@@ -341,6 +359,8 @@ class GrpcFront:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 kind = failure_kind(code, exc.details() or "", ours)
+                if trace is not None:
+                    trace.rpc_attempt_ended(code.value[0], code.name, exc.details() or "")
                 call.end_attempt(ok=HTTP_STATUS.get(code, 500) < 500 and kind != "reset")
                 client_left = context.time_remaining()
                 nxt = call.next_target(kind) if client_left is None or client_left > 0 else None
@@ -350,10 +370,14 @@ class GrpcFront:
                 await self._fail(call, context, exc, kind, limit, shadows)
                 raise AssertionError("unreachable: abort raises") from None
             except asyncio.CancelledError:
+                if trace is not None:
+                    trace.rpc_attempt_ended(1, "CANCELLED")
                 call.end_attempt(ok=True)  # the client left; the backend did nothing wrong
                 call.finish(499)
                 self._primary_failed(shadows, "client closed the connection")
                 raise
+            if trace is not None:
+                trace.rpc_attempt_ended(0, "OK")
             try:
                 renamed = rename_reply(method, reply, route.name)
             except WireError as exc:

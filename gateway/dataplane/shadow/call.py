@@ -24,6 +24,9 @@ import httptools
 from gateway.dataplane.http.upstream import UpstreamConnection, UpstreamPool
 from gateway.dataplane.snapshot import Endpoint, Shadow
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.observability.tracing.context import without_traceparent
+from gateway.observability.tracing.span import Span
+from gateway.observability.tracing.tracer import RequestTrace
 
 # Outcomes after which there is an answer to compare.
 ANSWERED = frozenset({"ok", "error_status"})
@@ -70,6 +73,9 @@ class ShadowCall:
     outcome: str | None = None  # set once, when the copy ends
     # The primary came by gRPC (ModelInfer): its reply is read as a v2 answer to compare.
     grpc_primary = False
+    # The primary's trace and this copy's span, when the primary is traced.
+    trace: RequestTrace | None = None
+    span: Span | None = None
     # (status, body or None if over the limit, seconds, variant, version), or a string
     # saying how the primary failed; None while it is under way. Set in __init__: mypyc
     # drops a class-level default of a union of three types.
@@ -106,6 +112,13 @@ class ShadowCall:
         self.primary = None
 
     # Sending ----------------------------------------------------------------------
+
+    def traced(self, trace: RequestTrace, method: str) -> None:
+        """Give the copy a CLIENT span under the primary's trace (before `send`)."""
+        shadow = self.shadow
+        span = self.span = trace.shadow(method, shadow.name, shadow.version, self.endpoint.backend)
+        self.trace = trace
+        self.headers = without_traceparent(self.headers) + trace.header(span)
 
     def send(self, now: float) -> None:
         """Send the copy, on an idle pooled connection or a new one."""
@@ -254,6 +267,8 @@ class ShadowCall:
                 self.mirror.pool.release(conn, self.mirror.now())
             else:
                 conn.abort()
+        if self.trace is not None and self.span is not None:
+            self.trace.shadow_ended(self.span, outcome, self.status)
         self.mirror.ended(self)
 
     @property

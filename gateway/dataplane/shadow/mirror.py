@@ -87,12 +87,16 @@ class ShadowedExchange(Exchange):
     captured: list[bytes]
     capture_limit = 0
     captured_size = 0
+    shadow_sampled = True
 
     def start(self) -> None:
         super().start()  # the primary goes out first
         mirror = self.mirror
         now = self.plane.now
+        trace = self.trace
         for call in self.calls:
+            if trace is not None:  # each copy gets its span, the backend its traceparent
+                call.traced(trace, self.request.method.decode())
             mirror.send(call, now)
 
     def on_body(self, data: bytes) -> None:
