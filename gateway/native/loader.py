@@ -49,6 +49,12 @@ HOT_MODULES: Final = (
     "gateway.dataplane.http.upstream",
     "gateway.observability.histogram",
     "gateway.observability.metrics",
+    # What the exchange calls per request while tracing is on: the sampling decision
+    # for every request, the span records for sampled ones.
+    "gateway.observability.tracing.context",
+    "gateway.observability.tracing.sampler",
+    "gateway.observability.tracing.span",
+    "gateway.observability.tracing.tracer",
 )
 GROUP: Final = "switchyard_dataplane"
 SHARED: Final = f"{GROUP}__mypyc"  # the shared library: a top-level module name
