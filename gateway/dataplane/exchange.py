@@ -67,7 +67,8 @@ from gateway.observability.tracing.context import (
     parse_traceparent,
     without_traceparent,
 )
-from gateway.observability.tracing.tracer import RequestRecord, RequestTrace, operation_for
+from gateway.observability.tracing.record import RequestRecord
+from gateway.observability.tracing.tracer import RequestTrace, operation_for
 
 if TYPE_CHECKING:
     from gateway.dataplane.http.upstream import UpstreamConnection

@@ -50,8 +50,11 @@ HOT_MODULES: Final = (
     "gateway.observability.histogram",
     "gateway.observability.metrics",
     # What the exchange calls per request while tracing is on: the sampling decision
-    # for every request, the span records for sampled ones.
+    # for every request, the span records for sampled ones; and their OTLP encoding,
+    # which runs on the same event loop (the exporter's task).
     "gateway.observability.tracing.context",
+    "gateway.observability.tracing.otlp",
+    "gateway.observability.tracing.record",
     "gateway.observability.tracing.sampler",
     "gateway.observability.tracing.span",
     "gateway.observability.tracing.tracer",

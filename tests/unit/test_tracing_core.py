@@ -17,9 +17,10 @@ from gateway.observability.tracing.context import (
     without_traceparent,
 )
 from gateway.observability.tracing.otlp import Encoder, varint
+from gateway.observability.tracing.record import RequestRecord
 from gateway.observability.tracing.sampler import Sampler
 from gateway.observability.tracing.span import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, Span
-from gateway.observability.tracing.tracer import RequestRecord, Tracer, operation_for
+from gateway.observability.tracing.tracer import Tracer, operation_for
 from tests.otlp_receiver import value_of
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -373,9 +374,24 @@ def test_grpc_attempts_and_calls_follow_the_rpc_conventions() -> None:
     trace.finish(record)
     server, failed, ok = sink.spans
     assert parse_traceparent(value.encode()) == (trace.trace_id, failed.span_id, 1)
-    attrs = dict(server.attributes)
+    attrs = dict(server.all_attributes())
     assert (attrs["rpc.system"], attrs["rpc.method"]) == ("grpc", "ModelInfer")
     assert "http.request.method" not in attrs and server.name == "infer fraud"
     assert failed.status == STATUS_ERROR and dict(failed.attributes)["error.type"] == "UNAVAILABLE"
     assert dict(failed.attributes)["server.port"] == 8001
     assert ok.status == 0 and dict(ok.attributes)["rpc.grpc.status_code"] == 0
+
+
+def test_cached_attributes_keep_their_types_and_values_apart() -> None:
+    encoder = Encoder((), "s", "v")
+    spans = []
+    for value in (True, 1, "1", 1.0, False, 0, 2):
+        span = Span(7, 8, 0, "n", KIND_SERVER, 1)
+        span.attributes = [("x", value), ("switchyard.request_id", f"r{value!r}")]
+        spans.append(span)
+    for _ in range(2):  # the second round is served from the caches
+        decoded = _decode(encoder.encode(spans)).resource_spans[0].scope_spans[0].spans
+        got = [value_of(s.attributes[0].value) for s in decoded]
+        assert got == [True, 1, "1", 1.0, False, 0, 2]
+        assert [type(v) for v in got] == [bool, int, str, float, bool, int, int]
+        assert value_of(decoded[1].attributes[1].value) == "r1"

@@ -16,9 +16,9 @@ from gateway.observability.trace_metrics import TraceCounters
 from gateway.observability.tracing.accesslog import AccessLog
 from gateway.observability.tracing.config import TraceConfig, TraceConfigError
 from gateway.observability.tracing.exporter import SpanExporter
+from gateway.observability.tracing.record import RequestRecord
 from gateway.observability.tracing.setup import Tracing
 from gateway.observability.tracing.span import KIND_SERVER, Span
-from gateway.observability.tracing.tracer import RequestRecord
 from gateway.settings import Settings
 from tests.otlp_receiver import otlp_receiver
 

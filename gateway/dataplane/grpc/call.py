@@ -26,7 +26,8 @@ from gateway.errors import GatewayError, NoHealthyUpstream
 from gateway.observability.metrics import RequestSeries
 from gateway.observability.tracing.accesslog import AccessLog
 from gateway.observability.tracing.context import TRACEPARENT, parse_traceparent
-from gateway.observability.tracing.tracer import RequestRecord, RequestTrace, Tracer
+from gateway.observability.tracing.record import RequestRecord
+from gateway.observability.tracing.tracer import RequestTrace, Tracer
 
 SERVICE = "inference.GRPCInferenceService"
 

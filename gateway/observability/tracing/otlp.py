@@ -39,7 +39,10 @@ def varint(value: int) -> bytes:
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or nested message)."""
-    return varint((number << 3) | _LEN) + varint(len(payload)) + payload
+    size = len(payload)
+    if size < 0x80 and number < 16:  # most fields: a one-byte tag and length
+        return bytes(((number << 3) | _LEN, size)) + payload
+    return varint((number << 3) | _LEN) + varint(size) + payload
 
 
 def any_value(value: AttrValue) -> bytes:
@@ -58,6 +61,18 @@ def key_value(key: str, value: AttrValue) -> bytes:
     return _field(1, key.encode()) + _field(2, any_value(value))
 
 
+# Attributes whose values differ per request: encoded every time, never cached.
+UNCACHED: Final = frozenset(
+    {
+        "switchyard.request_id",
+        "exception.message",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "url.full",
+    }
+)
+
+
 class Encoder:
     """Spans to OTLP bytes for one resource and instrumentation scope."""
 
@@ -68,23 +83,39 @@ class Encoder:
             1, b"".join(_field(1, key_value(k, v)) for k, v in resource)
         )  # ResourceSpans.resource
         self._scope = _field(1, _field(1, scope.encode()) + _field(2, scope_version.encode()))
-        self._pairs: dict[tuple[str, AttrValue], bytes] = {}
+        # Encoded `KeyValue` fields by (field number, key, value): most attributes repeat
+        # from request to request (route, variant, status...). Bools apart from ints, or
+        # True and 1 would share an entry.
+        self._pairs: dict[tuple[int, str, AttrValue], bytes] = {}
+        self._bools: dict[tuple[int, str, bool], bytes] = {}
+        self._keys: dict[str, bytes] = {}
 
     def _attributes(self, number: int, attributes: Attributes) -> bytes:
         pairs = self._pairs
         out = []
-        for pair in attributes:
-            value = pair[1]
-            if isinstance(value, str):
-                encoded = pairs.get(pair)
+        for key, value in attributes:
+            if type(value) is bool:
+                flag = (number, key, value)
+                encoded = self._bools.get(flag)
+                if encoded is None:
+                    encoded = self._bools[flag] = _field(number, key_value(key, value))
+            elif type(value) is float or key in UNCACHED:
+                encoded = _field(number, self._key(key) + _field(2, any_value(value)))
+            else:
+                entry = (number, key, value)
+                encoded = pairs.get(entry)
                 if encoded is None:
                     if len(pairs) >= _CACHE_LIMIT:
                         pairs.clear()
-                    encoded = pairs[pair] = _field(number, key_value(pair[0], value))
-                out.append(encoded)
-            else:
-                out.append(_field(number, key_value(pair[0], value)))
+                    encoded = pairs[entry] = _field(number, key_value(key, value))
+            out.append(encoded)
         return b"".join(out)
+
+    def _key(self, key: str) -> bytes:
+        found = self._keys.get(key)
+        if found is None:
+            found = self._keys[key] = _field(1, key.encode())
+        return found
 
     def span(self, span: Span) -> bytes:
         """One `Span` message, framed as field 2 of `ScopeSpans`."""
@@ -106,7 +137,7 @@ class Encoder:
             _pack_fixed64(span.start_ns),
             b"\x41",  # 8: end_time_unix_nano, fixed64
             _pack_fixed64(span.end_ns),
-            self._attributes(9, span.attributes),
+            self._attributes(9, span.all_attributes()),
         )
         for time_ns, name, attributes in span.events:
             event = b"\x09" + _pack_fixed64(time_ns) + _field(2, name.encode())

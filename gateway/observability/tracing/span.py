@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Protocol
 
 AttrValue = str | bool | int | float
 Attributes = list[tuple[str, AttrValue]]
+
+
+class Facts(Protocol):
+    """What a span's attributes are derived from when it is exported (a request's
+    record): the request path stores one object instead of building the attributes."""
+
+    def attributes(self) -> Attributes: ...
+
 
 # OTLP's enums (opentelemetry/proto/trace/v1/trace.proto).
 KIND_SERVER: Final = 2
@@ -27,6 +35,7 @@ class Span:
         "attributes",
         "end_ns",
         "events",
+        "facts",
         "flags",
         "kind",
         "name",
@@ -64,6 +73,13 @@ class Span:
         self.events: list[tuple[int, str, Attributes]] = []
         self.status = STATUS_UNSET
         self.status_message = ""
+        self.facts: Facts | None = None
+
+    def all_attributes(self) -> Attributes:
+        """Attributes derived from the span's facts, then those set on it."""
+        if self.facts is None:
+            return self.attributes
+        return self.facts.attributes() + self.attributes
 
     def set(self, key: str, value: AttrValue) -> None:
         self.attributes.append((key, value))
