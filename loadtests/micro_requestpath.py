@@ -10,6 +10,12 @@ tap is there but the route has no drift block, the production default); without 
 plane has no tap at all. The buffer is emptied every 1000 requests, as the sender would.
 Afterwards the background sender's cost per sample (feature extraction, encoding, one
 datagram per batch to a local socket) is measured too.
+
+With --compare-tracing, rounds alternate tracing off (no tracer), on at a 1% ratio and
+on for every request (parentbased_traceidratio; the requests bring no traceparent), in
+one process; the spans of each round are then OTLP-encoded, as the exporter's
+background task would, and that cost is reported per request apart from the request
+path's.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ from gateway.drift.sender import DriftSender
 from gateway.drift.tap import DriftTap
 from gateway.observability.drift_metrics import DriftCounters
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.trace_metrics import TraceCounters
+from gateway.observability.tracing.otlp import Encoder
+from gateway.observability.tracing.sampler import Sampler
+from gateway.observability.tracing.span import Span
+from gateway.observability.tracing.tracer import Tracer
 from gateway.settings import Settings
 
 POLICY = """apiVersion: switchyard/v1
@@ -102,7 +113,20 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-async def measure(n: int, drift_sample: float | None = None) -> float:
+class SpanList:
+    """The exporter's queue, minus the export: finished spans kept for encoding later."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def submit(self, spans: Any) -> None:
+        self.spans.extend(spans)
+
+
+async def measure(
+    n: int, drift_sample: float | None = None, trace_rate: float | None = None
+) -> tuple[float, float]:
+    """Microseconds per request on the request path, and (tracing) to encode its spans."""
     loop = asyncio.get_running_loop()
     metrics = GatewayMetrics()
     health = HealthRegistry(metrics)
@@ -114,8 +138,20 @@ async def measure(n: int, drift_sample: float | None = None) -> float:
         tap = DriftTap(1 << 30, rng=random.Random(2))
         if drift_sample > 0:
             tap.configure({"chat": drift_sample})
+    sink = SpanList()
+    tracer = None
+    if trace_rate is not None:
+        sampler = Sampler("parentbased_traceidratio", trace_rate)
+        tracer = Tracer(sampler, sink, TraceCounters())
     plane = DataPlane(
-        Settings(), SnapshotRef(snap), metrics, health, loop, random.Random(1), tap=tap
+        Settings(),
+        SnapshotRef(snap),
+        metrics,
+        health,
+        loop,
+        random.Random(1),
+        tap=tap,
+        tracer=tracer,
     )
     client = ClientConnection(plane)
     client.connection_made(MemoryTransport())
@@ -130,16 +166,31 @@ async def measure(n: int, drift_sample: float | None = None) -> float:
         b"x-user-id: user-%d\r\ncontent-length: %d\r\n\r\n%s" % (i, len(BODY), BODY)
         for i in range(1000)
     ]
+    encoder = Encoder((("service.name", "bench"),), "switchyard", "0")
+    encoding = 0.0
+    spans = 0
     start = time.perf_counter()
     for i in range(n):
         client.data_received(requests[i % 1000])
         upstream.data_received(RESPONSE)
-        if tap is not None and i % 1000 == 999:
-            tap.take()
-    elapsed = time.perf_counter() - start
+        if i % 1000 == 999:
+            if tap is not None:
+                tap.take()
+            if sink.spans:
+                # The exporter's share, off the request path: encode what the queue
+                # holds (it never holds more than a few thousand spans), timed apart.
+                batch, sink.spans = sink.spans, []
+                spans += len(batch)
+                began = time.perf_counter()
+                for at in range(0, len(batch), 512):
+                    encoder.encode(batch[at : at + 512])
+                encoding += time.perf_counter() - began
+    elapsed = time.perf_counter() - start - encoding
     served = sum(s.by_class[2] for s in metrics._series.values())
     assert served == n, f"only {served} of {n} requests completed"
-    return elapsed / n * 1e6
+    if trace_rate:
+        assert spans, "tracing on, but no spans were recorded"
+    return elapsed / n * 1e6, encoding / n * 1e6
 
 
 def sender_cost(samples: int) -> float:
@@ -179,6 +230,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drift-sample", type=float, metavar="RATE")
     parser.add_argument(
+        "--compare-tracing",
+        action="store_true",
+        help="alternate rounds with tracing off, sampling 1%% and 100%% of requests, in one "
+        "process; also the OTLP encoding cost per request",
+    )
+    parser.add_argument(
         "--compare-drift",
         action="store_true",
         help="alternate rounds without a tap, with drift off (rate 0) and sampling 100%%, "
@@ -187,12 +244,31 @@ def main() -> None:
     args = parser.parse_args()
     import uvloop
 
+    if args.compare_tracing:
+        rates: list[float | None] = [None, 0.01, 1.0]
+        path: dict[float | None, list[float]] = {r: [] for r in rates}
+        encode: dict[float | None, list[float]] = {r: [] for r in rates}
+        for _ in range(args.rounds):
+            for rate in rates:
+                us, enc = uvloop.run(measure(args.requests, None, rate))
+                path[rate].append(us)
+                encode[rate].append(enc)
+        for rate in rates:
+            label = "tracing off" if rate is None else f"tracing {rate:.0%}"
+            found = sorted(path[rate])
+            print(
+                f"{label:>16}: best {found[0]:.2f} us, median {found[len(found) // 2]:.2f} us "
+                f"per request; OTLP encoding {min(encode[rate]):.2f} us per request "
+                f"({args.rounds} rounds of {args.requests})"
+            )
+        return
+
     if args.compare_drift:
         configs: list[float | None] = [None, 0.0, 1.0]
         runs: dict[float | None, list[float]] = {c: [] for c in configs}
         for _ in range(args.rounds):
             for config in configs:
-                runs[config].append(uvloop.run(measure(args.requests, config)))
+                runs[config].append(uvloop.run(measure(args.requests, config))[0])
         for config in configs:
             label = "no tap" if config is None else f"drift sample {config:g}"
             found = sorted(runs[config])
@@ -203,7 +279,7 @@ def main() -> None:
         print(f"background sender per sample: {min(sender_cost(50_000) for _ in range(3)):.2f} us")
         return
 
-    results = [uvloop.run(measure(args.requests, args.drift_sample)) for _ in range(args.rounds)]
+    results = [uvloop.run(measure(args.requests, args.drift_sample))[0] for _ in range(args.rounds)]
     tap = "no tap" if args.drift_sample is None else f"drift sample {args.drift_sample:g}"
     print(
         f"python cost per proxied request ({tap}): best {min(results):.2f} us, "
