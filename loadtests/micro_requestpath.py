@@ -224,6 +224,32 @@ def sender_cost(samples: int) -> float:
     return elapsed / samples * 1e6
 
 
+def write_results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The --compare-tracing rounds as JSON, with the machine and commit they ran on."""
+    import json
+
+    import gateway
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib.machine import machine_info
+
+    result = {
+        "kind": "micro-tracing",
+        "machine": machine_info(Path(__file__).resolve().parents[1], sys.executable, {}),
+        "config": {
+            "requests": args.requests,
+            "rounds": args.rounds,
+            "sampler": "parentbased_traceidratio",
+            "policy": "route chat, champion 90 / challenger 10, sticky header:x-user-id",
+            "dataplane": gateway.COMPILED.label,
+        },
+        "rows": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results written to {args.output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200_000)
@@ -234,6 +260,13 @@ def main() -> None:
         action="store_true",
         help="alternate rounds with tracing off, sampling 1%% and 100%% of requests, in one "
         "process; also the OTLP encoding cost per request",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="with --compare-tracing: also write the results as JSON (the docs render "
+        "loadtests/results/micro-tracing-latest.json)",
     )
     parser.add_argument(
         "--compare-drift",
@@ -253,6 +286,7 @@ def main() -> None:
                 us, enc = uvloop.run(measure(args.requests, None, rate))
                 path[rate].append(us)
                 encode[rate].append(enc)
+        rows = []
         for rate in rates:
             label = "tracing off" if rate is None else f"tracing {rate:.0%}"
             found = sorted(path[rate])
@@ -261,6 +295,17 @@ def main() -> None:
                 f"per request; OTLP encoding {min(encode[rate]):.2f} us per request "
                 f"({args.rounds} rounds of {args.requests})"
             )
+            rows.append(
+                {
+                    "rate": rate,
+                    "path_best_us": found[0],
+                    "path_median_us": found[len(found) // 2],
+                    "path_samples_us": [round(x, 3) for x in path[rate]],
+                    "encode_best_us": min(encode[rate]),
+                }
+            )
+        if args.output:
+            write_results(args, rows)
         return
 
     if args.compare_drift:
