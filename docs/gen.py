@@ -333,6 +333,97 @@ KSERVE_LABELS = {
 }
 
 
+def _rate_label(rate: object) -> str:
+    if not isinstance(rate, int | float):
+        return "tracing off"
+    return f"tracing {rate:.0%}" if rate >= 0.01 else f"tracing {rate:g}"
+
+
+def bench_tracing() -> str:
+    """What tracing costs per request: the request path alone (micro_requestpath, in
+    one process) and the whole gateway under wrk (bench --tracing), in one run each."""
+    micro = _load("micro-tracing-latest.json")
+    bench = _load("bench-tracing-latest.json")
+    config = micro["config"]
+    off = next(r for r in micro["rows"] if r["rate"] is None)
+    rows = [
+        [
+            _rate_label(r["rate"]),
+            _num(r["path_best_us"], ".2f"),
+            _num(r["path_best_us"] - off["path_best_us"], ".2f", signed=True),
+            _num(r["encode_best_us"], ".2f"),
+        ]
+        for r in micro["rows"]
+    ]
+    micro_table = _table(
+        [
+            "sampling",
+            "request path, us/request (best round)",
+            "vs tracing off, us",
+            "OTLP encoding, us/request",
+        ],
+        rows,
+    )
+    systems, ratios = bench["systems"], bench["ratios"]
+    traced = bench["gateway"]["tracing"]["rows"]
+    names = ["gateway", *traced]
+    bench_rows = []
+    for name in names:
+        entry = systems[name]
+        added = ratios.get(f"{name}_added_cpu_us") if name != "gateway" else 0.0
+        rps = ratios.get(f"{name}_vs_gateway_rps") if name != "gateway" else 1.0
+        bench_rows.append(
+            [
+                _rate_label(traced.get(name)),
+                _num(entry.get("rps_median"), ",.0f"),
+                _num(rps, ".2f"),
+                _num(entry.get("cpu_us_per_req"), ",.1f"),
+                _num(added, ".1f", signed=True),
+                _num(entry.get("p50_ms"), ".3f"),
+                _num(entry.get("p99_ms"), ".3f"),
+            ]
+        )
+    bench_table = _table(
+        [
+            "sampling",
+            f"req/s (c={bench['config']['connections']}, median of {bench['config']['repeat']})",
+            "req/s vs off",
+            "CPU us/req",
+            "CPU vs off, us/req",
+            "p50 ms (c=1)",
+            "p99 ms (c=1)",
+        ],
+        bench_rows,
+    )
+    return "\n".join(
+        [
+            _header(
+                "loadtests/results/micro-tracing-latest.json",
+                "loadtests/results/bench-tracing-latest.json",
+            ),
+            "The request path alone (`loadtests/micro_requestpath.py --compare-tracing`: "
+            "real data-plane objects, in-memory transports, no kernel), "
+            f"{config['rounds']} interleaved rounds of {config['requests']:,} requests, "
+            f"{config['dataplane']} request path, sampler `{config['sampler']}`, requests "
+            "without a `traceparent`. The OTLP encoding is the exporter's background work, "
+            "on the same event loop, per request.",
+            "",
+            f"Run: {run_text(micro['machine'])}.",
+            "",
+            micro_table,
+            "The whole gateway under load (`loadtests/bench --tracing`): the bench gateway "
+            "again per sampling rate, exporting to a local nginx that accepts every OTLP "
+            "request; rounds interleaved with the untraced gateway, CPU differences are "
+            "medians of per-round differences. "
+            + _gateway_setup(bench["gateway"]),
+            "",
+            f"Run: {run_text(bench['machine'])}.",
+            "",
+            bench_table,
+        ]
+    )
+
+
 def kserve_latency() -> str:
     result = _load("kserve-latency-latest.json")
     rows = [
@@ -651,6 +742,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-litellm.md": bench_litellm,
     "bench-streaming.md": bench_streaming,
     "bench-targets.md": bench_targets,
+    "bench-tracing.md": bench_tracing,
     "kserve-latency.md": kserve_latency,
     "chaos.md": chaos,
     "soak.md": soak,
