@@ -59,8 +59,10 @@ class VariantOutcomes:
     outcomes: int = 0  # feedback carrying `outcome`
     conversions: int = 0  # ... of which outcome was true
     rewards: int = 0  # feedback carrying `reward`
-    reward_mean: float = 0.0
-    reward_m2: float = 0.0  # sum of squared deviations (Welford), for the variance
+    # Plain sums, not a running mean: counts of several processes (workers, replicas)
+    # merge by adding them, which is how Prometheus and the supervisor combine series.
+    reward_sum: float = 0.0
+    reward_squares: float = 0.0  # sum of squared rewards, for the variance
 
     def add(self, outcome: bool | None, reward: float | None) -> None:
         """Count one feedback."""
@@ -68,16 +70,23 @@ class VariantOutcomes:
             self.outcomes += 1
             self.conversions += int(outcome)
         if reward is not None:
-            # Welford's update: a running mean and variance without storing samples.
             self.rewards += 1
-            delta = reward - self.reward_mean
-            self.reward_mean += delta / self.rewards
-            self.reward_m2 += delta * (reward - self.reward_mean)
+            self.reward_sum += reward
+            self.reward_squares += reward * reward
+
+    @property
+    def reward_mean(self) -> float:
+        """Mean reward (0 with none)."""
+        return self.reward_sum / self.rewards if self.rewards else 0.0
 
     @property
     def reward_variance(self) -> float:
         """Sample variance of the rewards (0 with fewer than two)."""
-        return self.reward_m2 / (self.rewards - 1) if self.rewards > 1 else 0.0
+        n = self.rewards
+        if n < 2:
+            return 0.0
+        # Clamped: with sums, rounding can make a zero variance slightly negative.
+        return max(0.0, (self.reward_squares - self.reward_sum * self.reward_sum / n) / (n - 1))
 
 
 @dataclass(eq=False, slots=True)

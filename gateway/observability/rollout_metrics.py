@@ -52,7 +52,12 @@ class VariantFeedback:
     outcomes: int
     conversions: int
     rewards: int
-    reward_mean: float
+    reward_sum: float
+    reward_squares: float
+
+    @property
+    def reward_mean(self) -> float:
+        return self.reward_sum / self.rewards if self.rewards else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,18 @@ def _experiment_families(counters: RolloutCounters) -> Iterator[object]:
     mean = GaugeMetricFamily(
         "switchyard_experiment_reward_mean", "Mean reward per served variant.", labels=labels
     )
+    # Sums merge across processes by adding (the mean does not): what a fleet-wide
+    # experiment report or rollout gate reads from Prometheus or the supervisor.
+    reward_sum = GaugeMetricFamily(
+        "switchyard_experiment_reward_sum",
+        "Sum of the rewards fed back per served variant.",
+        labels=labels,
+    )
+    reward_squares = GaugeMetricFamily(
+        "switchyard_experiment_reward_squares",
+        "Sum of the squared rewards fed back per served variant (for the variance).",
+        labels=labels,
+    )
     for f in list(counters.feedback() if counters.feedback else ()):
         lv = [f.route, f.variant, f.version]
         outcomes.add_metric(lv, f.outcomes)
@@ -157,6 +174,8 @@ def _experiment_families(counters: RolloutCounters) -> Iterator[object]:
         rewards.add_metric(lv, f.rewards)
         if f.rewards:
             mean.add_metric(lv, f.reward_mean)
+            reward_sum.add_metric(lv, f.reward_sum)
+            reward_squares.add_metric(lv, f.reward_squares)
     pair_labels = ["route", "variant", "baseline", "metric"]
     p_value = GaugeMetricFamily(
         "switchyard_experiment_p_value",
@@ -183,4 +202,14 @@ def _experiment_families(counters: RolloutCounters) -> Iterator[object]:
         (counters.feedback_results() if counters.feedback_results else {}).items()
     ):
         results.add_metric([result], count)
-    yield from (outcomes, conversions, rewards, mean, p_value, lift, results)
+    yield from (
+        outcomes,
+        conversions,
+        rewards,
+        mean,
+        reward_sum,
+        reward_squares,
+        p_value,
+        lift,
+        results,
+    )

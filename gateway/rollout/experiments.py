@@ -162,7 +162,14 @@ def feedback_rows(
         for v in route.variants:
             got = outcomes_of(log, name, v)
             yield VariantFeedback(
-                name, v.name, v.version, got.outcomes, got.conversions, got.rewards, got.reward_mean
+                name,
+                v.name,
+                v.version,
+                got.outcomes,
+                got.conversions,
+                got.rewards,
+                got.reward_sum,
+                got.reward_squares,
             )
 
 
