@@ -11,13 +11,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from benchlib import configs, report
 from benchlib.machine import machine_info
-from benchlib.procs import REPO, BenchError, Launcher, Service, find_tool, gateway_python, get, post
+from benchlib.procs import (
+    REPO,
+    BenchError,
+    Launcher,
+    Service,
+    find_tool,
+    free_port,
+    gateway_python,
+    get,
+    post,
+)
 from benchlib.streaming import run_streams
 from benchlib.throughput import (
     Plan,
@@ -152,6 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-tracing-latest.json unless --output says otherwise",
     )
     parser.add_argument(
+        "--experiment",
+        action="store_true",
+        help="give the bench route an `experiment:` block, so every response is "
+        "attributed for POST /v1/feedback (a signed feedback id per response)",
+    )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="add a row for the same gateway wired for a fleet: feedback claims in a "
+        "local redis-server, statistics from a local Prometheus scraping it every 5 s, "
+        "drift rows sent over UDP, a fleet secret (needs redis-server and prometheus)",
+    )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        metavar="DIR",
+        help="add a row for the gateway of another checkout (e.g. `git worktree add "
+        "/tmp/base <commit>`, compiled there with `python -m gateway compile`), same "
+        "policy: before/after in one run",
+    )
+    parser.add_argument(
         "--with-python",
         action="store_true",
         help="add a row for the same gateway on its pure-Python request path "
@@ -222,6 +254,8 @@ def throughput_mode(args: argparse.Namespace) -> int:
             lambda d, p: configs.nginx_proxy_conf(d, p, upstream.port, streaming=False),
         )
         extras = configs.shadow_and_drift_hook(upstream.url, args.shadow_sample, args.drift_sample)
+        if args.experiment:
+            extras = replace(extras, yaml=extras.yaml + configs.EXPERIMENT_YAML)
         policy = configs.gateway_policy(upstream.url, extras)
         gateway = launcher.start_gateway(
             policy, args.python, _worker_args(args.workers), compiled=_compiled_mode(args)
@@ -236,6 +270,21 @@ def throughput_mode(args: argparse.Namespace) -> int:
         for rate in args.tracing or ():
             traced = _start_traced_gateway(launcher, args, policy, rate)
             systems.append(System(traced.name, _traced_label(rate), traced.url + path, traced))
+        if args.fleet:
+            fleet = _start_fleet_gateway(launcher, args, policy)
+            systems.append(System(fleet.name, "gateway, fleet wiring", fleet.url + path, fleet))
+        if args.compare_tree is not None:
+            base = launcher.start_gateway(
+                policy,
+                args.python,
+                _worker_args(args.workers),
+                name="gateway-base",
+                compiled=_compiled_mode(args),
+                tree=args.compare_tree,
+            )
+            _check_gateway(base)
+            label = f"gateway @ {_commit_of(args.compare_tree)}"
+            systems.append(System("gateway-base", label, base.url + path, base))
         if args.with_python:
             pure = launcher.start_gateway(
                 policy, args.python, _worker_args(args.workers), name="gateway-py", compiled="0"
@@ -281,6 +330,10 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "response_bytes": len(configs.RESPONSE_BODY),
         },
         "gateway": {
+            "commit": _commit_of(REPO),
+            "experiment": args.experiment,
+            "fleet": _FLEET_SUMMARY if args.fleet else None,
+            "compare_tree": _commit_of(args.compare_tree) if args.compare_tree else None,
             "tracing": _tracing_summary(args.tracing),
             "policy": policy,
             "policy_summary": POLICY_SUMMARY,
@@ -294,7 +347,13 @@ def throughput_mode(args: argparse.Namespace) -> int:
         "systems": results,
         "ratios": ratios,
     }
-    default = "bench-tracing-latest.json" if args.tracing else "bench-latest.json"
+    default = (
+        "bench-tracing-latest.json"
+        if args.tracing
+        else "bench-fleet-latest.json"
+        if args.fleet or args.compare_tree
+        else "bench-latest.json"
+    )
     _write(result, args.output or RESULTS / default)
     print(report.throughput_table(result))
     if args.markdown:
@@ -307,6 +366,60 @@ def throughput_mode(args: argparse.Namespace) -> int:
                 print(f"bench: {system.name} answered {errors} non-2xx responses", file=sys.stderr)
                 failed = 1
     return failed
+
+
+# Fleet and before/after rows -----------------------------------------------------------
+
+_FLEET_SUMMARY = (
+    "--feedback-store redis (local redis-server), --fleet-secret-file, --stats-source "
+    "prometheus (local Prometheus scraping the admin port every 5 s), "
+    "--drift-worker-address udp (a port nobody reads)"
+)
+
+
+def _start_fleet_gateway(launcher: Launcher, args: argparse.Namespace, policy: str) -> Service:
+    """The bench gateway again with everything a fleet replica is configured with.
+
+    None of it is on the request path by design (feedback claims are made by feedback
+    requests, statistics are read by the controller and admin, drift rows are sent in
+    batches): this row is there to show it.
+    """
+    redis = launcher.start_redis()
+    secret = launcher.root / "fleet-secret"
+    secret.write_text(os.urandom(32).hex())
+    sink = free_port()  # drift datagrams to a port nobody reads, as the drift-free rows
+    admin = free_port()
+    prometheus = launcher.start_prometheus([f"127.0.0.1:{admin}"])
+    extra = [
+        *_worker_args(args.workers),
+        "--admin-port",
+        str(admin),
+        "--feedback-store",
+        redis.url,
+        "--fleet-secret-file",
+        str(secret),
+        "--stats-source",
+        "prometheus",
+        "--prometheus-url",
+        prometheus.url,
+        "--drift-worker-address",
+        f"udp://127.0.0.1:{sink}",
+    ]
+    fleet = launcher.start_gateway(
+        policy, args.python, extra, name="gateway-fleet", compiled=_compiled_mode(args)
+    )
+    _check_gateway(fleet)
+    return fleet
+
+
+def _commit_of(tree: Path) -> str:
+    found = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or "?"
 
 
 # Tracing rows -------------------------------------------------------------------------

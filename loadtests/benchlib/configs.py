@@ -206,6 +206,20 @@ def shadow_and_drift_hook(
     return PolicyExtras(yaml=yaml, shadow=shadow, drift=drift)
 
 
+EXPERIMENT_YAML = "experiment: {baseline: champion}\n"
+"""An A/B experiment on the bench route: every response is attributed for feedback."""
+
+
+def prometheus_conf(targets: list[str], interval: str = "5s") -> str:
+    """A Prometheus scraping the gateways' admin `/metrics` (host:port targets)."""
+    listed = ", ".join(f'"{t}"' for t in targets)
+    return f"""global: {{scrape_interval: {interval}, evaluation_interval: {interval}}}
+scrape_configs:
+  - job_name: switchyard
+    static_configs: [{{targets: [{listed}]}}]
+"""
+
+
 def gateway_policy(upstream_url: str, extras: PolicyExtras) -> str:
     """The bench route: a realistic canary, the features a production route would use.
 

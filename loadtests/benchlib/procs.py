@@ -203,10 +203,13 @@ class Launcher:
         name: str = "gateway",
         compiled: str = "require",
         env: dict[str, str] | None = None,
+        tree: Path = REPO,
     ) -> Service:
         """`switchyard serve` on `policy`; `compiled` is its SWITCHYARD_COMPILED: the
         compiled request path is required by default, so a stale build fails loudly
-        instead of measuring the Python fallback."""
+        instead of measuring the Python fallback. `tree` is the checkout whose code
+        runs (`python -m gateway` imports the package from its working directory): the
+        repository, or another commit's worktree for a before/after row."""
         policy_dir = self.root / ("policies" if name == "gateway" else f"policies-{name}")
         policy_dir.mkdir(exist_ok=True)
         (policy_dir / "bench.yaml").write_text(policy)
@@ -217,11 +220,47 @@ class Launcher:
         args += ["--port", "0", "--admin-port", "0", "--watch-interval", "0", "--grpc-port", "-1"]
         args += ["--no-drift-worker", "--drift-dir", str(self.root / f"drift-{name}")]
         args += ["--log-level", "warning", *(extra or [])]
-        popen, log = self._spawn(name, args, env={**(env or {}), "SWITCHYARD_COMPILED": compiled})
+        popen, log = self._spawn(
+            name, args, env={**(env or {}), "SWITCHYARD_COMPILED": compiled}, cwd=tree
+        )
         service = self._track(Service(name, popen, "", log))
         match = self._wait_line(service, _LISTEN_GW, 30.0)
         service.url, service.admin_url = match.group(1), match.group(2)
         return service
+
+    def start_redis(self) -> Service:
+        """A throwaway redis-server on loopback (no persistence)."""
+        exe = find_tool("redis-server", "redis-server")
+        port = free_port()
+        args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.root)]
+        popen, log = self._spawn("redis", args)
+        service = self._track(Service("redis", popen, f"redis://127.0.0.1:{port}/0", log))
+        self._wait_port(service, port)
+        return service
+
+    def start_prometheus(self, targets: list[str]) -> Service:
+        """A Prometheus scraping `targets` (host:port of admin listeners) every 5 s."""
+        exe = find_tool("prometheus", "prometheus")
+        port = free_port()
+        workdir = self.root / "prometheus"
+        workdir.mkdir(exist_ok=True)
+        conf = workdir / "prometheus.yml"
+        conf.write_text(configs.prometheus_conf(targets))
+        args = [exe, f"--config.file={conf}", f"--storage.tsdb.path={workdir / 'data'}"]
+        args += [f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+        popen, log = self._spawn("prometheus", args)
+        service = self._track(Service("prometheus", popen, f"http://127.0.0.1:{port}", log))
+        self._wait_port(service, port, timeout=30.0)
+        return service
+
+    def _wait_port(self, service: Service, port: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and service.alive():
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+            time.sleep(0.05)
+        raise BenchError(f"{service.name} did not listen on port {port}:\n{service.log_tail()}")
 
     def start_simulator(self, python: str, *options: str) -> Service:
         args = [python, "-m", "gateway", "simulate", "openai", "--port", "0"]

@@ -207,6 +207,13 @@ def add_comparisons(
             ratios[f"{name}_vs_gateway_rps"] = rps(name, "gateway")
             ratios[f"{name}_vs_gateway_cpu"] = cpu(name, "gateway")
             ratios[f"{name}_added_cpu_us"] = cpu_added(name, "gateway")
+    # Before/after rows: this checkout against another commit's, and the fleet wiring.
+    for name, other in (("gateway", "gateway-base"), ("gateway-fleet", "gateway")):
+        if name in by_name and other in by_name:
+            key = f"{name}_vs_{other}".replace("-", "_")
+            ratios[f"{key}_rps"] = rps(name, other)
+            ratios[f"{key}_cpu"] = cpu(name, other)
+            ratios[f"{key}_added_cpu_us"] = cpu_added(name, other)
     if "litellm" in by_name:
         ratios["gateway_vs_litellm_rps"] = rps("gateway", "litellm")
         ratios["litellm_vs_gateway_cpu"] = cpu("litellm", "gateway")
