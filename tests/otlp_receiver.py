@@ -81,6 +81,8 @@ class Receiver:
     headers: list[dict[str, str]] = field(default_factory=list)
     delay: float = 0.0  # seconds before answering
     status: int = 200  # what to answer
+    script: list[int] = field(default_factory=list)  # answers given first, in order
+    retry_after: str | None = None  # a Retry-After header on every non-200 answer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -133,12 +135,15 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             with receiver.lock:
                 receiver.requests += 1
                 receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
-                if receiver.status == 200:
+                status = receiver.script.pop(0) if receiver.script else receiver.status
+                if status == 200:
                     receiver.spans.extend(found)
-            self._answer(receiver.status, ExportTraceServiceResponse().SerializeToString())
+            self._answer(status, ExportTraceServiceResponse().SerializeToString())
 
         def _answer(self, status: int, body: bytes) -> None:
             self.send_response(status)
+            if status != 200 and receiver.retry_after is not None:
+                self.send_header("retry-after", receiver.retry_after)
             self.send_header("content-type", "application/x-protobuf")
             self.send_header("content-length", str(len(body)))
             self.end_headers()

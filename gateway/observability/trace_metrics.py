@@ -27,7 +27,7 @@ class TraceCounters:
     sampled: int = 0  # requests traced (sampled in)
     exported: int = 0  # spans the collector accepted
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
-    exports: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    exports: dict[str, int] = field(default_factory=lambda: {"ok": 0, "retried": 0, "failed": 0})
     queued: Callable[[], int] | None = None  # spans waiting now (set by the exporter)
     access_log: dict[str, int] = field(default_factory=lambda: {"written": 0, "dropped": 0})
 
@@ -53,7 +53,9 @@ def trace_families(c: TraceCounters) -> Iterator[object]:
         dropped.add_metric([reason], count)
     exports = CounterMetricFamily(
         "switchyard_trace_export_requests",
-        "OTLP/HTTP export requests by outcome: ok, failed.",
+        "OTLP/HTTP export requests by outcome: ok; failed (the collector refused, was "
+        "unreachable or slow); retried (... of which the batch was kept for another try: "
+        "429, 502, 503, 504, unreachable, timeout; at most 5 tries, with backoff).",
         labels=["outcome"],
     )
     for outcome, count in c.exports.items():

@@ -102,7 +102,9 @@ async def test_a_partial_batch_goes_out_after_the_delay_and_at_shutdown() -> Non
 async def test_a_collector_that_is_down_costs_spans_not_requests() -> None:
     counters = TraceCounters()
     url = f"http://127.0.0.1:{_free_port()}/v1/traces"
-    exporter = SpanExporter(_config(url, max_queue=200, batch_size=50), counters)
+    exporter = SpanExporter(
+        _config(url, max_queue=200, batch_size=50), counters, backoff=(0.02, 0.05)
+    )
     exporter.start()
     started = time.perf_counter()
     for i in range(100):
@@ -116,6 +118,8 @@ async def test_a_collector_that_is_down_costs_spans_not_requests() -> None:
     lost = counters.dropped["export_failed"] + counters.dropped["shutdown"]
     assert lost + counters.dropped["queue_full"] == 500
     assert counters.exported == 0 and counters.exports["failed"] >= 1
+    # Unreachable is transient: every batch was tried again before it was dropped.
+    assert counters.exports["retried"] >= 4
 
 
 async def test_a_slow_collector_times_out_and_the_queue_stays_bounded() -> None:
@@ -123,7 +127,7 @@ async def test_a_slow_collector_times_out_and_the_queue_stays_bounded() -> None:
         receiver.delay = 1.0
         counters = TraceCounters()
         config = _config(receiver.endpoint, timeout=0.3, max_queue=100, batch_size=20)
-        exporter = SpanExporter(config, counters)
+        exporter = SpanExporter(config, counters, max_attempts=1)
         exporter.start()
         for round_ in range(20):
             exporter.submit(_spans(10, round_ * 10))
@@ -138,16 +142,54 @@ async def test_a_slow_collector_times_out_and_the_queue_stays_bounded() -> None:
 
 async def test_a_refusing_collector_is_counted_as_export_failed() -> None:
     with otlp_receiver() as receiver:
-        receiver.status = 503
+        receiver.status = 400  # not transient: tried once, dropped at once
         counters = TraceCounters()
-        exporter = SpanExporter(_config(receiver.endpoint), counters)
+        exporter = SpanExporter(_config(receiver.endpoint), counters, backoff=(0.05, 0.1))
         exporter.start()
         exporter.submit(_spans(4))
         await _until(lambda: counters.dropped["export_failed"] == 4)
+        assert receiver.requests == 1 and counters.exports["retried"] == 0
         receiver.status = 200  # the collector heals: spans flow again
-        await asyncio.sleep(1.1)  # RETRY_AFTER
+        await asyncio.sleep(0.1)
         exporter.submit(_spans(2, 10))
         await _until(lambda: counters.exported == 2)
+        await exporter.aclose()
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+async def test_a_transient_refusal_is_retried_after_retry_after(status: int) -> None:
+    with otlp_receiver() as receiver:
+        receiver.script = [status, status]
+        receiver.retry_after = "0.2"
+        counters = TraceCounters()
+        # A backoff far longer than Retry-After: the collector's word is what counts.
+        exporter = SpanExporter(_config(receiver.endpoint), counters, backoff=(5.0, 10.0))
+        exporter.start()
+        started = time.monotonic()
+        exporter.submit(_spans(4))
+        await _until(lambda: counters.exported == 4)
+        assert time.monotonic() - started < 3.0
+        assert receiver.requests == 3
+        assert counters.exports == {"ok": 1, "retried": 2, "failed": 2}
+        assert counters.dropped == dict.fromkeys(counters.dropped, 0)
+        assert len(receiver.spans) == 4  # delivered once, none lost
+        await exporter.aclose()
+
+
+async def test_a_batch_is_dropped_after_its_tries_and_the_next_one_goes_out() -> None:
+    with otlp_receiver() as receiver:
+        receiver.script = [503] * 3
+        counters = TraceCounters()
+        exporter = SpanExporter(
+            _config(receiver.endpoint, batch_size=4), counters, backoff=(0.02, 0.05), max_attempts=3
+        )
+        exporter.start()
+        exporter.submit(_spans(4))
+        await _until(lambda: counters.dropped["export_failed"] == 4)
+        assert counters.exports["retried"] == 2  # tries 1 and 2 kept it; try 3 dropped it
+        exporter.submit(_spans(2, 10))
+        await _until(lambda: counters.exported == 2)
+        assert {s.name for s in receiver.spans} == {"span-10", "span-11"}
         await exporter.aclose()
 
 

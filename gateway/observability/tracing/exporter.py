@@ -11,6 +11,15 @@ total timeout, one request at a time. Whatever cannot be held or delivered is dr
 and counted by reason (`TraceCounters.dropped`): memory stays bounded by `max_queue`
 encoded spans plus the one batch in flight, whether the collector is slow, down or
 refusing.
+
+Failures the OTLP/HTTP specification calls transient (429, 502, 503, 504, and a
+collector that cannot be reached or does not answer in time) are retried: the batch
+goes back to the head of the queue and is sent again after the collector's
+`Retry-After` (seconds; capped) or an exponential backoff with jitter, at most
+`max_attempts` times in all; meanwhile new spans queue behind it (and are dropped as
+`queue_full` once the bounded queue is full, as when the collector is slow). Any
+other answer (400, 401, 413, ...) would fail again the same way: the batch is dropped
+at once.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import random
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -36,7 +46,11 @@ log = logging.getLogger("switchyard.tracing")
 SCOPE: Final = "switchyard"
 ENCODE_SLICE: Final = 64  # spans encoded per loop callback at most
 RETRY_AFTER: Final = 1.0  # seconds at least between a failed export and the next
+MAX_BACKOFF: Final = 30.0  # seconds at most between two tries of one batch
+MAX_ATTEMPTS: Final = 5  # tries of one batch, the first included, before it is dropped
 SHUTDOWN_FLUSH: Final = 5.0  # seconds at most spent delivering what is queued at stop
+# Answers the OTLP/HTTP specification lists as retryable ("Failures" in otlp.md).
+RETRYABLE_STATUS: Final = frozenset({429, 502, 503, 504})
 
 
 class SpanExporter:
@@ -49,8 +63,13 @@ class SpanExporter:
         *,
         scope_version: str = "",
         transport: httpx.AsyncBaseTransport | None = None,
+        backoff: tuple[float, float] = (RETRY_AFTER, MAX_BACKOFF),
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.config = config
+        self.backoff = backoff  # (first wait, longest wait) between tries of one batch
+        self.max_attempts = max_attempts
+        self._attempts = 0  # failed tries of the batch at the head of the queue
         self.counters = counters
         self.max_queue = config.max_queue
         self.batch_size = config.batch_size
@@ -109,8 +128,9 @@ class SpanExporter:
                         await asyncio.wait_for(self._wake.wait(), self.config.delay or 0.001)
                 self._wake.clear()
                 while self._queue:
-                    if not await self._export(client):
-                        await asyncio.sleep(max(self.config.delay, RETRY_AFTER))
+                    wait = await self._export(client)
+                    if wait is not None:
+                        await asyncio.sleep(wait)
                         break
                     if len(self._queue) < self.batch_size:
                         break  # a partial batch waits for the timer, as OTLP SDKs do
@@ -133,7 +153,8 @@ class SpanExporter:
         try:
             async with asyncio.timeout(min(self.config.timeout, SHUTDOWN_FLUSH)):
                 async with self._client() as client:
-                    while self._queue and await self._export(client):
+                    self.max_attempts = 1  # no waiting for a retry while stopping
+                    while self._queue and await self._export(client) is None:
                         pass
         except TimeoutError:
             pass
@@ -149,8 +170,9 @@ class SpanExporter:
             timeout=self.config.timeout, verify=verify, transport=self._transport
         )
 
-    async def _export(self, client: httpx.AsyncClient) -> bool:
-        """POST one batch; False when it was lost (counted by reason)."""
+    async def _export(self, client: httpx.AsyncClient) -> float | None:
+        """POST one batch. None when it is done with (delivered, or dropped and counted
+        by reason); else the seconds to wait before the next try."""
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
         count = len(batch)
@@ -167,25 +189,52 @@ class SpanExporter:
             except (TimeoutError, httpx.TimeoutException):
                 reason = "timeout"
                 self._failed(f"no answer within {self.config.timeout:g}s")
-                return False
+                wait, kept = self._again(batch, None)
             except (httpx.HTTPError, OSError) as exc:
                 reason = "export_failed"
                 self._failed(f"{type(exc).__name__}: {exc}")
-                return False
-            if not 200 <= response.status_code < 300:
+                wait, kept = self._again(batch, None)
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    reason = ""
+                    self._attempts = 0
+                    self.counters.exported += count
+                    self.counters.exports["ok"] += 1
+                    if self._failing:
+                        self._failing = False
+                        log.info("trace export to %s works again", self.config.endpoint)
+                    return None
                 reason = "export_failed"
-                self._failed(f"HTTP {response.status_code}")
-                return False
-            reason = ""
-            self.counters.exported += count
-            self.counters.exports["ok"] += 1
-            if self._failing:
-                self._failing = False
-                log.info("trace export to %s works again", self.config.endpoint)
-            return True
+                self._failed(f"HTTP {status}")
+                if status not in RETRYABLE_STATUS:
+                    self._attempts = 0  # it would fail again the same way: dropped now
+                    return max(self.config.delay, self.backoff[0])
+                asked = _retry_after(response.headers.get("retry-after"))
+                wait, kept = self._again(batch, asked)
+            if kept:
+                reason = ""
+            return wait
         finally:
             if reason:
                 self.counters.dropped[reason] += count
+
+    def _again(self, batch: list[bytes], asked: float | None) -> tuple[float, bool]:
+        """After a transient failure: (seconds to wait, whether `batch` went back to
+        the head of the queue for another try; not once it had `max_attempts`)."""
+        self._attempts += 1
+        first, longest = self.backoff
+        if asked is not None:
+            wait = min(asked, longest)
+        else:
+            # Exponential with jitter, so a fleet of gateways does not retry in step.
+            wait = min(first * 2 ** (self._attempts - 1), longest) * random.uniform(0.8, 1.2)
+        if self._attempts >= self.max_attempts:
+            self._attempts = 0
+            return max(self.config.delay, wait), False
+        self._queue.extendleft(reversed(batch))
+        self.counters.exports["retried"] += 1
+        return wait, True
 
     def _failed(self, why: str) -> None:
         self.counters.exports["failed"] += 1
@@ -197,3 +246,14 @@ class SpanExporter:
                 self.config.endpoint,
                 why,
             )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A `Retry-After` in seconds (the form collectors send); None if absent or a date."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
