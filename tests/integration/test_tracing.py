@@ -8,6 +8,7 @@ request brought (GET /sim/stats), so the tests see what was propagated upstream.
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import time
 from collections.abc import Iterator
@@ -324,6 +325,39 @@ def test_kserve_v2_over_grpc(
     assert attrs["switchyard.attempts"] == 1
     (child,) = [s for s in spans if s.kind == CLIENT]
     check_child(child, server, sims["kserve"], "t-kserve-grpc")
+
+
+def test_kserve_v2_grpc_stream(
+    gw: tuple[GatewayProc, Path], sims: dict[str, Any], receiver: Receiver
+) -> None:
+    proc, _ = gw
+    trace = new_trace()
+    headers = {"traceparent": traceparent(trace=trace), "x-request-id": "t-kserve-stream"}
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = triton_grpc.InferenceServerClient(proc.grpc)
+    client.start_stream(lambda result, error: replies.put((result, error)), headers=headers)
+    try:
+        for i in range(2):
+            client.async_stream_infer("fraud", [_rows(triton_grpc)], request_id=f"st{i}")
+        got = [replies.get(timeout=30) for _ in range(2)]
+        assert all(error is None for _, error in got), got
+    finally:
+        client.stop_stream()
+        client.close()
+    # One span for the stream, one child for the backend stream it rode on.
+    spans = spans_of(receiver, trace, 2)
+    server = server_span(spans)
+    assert server.parent_id == CALLER
+    attrs = server.attrs
+    assert attrs["rpc.method"] == "ModelStreamInfer"
+    assert attrs["gen_ai.operation.name"] == "infer"
+    assert attrs["gen_ai.request.model"] == "fraud"
+    assert attrs["switchyard.variant"] == "champion"
+    assert attrs["switchyard.attempts"] == 1
+    (child,) = [s for s in spans if s.kind == CLIENT]
+    assert child.attrs["rpc.method"] == "ModelStreamInfer"
+    assert child.attrs["rpc.grpc.status_code"] == 0
+    check_child(child, server, sims["kserve"], "t-kserve-stream")
 
 
 # Retries, fallbacks, shadows, errors --------------------------------------------------

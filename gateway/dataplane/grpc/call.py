@@ -269,7 +269,7 @@ class GrpcCall:
             path=f"/{SERVICE}/{self.method}",
             request_id=self.request_id,
             route=route.name,
-            operation="infer" if self.method == "ModelInfer" else "",
+            operation="infer" if self.method in ("ModelInfer", "ModelStreamInfer") else "",
             variant=variant.name,
             version=variant.version,
             endpoint=variant.endpoints[self.idx].backend if self.attempts else "",

@@ -30,6 +30,7 @@ import grpc
 
 from gateway.dataplane.grpc.call import (
     HTTP_STATUS,
+    SERVICE,
     GrpcCall,
     failure_kind,
     grpc_code,
@@ -99,6 +100,10 @@ class StreamRelay:
         try:
             head, decision, forward = front.route_call(METHOD, first, self.context)
             call = GrpcCall(decision, received, front.plane.turns)
+            plane = front.plane
+            if plane.tracer is not None or plane.access_log is not None:
+                # One span for the whole stream, one child per backend stream (attempt).
+                forward = call.observe(plane.tracer, plane.access_log, METHOD, forward)
             variant, idx = call.first()
         except GatewayError as err:
             front.plane.metrics.refused(err.code, err.status, err.route)
@@ -142,14 +147,28 @@ class StreamRelay:
             left = context.time_remaining()
             limit = deadline - time.monotonic()
             ours = left is None or left > limit
+            metadata = forward
+            trace = call.trace
+            if trace is not None:
+                parent = trace.rpc_attempt(
+                    SERVICE,
+                    METHOD,
+                    variant.name,
+                    variant.version,
+                    endpoint.backend,
+                    endpoint.grpc_target,
+                )
+                metadata = (*forward, ("traceparent", parent))
             upstream = self.upstream = self.front.stub(endpoint.grpc_target, METHOD)(
                 self._feed(variant, self.attempt),
-                metadata=forward,
+                metadata=metadata,
                 timeout=limit if ours else left,
             )
             replies = aiter(upstream)
             first_limit = min(timeouts.first_byte, limit)
             kind = ""
+            code: Any = None  # the attempt's gRPC status when it failed
+            details = ""
             try:
                 async with asyncio.timeout(first_limit):
                     reply = await anext(replies)
@@ -171,6 +190,8 @@ class StreamRelay:
                 kind = failure_kind(code, details, ours)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
+                if trace is not None:
+                    trace.rpc_attempt_ended(1, "CANCELLED")
                 if self.failure is None or (task is not None and task.cancelling()):
                     raise  # the client left (the finally of `run` counts it)
                 # Our reader cancelled the backend call: the client sent a bad request.
@@ -182,6 +203,11 @@ class StreamRelay:
                 upstream.cancel()
                 kind, code = "reset", grpc.StatusCode.UNAVAILABLE
                 details = f"backend {endpoint.backend} sent an invalid reply: {exc}"
+            if trace is not None:
+                if code is None:
+                    trace.rpc_attempt_ended(0, "OK")
+                else:
+                    trace.rpc_attempt_ended(code.value[0], code.name, details)
             if not kind:
                 call.end_attempt(ok=True)
                 call.finish(200)
