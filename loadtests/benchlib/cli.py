@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         "drift rows sent over UDP, a fleet secret (needs redis-server and prometheus)",
     )
     parser.add_argument(
+        "--tree",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="the checkout whose gateway is the `gateway` row (default: this one)",
+    )
+    parser.add_argument(
         "--compare-tree",
         type=Path,
         metavar="DIR",
@@ -258,7 +265,11 @@ def throughput_mode(args: argparse.Namespace) -> int:
             extras = replace(extras, yaml=extras.yaml + configs.EXPERIMENT_YAML)
         policy = configs.gateway_policy(upstream.url, extras)
         gateway = launcher.start_gateway(
-            policy, args.python, _worker_args(args.workers), compiled=_compiled_mode(args)
+            policy,
+            args.python,
+            _worker_args(args.workers),
+            compiled=_compiled_mode(args),
+            tree=args.tree,
         )
         _check_gateway(gateway)
         path = configs.CHAT_PATH
@@ -330,7 +341,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "response_bytes": len(configs.RESPONSE_BODY),
         },
         "gateway": {
-            "commit": _commit_of(REPO),
+            "commit": _commit_of(args.tree),
             "experiment": args.experiment,
             "fleet": _FLEET_SUMMARY if args.fleet else None,
             "compare_tree": _commit_of(args.compare_tree) if args.compare_tree else None,
