@@ -94,6 +94,17 @@ class Settings:
     rollout_lease: str | None = None
     feedback_window: float = 3600.0
     feedback_capacity: int = 200_000
+    # Where rollout gates, experiment reports and shadow agreement read their counts
+    # (gateway/stats): "local" reads this process (a worker of --workers N reads its
+    # supervisor's merged /metrics at `supervisor_admin`, which the supervisor sets);
+    # "prometheus" queries `prometheus_url` over every replica it scrapes, narrowed by
+    # `prometheus_selector` (label matchers, e.g. job="switchyard"). Each read gives up
+    # after `stats_timeout` seconds.
+    stats_source: str = "local"
+    prometheus_url: str | None = None
+    prometheus_selector: str | None = None
+    stats_timeout: float = 2.0
+    supervisor_admin: str | None = None
     # Tracing (gateway/observability/tracing): an OTLP/HTTP endpoint turns it on. Each of
     # these wins over its standard variable (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
     # OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
