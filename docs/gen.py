@@ -424,6 +424,64 @@ def bench_tracing() -> str:
     )
 
 
+def _before_after(file: str, what: str) -> str:
+    """Two checkouts' gateways in one bench run (`--tree`/`--compare-tree`): the rows,
+    the per-round CPU samples and the median of the per-round differences."""
+    result = _load(file)
+    systems, ratios, gateway = result["systems"], result["ratios"], result["gateway"]
+    rows = []
+    for name, commit in (("gateway", gateway.get("commit")), ("gateway-base", None)):
+        entry = systems[name]
+        label = f"`{commit}`" if commit else entry["label"].replace("gateway @ ", "`") + "`"
+        samples = ", ".join(_num(x, ".1f") for x in entry.get("cpu_us_per_req_samples", []))
+        rows.append(
+            [
+                label,
+                _num(entry.get("rps_median"), ",.0f"),
+                _num(entry.get("cpu_us_per_req"), ".1f"),
+                samples,
+                _num(entry.get("p50_ms"), ".3f"),
+                _num(entry.get("p99_ms"), ".3f"),
+            ]
+        )
+    table = _table(
+        [
+            "code",
+            f"req/s (c={result['config']['connections']}, median of {result['config']['repeat']})",
+            "CPU us/req",
+            "CPU us/req per round",
+            "p50 ms (c=1)",
+            "p99 ms (c=1)",
+        ],
+        rows,
+        (0, 3),
+    )
+    return "\n".join(
+        [
+            _header(f"loadtests/results/{file}"),
+            f"{what} Run: {run_text(result['machine'])}.",
+            "",
+            _gateway_setup(gateway),
+            "",
+            table,
+            "In this run the first row's CPU per request differs from the second's by "
+            f"**{_num(ratios.get('gateway_vs_gateway_base_added_cpu_us'), '.1f', signed=True)} "
+            "us** (median of per-round differences); req/s ratio "
+            f"**{_num(ratios.get('gateway_vs_gateway_base_rps'), '.2f')}**.",
+            "",
+        ]
+    )
+
+
+def bench_tracing_off() -> str:
+    return _before_after(
+        "bench-tracing-off-latest.json",
+        "Tracing off against the request path before tracing existed, in one bench run "
+        "(`loadtests/bench --tree <worktree of the first> --compare-tree <worktree of the "
+        "second>`, interleaved rounds).",
+    )
+
+
 def kserve_latency() -> str:
     result = _load("kserve-latency-latest.json")
     rows = [
@@ -630,7 +688,12 @@ def declared_metrics() -> list[MetricDoc]:
 
     metrics = GatewayMetrics()
     # The build info's keys, as gateway/app.py sets them (their values do not matter).
-    metrics.info_labels = {"version": __version__, "dataplane": "python"}
+    metrics.info_labels = {
+        "version": __version__,
+        "dataplane": "python",
+        "feedback_store": "memory",
+        "fleet_secret": "generated",
+    }
     found: dict[str, MetricDoc] = {}
     for family in metrics.registry().collect():
         labels = tuple(getattr(family, "_labelnames", ()))
@@ -743,6 +806,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-streaming.md": bench_streaming,
     "bench-targets.md": bench_targets,
     "bench-tracing.md": bench_tracing,
+    "bench-tracing-off.md": bench_tracing_off,
     "kserve-latency.md": kserve_latency,
     "chaos.md": chaos,
     "soak.md": soak,
