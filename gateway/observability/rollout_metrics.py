@@ -28,6 +28,8 @@ MAX_MERGED = frozenset(
         "switchyard_experiment_p_value",
         "switchyard_experiment_lift",
         "switchyard_experiment_reward_mean",
+        # Each worker reads the same source: 1 while some worker's last read succeeded.
+        "switchyard_stats_source_up",
     }
 )
 
@@ -72,6 +74,15 @@ class PairStat:
     lift: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class SourceGauge:
+    """The statistics source of this process (gateway.stats) and how its reads go."""
+
+    source: str  # local | supervisor | prometheus
+    up: bool | None  # whether the last read succeeded; None before the first
+    errors: int  # reads that failed
+
+
 @dataclass(eq=False, slots=True)
 class RolloutCounters:
     """Counted by the rollout controller; the rest is read through the callables."""
@@ -82,6 +93,7 @@ class RolloutCounters:
     feedback: Callable[[], Iterable[VariantFeedback]] | None = None
     pairs: Callable[[], Iterable[PairStat]] | None = None
     feedback_results: Callable[[], Mapping[str, int]] | None = None
+    sources: Callable[[], Iterable[SourceGauge]] | None = None
 
     def count_event(self, route: str, event: str) -> None:
         key = (route, event)
@@ -132,7 +144,29 @@ def rollout_families(counters: RolloutCounters) -> Iterator[object]:
     for (route, outcome), count in sorted(counters.webhooks.items()):
         hooks.add_metric([route, outcome], count)
     yield from (step, percent, state, events, hooks)
+    yield from _source_families(counters)
     yield from _experiment_families(counters)
+
+
+def _source_families(counters: RolloutCounters) -> Iterator[object]:
+    up = GaugeMetricFamily(
+        "switchyard_stats_source_up",
+        "1 while the last read of the statistics that rollout gates, experiment reports "
+        "and shadow agreement judge succeeded, 0 while it fails (gates then wait), by "
+        "source: local, supervisor, prometheus.",
+        labels=["source"],
+    )
+    errors = CounterMetricFamily(
+        "switchyard_stats_source_errors",
+        "Reads of the statistics source that failed: unreachable, erroring, or slower "
+        "than its timeout.",
+        labels=["source"],
+    )
+    for g in list(counters.sources() if counters.sources else ()):
+        if g.up is not None:
+            up.add_metric([g.source], 1.0 if g.up else 0.0)
+        errors.add_metric([g.source], g.errors)
+    yield from (up, errors)
 
 
 def _experiment_families(counters: RolloutCounters) -> Iterator[object]:
