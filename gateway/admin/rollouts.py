@@ -1,7 +1,8 @@
 """Rollouts and experiments in the admin API (behind the bearer token).
 
 - `GET /admin/rollouts`: every route's rollout: state, step, history, last analysis,
-  where the state is kept and whether this process is the writer.
+  where the state is kept, whether this process is the writer, and where the gates'
+  statistics come from (`statistics`; each analysis names the read it judged, `source`).
 - `GET /admin/rollouts/{route}`: one of them.
 - `POST /admin/rollouts/{route}/pause|resume|abort`: operator commands. On the writer
   they apply at once (200); on another replica they are left in the store for the
@@ -9,7 +10,8 @@
 - `GET /admin/experiments`: routes that take outcome feedback.
 - `GET /admin/experiments/{route}`: per variant counts and each variant against the
   baseline: conversion rates, lift, z-test p-value and confidence interval; rewards
-  with Welch's t-test.
+  with Welch's t-test. The counts come from the statistics source (`source` in the
+  answer); a 503 says why when it does not answer.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.admin.endpoints import Handler
+from gateway.admin.views import unavailable
 from gateway.controlplane.registry.client import RegistryError
 from gateway.rollout.controller import RolloutController
 from gateway.rollout.stats import warm_up
 from gateway.rollout.store import ACTIONS
+from gateway.stats.sources import StatsUnavailable
 
 
 def rollout_handlers(controller: RolloutController) -> dict[str, Handler]:
@@ -63,7 +67,10 @@ def rollout_handlers(controller: RolloutController) -> dict[str, Handler]:
     async def experiment(request: Request) -> Response:
         route = request.path_params["route"]
         await asyncio.to_thread(warm_up)  # scipy's first import: not on the event loop
-        found = controller.experiment(route)
+        try:
+            found = await controller.experiment(route)
+        except StatsUnavailable as exc:
+            return unavailable(exc)
         if found is None:
             return JSONResponse(
                 {

@@ -6,9 +6,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.responses import JSONResponse, Response
+
 from gateway.controlplane.policy.reload import Held, PolicyReloader, ReloadResult
 from gateway.controlplane.registry.binding import VariantKey
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot
+from gateway.stats.sources import StatsUnavailable
 
 
 def snapshot_view(snap: RuntimeSnapshot) -> dict[str, Any]:
@@ -114,3 +117,8 @@ def reload_status_view(snap: RuntimeSnapshot, reloader: PolicyReloader) -> dict[
         "held": held_view(reloader.held),
         "last": None if last is None else reload_view(last),
     }
+
+
+def unavailable(exc: StatsUnavailable) -> Response:
+    """The 503 of an answer whose statistics source did not answer: why, and which source."""
+    return JSONResponse({"error": exc.reason, "source": exc.origin.to_json()}, status_code=503)

@@ -1,11 +1,12 @@
 """Rollout analysis: what a step's traffic says, and whether the gates hold.
 
-The data plane already counts everything a gate needs on the `RequestSeries` hanging
-off each compiled variant: responses by status class, failed upstream attempts, and a
-request-duration histogram. Analysis reads those plain numbers (no Prometheus query, no
-request-path cost), subtracts the totals taken when the step began, and judges the
-difference. p99 comes from the histogram buckets the way Prometheus'
-`histogram_quantile` computes it (linear within the bucket).
+The numbers come from the route's statistics source (`gateway.stats`): this process's
+own counters, the supervisor's merged `/metrics` under `--workers N`, or Prometheus over
+every replica. The controller subtracts the totals read when the step began from the
+totals now (`gateway.stats.counts.window`) and hands the difference here: responses and
+failed upstream attempts of challenger and champion, their request-duration histograms
+(p99 from the buckets the way Prometheus' `histogram_quantile` computes it), and the
+shadow comparisons of the challenger's version.
 
 A verdict is `pass` (step up), `fail` (roll back, with the gate that failed) or `wait`
 (not enough traffic yet, or a gate that has no data yet): gates are judged only once
@@ -15,116 +16,15 @@ cannot roll a good challenger back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 from gateway.controlplane.policy.rolloutspec import AnalysisSpec
-from gateway.observability.metrics import DURATION_BUCKETS, RequestSeries
-from gateway.observability.shadow_metrics import ShadowMetrics
+from gateway.stats.counts import Counts, quantile
 
-SeriesKey = tuple[str, str, str, str]  # (route, variant, version, backend)
+__all__ = ["Counts", "Gate", "Outcome", "Verdict", "judge", "quantile"]
+
 Outcome = Literal["pass", "fail", "wait"]
-
-
-class ShadowAgreement(Protocol):
-    """Where the shadow gate reads agreement: the shadow comparison statistics of the
-    data plane (`gateway/dataplane/shadow*.py`), adapted to this one question."""
-
-    def agreement(self, route: str, version: str, since: float) -> tuple[int, int] | None:
-        """(agreed, compared) of requests mirrored to `version` on `route` since `since`
-        (unix time), or None when that version is not shadowed there."""
-        ...
-
-
-class ShadowStats:
-    """`ShadowAgreement` read from the shadow mirror's counters (`ShadowMetrics`)."""
-
-    def __init__(self, shadow: ShadowMetrics) -> None:
-        self._shadow = shadow
-
-    def agreement(self, route: str, version: str, since: float) -> tuple[int, int] | None:
-        found = self._shadow.agreement(route, version=version or None, since=since)
-        return (found.agreed, found.compared) if found.compared else None
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """What some series counted: responses, failed attempts, duration buckets."""
-
-    responses: int = 0  # requests answered (any status)
-    ok_attempts: int = 0  # upstream attempts that ended below 500
-    failed_attempts: int = 0  # upstream attempts that failed (5xx, connect, timeout, reset)
-    buckets: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
-
-    @property
-    def attempts(self) -> int:
-        return self.ok_attempts + self.failed_attempts
-
-    @property
-    def error_rate(self) -> float:
-        return self.failed_attempts / self.attempts if self.attempts else 0.0
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(
-            self.responses + other.responses,
-            self.ok_attempts + other.ok_attempts,
-            self.failed_attempts + other.failed_attempts,
-            tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True)),
-        )
-
-    def __sub__(self, other: Counts) -> Counts:
-        return Counts(
-            self.responses - other.responses,
-            self.ok_attempts - other.ok_attempts,
-            self.failed_attempts - other.failed_attempts,
-            tuple(a - b for a, b in zip(self.buckets, other.buckets, strict=True)),
-        )
-
-
-def read(series: RequestSeries) -> Counts:
-    """The totals of one series now."""
-    by_class = series.by_class
-    return Counts(
-        responses=sum(by_class[1:]),
-        ok_attempts=sum(by_class[1:5]),
-        failed_attempts=series.failed_attempts,
-        buckets=tuple(series.duration.counts),
-    )
-
-
-def totals(series: Iterable[RequestSeries]) -> dict[SeriesKey, Counts]:
-    """Totals of each series, by label set (series outlive snapshots, keys are stable)."""
-    return {(s.route, s.variant, s.version, s.backend): read(s) for s in series}
-
-
-def window(now: Mapping[SeriesKey, Counts], base: Mapping[SeriesKey, Counts]) -> Counts:
-    """Sum over `now` of what each series counted since `base` (new series from 0)."""
-    out = Counts()
-    for key, counts in now.items():
-        before = base.get(key)
-        out = out + (counts - before if before is not None else counts)
-    return out
-
-
-def quantile(
-    q: float, buckets: tuple[int, ...], bounds: tuple[float, ...] = DURATION_BUCKETS
-) -> float | None:
-    """The q-quantile of a histogram (per-bucket counts; the last is +Inf), as
-    Prometheus' histogram_quantile estimates it; None without observations."""
-    total = sum(buckets)
-    if total == 0:
-        return None
-    rank = q * total
-    running = 0
-    for i, count in enumerate(buckets):
-        if running + count >= rank and count > 0:
-            if i >= len(bounds):  # the +Inf bucket: the highest finite bound
-                return bounds[-1]
-            lower = bounds[i - 1] if i > 0 else 0.0
-            return lower + (bounds[i] - lower) * (rank - running) / count
-        running += count
-    return bounds[-1]
 
 
 @dataclass(frozen=True, slots=True)

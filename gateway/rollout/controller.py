@@ -4,10 +4,17 @@ It runs in the gateway process as one asyncio task, off the request path. Every 
 it reads the serving policies, and for each route with a `rollout` block:
 
 - the writer (the process holding the writer lock, see `writer.py`) checks the gates
-  every `analysis.interval` on what the data plane counted since the step began
-  (`analysis.py`), and steps the challenger up, rolls it back on the first failed
-  gate, or, after the last step, promotes it (moves the registry alias) or holds;
+  every `analysis.interval` on what was counted since the step began (`analysis.py`),
+  and steps the challenger up, rolls it back on the first failed gate, or, after the
+  last step, promotes it (moves the registry alias) or holds;
 - every other process reads the stored state (`store.py`) and follows it.
+
+The counts come from the statistics source (`gateway.stats`): this process, the
+supervisor's merged workers, or Prometheus over every replica, so the writer judges the
+whole fleet's traffic. The totals read when a step began are subtracted from the totals
+now; if the source cannot answer, or a counter went down since (a process restarted),
+the step's counts are unknown and the gates wait: nothing is promoted or rolled back on
+missing evidence.
 
 Weights reach traffic the way every change does: the controller hands the reloader a
 weight-override map and the reloader compiles a new snapshot and swaps it in. State
@@ -24,7 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from gateway.controlplane.policy.fields import split_target
@@ -41,15 +48,7 @@ from gateway.observability.rollout_metrics import (
     VariantFeedback,
 )
 from gateway.rollout import experiments
-from gateway.rollout.analysis import (
-    Counts,
-    SeriesKey,
-    ShadowAgreement,
-    judge,
-    quantile,
-    totals,
-    window,
-)
+from gateway.rollout.analysis import Counts, judge, quantile
 from gateway.rollout.events import EventSink
 from gateway.rollout.promote import promote
 from gateway.rollout.state import OUT, RolloutState, implied_weights, start, transition
@@ -57,6 +56,8 @@ from gateway.rollout.stats import warm_up
 from gateway.rollout.store import Command, FileStore, RegistryStore, RolloutStore
 from gateway.rollout.weights import VariantKey
 from gateway.rollout.writer import WriterLock
+from gateway.stats.counts import RouteStats, window
+from gateway.stats.sources import StatsSource, StatsUnavailable
 
 
 class WeightTarget(Protocol):
@@ -81,7 +82,10 @@ class _Run:
     unsaved: bool = False  # the state changed but the store has not taken it yet
     read_at: float = 0.0
     checked_at: float = 0.0
-    baseline: dict[SeriesKey, Counts] = field(default_factory=dict)
+    # The step's window: the route's totals when it began (None until the source has
+    # answered with numbers at least as fresh as `window_from`).
+    baseline: RouteStats | None = None
+    window_from: float = 0.0
     champion_p99: float | None = None
     analysis: dict[str, Any] | None = None  # the last verdict, for the status view
 
@@ -95,10 +99,10 @@ class RolloutController:
         counters: RolloutCounters,
         exposures: ExposureLog,
         lock: WriterLock,
+        stats: StatsSource,
         *,
         state_dir: str,
         registry: MlflowRegistry | None = None,
-        shadow: ShadowAgreement | None = None,
         poke: Callable[[], None] | None = None,
         logger: logging.Logger | None = None,
         identity: str = "",
@@ -111,7 +115,7 @@ class RolloutController:
         self._lock = lock
         self._state_dir = state_dir
         self._registry = registry
-        self._shadow = shadow
+        self.stats = stats
         self._poke = poke
         self._log = logger or logging.getLogger("switchyard.rollout")
         self._identity = identity
@@ -131,6 +135,7 @@ class RolloutController:
         counters.feedback = self._feedback_rows
         counters.pairs = self._pair_rows
         counters.feedback_results = lambda: dict(exposures.results)
+        counters.sources = lambda: [stats.gauge()]
 
     # Running --------------------------------------------------------------------
 
@@ -233,7 +238,7 @@ class RolloutController:
             run.read_at = now
             if not run.loaded:  # just became the writer: continue from the stored state
                 run.state, run.loaded = stored, True
-                self._rebase(run, route, now)
+                self._rebase(run, now)
         challenger = _variant(route, challenger_of(policy))
         base = _variant(route, baseline_of(policy))
         if challenger is None or base is None:
@@ -248,19 +253,53 @@ class RolloutController:
                 return  # the challenger serves what the champion serves: nothing to do
             state = start(policy, challenger.name, subject, champion, self._identity, now)
             await self._commit(run, policy, state)
-            self._rebase(run, route, now)
+            self._rebase(run, now)
         if command is not None and command.id != state.command and command.at >= state.started_at:
-            state = await self._command(run, policy, route, state, command, now)
-        if state.status != "progressing" or now - run.checked_at < interval:
+            state = await self._command(run, policy, state, command, now)
+        if state.status != "progressing":
+            return
+        if run.baseline is None:  # every round until the source answers, not every interval
+            await self._start_window(run, name, now)
+        if run.baseline is None or now - run.checked_at < interval:
             return
         run.checked_at = now
         await self._analyse(run, policy, route, state, challenger, base, now)
 
-    def _rebase(self, run: _Run, route: Route, now: float) -> None:
-        """Start the step's window: what every variant counted so far is the baseline."""
-        run.baseline = totals(s for v in route.variants for s in v.series)
+    def _rebase(self, run: _Run, now: float) -> None:
+        """Start the step's window: the totals of the next read are its baseline."""
+        run.baseline = None
+        run.window_from = now
         run.checked_at = now
         run.analysis = None
+
+    async def _start_window(self, run: _Run, name: str, now: float) -> None:
+        """Take the step's baseline from the source, once its numbers are at least as
+        fresh as the step (Prometheus: every process scraped since it began)."""
+        try:
+            evidence = await self.stats.read(name)
+        except StatsUnavailable as exc:
+            self._wait(run, name, now, exc.reason, exc.origin.to_json())
+            return
+        source = evidence.origin.to_json()
+        as_of = evidence.origin.as_of
+        if as_of is not None and as_of < run.window_from:
+            behind = run.window_from - as_of
+            why = (
+                f"waiting for {self.stats.where} to count from the step's start: its "
+                f"numbers are {behind:.1f}s older than the step"
+            )
+            self._wait(run, name, now, why, source)
+            return
+        run.baseline = evidence.stats
+        run.checked_at = now
+        reason = f"the step's counts start now, read from {self.stats.where}"
+        run.analysis = {"at": now, "outcome": "wait", "reason": reason, "source": source}
+
+    def _wait(self, run: _Run, name: str, now: float, reason: str, source: dict[str, Any]) -> None:
+        """The gates wait for `reason` (logged when it changes)."""
+        if run.analysis is None or run.analysis.get("reason") != reason:
+            self._log.warning("rollout %s: %s; the gates wait", name, reason)
+        run.analysis = {"at": now, "outcome": "wait", "reason": reason, "source": source}
 
     async def _analyse(
         self,
@@ -272,22 +311,44 @@ class RolloutController:
         base: Variant,
         now: float,
     ) -> None:
-        assert policy.rollout is not None
+        assert policy.rollout is not None and run.baseline is not None
         spec = policy.rollout.analysis
+        try:
+            evidence = await self.stats.read(route.name)
+        except StatsUnavailable as exc:
+            self._wait(run, route.name, now, exc.reason, exc.origin.to_json())
+            return
+        source = evidence.origin.to_json()
+        delta = window(evidence.stats, run.baseline)
+        if delta.unknown is not None:
+            # Never judged: the step's numbers could be anything. Count again from here.
+            why = f"counts unknown: {delta.unknown}; the step's window starts again now"
+            self._wait(run, route.name, now, why, source)
+            run.baseline, run.window_from = evidence.stats, now
+            return
         champions = [
             v for v in route.variants if v.name != challenger.name and _policy_weight(policy, v) > 0
         ]
-        mine = window(totals(challenger.series), run.baseline)
-        theirs = window(totals(s for v in champions for s in v.series), run.baseline)
+        mine = delta.counts(challenger.name, challenger.version)
+        theirs = Counts()
+        for v in champions:
+            theirs = theirs + delta.counts(v.name, v.version)
         p99 = quantile(0.99, theirs.buckets)
         if p99 is not None:
             run.champion_p99 = p99  # at 100% the champion serves nothing: keep its last
         shadow = None
-        if spec.min_shadow_agreement is not None and self._shadow is not None:
-            shadow = self._shadow.agreement(route.name, challenger.version, state.step_started_at)
+        if spec.min_shadow_agreement is not None:
+            # Endpoint variants have no version: every shadow of the route counts.
+            shadow = delta.agreement(challenger.version or None)
         verdict = judge(spec, mine, theirs, champion_p99=run.champion_p99, shadow=shadow)
         summary = verdict.summary()
-        run.analysis = {"at": now, "outcome": verdict.outcome, "reason": verdict.reason, **summary}
+        run.analysis = {
+            "at": now,
+            "outcome": verdict.outcome,
+            "reason": verdict.reason,
+            **summary,
+            "source": source,
+        }
         if verdict.outcome == "wait":
             return
         if verdict.outcome == "fail":
@@ -306,9 +367,9 @@ class RolloutController:
                 details=summary,
             )
             await self._commit(run, policy, state)
-            self._rebase(run, route, now)
+            self._rebase(run, now)
             return
-        await self._finish(run, policy, state, challenger, base, summary, now)
+        await self._finish(run, policy, state, challenger, base, summary, now, evidence.stats)
 
     async def _rollback(
         self,
@@ -331,8 +392,10 @@ class RolloutController:
         base: Variant,
         summary: dict[str, Any],
         now: float,
+        stats: RouteStats,
     ) -> None:
-        """After the last step: the significance gate, then promote or hold."""
+        """After the last step: the significance gate (on the source's feedback counts),
+        then promote or hold."""
         rollout = policy.rollout
         assert rollout is not None
         wanted = rollout.analysis.require_significance
@@ -340,8 +403,8 @@ class RolloutController:
             await asyncio.to_thread(warm_up)
             outcome, why, numbers = experiments.significance(
                 wanted,
-                experiments.outcomes_of(self._exposures, state.route, base),
-                experiments.outcomes_of(self._exposures, state.route, challenger),
+                stats.outcomes(base.name, base.version),
+                stats.outcomes(challenger.name, challenger.version),
             )
             summary = {**summary, "significance": numbers}
             if run.analysis is not None:
@@ -390,7 +453,6 @@ class RolloutController:
         self,
         run: _Run,
         policy: RoutingPolicy,
-        route: Route,
         state: RolloutState,
         command: Command,
         now: float,
@@ -406,7 +468,7 @@ class RolloutController:
         moved = replace(moved, command=command.id)
         await self._commit(run, policy, moved, publish=moved.history != state.history)
         if moved.step_started_at == now:
-            self._rebase(run, route, now)
+            self._rebase(run, now)
         return moved
 
     async def _commit(
@@ -448,10 +510,9 @@ class RolloutController:
                     "state": run.state.view(),
                 }
             await self._commit(run, policy, moved)
+            if moved.step_started_at == now:
+                self._rebase(run, now)
             if self._ref is not None:
-                current = self._ref.current.routes.get(route)
-                if current is not None and moved.step_started_at == now:
-                    self._rebase(run, current, now)
                 await self._apply(self._ref)
             return 200, {"state": moved.view()}
 
@@ -463,6 +524,7 @@ class RolloutController:
             "writer": self.writer,
             "lock": self._lock.description,
             "holder": self._lock.holder,
+            "statistics": self.stats.describe(),
             "rollouts": [self._view(name) for name in sorted(self._runs)],
         }
 
@@ -478,18 +540,27 @@ class RolloutController:
             "route": name,
             "writer": self.writer,
             "store": run.store.description,
+            "statistics": self.stats.describe(),
             "policy": policy.rollout.model_dump(mode="json"),
             "state": None if run.state is None else run.state.view(),
             "analysis": run.analysis,
         }
 
-    def experiment(self, route: str) -> dict[str, Any] | None:
-        """`GET /admin/experiments/{route}`, or None if the route tracks no feedback."""
+    async def experiment(self, route: str) -> dict[str, Any] | None:
+        """`GET /admin/experiments/{route}` from the statistics source, or None if the
+        route tracks no feedback; StatsUnavailable if the source does not answer."""
         policy = self._tracked.get(route)
         found = self._ref.current.routes.get(route) if self._ref is not None else None
         if policy is None or found is None:
             return None
-        return experiments.report(found, policy, self._exposures)
+        evidence = await self.stats.read(route)
+        return experiments.report(
+            found, policy, self._exposures, evidence.stats, evidence.origin.to_json()
+        )
+
+    def tracks(self, route: str) -> bool:
+        """Whether the route has an experiment or rollout block."""
+        return route in self._tracked
 
     def experiment_routes(self) -> list[str]:
         """Routes with an experiment or rollout block."""

@@ -1,15 +1,20 @@
 """A/B experiment reports: outcome feedback per variant, compared with the baseline.
 
-Counts come from the data plane's `ExposureLog` (feedback) and the variants' request
-series (requests served); the statistics from `stats`. Only the versions each variant
-serves *now* are reported, so a new challenger version starts a fresh comparison
-instead of inheriting its predecessor's conversions.
+The counts of a report (requests served, outcome feedback) come from the route's
+statistics source (`gateway.stats`: this process, the supervisor's merged workers, or
+Prometheus over every replica), so every replica reading the same source reports the
+same numbers; the statistics from `stats`. Only the versions each variant serves *now*
+are reported, so a new challenger version starts a fresh comparison instead of
+inheriting its predecessor's conversions.
+
+What this process exports for `/metrics` (`feedback_rows`, `pair_rows`) is its own
+`ExposureLog`'s counts: Prometheus and the supervisor sum those over processes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gateway.controlplane.policy.rollouts import baseline_of
@@ -19,6 +24,7 @@ from gateway.dataplane.feedback import ExposureLog, VariantOutcomes
 from gateway.dataplane.snapshot import Route, Variant
 from gateway.observability.rollout_metrics import PairStat, VariantFeedback
 from gateway.rollout.stats import MeanTest, ProportionTest, two_proportion, welch
+from gateway.stats.counts import RouteStats
 
 
 def outcomes_of(log: ExposureLog, route: str, variant: Variant) -> VariantOutcomes:
@@ -46,21 +52,28 @@ def reward_test(base: VariantOutcomes, other: VariantOutcomes) -> MeanTest | Non
     )
 
 
-def report(route: Route, policy: RoutingPolicy, log: ExposureLog) -> dict[str, Any]:
+def report(
+    route: Route,
+    policy: RoutingPolicy,
+    log: ExposureLog,
+    stats: RouteStats,
+    source: Mapping[str, Any],
+) -> dict[str, Any]:
     """`GET /admin/experiments/{route}`: per variant counts, and each variant against
     the baseline (conversion: rates, lift, z, p, confidence interval; reward: means,
-    Welch's t, p)."""
+    Welch's t, p). Counts from `stats`, read from `source` (described in the answer);
+    `awaiting_feedback` is this process's memory of served request ids."""
     confidence = policy.experiment.confidence if policy.experiment is not None else 0.95
     baseline = baseline_of(policy)
     variants = {v.name: v for v in route.variants}
     rows = []
     for v in route.variants:
-        got = outcomes_of(log, route.name, v)
+        got = stats.outcomes(v.name, v.version)
         rows.append(
             {
                 "variant": v.name,
                 "version": v.version,
-                "served": sum(sum(s.by_class[1:]) for s in v.series),
+                "served": stats.served(v.name, v.version),
                 "outcomes": got.outcomes,
                 "conversions": got.conversions,
                 "conversion_rate": got.conversions / got.outcomes if got.outcomes else None,
@@ -70,11 +83,12 @@ def report(route: Route, policy: RoutingPolicy, log: ExposureLog) -> dict[str, A
             }
         )
     comparisons = []
-    base = outcomes_of(log, route.name, variants[baseline]) if baseline in variants else None
+    base_variant = variants.get(baseline)
+    base = stats.outcomes(baseline, base_variant.version) if base_variant is not None else None
     for v in route.variants:
         if base is None or v.name == baseline:
             continue
-        mine = outcomes_of(log, route.name, v)
+        mine = stats.outcomes(v.name, v.version)
         conversion = conversion_test(base, mine, confidence)
         reward = reward_test(base, mine)
         comparisons.append(
@@ -89,9 +103,10 @@ def report(route: Route, policy: RoutingPolicy, log: ExposureLog) -> dict[str, A
         "route": route.name,
         "baseline": baseline,
         "confidence": confidence,
+        "source": dict(source),
         "variants": rows,
         "comparisons": comparisons,
-        "awaiting_feedback": len(log),  # served ids held, feedback not yet received
+        "awaiting_feedback": len(log),  # served ids held here, feedback not yet received
         "window_s": log.window,
     }
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.controlplane.policy.rolloutspec import AnalysisSpec
-from gateway.observability.metrics import DURATION_BUCKETS, RequestSeries
-from gateway.rollout.analysis import Counts, judge, quantile, read, totals, window
+from gateway.observability.metrics import DURATION_BUCKETS, GatewayMetrics
+from gateway.rollout.analysis import Counts, judge, quantile
+from gateway.stats.counts import RouteStats, Sample, route_stats, window
 
 N = len(DURATION_BUCKETS) + 1
 
@@ -35,24 +38,33 @@ def test_quantile_interpolates_within_the_bucket_like_prometheus() -> None:
     assert quantile(0.99, overflow) == DURATION_BUCKETS[-1]
 
 
+def scrape(metrics: GatewayMetrics) -> RouteStats:
+    """Route r's numbers as a gate reads them: from the rendered metrics."""
+    text = generate_latest(metrics.registry()).decode()
+    found = text_string_to_metric_families(text)
+    return route_stats("r", [Sample(s.name, s.labels, s.value) for f in found for s in f.samples])
+
+
 def test_window_subtracts_the_step_baseline_per_series() -> None:
-    a = RequestSeries("r", "challenger", "2", "h:1")
-    b = RequestSeries("r", "challenger", "2", "h:2")
+    metrics = GatewayMetrics()
+    a = metrics.series("r", "challenger", "2", "h:1")
     a.by_class[2] = 10
     a.duration.counts[3] = 10
-    base = totals([a])  # b did not exist when the step began
+    base = scrape(metrics)  # b did not exist when the step began
+    b = metrics.series("r", "challenger", "2", "h:2")
     a.by_class[2] += 5
     a.by_class[5] += 1
     a.failed_attempts += 2  # one retried elsewhere, one answered 502
     a.duration.counts[3] += 6
     b.by_class[2] = 4
     b.duration.counts[4] = 4
-    got = window(totals([a, b]), base)
+    now = scrape(metrics)
+    got = window(now, base).counts("challenger", "2")
     assert got.responses == 10  # 5 + 1 on a, 4 on b
     assert got.ok_attempts == 9 and got.failed_attempts == 2
     assert got.error_rate == pytest.approx(2 / 11)
     assert got.buckets[3] == 6 and got.buckets[4] == 4
-    assert read(a).responses == 16
+    assert now.counts("challenger", "2").responses == 20
 
 
 def test_judge_waits_for_min_requests_then_fails_on_the_first_gate() -> None:
