@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import orjson
 import pytest
 
+from gateway.cli import main
 from gateway.controlplane.policy.compile import compile_snapshot
 from gateway.controlplane.policy.explain import explain, render_text
 from gateway.controlplane.policy.loader import parse_policies
@@ -125,3 +128,37 @@ def test_result_is_json_and_renders_as_text(snapshot: RuntimeSnapshot) -> None:
     assert "reason:    override - overrides[0] matched x-cohort=beta\n" in text
     assert "endpoints: http://127.0.0.1:9102 (available, 0 in flight)\n" in text
     assert "order:     challenger -> champion\n" in text
+
+
+def test_a_route_with_an_experiment_says_where_its_statistics_come_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "chat.yaml").write_text(CHAT.replace("fallback: [champion]", "experiment: {}"))
+    args = ["policy", "explain", "--policies", str(tmp_path), "--seed", "1"]
+    monkeypatch.setenv("SWITCHYARD_STATS_SOURCE", "prometheus")
+    monkeypatch.setenv("SWITCHYARD_PROMETHEUS_URL", "http://prom:9090")
+    monkeypatch.setenv("SWITCHYARD_PROMETHEUS_SELECTOR", 'job="switchyard"')
+    assert main([*args, "--route", "chat", "--json"]) == 0
+    statistics = json.loads(capsys.readouterr().out)["statistics"]
+    assert statistics == {
+        "kind": "prometheus",
+        "url": "http://prom:9090",
+        "covers": 'every switchyard process Prometheus scrapes matching {job="switchyard"}, summed',
+    }
+    assert main([*args, "--route", "chat"]) == 0
+    assert (
+        "stats:     experiment and rollout counts from prometheus at http://prom:9090: "
+        in capsys.readouterr().out
+    )
+    # No experiment or rollout block: nothing to say.
+    assert main([*args, "--route", "embed", "--json"]) == 0
+    assert "statistics" not in json.loads(capsys.readouterr().out)
+    # The defaults: one process counts for itself; --workers N read their supervisor.
+    for name in ("SWITCHYARD_STATS_SOURCE", "SWITCHYARD_PROMETHEUS_URL"):
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("SWITCHYARD_PROMETHEUS_SELECTOR")
+    assert main([*args, "--route", "chat", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["statistics"]["kind"] == "local"
+    monkeypatch.setenv("SWITCHYARD_WORKERS", "4")
+    assert main([*args, "--route", "chat", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["statistics"]["kind"] == "supervisor"

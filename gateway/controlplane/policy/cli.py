@@ -22,7 +22,7 @@ from typing import Any
 from gateway.controlplane.k8s.pools import service_pools
 from gateway.controlplane.policy.compile import compile_snapshot, load_checked, policy_version
 from gateway.controlplane.policy.diff import diff_policies, hold_message, route_removals
-from gateway.controlplane.policy.explain import explain, render_text
+from gateway.controlplane.policy.explain import explain, render_text, statistics_for
 from gateway.controlplane.policy.loader import (
     LoadedPolicy,
     PolicyError,
@@ -244,8 +244,15 @@ def run_explain(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return 1
     head = RequestHead(route=args.route, headers=tuple(headers), body=body)
+    # Where a gateway started with this environment reads the route's experiment or
+    # rollout statistics (SWITCHYARD_STATS_SOURCE, SWITCHYARD_PROMETHEUS_URL, ...).
+    settings = from_env()
+    paths = args.policies or ["policies"]
+    policies = load_checked(paths, registry=True, file_roots=settings.file_roots)
+    policy = next((p.policy for p in policies if p.policy.route == args.route), None)
     try:
-        result = explain(snapshot, head, random.Random(args.seed))
+        statistics = statistics_for(policy, settings)
+        result = explain(snapshot, head, random.Random(args.seed), statistics=statistics)
     except UnknownRoute:
         routes = ", ".join(sorted(snapshot.routes)) or "none"
         print(f"unknown route {args.route!r}; routes: {routes}", file=sys.stderr)

@@ -3,17 +3,24 @@
 Used by `switchyard policy explain` and the admin API. It runs the real `decide` on the
 real snapshot, so the answer cannot disagree with what the data plane does; it only adds
 what `decide` knows but does not return (the sticky key's point on the weight line, the
-random draw, which override headers matched).
+random draw, which override headers matched), and, for a route with an experiment or
+rollout, where its statistics come from (`gateway.stats`: this process, the supervisor's
+merged workers, or Prometheus over every replica).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from gateway.controlplane.policy.rollouts import tracks_feedback
+from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.decide import RequestHead, decide, header_value, sticky_point
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot, Variant
+from gateway.settings import Settings
+from gateway.stats.sources import StatsSource, describe_settings
 
 
 class _RecordingRandom(random.Random):
@@ -33,14 +40,43 @@ class _RecordingRandom(random.Random):
         return value
 
 
+def source_view(source: StatsSource) -> dict[str, Any]:
+    """A running gateway's statistics source, as `explain` shows it."""
+    return {"kind": source.kind, "url": source.url, "covers": source.explains()}
+
+
+def statistics_for(policy: RoutingPolicy | None, settings: Settings) -> dict[str, Any] | None:
+    """Where a gateway started with `settings` reads the statistics of `policy`'s
+    experiment or rollout; None for a route with neither (or no policy)."""
+    if policy is None or not tracks_feedback(policy):
+        return None
+    return describe_settings(settings)
+
+
 def explain(
-    snapshot: RuntimeSnapshot, head: RequestHead, rng: random.Random, *, now: float | None = None
+    snapshot: RuntimeSnapshot,
+    head: RequestHead,
+    rng: random.Random,
+    *,
+    now: float | None = None,
+    statistics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """How `decide` routes `head`, as JSON-ready data.
 
     `now` is on the health registry's clock (monotonic by default) and decides which
-    endpoints count as ejected. Raises `UnknownRoute` like `decide`.
+    endpoints count as ejected. `statistics` (`source_view`, `statistics_for`) says
+    where the route's experiment or rollout statistics come from. Raises `UnknownRoute`
+    like `decide`.
     """
+    result = _explain(snapshot, head, rng, now)
+    if statistics is not None:
+        result["statistics"] = dict(statistics)
+    return result
+
+
+def _explain(
+    snapshot: RuntimeSnapshot, head: RequestHead, rng: random.Random, now: float | None
+) -> dict[str, Any]:
     route = snapshot.routes.get(head.route)
     if route is not None and route.unavailable is not None:
         return _unavailable(snapshot, route)
@@ -210,4 +246,11 @@ def render_text(result: dict[str, Any]) -> str:
         lines.append(f"{label:<11}{e['url']} ({state}, {e['in_flight']} in flight)")
     lines.append(f"fallback:  {', '.join(result['fallback']) or 'none'}")
     lines.append(f"order:     {' -> '.join(result['order'])}")
+    statistics = result.get("statistics")
+    if statistics:
+        at = f" at {statistics['url']}" if statistics.get("url") else ""
+        lines.append(
+            f"stats:     experiment and rollout counts from {statistics['kind']}{at}: "
+            f"{statistics['covers']}"
+        )
     return "\n".join(lines) + "\n"
