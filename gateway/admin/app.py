@@ -28,13 +28,14 @@ from gateway.admin.rollouts import rollout_handlers
 from gateway.admin.shadow import shadow_handlers
 from gateway.admin.views import reload_status_view, reload_view, routes_view, snapshot_view
 from gateway.controlplane.policy.diff import ALL_ROUTES
-from gateway.controlplane.policy.explain import explain
+from gateway.controlplane.policy.explain import explain, source_view
 from gateway.controlplane.policy.reload import PolicyReloader
 from gateway.controlplane.registry.webhook import WebhookRejected, verify
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.plane import DataPlane
 from gateway.errors import UnknownRoute
 from gateway.rollout.controller import RolloutController
+from gateway.stats.sources import LocalSource
 
 log = logging.getLogger("switchyard.admin")
 
@@ -54,6 +55,8 @@ def build_admin_app(
     HMAC signature with `webhook_secret` authenticates it instead.
     """
     registry = plane.metrics.registry()
+    # Where counts for experiments, shadows and rollout gates come from (gateway.stats).
+    source = rollouts.stats if rollouts is not None else LocalSource(plane.metrics)
 
     async def metrics(request: Request) -> Response:
         # OpenMetrics when the scraper asks for it (Prometheus does, with exemplar
@@ -135,8 +138,12 @@ def build_admin_app(
             )
         headers = [(str(k).lower().encode(), str(v).encode()) for k, v in raw_headers.items()]
         head = RequestHead(payload["route"], headers, body)
+        tracked = rollouts is not None and rollouts.tracks(payload["route"])
+        statistics = source_view(source) if tracked else None
         try:
-            result = explain(plane.ref.current, head, random.Random(payload.get("seed")))
+            result = explain(
+                plane.ref.current, head, random.Random(payload.get("seed")), statistics=statistics
+            )
         except UnknownRoute as exc:
             return JSONResponse({"error": exc.message}, status_code=404)
         return JSONResponse(result)
@@ -152,7 +159,7 @@ def build_admin_app(
         "explain": explain_view,
         "registry_webhook": registry_webhook,
         **(drift_handlers(drift_dir, plane.metrics.drift) if drift_dir else {}),
-        **shadow_handlers(lambda: plane.ref.current, plane.metrics.shadow),
+        **shadow_handlers(lambda: plane.ref.current, plane.metrics.shadow, source),
         **(rollout_handlers(rollouts) if rollouts is not None else {}),
     }
     enabled = features(drift_dir=drift_dir, rollouts=rollouts is not None)

@@ -57,7 +57,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("drift", "/admin/drift", feature="drift"),
     Endpoint("drift_report", "/admin/drift/{route:path}/report.html", feature="drift"),
     Endpoint("drift_route", "/admin/drift/{route:path}", feature="drift"),
-    Endpoint("shadow", "/admin/shadow", fleet="merged"),
+    # Counts from the statistics source (any worker reads all); the route's view also
+    # merges every worker's kept comparisons.
+    Endpoint("shadow", "/admin/shadow"),
     Endpoint("shadow_route", "/admin/shadow/{route:path}", fleet="merged"),
     Endpoint("rollouts", "/admin/rollouts", feature="rollouts"),
     Endpoint(

@@ -5,11 +5,16 @@ each entry's `fleet` says how the supervisor answers it:
 
 - `own`: `/livez` and `/readyz` from the supervisor's own state (ready once every
   worker is up, draining once it stops).
-- `merged`: `/metrics` sums every worker's scrape (`gateway.admin.aggregate`); the
-  shadow summaries merge every worker's raw numbers (`gateway.admin.shadow`).
+- `merged`: `/metrics` sums every worker's scrape (`gateway.admin.aggregate`), plus
+  how many workers answered and how many were replaced; a shadow summary merges every
+  worker's raw numbers (kept comparisons, `?since=` windows) and takes the fleet counts
+  from one worker (`gateway.admin.shadow`).
 - `each`: passed to every worker, query string included (a reload, `?remove=` and all;
   a registry webhook), and answered with each worker's reply.
-- `one`: passed to one worker (reads that any worker answers, rollout commands).
+- `one`: passed to one worker (reads that any worker answers, rollout commands). The
+  workers read their statistics (experiments, shadow counts, rollout gates) from this
+  supervisor's merged `/metrics` or from Prometheus (`gateway.stats`), so any worker
+  answers for all of them.
 
 The supervisor checks the bearer token as a process does, and passes the caller's
 header on, so every worker checks it too.
@@ -28,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.admin.aggregate import merge_expositions
 from gateway.admin.endpoints import Feature, Handler, build_app, served
-from gateway.admin.shadow import merge_overviews, merge_raw, summarise
+from gateway.admin.shadow import merge_raw, summarise
 
 # The bearer token, the body's type, who gave a rollout command, and what authenticates
 # a registry webhook (MLflow's `x-mlflow-*` HMAC signature headers).
@@ -78,10 +83,16 @@ def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feat
             )
         texts = [r.text for r in replies if isinstance(r, httpx.Response) and r.is_success]
         body = merge_expositions(texts)
+        # Both tell a reader of these sums (a worker's statistics source, Prometheus)
+        # that a worker's counts left them or restarted from zero inside them.
+        restarts = sum(int(getattr(w, "restarts", 0)) for w in sup.workers)
         body += (
             "# HELP switchyard_workers Worker processes answering the metrics scrape.\n"
             "# TYPE switchyard_workers gauge\n"
             f"switchyard_workers {len(texts)}.0\n"
+            "# HELP switchyard_worker_restarts_total Worker processes the supervisor replaced.\n"
+            "# TYPE switchyard_worker_restarts_total counter\n"
+            f"switchyard_worker_restarts_total {restarts}.0\n"
         )
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -144,53 +155,62 @@ def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feat
             media_type=reply.headers.get("content-type"),
         )
 
-    async def ask(request: Request, path: str, params: dict[str, str]) -> list[httpx.Response]:
+    async def ask(request: Request, path: str, params: list[dict[str, str]]) -> list[Any]:
+        """GET `path` of every worker, the i-th with `params[i]` (the last for the rest)."""
+        admins = sup.admins()
         async with httpx.AsyncClient(timeout=10) as client:
-            replies = await asyncio.gather(
+            return await asyncio.gather(
                 *(
-                    client.get(f"{a}{path}", params=params, headers=_passed_on(request))
-                    for a in sup.admins()
+                    client.get(
+                        f"{a}{path}",
+                        params=params[min(i, len(params) - 1)],
+                        headers=_passed_on(request),
+                    )
+                    for i, a in enumerate(admins)
                 ),
                 return_exceptions=True,
             )
-        return [r for r in replies if isinstance(r, httpx.Response)]
 
     def refused(answers: list[httpx.Response]) -> Response | None:
         if not answers:
             return JSONResponse({"error": "no worker answered"}, status_code=503)
         for reply in answers:
-            if reply.status_code in (400, 401):
+            if reply.status_code in (400, 401, 503):
                 return Response(
                     reply.content, status_code=reply.status_code, media_type="application/json"
                 )
         return None
 
-    async def shadow(request: Request) -> Response:
-        answers = await ask(request, "/admin/shadow", {})
-        problem = refused(answers)
-        if problem is not None:
-            return problem
-        return JSONResponse(merge_overviews(r.json() for r in answers if r.status_code == 200))
-
     async def shadow_route(request: Request) -> Response:
         route = request.path_params["route"]
-        params = {"raw": "1", **dict(request.query_params)}
-        answers = await ask(request, f"/admin/shadow/{route}", params)
+        query = dict(request.query_params)
+        # Every worker's raw numbers; the first adds the fleet counts it reads.
+        raw = {**query, "raw": "1"}
+        replies = await ask(request, f"/admin/shadow/{route}", [{**raw, "fleet": "1"}, raw])
+        first = replies[0] if replies else None
+        if first is not None and not isinstance(first, httpx.Response):
+            return JSONResponse({"error": f"worker 0: {first}"}, status_code=502)
+        answers = [r for r in replies if isinstance(r, httpx.Response)]
         problem = refused(answers)
         if problem is not None:
             return problem
-        merged = merge_raw(r.json() for r in answers if r.status_code == 200)
+        views = [r.json() for r in answers if r.status_code == 200]
+        merged = merge_raw(views)
         if merged is None:
             return JSONResponse({"error": f"route {route!r} has no shadows"}, status_code=404)
+        fleet = views[0].get("fleet") if answers[0].status_code == 200 else None
         if request.query_params.get("raw") == "1":
-            return JSONResponse(merged)
-        return JSONResponse(summarise(merged))
+            return JSONResponse({**merged, "fleet": fleet} if fleet is not None else merged)
+        if fleet is None:  # the first worker has no such shadow; another one has
+            return JSONResponse(
+                {"error": f"worker 0 has no shadows of {route!r} yet"}, status_code=503
+            )
+        return JSONResponse(summarise(merged, fleet))
 
     own: dict[str, Handler] = {
         "metrics": metrics,
         "livez": livez,
         "readyz": readyz,
-        "shadow": shadow,
         "shadow_route": shadow_route,
     }
     handlers: dict[str, Handler] = {}

@@ -1,29 +1,41 @@
 """Shadow traffic in the admin API: how each shadow's copies went and how it agreed.
 
-- `GET /admin/shadow`: every route with shadows, in brief (agreement rate per shadow).
+- `GET /admin/shadow`: every route with shadows, in brief (agreement per shadow).
 - `GET /admin/shadow/{route}`: per shadow and resolved version: copies by outcome,
   skipped and dropped by reason, comparisons by result, the agreement rate, and the
   mean and percentiles of similarity, length ratio, probability delta, max abs error
   and latency delta (over the last comparisons kept, 1,024 per shadow version and
   process). `?since=UNIX_TIME` limits the agreement counts to that stretch.
 
-With `--workers N` the supervisor (`gateway.admin.fleet`) asks every worker (for its raw
-numbers, `?raw=1`) and merges the answers (`merge_raw`, `merge_overviews`) before
-summarising, so they cover all workers; `workers` in an answer says how many answered.
+The counts (copies, comparisons, agreement) are the fleet's: read from the statistics
+source (`gateway.stats`: this process, the supervisor's merged workers, or Prometheus
+over every replica), named in the answer's `source`; with the source down the answer is
+a 503 saying why. The distributions and per-output agreement come from the comparisons
+the answering processes keep in memory (`workers` says how many), and so does a
+`?since=` agreement (`agreement_since`), which counters cannot answer.
+
+With `--workers N` the supervisor (`gateway.admin.fleet`) asks every worker for its raw
+numbers (`?raw=1`) and merges them (`merge_raw`) before summarising; one worker adds the
+fleet counts (`&fleet=1`). `GET /admin/shadow` comes from one worker: its counts are the
+source's already.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.admin.endpoints import Handler
+from gateway.admin.views import unavailable
 from gateway.dataplane.snapshot import RuntimeSnapshot
 from gateway.observability.shadow_metrics import SAMPLE_FIELDS, ShadowMetrics
+from gateway.stats.counts import ShadowCounts
+from gateway.stats.sources import StatsSource, StatsUnavailable
 
 _COUNTS = ("requests", "skipped", "dropped", "comparisons")
 _AGREEMENT = ("agreed", "disagreed", "uncomparable", "failed")
@@ -42,6 +54,7 @@ def raw_view(
     return {
         "route": route,
         "workers": 1,
+        "since": since,
         "config": [
             {
                 "name": s.name,
@@ -80,7 +93,13 @@ def merge_raw(views: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     index: dict[tuple[str, str], dict[str, Any]] = {}
     for view in views:
         if merged is None:
-            merged = {"route": view["route"], "workers": 0, "config": view["config"], "series": []}
+            merged = {
+                "route": view["route"],
+                "workers": 0,
+                "since": view.get("since"),
+                "config": view["config"],
+                "series": [],
+            }
         merged["workers"] += int(view.get("workers", 1))
         for entry in view["series"]:
             key = (entry["shadow"], entry["version"])
@@ -112,40 +131,81 @@ def merge_raw(views: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     return merged
 
 
-def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    """The admin answer from (merged) raw numbers."""
+async def fleet_view(source: StatsSource, route: str) -> dict[str, Any]:
+    """The fleet's counts of `route`'s shadows from `source`; StatsUnavailable if it
+    does not answer."""
+    evidence = await source.read(route)
+    return {
+        "source": evidence.origin.to_json(),
+        "series": [
+            {"shadow": shadow, "version": version, **counts.to_json()}
+            for (shadow, version), counts in evidence.stats.shadow_versions().items()
+        ],
+    }
+
+
+def summarise(raw: dict[str, Any], fleet: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The admin answer from (merged) raw numbers, with the counts of `fleet` (a
+    `fleet_view`) where given, and the raw numbers' own counts where not."""
+    details = {(e["shadow"], e["version"]): e for e in raw["series"]}
+    counted = {(e["shadow"], e["version"]): e for e in (fleet or {}).get("series", ())}
+    serving = {(c["name"], c["version"]) for c in raw["config"]}
+    since = raw.get("since")
+    keys = set(details) | set(counted) if fleet is not None else set(details)
     shadows = []
-    for entry in sorted(raw["series"], key=lambda e: (e["shadow"], not e["serving"], e["version"])):
-        counts = entry["agreement"]
-        judged = counts["agreed"] + counts["disagreed"] + counts["uncomparable"]
-        columns = list(zip(*entry["recent"], strict=True)) if entry["recent"] else []
+    for key in sorted(keys, key=lambda k: (k[0], k not in serving, k[1])):
+        entry = details.get(key)
+        counts = counted[key] if fleet is not None and key in counted else entry
+        if counts is None:  # the fleet knows a version this process never saw
+            counts = {"in_flight": 0, **{name: {} for name in _COUNTS}}
+        agreement = _fleet_agreement(counts)
+        if entry is not None and (fleet is None or since is not None):
+            agreement = entry["agreement"]  # `since` needs the processes' own windows
+        judged = agreement["agreed"] + agreement["disagreed"] + agreement["uncomparable"]
+        recent = entry["recent"] if entry is not None else []
+        columns = list(zip(*recent, strict=True)) if recent else []
         stats = {}
         for i, name in enumerate(SAMPLE_FIELDS):
             values = [v for v in columns[i] if v is not None] if columns else []
             scale = 1000.0 if name == "latency_delta_s" else 1.0
             stats["latency_delta_ms" if scale != 1.0 else name] = _distribution(values, scale)
+        outputs = entry["outputs"] if entry is not None else {}
         shadows.append(
             {
-                "shadow": entry["shadow"],
-                "version": entry["version"],
-                "serving": entry["serving"],
-                "in_flight": entry["in_flight"],
-                "sent": sum(entry["requests"].values()),
-                **{name: dict(sorted(entry[name].items())) for name in _COUNTS},
-                "agreement_rate": counts["agreed"] / judged if judged else None,
-                "agreement": counts,
+                "shadow": key[0],
+                "version": key[1],
+                "serving": key in serving or bool(entry and entry["serving"]),
+                "in_flight": counts["in_flight"],
+                "sent": sum(counts["requests"].values()),
+                **{name: dict(sorted(counts[name].items())) for name in _COUNTS},
+                "agreement_rate": agreement["agreed"] / judged if judged else None,
+                "agreement": agreement,
+                **({"agreement_since": since} if since is not None else {}),
                 **stats,
                 "outputs": {
                     name: {"agreed": a, "compared": c, "rate": a / c if c else None}
-                    for name, (a, c) in sorted(entry["outputs"].items())
+                    for name, (a, c) in sorted(outputs.items())
                 },
             }
         )
     return {
         "route": raw["route"],
+        "source": None if fleet is None else fleet["source"],
         "workers": raw["workers"],
         "config": raw["config"],
         "shadows": shadows,
+    }
+
+
+def _fleet_agreement(counts: Mapping[str, Any]) -> dict[str, int]:
+    """Agreement counts from counters: comparisons by result, failed copies."""
+    found = ShadowCounts(counts["requests"], {}, {}, counts["comparisons"])
+    c = found.comparisons
+    return {
+        "agreed": found.agreed,
+        "disagreed": c.get("disagree", 0),
+        "uncomparable": c.get("uncomparable", 0),
+        "failed": found.failed,
     }
 
 
@@ -179,7 +239,7 @@ def _since(request: Request) -> float | None:
 
 
 def shadow_handlers(
-    snapshot: Callable[[], RuntimeSnapshot], metrics: ShadowMetrics
+    snapshot: Callable[[], RuntimeSnapshot], metrics: ShadowMetrics, source: StatsSource
 ) -> dict[str, Handler]:
     """The handlers of the shadow endpoints of one process (`gateway.admin.endpoints`)."""
 
@@ -187,19 +247,28 @@ def shadow_handlers(
         snap = snapshot()
         names = {r.name for r in snap.routes.values() if r.shadows}
         names |= {s.route for s in metrics.all()}
-        routes = {}
-        for name in sorted(names):
-            routes[name] = [
-                {
-                    "shadow": s.shadow,
-                    "version": s.version,
-                    "agreed": (found := s.agreement()).agreed,
-                    "compared": found.compared,
-                    "agreement_rate": found.rate,
-                }
-                for s in metrics.of_route(name)
-            ]
-        return JSONResponse({"workers": 1, "routes": routes})
+        ordered = sorted(names)
+        try:
+            views = await asyncio.gather(*(fleet_view(source, name) for name in ordered))
+        except StatsUnavailable as exc:
+            return unavailable(exc)
+        routes: dict[str, list[dict[str, Any]]] = {}
+        for name, view in zip(ordered, views, strict=True):
+            routes[name] = []
+            for entry in view["series"]:
+                found = _fleet_agreement(entry)
+                compared = found["agreed"] + found["disagreed"] + found["uncomparable"]
+                routes[name].append(
+                    {
+                        "shadow": entry["shadow"],
+                        "version": entry["version"],
+                        "agreed": found["agreed"],
+                        "compared": compared,
+                        "agreement_rate": found["agreed"] / compared if compared else None,
+                    }
+                )
+        origin = views[0]["source"] if views else {"kind": source.kind, "url": source.url}
+        return JSONResponse({"source": origin, "routes": routes})
 
     async def one(request: Request) -> Response:
         route = request.path_params["route"]
@@ -210,32 +279,15 @@ def shadow_handlers(
         raw = raw_view(route, snapshot(), metrics, since)
         if raw is None:
             return JSONResponse({"error": f"route {route!r} has no shadows"}, status_code=404)
-        if request.query_params.get("raw") == "1":
-            return JSONResponse(raw)
-        return JSONResponse(summarise(raw))
+        wants_raw = request.query_params.get("raw") == "1"
+        fleet = None
+        if not wants_raw or request.query_params.get("fleet") == "1":
+            try:
+                fleet = await fleet_view(source, route)
+            except StatsUnavailable as exc:
+                return unavailable(exc)
+        if wants_raw:
+            return JSONResponse({**raw, "fleet": fleet} if fleet is not None else raw)
+        return JSONResponse(summarise(raw, fleet))
 
     return {"shadow": overview, "shadow_route": one}
-
-
-def merge_overviews(views: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Several workers' `GET /admin/shadow` answers as one."""
-    workers = 0
-    merged: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
-    for view in views:
-        workers += int(view.get("workers", 1))
-        for route, entries in view["routes"].items():
-            into = merged.setdefault(route, {})
-            for entry in entries:
-                key = (entry["shadow"], entry["version"])
-                slot = into.setdefault(
-                    key, {"shadow": key[0], "version": key[1], "agreed": 0, "compared": 0}
-                )
-                slot["agreed"] += entry["agreed"]
-                slot["compared"] += entry["compared"]
-    routes = {}
-    for route in sorted(merged):
-        routes[route] = [
-            {**e, "agreement_rate": e["agreed"] / e["compared"] if e["compared"] else None}
-            for _, e in sorted(merged[route].items())
-        ]
-    return {"workers": workers, "routes": routes}

@@ -264,11 +264,14 @@ def test_workers_answer_the_shadow_summary_together(
         if sum(entry["comparisons"].values()) == 40 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert summary["workers"] == 2
+    # Kept comparisons merged from both workers; counts from the supervisor's merged
+    # /metrics, which every worker reads (gateway.stats).
+    assert summary["workers"] == 2 and summary["source"]["kind"] == "supervisor"
     assert entry["sent"] == 40 and entry["requests"] == {"ok": 40}
+    assert entry["similarity"]["n"] == 40
     assert gw.metric("switchyard_shadow_requests_total", route="r") == 40
     overview = httpx.get(f"{gw.admin}/admin/shadow").json()
-    assert overview["workers"] == 2
+    assert overview["source"]["kind"] == "supervisor"
     assert overview["routes"]["r"][0]["compared"] == 40
     denied = httpx.get(f"{gw.admin}/admin/shadow/nope")
     assert denied.status_code == 404

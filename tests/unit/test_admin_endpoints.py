@@ -26,6 +26,7 @@ from gateway.admin.fleet import build_fleet_app
 from gateway.admin.server import AdminServer
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings
+from gateway.stats.sources import LocalSource
 
 TOKEN = "t0ken"
 
@@ -34,7 +35,8 @@ def process_app(settings: Settings, token: str | None = TOKEN) -> Starlette:
     """What `Gateway.run` builds; the handlers are never called, so the parts are stubs."""
     plane: Any = SimpleNamespace(metrics=GatewayMetrics(), ref=None)
     reloader: Any = SimpleNamespace()
-    rollouts: Any = SimpleNamespace()  # Gateway.run always has a rollout controller
+    # Gateway.run always has a rollout controller, and with it a statistics source.
+    rollouts: Any = SimpleNamespace(stats=LocalSource(plane.metrics))
     return build_admin_app(plane, reloader, token, drift_dir=settings.drift_dir, rollouts=rollouts)
 
 

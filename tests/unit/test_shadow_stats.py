@@ -1,9 +1,11 @@
-"""Shadow statistics: the agreement read API, the admin summary and its merge across
-workers, the metric families and the comparison log, on known numbers."""
+"""Shadow statistics: the agreement read API, the admin summary (fleet counts from the
+statistics source, kept comparisons merged across workers), the metric families and the
+comparison log, on known numbers."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from gateway.admin.endpoints import admin_routes
-from gateway.admin.shadow import merge_overviews, merge_raw, raw_view, shadow_handlers, summarise
+from gateway.admin.shadow import merge_raw, raw_view, shadow_handlers, summarise
 from gateway.controlplane.policy.compile import compile_snapshot
 from gateway.controlplane.policy.loader import parse_policies
 from gateway.dataplane.health import HealthRegistry
@@ -22,6 +24,7 @@ from gateway.dataplane.shadow.log import ComparisonLog
 from gateway.dataplane.snapshot import RuntimeSnapshot
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.shadow_metrics import ShadowMetrics
+from gateway.stats.sources import LocalSource, SupervisorSource
 
 T0 = 1_000_000.0  # a bucket boundary (a multiple of 10 s)
 POLICY = """apiVersion: switchyard/v1
@@ -101,28 +104,49 @@ def test_summary_merges_workers_before_the_percentiles() -> None:
     assert summary["config"][0]["sample"] == 0.5
 
 
-def test_overviews_merge_by_counts_not_by_rates() -> None:
-    one = {
-        "workers": 1,
-        "routes": {
-            "chat": [
-                {"shadow": "c", "version": "1", "agreed": 9, "compared": 10, "agreement_rate": 0.9}
-            ]
-        },
+def test_counts_come_from_the_fleet_and_distributions_from_kept_comparisons() -> None:
+    raw = merge_raw([view(GatewayMetrics(), [0.2, 0.9]), view(GatewayMetrics(), [0.8])])
+    assert raw is not None
+    # What the statistics source says of every replica: more than these processes saw,
+    # and a version only another replica serves.
+    fleet = {
+        "source": {"kind": "prometheus", "url": "http://prom:9090"},
+        "series": [
+            {
+                "shadow": "cand",
+                "version": "",
+                "in_flight": 2,
+                "requests": {"ok": 40, "timeout": 1},
+                "skipped": {},
+                "dropped": {"max_inflight": 3},
+                "comparisons": {"agree": 30, "disagree": 9, "uncomparable": 1},
+            },
+            {
+                "shadow": "cand",
+                "version": "9",
+                "in_flight": 0,
+                "requests": {"ok": 1},
+                "skipped": {},
+                "dropped": {},
+                "comparisons": {"agree": 1},
+            },
+        ],
     }
-    two = {
-        "workers": 1,
-        "routes": {
-            "chat": [
-                {"shadow": "c", "version": "1", "agreed": 0, "compared": 90, "agreement_rate": 0.0}
-            ]
-        },
-    }
-    merged = merge_overviews([one, two])
-    assert merged["workers"] == 2
-    assert merged["routes"]["chat"] == [
-        {"shadow": "c", "version": "1", "agreed": 9, "compared": 100, "agreement_rate": 0.09}
-    ]
+    summary = summarise(raw, fleet)
+    assert summary["source"]["kind"] == "prometheus" and summary["workers"] == 2
+    here, elsewhere = summary["shadows"]
+    assert (here["version"], here["serving"]) == ("", True)
+    assert here["sent"] == 41 and here["dropped"] == {"max_inflight": 3}
+    assert here["agreement"] == {"agreed": 30, "disagreed": 9, "uncomparable": 1, "failed": 1}
+    assert here["agreement_rate"] == pytest.approx(0.75) and here["in_flight"] == 2
+    assert here["similarity"]["n"] == 3  # the comparisons these processes keep
+    assert (elsewhere["version"], elsewhere["serving"], elsewhere["sent"]) == ("9", False, 1)
+    assert elsewhere["similarity"]["n"] == 0
+    # `since`: counters cannot answer it; the processes' own windows do (2 of 3 agreed
+    # here), and the answer says so.
+    windowed = summarise({**raw, "since": T0}, fleet)["shadows"][0]
+    assert windowed["agreement_since"] == T0
+    assert windowed["agreement_rate"] == pytest.approx(2 / 3) and windowed["sent"] == 41
 
 
 def test_shadow_metrics_render_with_policy_labels_only() -> None:
@@ -156,13 +180,16 @@ async def test_admin_view_over_http() -> None:
         "agree", (1.0, 1.0, None, None, 0.0), (), T0
     )
 
-    app = Starlette(routes=admin_routes(shadow_handlers(lambda: snap, metrics.shadow), "t"))
+    source = LocalSource(metrics)
+    handlers = shadow_handlers(lambda: snap, metrics.shadow, source)
+    app = Starlette(routes=admin_routes(handlers, "t"))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         assert (await client.get("/admin/shadow/chat")).status_code == 401
         auth = {"authorization": "Bearer t"}
         found = (await client.get("/admin/shadow/chat", headers=auth)).json()
         assert found["shadows"][0]["agreement_rate"] == 1.0
+        assert found["source"]["kind"] == "local" and found["source"]["error"] is None
         raw = (await client.get("/admin/shadow/chat?raw=1", headers=auth)).json()
         assert raw["series"][0]["recent"] == [[1.0, 1.0, None, None, 0.0]]
         later = (await client.get(f"/admin/shadow/chat?since={T0 + 60}", headers=auth)).json()
@@ -172,6 +199,27 @@ async def test_admin_view_over_http() -> None:
         assert missing.status_code == 404 and "no shadows" in missing.json()["error"]
         overview = (await client.get("/admin/shadow", headers=auth)).json()
         assert overview["routes"]["chat"][0]["compared"] == 1
+        assert overview["source"]["kind"] == "local"
+
+
+async def test_a_source_that_does_not_answer_is_a_503_saying_why() -> None:
+    metrics = GatewayMetrics()
+    snap = snapshot(metrics)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        handlers = shadow_handlers(lambda: snap, metrics.shadow, SupervisorSource(url, 1.0))
+        app = Starlette(routes=admin_routes(handlers, None))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+            for path in ("/admin/shadow/chat", "/admin/shadow"):
+                reply = await client.get(path)
+                assert reply.status_code == 503, path
+                body = reply.json()
+                assert body["error"].startswith(f"evidence unavailable from supervisor at {url}")
+                assert body["source"]["kind"] == "supervisor" and body["source"]["error"]
+            # The raw numbers a supervisor merges need no source.
+            assert (await client.get("/admin/shadow/chat?raw=1")).status_code == 200
 
 
 async def test_comparison_log_rotates_and_bounds_its_buffer(tmp_path: Path) -> None:
