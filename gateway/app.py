@@ -42,6 +42,7 @@ from gateway.observability.tracing.setup import Tracing
 from gateway.rollout.build import build_controller
 from gateway.rollout.cli import add_rollout_options
 from gateway.settings import Settings, from_env
+from gateway.stats.sources import options_problem
 
 if TYPE_CHECKING:
     from gateway.dataplane.grpc.front import GrpcFront
@@ -305,6 +306,10 @@ def run_gateway(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = options_problem(settings)
+    if problem is not None:
+        print(f"switchyard: refusing to start: {problem}", file=sys.stderr)
+        return 2
     if settings.workers > 1:
         from gateway.supervisor import run_supervisor
 
@@ -348,6 +353,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "file_roots": tuple(getattr(args, "file_roots", None) or ()) or None,
         "rollout_dir": getattr(args, "rollout_dir", None),
         "rollout_lease": getattr(args, "rollout_lease", None),
+        "stats_source": getattr(args, "stats_source", None),
+        "prometheus_url": getattr(args, "prometheus_url", None),
+        "prometheus_selector": getattr(args, "prometheus_selector", None),
+        "stats_timeout": getattr(args, "stats_timeout", None),
         # `switchyard demo` shares these options but not the Kubernetes ones.
         "policy_configmap": getattr(args, "policy_configmap", None),
         "kubeconfig": getattr(args, "kubeconfig", None),

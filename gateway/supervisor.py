@@ -48,6 +48,7 @@ class Supervisor:
         self.stopping = False
         self.port = settings.port
         self.grpc_port = settings.grpc_port
+        self.admin_url: str | None = None  # the admin API, as the workers reach it
         self._started = asyncio.Event()
 
     async def run(self) -> int:
@@ -63,15 +64,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        watchers = [loop.create_task(self._keep(w)) for w in self.workers]
-        ready = [loop.create_task(self._wait_admin(w)) for w in self.workers]
-        done, _ = await asyncio.wait(ready, timeout=60)
-        if len(done) != len(ready) or any(t.result() is None for t in done):
-            log.error("workers did not start; see their output above")
-            self.stopping = True
-            self._forward(signal.SIGTERM)
-            await asyncio.gather(*watchers, return_exceptions=True)
-            return 2
+        # The admin API before the workers: they read their statistics (rollout gates,
+        # experiments) from its merged /metrics, so they start knowing its address.
         # Every worker runs a rollout controller, and drift endpoints with a drift dir.
         enabled = features(drift_dir=self.settings.drift_dir, rollouts=True)
         admin = AdminServer(
@@ -85,9 +79,17 @@ class Supervisor:
                 self.settings.admin_host,
                 self.settings.admin_port,
             )
+            return 2
+        self.admin_url = _loopback_url(self.settings.admin_host, admin.port)
+        watchers = [loop.create_task(self._keep(w)) for w in self.workers]
+        ready = [loop.create_task(self._wait_admin(w)) for w in self.workers]
+        done, _ = await asyncio.wait(ready, timeout=60)
+        if len(done) != len(ready) or any(t.result() is None for t in done):
+            log.error("workers did not start; see their output above")
             self.stopping = True
             self._forward(signal.SIGTERM)
             await asyncio.gather(*watchers, return_exceptions=True)
+            await admin.stop()
             return 2
         drift = None
         if self.settings.drift_worker:
@@ -146,6 +148,7 @@ class Supervisor:
             admin_host="127.0.0.1",
             admin_port=0,
             drift_worker=False,  # one drift worker for all: this supervisor runs it
+            supervisor_admin=self.admin_url,  # the workers' statistics source (gateway.stats)
         )
         env = {**os.environ, **to_env(settings), "SWITCHYARD_WORKER_INDEX": str(worker.index)}
         worker.proc = await asyncio.create_subprocess_exec(
@@ -184,6 +187,15 @@ class Supervisor:
 
     def admins(self) -> list[str]:
         return [w.admin for w in self.workers if w.admin is not None]
+
+
+def _loopback_url(host: str, port: int) -> str:
+    """The admin API's URL from this machine (a wildcard address is reached on loopback)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

@@ -133,6 +133,11 @@ def describe(rollout: dict[str, Any]) -> list[str]:
         f"  state in {rollout.get('store')}; this process "
         + ("writes it" if rollout.get("writer") else "follows it"),
     ]
+    statistics = rollout.get("statistics")
+    if statistics:
+        at = f" at {statistics['url']}" if statistics.get("url") else ""
+        health = "" if statistics.get("up") is not False else f" (down: {statistics['last_error']})"
+        lines.append(f"  statistics from {statistics['kind']}{at}: {statistics['covers']}{health}")
     analysis = rollout.get("analysis")
     if analysis:
         lines.append(f"  last analysis: {analysis.get('outcome')}: {analysis.get('reason')}")
@@ -162,4 +167,29 @@ def add_rollout_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAMESPACE/NAME",
         help="Kubernetes Lease of the rollout writer (default in a cluster: "
         "<namespace>/switchyard-rollouts)",
+    )
+    stats = parser.add_argument_group(
+        "fleet statistics",
+        "Where rollout gates, GET /admin/experiments and GET /admin/shadow read their "
+        "counts: this process (the default; the workers of --workers N read their "
+        "supervisor's merged /metrics), or Prometheus over every replica it scrapes.",
+    )
+    stats.add_argument(
+        "--stats-source",
+        choices=["local", "prometheus"],
+        help="local (default) or prometheus (needs --prometheus-url)",
+    )
+    stats.add_argument(
+        "--prometheus-url", metavar="URL", help="Prometheus' HTTP API, e.g. http://prometheus:9090"
+    )
+    stats.add_argument(
+        "--prometheus-selector",
+        metavar="MATCHERS",
+        help='label matchers narrowing the queries to this gateway, e.g. job="switchyard"',
+    )
+    stats.add_argument(
+        "--stats-timeout",
+        type=float,
+        metavar="S",
+        help="longest wait for one read of the statistics source (default 2)",
     )
