@@ -157,10 +157,20 @@ class UnknownRequest(NotFound):
     code = "request_not_found"
 
 
+class RequestExpired(UnknownRequest):
+    """Feedback for a request served longer ago than the feedback window."""
+
+
 class FeedbackConflict(GatewayError):
     status = 409
     type = "invalid_request_error"
     code = "feedback_already_recorded"
+
+
+class FeedbackStoreUnavailable(Unavailable):
+    """The feedback claims store did not answer: the feedback was not recorded (retry)."""
+
+    code = "feedback_store_unavailable"
 
 
 def plain_body(err: GatewayError) -> bytes:

@@ -72,11 +72,6 @@ class Settings:
     drift_dir: str = ".state/drift"
     drift_worker: bool = True
     drift_buffer: int = 4096  # samples held between two flushes (200 ms); more are dropped
-    # One drift worker for a fleet (gateway/drift/channel.py): udp://HOST:PORT where
-    # every process sends its samples (then none starts a worker here), and the worker's
-    # HTTP API that the admin drift endpoints read (None: the local drift folder).
-    drift_worker_address: str | None = None
-    drift_status_url: str | None = None
     # Shadow traffic: copies in flight per process at most (beyond: dropped, counted);
     # how much of each answer (primary and shadow) is kept for the comparison; and the
     # comparison log, a JSON-lines file (None: off) rotated at `shadow_log_max_bytes`
@@ -99,6 +94,13 @@ class Settings:
     rollout_lease: str | None = None
     feedback_window: float = 3600.0
     feedback_capacity: int = 200_000
+    # Feedback across workers and replicas (gateway/dataplane/feedback): where the first
+    # feedback for a signed id is claimed (memory | sqlite:PATH | redis://HOST:PORT/DB;
+    # None: memory, or a SQLite file under --workers), and the fleet secret that signs
+    # feedback ids: the secret itself (env only: keep it off argv) or a file holding it.
+    feedback_store: str | None = None
+    fleet_secret: str | None = None
+    fleet_secret_file: str | None = None
     # Where rollout gates, experiment reports and shadow agreement read their counts
     # (gateway/stats): "local" reads this process (a worker of --workers N reads its
     # supervisor's merged /metrics at `supervisor_admin`, which the supervisor sets);

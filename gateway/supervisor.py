@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from gateway.admin.endpoints import features
 from gateway.admin.fleet import build_fleet_app
 from gateway.admin.server import AdminServer
-from gateway.drift.manager import DriftWanted, DriftWorkerManager, runs_local_worker
+from gateway.drift.manager import DriftWanted, DriftWorkerManager
 from gateway.settings import Settings, to_env
 
 log = logging.getLogger("switchyard.supervisor")
@@ -92,7 +92,7 @@ class Supervisor:
             await admin.stop()
             return 2
         drift = None
-        if runs_local_worker(self.settings):  # not when it sends to a fleet's worker
+        if self.settings.drift_worker:
             wanted = DriftWanted(
                 self.settings.policies, always=self.settings.policy_configmap is not None
             )

@@ -5,7 +5,7 @@ and the fronts read this state and import nothing above them; the data plane
 (`plane.DataPlane`) extends it with the listener, the fronts and the tick, and is the one
 object that owns all of it. Each layer imports only those before it:
 
-    styles, feedback, pick, http.upstream, snapshot ...   (no request-path callers)
+    styles, feedback.*, pick, http.upstream, snapshot ... (no request-path callers)
     shared        SharedState
     http.server   RequestHandler(SharedState), ResponseSource, ClientConnection
     exchange      Exchange(ResponseSource)
@@ -26,7 +26,9 @@ import os
 import random
 import time
 
-from gateway.dataplane.feedback import ExposureLog
+from gateway.dataplane.feedback.claims import ClaimsStore, MemoryClaims
+from gateway.dataplane.feedback.ids import FeedbackIds
+from gateway.dataplane.feedback.log import ExposureLog
 from gateway.dataplane.http.upstream import UpstreamPool
 from gateway.dataplane.pick import Turns
 from gateway.dataplane.snapshot import SnapshotRef
@@ -63,6 +65,10 @@ class SharedState:
         # Who served each recent request of routes with an experiment or rollout, for
         # POST /v1/feedback (dataplane.feedback); the rollout controller sets its routes.
         self.exposures = ExposureLog(settings.feedback_capacity, settings.feedback_window)
+        # Signed feedback ids and where their first feedback is claimed: a random secret
+        # and this process's memory until `use_feedback` installs the configured ones.
+        self.feedback_ids = FeedbackIds(os.urandom(32))
+        self.claims: ClaimsStore = MemoryClaims(settings.feedback_window)
         # How errors look where no front is known yet (unparsable request, no front).
         self.default_style: ErrorStyle = OpenAIStyle()
         self.draining = False
@@ -76,6 +82,11 @@ class SharedState:
         # Tracing (None: off, one check per request) and the JSON access log (None: off).
         self.tracer = tracer
         self.access_log = access_log
+
+    def use_feedback(self, ids: FeedbackIds, claims: ClaimsStore) -> None:
+        """Sign with the fleet's secret and claim in its store (`feedback.fleet`)."""
+        self.feedback_ids = ids
+        self.claims = claims
 
     def new_request_id(self) -> bytes:
         self._rid_counter += 1

@@ -33,7 +33,8 @@ from typing import Final
 HOT_MODULES: Final = (
     "gateway.dataplane.decide",
     "gateway.dataplane.exchange",
-    "gateway.dataplane.feedback",
+    "gateway.dataplane.feedback.ids",
+    "gateway.dataplane.feedback.log",
     "gateway.dataplane.fronts",
     "gateway.dataplane.health",
     "gateway.dataplane.http.wire",

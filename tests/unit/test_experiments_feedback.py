@@ -6,8 +6,15 @@ import timeit
 
 import pytest
 
-from gateway.dataplane.feedback import ExposureLog, VariantOutcomes, parse_feedback
-from gateway.errors import BadRequest, FeedbackConflict, InvalidJSON, UnknownRequest
+from gateway.dataplane.feedback import ExposureLog, VariantOutcomes, parse_feedback, result_of
+from gateway.errors import (
+    BadRequest,
+    FeedbackConflict,
+    FeedbackStoreUnavailable,
+    InvalidJSON,
+    RequestExpired,
+    UnknownRequest,
+)
 from gateway.observability.metrics import RequestSeries
 
 CHAMPION = RequestSeries("chat", "champion", "1", "h:1")
@@ -29,7 +36,7 @@ def test_records_only_tracked_routes_and_takes_each_id_once() -> None:
 def test_expiry_and_bounded_generations() -> None:
     log = ExposureLog(capacity=4, window=60.0, routes=frozenset({"chat"}))
     log.record(b"old", CHAMPION, 0.0)
-    with pytest.raises(UnknownRequest, match="expired: it was served 61s ago"):
+    with pytest.raises(RequestExpired, match="expired: it was served 61s ago"):
         log.take(b"old", 61.0)
     for i in range(10):
         log.record(b"r%d" % i, CHAMPION, 100.0)
@@ -39,10 +46,30 @@ def test_expiry_and_bounded_generations() -> None:
         log.take(b"r0", 100.0)  # dropped with its generation
 
 
+def test_a_plain_id_knows_the_signed_id_its_response_carried() -> None:
+    log = ExposureLog(capacity=100, window=60.0, routes=frozenset({"chat"}))
+    log.record(b"client-id", CHAMPION, 10.0, b"fb1.x.y")
+    log.record(b"other", CHAMPION, 10.0)
+    assert log.holds(b"client-id") and not log.holds(b"nope")
+    assert log.signed_id_of(b"client-id") == b"fb1.x.y"
+    assert log.signed_id_of(b"other") == b"" and log.signed_id_of(b"nope") == b""
+    with pytest.raises(UnknownRequest, match="send the response's x-switchyard-feedback-id"):
+        log.take(b"nope", 11.0)
+
+
+def test_refusals_are_counted_by_result() -> None:
+    assert result_of(FeedbackConflict("x")) == "duplicate"
+    assert result_of(RequestExpired("x")) == "expired"
+    assert result_of(UnknownRequest("x")) == "unknown"
+    assert result_of(FeedbackStoreUnavailable("x")) == "unavailable"
+    assert result_of(BadRequest("x")) == "malformed"
+
+
 def test_outcomes_count_conversions_and_reward_moments() -> None:
     log = ExposureLog(routes=frozenset({"chat"}))
     for outcome, reward in ((True, 1.0), (False, 3.0), (True, None), (None, 5.0)):
         log.count(CHAMPION, outcome, reward)
+    log.count_for("chat", "champion", "1", None, None)  # neither: counts nothing
     got = log.outcomes[("chat", "champion", "1")]
     assert (got.outcomes, got.conversions, got.rewards) == (3, 2, 3)
     assert got.reward_mean == pytest.approx(3.0)

@@ -1,30 +1,20 @@
-"""Outcome feedback for A/B experiments: `POST /v1/feedback` on the data plane port.
+"""The per-process side of feedback: plain ids, the counts, and the body's parsing.
 
-An application that learns how a request turned out (the user converted, clicked, the
-fraud verdict was right) posts the request's `x-request-id` with an outcome (true or
-false) and/or a numeric reward. To attribute it, the gateway remembers which variant
-and model version served each request id of routes with an `experiment` or `rollout`
-block, for a bounded window:
+Signed ids (`ids`) need no memory. Plain ids (a client's own `x-request-id`, or any id
+of a request that could not be signed) are attributed by this process alone, from what
+it remembers for a bounded window:
 
-- the request path records one entry per completed request (`ExposureLog.record`,
-  called once from `Exchange._complete`): a frozenset membership test, and for tracked
-  routes one dict store of a tuple. Untracked routes pay the membership test only.
+- the request path records one entry per completed request with a plain id on a route
+  with an `experiment` or `rollout` block (`ExposureLog.record`, from
+  `Exchange._complete`): one dict store of a tuple.
 - memory is bounded by two generations of at most capacity/2 entries each: when the
   current one fills up it becomes the previous one and the older is dropped whole, so
   there is no per-request eviction work. An entry older than `window` seconds is
   expired even if still held.
 
 Counts live here as plain numbers (per route, variant and version, so a new challenger
-version starts from zero); the statistics (z-test, Welch's t-test) are computed off the
-request path by `gateway.rollout.experiments`.
-
-The endpoint itself is the OpenAI front's (`fronts.OpenAIFront`); this module holds what
-it and the request path share: the log, the parsing and the counting.
-
-With `--workers N` each worker process remembers only the requests it served itself.
-The kernel keeps a connection on one worker, so feedback sent on the connection that
-made the request finds it; feedback on a new connection may reach another worker and
-get 404. Run one worker per pod (more pods) where feedback matters.
+version starts from zero), whichever id the feedback came with; the statistics (z-test,
+Welch's t-test) are computed off the request path by `gateway.rollout.experiments`.
 """
 
 from __future__ import annotations
@@ -34,19 +24,24 @@ from typing import Any
 
 import orjson
 
+from gateway.dataplane.feedback.ids import MAX_SIGNED_ID, SIGNED_PREFIX
 from gateway.errors import (
     BadRequest,
     FeedbackConflict,
+    FeedbackStoreUnavailable,
     GatewayError,
     InvalidJSON,
+    RequestExpired,
     UnknownRequest,
 )
 from gateway.observability.metrics import RequestSeries
 
 FEEDBACK_PATH = b"/v1/feedback"
 _FIELDS = ("request_id", "outcome", "reward")
-_MAX_REQUEST_ID = 128
-Entry = tuple[RequestSeries, float]  # (who served it, plane.now when it completed)
+_MAX_REQUEST_ID = 128  # a plain id, as the HTTP server accepts a client's x-request-id
+_SIGNED = SIGNED_PREFIX.decode()
+# (who served it, plane.now when it completed, its signed id or b"")
+Entry = tuple[RequestSeries, float, bytes]
 
 
 @dataclass(eq=False, slots=True)
@@ -97,18 +92,22 @@ class ExposureLog:
     window: float = 3600.0
     routes: frozenset[str] = frozenset()  # routes that track requests (set by the control plane)
     outcomes: dict[tuple[str, str, str], VariantOutcomes] = field(default_factory=dict)
-    # Feedback requests answered, by result: recorded, malformed, unknown, expired, duplicate.
+    # Feedback requests answered, by result: recorded, malformed, unknown, expired,
+    # duplicate, unavailable (the claims store did not answer).
     results: dict[str, int] = field(default_factory=dict)
     _current: dict[bytes, Entry] = field(default_factory=dict)
     _previous: dict[bytes, Entry] = field(default_factory=dict)
     _answered: set[bytes] = field(default_factory=set)
     _answered_before: set[bytes] = field(default_factory=set)
 
-    def record(self, request_id: bytes, series: RequestSeries, now: float) -> None:
-        """Remember who served `request_id` (request path: keep it this cheap)."""
+    def record(
+        self, request_id: bytes, series: RequestSeries, now: float, signed: bytes = b""
+    ) -> None:
+        """Remember who served `request_id` (request path: keep it this cheap), and the
+        signed id the response also carried, so feedback by either id counts once."""
         if series.route in self.routes:
             current = self._current
-            current[request_id] = (series, now)
+            current[request_id] = (series, now, signed)
             if len(current) * 2 >= self.capacity:
                 self._rotate()
 
@@ -134,13 +133,14 @@ class ExposureLog:
             raise UnknownRequest(
                 f"request {shown!r} is unknown: no request with this x-request-id was served "
                 "by this gateway process on a route with an experiment or rollout block "
-                f"within the last {self.window:g}s (with --workers, send feedback on the "
-                "connection that made the request)",
+                f"within the last {self.window:g}s (a client's own x-request-id is known "
+                "only to the process that served it: send the response's "
+                "x-switchyard-feedback-id instead, which any process accepts)",
                 param="request_id",
             )
-        series, served_at = entry
+        series, served_at, _ = entry
         if now - served_at > self.window:
-            raise UnknownRequest(
+            raise RequestExpired(
                 f"request {shown!r} expired: it was served {now - served_at:.0f}s ago and "
                 f"feedback is accepted for {self.window:g}s",
                 param="request_id",
@@ -148,9 +148,28 @@ class ExposureLog:
         self._answered.add(request_id)
         return series
 
+    def holds(self, request_id: bytes) -> bool:
+        """Whether `request_id` is a plain id this process remembers."""
+        return request_id in self._current or request_id in self._previous
+
+    def signed_id_of(self, request_id: bytes) -> bytes:
+        """The signed id of the request with plain id `request_id`, or b"" (unknown here,
+        or served without one). Feedback by a plain id that has one is claimed under it,
+        like feedback by the signed id itself, so the request counts once either way."""
+        entry = self._current.get(request_id)
+        if entry is None:
+            entry = self._previous.get(request_id)
+        return b"" if entry is None else entry[2]
+
     def count(self, series: RequestSeries, outcome: bool | None, reward: float | None) -> None:
         """Add one feedback to the served variant's counts."""
-        key = (series.route, series.variant, series.version)
+        self.count_for(series.route, series.variant, series.version, outcome, reward)
+
+    def count_for(
+        self, route: str, variant: str, version: str, outcome: bool | None, reward: float | None
+    ) -> None:
+        """Add one feedback to the counts of (route, variant, version)."""
+        key = (route, variant, version)
         found = self.outcomes.get(key)
         if found is None:
             found = self.outcomes[key] = VariantOutcomes(*key)
@@ -180,10 +199,15 @@ def parse_feedback(body: bytes) -> tuple[bytes, bool | None, float | None]:
             param=unknown[0],
         )
     rid = data.get("request_id")
-    if not isinstance(rid, str) or not rid or len(rid) > _MAX_REQUEST_ID:
+    if (
+        not isinstance(rid, str)
+        or not rid
+        or len(rid) > (MAX_SIGNED_ID if rid.startswith(_SIGNED) else _MAX_REQUEST_ID)
+    ):
         raise BadRequest(
-            "'request_id' is required: the x-request-id header of the response (a string "
-            f"of 1 to {_MAX_REQUEST_ID} characters)",
+            "'request_id' is required: the x-request-id or x-switchyard-feedback-id header "
+            f"of the response (a string of 1 to {_MAX_REQUEST_ID} characters, or a signed "
+            f"id 'fb1.<payload>.<mac>' of up to {MAX_SIGNED_ID})",
             param="request_id",
         )
     outcome = data.get("outcome")
@@ -203,9 +227,14 @@ def parse_feedback(body: bytes) -> tuple[bytes, bool | None, float | None]:
 
 
 def result_of(err: GatewayError) -> str:
-    """How a refused feedback is counted: duplicate, expired, unknown or malformed."""
+    """How a refused feedback is counted: duplicate, expired, unknown, unavailable or
+    malformed."""
     if isinstance(err, FeedbackConflict):
         return "duplicate"
+    if isinstance(err, RequestExpired):
+        return "expired"
     if isinstance(err, UnknownRequest):
-        return "expired" if "expired" in err.message else "unknown"
+        return "unknown"
+    if isinstance(err, FeedbackStoreUnavailable):
+        return "unavailable"
     return "malformed"
