@@ -158,6 +158,14 @@ class Exchange(ResponseSource):
     shadow_sampled = False
     input_tokens = -1
     output_tokens = -1
+    # Feedback (routes with an experiment or rollout block): the signed id of the
+    # variant serving now, as a response header line; `remember`: the request id is a
+    # plain one, remembered by this process at completion (dataplane.feedback).
+    tracked = False
+    remember = False
+    signed_for: Variant | None = None
+    feedback_id = b""
+    feedback_line = b""
 
     def __init__(
         self,
@@ -180,6 +188,8 @@ class Exchange(ResponseSource):
         self.target = request.path + request.query if request.query else request.path
         self.fwd_headers = _forward_headers(request)
         self.variant: Variant = decision.variant
+        if decision.route.name in plane.exposures.routes:  # untracked routes: this test
+            self.tracked = self.remember = True
         self.out: list[bytes] = []
         self.keep_alive = request.keep_alive and not plane.draining
         self.total_deadline = plane.now + decision.route.timeouts.total
@@ -209,7 +219,28 @@ class Exchange(ResponseSource):
             )
         )
 
+    def _sign(self, variant: Variant) -> None:
+        """Mint the signed feedback id of `variant` serving this request (before its
+        first attempt; again only if a fallback variant takes over). A request id the
+        gateway made becomes that id: the backend, the logs and the client see one."""
+        self.signed_for = variant
+        route = self.decision.route.name
+        fid = self.plane.feedback_ids.mint(route, variant.name, variant.version)
+        self.feedback_id = fid
+        if not fid:  # a name too long to sign: the plain id, remembered here
+            self.feedback_line = b""
+            return
+        self.feedback_line = b"x-switchyard-feedback-id: " + fid + b"\r\n"
+        request = self.request
+        if request.minted:
+            request.request_id = fid
+            self.remember = False
+            fwd = _forward_headers(request)
+            self.fwd_headers = fwd if self.trace is None else without_traceparent(fwd)
+
     def _send(self, variant: Variant, idx: int) -> None:
+        if self.tracked and variant is not self.signed_for:
+            self._sign(variant)
         self.attempts += 1
         self.variant = variant
         self.ep_index = idx
@@ -459,6 +490,8 @@ class Exchange(ResponseSource):
                 self.keep_alive = False  # HTTP/1.0 client: body ends when we close
             self.chunked_out = False
         endpoint_lines = self.variant.header_lines[self.ep_index]
+        if self.tracked:
+            endpoint_lines += self.feedback_line
         self.out = [
             wire.status_line(status),
             block,
@@ -617,7 +650,10 @@ class Exchange(ResponseSource):
             h = series.overhead
             h.counts[bisect_left(h.bounds, added)] += 1
             h.total += added
-            self.plane.exposures.record(self.request.request_id, series, self.plane.now)
+            if self.remember:  # a plain id of a tracked route: this process attributes it
+                self.plane.exposures.record(
+                    self.request.request_id, series, self.plane.now, self.feedback_id
+                )
             if self.trace is not None:  # the latency histogram links to this trace
                 series.duration.exemplar(total, self.trace.trace_hex, time.time())
         if self.trace is not None or self.plane.access_log is not None:
@@ -685,6 +721,8 @@ class Exchange(ResponseSource):
         if self.series is not None:
             self.series.by_class[err.status // 100] += 1
         extra = self.variant.header_lines[self.ep_index] if self.attempts else b""
+        if self.tracked:
+            extra += self.feedback_line
         if self.trace is not None or self.plane.access_log is not None:
             self._report(err, "")
         self.client.respond_error(err, self.style, extra=extra)

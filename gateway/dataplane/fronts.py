@@ -7,19 +7,25 @@ to send. Each front renders the gateway's own errors the way its clients expect.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any, Protocol
 
 import orjson
 
 from gateway.dataplane.decide import Decision, RequestHead, decide
-from gateway.dataplane.feedback import FEEDBACK_PATH, ExposureLog, parse_feedback, result_of
-from gateway.dataplane.http.server import ClientConnection
+from gateway.dataplane.feedback.ids import SIGNED_PREFIX, SignedFeedback
+from gateway.dataplane.feedback.log import FEEDBACK_PATH, parse_feedback, result_of
+from gateway.dataplane.http.server import ClientConnection, ResponseSource
 from gateway.dataplane.http.wire import Request
 from gateway.dataplane.proxy import ProxyPlane
+from gateway.dataplane.shared import SharedState
 from gateway.dataplane.styles import ErrorStyle, OllamaStyle, OpenAIStyle
 from gateway.errors import (
     BadRequest,
+    FeedbackConflict,
+    FeedbackStoreUnavailable,
     GatewayError,
     InvalidJSON,
     MethodNotAllowed,
@@ -27,6 +33,16 @@ from gateway.errors import (
     PayloadTooLarge,
     UnknownRoute,
 )
+
+log = logging.getLogger("switchyard.feedback")
+
+# A claim is bounded by its store (Redis 1.5 s, SQLite its 1 s lock wait); past this
+# backstop the data plane's tick answers 503 itself. Retry-After of a 503, in seconds.
+CLAIM_DEADLINE = 5.0
+RETRY_AFTER = b"retry-after: 1\r\n"
+# Claims in flight: the loop holds tasks only weakly, and a claim outlives its answer
+# when the deadline answered first.
+_CLAIMING: set[asyncio.Task[None]] = set()
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -65,33 +81,149 @@ def route_body_request(
 
 
 def handle_feedback(
-    log: ExposureLog, conn: ClientConnection, request: Request, style: ErrorStyle, now: float
+    plane: SharedState, conn: ClientConnection, request: Request, style: ErrorStyle
 ) -> None:
-    """Answer one `POST /v1/feedback`: 200 with who served the request, else 4xx."""
+    """Answer one `POST /v1/feedback`: 200 with who served the request, else 4xx/503.
+
+    A signed id is verified here and claimed in the claims store (`FeedbackClaim`, an
+    answer that comes later, in order); a plain id is looked up in this process's log
+    (and claimed like the signed id its response carried, when it has one).
+    """
     if request.method != b"POST":
         raise MethodNotAllowed("/v1/feedback accepts POST only")
+    exposures = plane.exposures
     try:
         rid, outcome, reward = parse_feedback(request.body)
-        series = log.take(rid, now)
+        fid = rid
+        if not rid.startswith(SIGNED_PREFIX) or exposures.holds(rid):
+            # A plain id (a client's own x-request-id, one that merely looks signed):
+            # claimed under the signed id its response also carried, if it had one.
+            fid = exposures.signed_id_of(rid)
+        if fid:
+            signed = plane.feedback_ids.verify(fid, time.time(), exposures.window)
+            conn.start_exchange(FeedbackClaim(plane, conn, style, rid, signed, outcome, reward))
+            return
+        series = exposures.take(rid, plane.now)
     except GatewayError as err:
         # Answered here, not raised: these are the client's facts (an id we no longer
         # hold), not unknown routes or malformed HTTP, and are counted as feedback.
-        log.counted(result_of(err))
+        exposures.counted(result_of(err))
         conn.respond_error(err, style)
         return
-    log.count(series, outcome, reward)
-    log.counted("recorded")
+    exposures.count(series, outcome, reward)
+    exposures.counted("recorded")
+    conn.respond(200, _recorded(rid, series.route, series.variant, series.version, outcome, reward))
+
+
+def _recorded(
+    rid: bytes, route: str, variant: str, version: str, outcome: bool | None, reward: float | None
+) -> bytes:
     reply: dict[str, Any] = {
         "request_id": rid.decode(),
-        "route": series.route,
-        "variant": series.variant,
-        "version": series.version,
+        "route": route,
+        "variant": variant,
+        "version": version,
     }
     if outcome is not None:
         reply["outcome"] = outcome
     if reward is not None:
         reply["reward"] = reward
-    conn.respond(200, orjson.dumps(reply))
+    return orjson.dumps(reply)
+
+
+class FeedbackClaim(ResponseSource):
+    """A verified signed feedback while the claims store answers whether it is the first.
+
+    The connection's current response, like an exchange: requests pipelined behind it
+    wait, and are answered after it, in order. Once claimed, the feedback is counted even
+    if the client left or the backstop deadline answered first (the claim is taken: a
+    retry would be 409, so not counting would lose it).
+    """
+
+    def __init__(
+        self,
+        plane: SharedState,
+        conn: ClientConnection,
+        style: ErrorStyle,
+        rid: bytes,
+        signed: SignedFeedback,
+        outcome: bool | None,
+        reward: float | None,
+    ) -> None:
+        self.plane = plane
+        self.conn = conn
+        self.style = style
+        self.rid = rid
+        self.signed = signed
+        self.outcome = outcome
+        self.reward = reward
+        self.deadline = plane.now + CLAIM_DEADLINE
+        self.answered = False
+        self.gone = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        task = self.task = self.plane.loop.create_task(self._claim())
+        _CLAIMING.add(task)
+        task.add_done_callback(_CLAIMING.discard)
+
+    async def _claim(self) -> None:
+        plane = self.plane
+        exposures = plane.exposures
+        signed = self.signed
+        try:
+            first = await plane.claims.claim(signed.key, exposures.window)
+        except FeedbackStoreUnavailable as err:
+            self._refuse(err, RETRY_AFTER)
+            return
+        except Exception:
+            log.exception("the feedback store %s failed", plane.claims.description)
+            self._refuse(
+                plane.claims.unavailable("internal error, see the gateway log"), RETRY_AFTER
+            )
+            return
+        if not first:
+            shown = self.rid.decode()
+            self._refuse(
+                FeedbackConflict(
+                    f"feedback for request {shown!r} was already recorded; each request "
+                    "counts once",
+                    param="request_id",
+                )
+            )
+            return
+        exposures.count_for(signed.route, signed.variant, signed.version, self.outcome, self.reward)
+        if self.answered:
+            return  # the deadline answered 503; counted all the same (see the class)
+        exposures.counted("recorded")
+        self.answered = True
+        self.deadline = float("inf")
+        if not self.gone:
+            body = _recorded(
+                self.rid, signed.route, signed.variant, signed.version, self.outcome, self.reward
+            )
+            self.conn.respond(200, body)
+
+    def _refuse(self, err: GatewayError, extra: bytes = b"") -> None:
+        if self.answered:
+            return
+        self.answered = True
+        self.deadline = float("inf")
+        self.plane.exposures.counted(result_of(err))
+        if not self.gone:
+            self.conn.respond_error(err, self.style, extra=extra)
+
+    def client_paused(self, paused: bool) -> None:
+        pass  # one small answer: nothing to hold back
+
+    def client_gone(self) -> None:
+        self.gone = True  # the claim goes on: once taken, it must be counted
+
+    def on_deadline(self, now: float) -> None:
+        self.deadline = float("inf")
+        self._refuse(
+            self.plane.claims.unavailable(f"no answer within {CLAIM_DEADLINE:g}s"), RETRY_AFTER
+        )
 
 
 _OPENAI_PROXIED = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"})
@@ -117,7 +249,7 @@ class OpenAIFront:
             self._proxy(conn, request)
             return
         if path == FEEDBACK_PATH:
-            handle_feedback(self.plane.exposures, conn, request, self.style, self.plane.now)
+            handle_feedback(self.plane, conn, request, self.style)
             return
         if path == b"/v1/models" or path == b"/v1/models/":
             if request.method != b"GET":

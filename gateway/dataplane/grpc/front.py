@@ -294,6 +294,11 @@ class GrpcFront:
             self.plane.metrics.refused(err.code, err.status, err.route)
             await context.abort(grpc_code(err), err.message)
             raise AssertionError("unreachable: abort raises") from None
+        feedback: FeedbackIdMetadata | None = None
+        if method == "ModelInfer" and decision.route.name in self.plane.exposures.routes:
+            # Signed before the shadow copies go out, so they carry the same id.
+            feedback = FeedbackIdMetadata(self.plane, decision.route.name, context)
+            forward = feedback.sign(variant, forward, call)
         shadows: tuple[ShadowCall, ...] = ()
         if method == "ModelInfer":
             # Decoded only if the tap samples it, off the request path (grpctensors).
@@ -305,7 +310,7 @@ class GrpcFront:
                         copy.traced(call.trace, "POST")
         try:
             return await self._attempts(
-                method, head, decision, forward, call, variant, idx, context, shadows
+                method, head, decision, forward, call, variant, idx, context, shadows, feedback
             )
         finally:
             if shadows:
@@ -324,12 +329,18 @@ class GrpcFront:
         idx: int,
         context: Any,
         shadows: tuple[ShadowCall, ...],
+        feedback: FeedbackIdMetadata | None = None,
     ) -> bytes:
         """The call's attempts until one answers or none is left; relays the reply."""
         route = decision.route
         timeouts = route.timeouts
         total_deadline = time.monotonic() + timeouts.total
+        signed: tuple[tuple[str, str], ...] = ()
         while True:
+            if feedback is not None:
+                if variant is not feedback.variant:  # a fallback variant takes over
+                    forward = feedback.sign(variant, forward, call)
+                signed = feedback.metadata
             endpoint = call.begin(variant, idx)
             payload = upstream_message(head, variant, route.name)
             limit = min(timeouts.first_byte, total_deadline - time.monotonic())
@@ -367,7 +378,7 @@ class GrpcFront:
                 if nxt is not None:
                     variant, idx = nxt
                     continue
-                await self._fail(call, context, exc, kind, limit, shadows)
+                await self._fail(call, context, exc, kind, limit, shadows, signed)
                 raise AssertionError("unreachable: abort raises") from None
             except asyncio.CancelledError:
                 if trace is not None:
@@ -399,7 +410,7 @@ class GrpcFront:
             if initial:
                 await context.send_initial_metadata(initial)
             trailing = relayable(await upstream.trailing_metadata())
-            context.set_trailing_metadata((*trailing, *self.variant_metadata(call)))
+            context.set_trailing_metadata((*trailing, *self.variant_metadata(call), *signed))
             return renamed
 
     async def _fail(
@@ -410,10 +421,11 @@ class GrpcFront:
         kind: str,
         limit: float,
         shadows: tuple[ShadowCall, ...] = (),
+        signed: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """End the call with the last attempt's failure: the backend's own status passes
         through; failures to reach or hear from it are the gateway's to explain."""
-        md = self.variant_metadata(call)
+        md = (*self.variant_metadata(call), *signed)
         backend = call.variant.endpoints[call.idx]
         details = exc.details() or ""
         err: UpstreamError | None = None
@@ -523,6 +535,39 @@ class GrpcFront:
                     pairs.append((name, value))
             found = self._metadata[lines] = tuple(pairs)
         return found
+
+
+class FeedbackIdMetadata:
+    """The signed feedback id of a ModelInfer call on a route that takes feedback.
+
+    The reply's trailing metadata carries `x-switchyard-feedback-id` (gRPC clients see
+    no x-request-id: this is the id to send to `POST /v1/feedback`). When the client sent
+    no usable x-request-id, the one forwarded upstream (and logged) is the signed id too.
+    Signed for the variant of the first attempt, again only if a fallback takes over.
+    """
+
+    def __init__(self, plane: DataPlane, route: str, context: Any) -> None:
+        self.plane = plane
+        self.route = route
+        self.minted = not any(
+            key == "x-request-id"
+            and _good_id(value if isinstance(value, bytes) else value.encode())
+            for key, value in context.invocation_metadata() or ()
+        )
+        self.variant: Variant | None = None
+        self.metadata: tuple[tuple[str, str], ...] = ()
+
+    def sign(
+        self, variant: Variant, forward: tuple[tuple[str, str | bytes], ...], call: GrpcCall
+    ) -> tuple[tuple[str, str | bytes], ...]:
+        """The metadata to forward for `variant` serving the call (its id minted)."""
+        self.variant = variant
+        fid = self.plane.feedback_ids.mint(self.route, variant.name, variant.version).decode()
+        self.metadata = (("x-switchyard-feedback-id", fid),) if fid else ()
+        if not fid or not self.minted:
+            return forward
+        call.request_id = fid
+        return tuple(("x-request-id", fid) if k == "x-request-id" else (k, v) for k, v in forward)
 
 
 def rename_reply(method: str, reply: bytes, route: str) -> bytes:

@@ -313,7 +313,8 @@ class ClientConnection:
         path, query = (url, b"") if q < 0 else (url[:q], url[q:])
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         rid = self._request_id
-        if not rid or len(rid) > 128 or not _REQUEST_ID_OK.issuperset(rid):
+        minted = not rid or len(rid) > 128 or not _REQUEST_ID_OK.issuperset(rid)
+        if minted:
             rid = self.plane.new_request_id()  # a client id we cannot trust is replaced
         request = wire.Request(
             method=parser.get_method(),
@@ -327,6 +328,7 @@ class ClientConnection:
             request_id=rid,
             fields=self._fields,
             forward=b"".join(self._forward),
+            minted=minted,
         )
         # Served after feed_data returns (see data_received), never inside the parser's
         # callback, so routing errors are not mistaken for parse errors.

@@ -77,6 +77,9 @@ class Request:
     request_id: bytes = b""
     fields: dict[bytes, bytes] | None = None  # headers by lower-case name (last wins)
     forward: bytes = b""  # the header lines that go upstream (hop-by-hop removed)
+    # The gateway made `request_id` (the client sent none it could use): on a route that
+    # takes feedback, the exchange replaces it with the signed feedback id.
+    minted: bool = False
 
 
 def local_response(
