@@ -29,6 +29,7 @@ from gateway.controlplane.policy.reload import PolicyReloader, ReloadResult
 from gateway.controlplane.registry.client import MlflowRegistry, RegistryConfig
 from gateway.controlplane.registry.resolve import RegistryResolver
 from gateway.dataplane.auth import ApiKeys, KeysFileError
+from gateway.dataplane.feedback.fleet import FeedbackConfigError, FeedbackFleet
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.snapshot import SnapshotRef
@@ -122,6 +123,12 @@ class Gateway:
             log.error("refusing to start: %s", exc)
             await self._close_registry()
             return 2
+        try:
+            feedback = FeedbackFleet.open(settings)  # secret and claims store; no network
+        except FeedbackConfigError as exc:
+            log.error("refusing to start: %s", exc)
+            await self._close_registry()
+            return 2
         ref = SnapshotRef(snapshot)
         self.metrics.policy_hash = snapshot.version
         self.metrics.policy_routes = len(snapshot.routes)
@@ -137,6 +144,10 @@ class Gateway:
             tracer=tracing.tracer,
             access_log=tracing.access_log,
         )
+        plane.use_feedback(feedback.ids, feedback.claims)
+        self.metrics.info_labels.update(
+            feedback_store=feedback.claims.description, fleet_secret=feedback.secret_kind
+        )
         self.port = await plane.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
         grpc_front: GrpcFront | None = None
         if settings.grpc_port is not None and settings.grpc_port >= 0:
@@ -151,6 +162,7 @@ class Gateway:
             except OSError as exc:
                 plane.stop_listening()
                 log.error("refusing to start: %s", exc)
+                await feedback.aclose()
                 await self._close_registry()
                 return 2
 
@@ -183,6 +195,7 @@ class Gateway:
                 "admin API could not start on %s:%d", settings.admin_host, settings.admin_port
             )
             await rollouts.aclose()
+            await feedback.aclose()
             await self._close_registry()
             return 2
         self.admin_port = admin.port
@@ -204,6 +217,7 @@ class Gateway:
         background.append(loop.create_task(LoadWatcher(ref).run()))  # idle without opt-ins
         background.append(loop.create_task(HealthChecker(ref, self.metrics).run()))
         background.append(loop.create_task(rollouts.run(ref)))  # idle without rollouts
+        background.append(loop.create_task(feedback.check_store()))  # a warning, or nothing
 
         def reload_signal() -> None:
             self._spawn(self.reloader.reload(ref, "SIGHUP"))
@@ -218,6 +232,7 @@ class Gateway:
             COMPILED.reason,
         )
         log.info("%s", tracing.describe())
+        log.info("%s", feedback.describe())
         log.info(
             "switchyard %s serving %d routes (policy %s) on http://%s:%d; admin and /metrics "
             "on http://%s:%d",
@@ -261,6 +276,7 @@ class Gateway:
         await self.drift.stop()
         await tracing.aclose()
         await rollouts.aclose()
+        await feedback.aclose()
         await self._close_registry()
         await admin.stop()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -353,6 +369,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "file_roots": tuple(getattr(args, "file_roots", None) or ()) or None,
         "rollout_dir": getattr(args, "rollout_dir", None),
         "rollout_lease": getattr(args, "rollout_lease", None),
+        "feedback_store": getattr(args, "feedback_store", None),
+        "fleet_secret_file": getattr(args, "fleet_secret_file", None),
         "stats_source": getattr(args, "stats_source", None),
         "prometheus_url": getattr(args, "prometheus_url", None),
         "prometheus_selector": getattr(args, "prometheus_selector", None),
@@ -455,7 +473,31 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="keep the last resolutions in FILE, so a restart without the registry serves",
     )
     add_rollout_options(parser)
+    add_feedback_options(parser)
     add_tracing_options(parser)
+
+
+def add_feedback_options(parser: argparse.ArgumentParser) -> None:
+    feedback = parser.add_argument_group(
+        "feedback",
+        "POST /v1/feedback across workers and replicas: tracked routes' responses carry "
+        "ids signed with a fleet secret (SWITCHYARD_FLEET_SECRET holds the secret itself), "
+        "which any process sharing it attributes; the first feedback per id is claimed in "
+        "a store they share.",
+    )
+    feedback.add_argument(
+        "--feedback-store",
+        metavar="STORE",
+        help="memory (one process; the default), sqlite:PATH (one machine; the default "
+        "under --workers: sqlite:.state/feedback/claims.sqlite) or redis://HOST:PORT/DB "
+        "(replicas; needs a fleet secret)",
+    )
+    feedback.add_argument(
+        "--fleet-secret-file",
+        metavar="PATH",
+        help="the fleet secret (at least 16 bytes), the same for every replica; default: "
+        "SWITCHYARD_FLEET_SECRET, else one made at start (per process, or per supervisor)",
+    )
 
 
 def add_tracing_options(parser: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from gateway.admin.endpoints import features
 from gateway.admin.fleet import build_fleet_app
 from gateway.admin.server import AdminServer
+from gateway.dataplane.feedback.fleet import FeedbackConfigError, for_workers
 from gateway.drift.manager import DriftWanted, DriftWorkerManager
 from gateway.settings import Settings, to_env
 
@@ -52,6 +53,13 @@ class Supervisor:
         self._started = asyncio.Event()
 
     async def run(self) -> int:
+        try:
+            # One fleet secret and one claims store for all workers, so feedback for a
+            # request reaches whichever worker and counts once (gateway.dataplane.feedback).
+            self.settings = for_workers(self.settings)
+        except FeedbackConfigError as exc:
+            log.error("refusing to start: %s", exc)
+            return 2
         reserve = _reserve_port(self.settings.host, self.settings.port)
         self.port = reserve.getsockname()[1]
         # The gRPC port too: with port 0 each worker would otherwise pick its own.
