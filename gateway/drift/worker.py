@@ -1,18 +1,26 @@
 """The drift worker process: receive samples, keep windows, evaluate, act, publish.
 
-One per gateway (the supervisor or the single gateway process starts it; see
-`manager.py`), so every gateway worker's samples meet in the same windows. Its loop:
+One per gateway on one machine (the supervisor or the single gateway process starts
+it; see `manager.py`), or one per fleet (`switchyard drift-worker --listen udp://...`,
+its own Deployment) fed by every replica, so every gateway process's samples meet in
+the same windows and one drift makes one episode. Its loop:
 
-- the socket reader appends incoming rows to the window of their (route, version);
+- the socket reader accounts for every datagram in the senders' ledger (numbers, gaps:
+  `senders.py`) and appends incoming rows to the window of their (route, version);
   rows of a route it has no drift block for (yet: a worker that just started may get
-  rows before the config) wait, bounded, for the next config datagram, then join their
-  window or are dropped; every row dropped here is counted by reason in the status;
+  rows before the config) wait, bounded, for their sender's next config datagram, then
+  join their window or are dropped; every row dropped here is counted by reason;
 - every half second, each window whose interval came up is evaluated by Evidently in a
   thread (the reader keeps draining the socket meanwhile) against its route's
   reference data; the result updates the status, the HTML report and the episode;
 - an episode that should act runs its actions (window file, Kubeflow, webhook);
-- config datagrams from the gateways say which routes to watch and how;
-- every second the status file is rewritten.
+- config datagrams from the gateways say which routes to watch and how; every
+  gateway process sends one every 2 s, so they are merged idempotently (see
+  `config.merge_routes`): a route's windows, episodes and reference data stay as they
+  are unless its drift block really changed;
+- every second the status file (and the senders' ledger) is rewritten;
+- with `http`, the status, the metrics and the reports are served over HTTP
+  (`api.py`), for gateways and Prometheus on other machines.
 """
 
 from __future__ import annotations
@@ -34,16 +42,23 @@ import httpx
 from gateway.controlplane.registry.client import RegistryConfig
 from gateway.drift.actions import ACTIONS, ActionContext, configured, run_actions
 from gateway.drift.channel import (
+    ADDRESS_TAKEN,
     MAX_DATAGRAM,
+    PROBE,
+    Address,
     Config,
     Rows,
+    Unreadable,
+    bound_address,
     decode,
+    describe,
     receiver_socket,
     worker_address,
 )
-from gateway.drift.config import RouteDrift, route_drifts
+from gateway.drift.config import RouteDrift, SeenConfig, merge_routes, route_drifts
 from gateway.drift.episodes import Episodes
 from gateway.drift.refdata import REFRESH_REGISTRY, Reference, ReferenceError, load_reference
+from gateway.drift.senders import SENDERS_FILE, Ledger
 from gateway.drift.status import STATUS_FILE, report_path, write_json
 from gateway.drift.window import Key, Windows
 
@@ -53,9 +68,16 @@ TICK = 0.5  # seconds between checks for due evaluations
 # route (an alias moved on), and evaluating it again would only repeat its last result.
 IDLE_WINDOW = 3600.0
 STATUS_EVERY = 1.0
+# The senders' ledger is saved at most this often while datagrams come (and with the
+# status): a worker killed between two saves makes its successor count what came
+# since the last save as lost (`senders.py`), so saves are frequent; it is small.
+LEDGER_EVERY = 0.2
 # Rows waiting for the config datagram that names their route (it comes every 2 s from
 # each gateway, and before rows after an outage): enough for a burst at worker start.
 HOLD_ROWS = 10_000
+# A sender's config counts while it came within this (gateways send it every 2 s): a
+# gateway that stopped, or moved to other policies, stops deciding the routes after it.
+CONFIG_TTL = 10.0
 # Distinct (route, version, reason) drop counters kept: route names in a datagram are
 # not checked against any policy before they are counted, so they must not grow the
 # metrics without bound. Beyond it, drops are counted under an empty route and version.
@@ -73,6 +95,9 @@ class WorkerOptions:
     parent_pid: int | None = None  # exit when this process is gone
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     transport: httpx.AsyncBaseTransport | None = None  # test seam for outgoing calls
+    listen: Address | None = None  # None: this machine's address of `drift_dir`
+    http: tuple[str, int] | None = None  # serve status, metrics and reports here
+    token: str | None = None  # bearer token the HTTP reports need (the admin token)
 
 
 @dataclass(slots=True)
@@ -94,6 +119,7 @@ class DriftWorker:
         self.dir = options.drift_dir.resolve()
         self.windows = Windows()
         self.episodes = Episodes(self.dir / "episodes.json")
+        self.ledger = Ledger(self.dir / SENDERS_FILE)
         self.routes: dict[str, RouteDrift] = {}
         self.references: dict[str, Reference] = {}
         self.reference_errors: dict[str, str] = {}
@@ -105,34 +131,90 @@ class DriftWorker:
         self._held_rows = 0
         self.error: str | None = None
         self.started_at = time.time()
-        self._config_digest: str | None = None
+        self._ledger_saved = 0.0
+        self.address: Address | None = None  # bound, once `run` is
+        self.http_url: str | None = None
+        # Every distinct config heard (digest -> when first heard and its routes), the
+        # live digests the routes were last merged from, and where they disagree.
+        self._configs: dict[str, SeenConfig] = {}
+        self._merged_from: frozenset[str] = frozenset()
+        self.conflicts: dict[str, list[str]] = {}
         self._detect_ready = asyncio.Event()
         self._warm: asyncio.Task[None] | None = None
 
     # Configuration ------------------------------------------------------------------
 
-    def configure(self, config: Config) -> None:
-        """Follow the drift blocks a gateway process sent (skipped when unchanged), then
-        place or drop the rows that waited for a config."""
-        if config.digest != self._config_digest:
-            self._reconfigure(config)
-        self._release_held()
+    def configure(self, config: Config, now: float | None = None) -> None:
+        """Take the drift blocks one gateway process sent (many send the same: it
+        changes nothing then), then place or drop the rows that waited for its config."""
+        now = time.time() if now is None else now
+        if config.digest not in self._configs:
+            routes, problems = route_drifts(config.routes)
+            for problem in problems:
+                log.error("drift worker: %s", problem)
+            self._configs[config.digest] = SeenConfig(config.digest, now, routes)
+        changed = self.ledger.configured(config.head.sender, config.digest, now)
+        # The same config again from a sender (every 2 s from each): nothing to merge,
+        # unless its config is not among the merged ones (it was not heard lately).
+        if changed or config.digest not in self._merged_from:
+            self.refresh_routes(now)
+        self._release_held(config.head.sender)
 
-    def _reconfigure(self, config: Config) -> None:
-        self._config_digest = config.digest
-        routes, problems = route_drifts(config.routes)
-        for problem in problems:
-            log.error("drift worker: %s", problem)
+    def refresh_routes(self, now: float) -> None:
+        """Merge the configs of the senders heard lately into the watched routes, if
+        that set of configs changed (no sender heard lately: keep the routes as they
+        are, so a worker cut off from its gateways for a while loses no windows)."""
+        live = frozenset(self.ledger.live_configs(now, CONFIG_TTL))
+        if not live or live == self._merged_from:
+            return
+        self._merged_from = live
+        routes, conflicts = merge_routes(self._configs[d] for d in live if d in self._configs)
+        for route, digests in conflicts.items():
+            if self.conflicts.get(route) != digests:
+                log.warning(
+                    "drift worker: gateways send different drift blocks for route %s; "
+                    "using config %s, the newest heard (also heard: %s)",
+                    route,
+                    digests[0],
+                    ", ".join(digests[1:]),
+                )
+        self.conflicts = conflicts
+        self._apply(routes)
+        wanted = {s.config for s in self.ledger if s.config is not None}
+        for digest in [d for d in self._configs if d not in wanted]:
+            del self._configs[digest]
+
+    def configs_heard(self) -> frozenset[str]:
+        """The digests of the configs the watched routes were last merged from."""
+        return self._merged_from
+
+    def _apply(self, routes: dict[str, RouteDrift]) -> None:
+        """Watch `routes`, keeping whatever of each route did not really change."""
+        if routes == self.routes:
+            return
         for name, route in routes.items():
             old = self.routes.get(name)
-            if old is None or (old.spec.reference, old.base) != (route.spec.reference, route.base):
+            if old is None:
+                continue
+            if (old.spec.reference, old.base) != (route.spec.reference, route.base):
                 self.references.pop(name, None)  # load the (new) reference again
                 self.reference_errors.pop(name, None)
+            if (old.protocol, old.spec.features) != (route.protocol, route.spec.features):
+                # Rows of other columns: not comparable with the new ones.
+                self._forget_windows(name)
+                log.info("drift worker: route %s has new features; its windows restart", name)
+        for name in self.routes.keys() - routes.keys():
+            self._forget_windows(name)
         self.routes = routes
-        self.windows.keep_routes(routes)
         if routes and self._warm is None:
             self._warm = asyncio.get_running_loop().create_task(self.warm_up())
         log.info("drift worker: watching %d route(s): %s", len(routes), ", ".join(routes) or "-")
+
+    def _forget_windows(self, route: str) -> None:
+        for key, _ in self.windows.items():
+            if key[0] == route:
+                self.windows.forget(key)
+                self.states.pop(key, None)
 
     # Receiving ------------------------------------------------------------------------
 
@@ -143,23 +225,31 @@ class DriftWorker:
             try:
                 datagram = sock.recv(MAX_DATAGRAM + 4096)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             self.accept(datagram, now)
+        if now - self._ledger_saved >= LEDGER_EVERY:
+            self._ledger_saved = now
+            self.ledger.save()
 
     def accept(self, datagram: bytes, now: float) -> None:
         """Take one datagram: a config, or rows for their window."""
-        message = decode(datagram)
-        if message is None:  # another wire version, or not from a gateway at all
-            self.drop("", "", "malformed", 1)
+        if datagram == PROBE:  # a sender checking whether a worker is back
             return
+        message = decode(datagram)
+        if isinstance(message, Unreadable):  # another wire version, or not ours at all
+            self.drop("", "", message.reason, 1)
+            return
+        rows = len(message.rows) if isinstance(message, Rows) else 0
+        if self.ledger.observe(message.head, rows, now) in ("late", "duplicate"):
+            return  # counted as lost before, or taken before: its rows count once
         if isinstance(message, Config):
-            self.configure(message)
+            self.configure(message, now)
         elif message.route in self.routes:
             self._add(message, now)
         else:
             # Its config has not arrived (this worker just started, or restarted between
             # two of the sender's flushes) or the route has no drift block any more; the
-            # next config datagram tells which.
+            # sender's next config datagram tells which.
             self._held.append((message, now))
             self._held_rows += len(message.rows)
             while self._held_rows > HOLD_ROWS:
@@ -176,15 +266,21 @@ class DriftWorker:
         )
         window.add(message.rows, message.variant, now)
 
-    def _release_held(self) -> None:
-        while self._held:
-            message, arrived = self._held.popleft()
-            self._held_rows -= len(message.rows)
+    def _release_held(self, sender: str) -> None:
+        """Rows whose route is watched now join their window; those of `sender`, whose
+        config just came, are dropped if it has no drift block for their route."""
+        kept: deque[tuple[Rows, float]] = deque()
+        for message, arrived in self._held:
             if message.route in self.routes:
                 # Arrival time, not now: a window with a duration ages them from then.
                 self._add(message, arrived)
-            else:
+            elif message.head.sender == sender:
                 self.drop(message.route, message.version, "unknown_route", len(message.rows))
+            else:
+                kept.append((message, arrived))
+                continue
+            self._held_rows -= len(message.rows)
+        self._held = kept
 
     def drop(self, route: str, version: str, reason: str, rows: int) -> None:
         """Count rows that never reached a window."""
@@ -383,17 +479,39 @@ class DriftWorker:
                 },
                 **state.result,
             }
+        now = time.time()
+        totals = self.ledger.totals()
+        dropped = dict(self.dropped)
+        if totals["rows_lost"]:  # rows in datagrams that never came (see `senders.py`)
+            dropped[("", "", "lost")] = totals["rows_lost"]
+        live = self.ledger.live_configs(now, CONFIG_TTL)
         return {
             "pid": os.getpid(),
             "generation": self.options.generation,
             "started_at": self.started_at,
-            "heartbeat": time.time(),
+            "heartbeat": now,
             "error": self.error,
+            "listen": describe(self.address) if self.address is not None else None,
+            "http": self.http_url,
             "held_rows": self._held_rows,
             "dropped": [
                 {"route": r, "version": v, "reason": reason, "samples": n}
-                for (r, v, reason), n in sorted(self.dropped.items())
+                for (r, v, reason), n in sorted(dropped.items())
             ],
+            "senders": {
+                "live": sum(live.values()),
+                "datagrams": {k: v for k, v in totals.items() if k != "rows_lost"},
+                "rows_lost": totals["rows_lost"],
+                "by_sender": {s.id: s.view() for s in self.ledger},
+            },
+            "configs": {
+                "live": {
+                    d: {"senders": n, "first_seen": self._configs[d].first_seen}
+                    for d, n in sorted(live.items())
+                    if d in self._configs
+                },
+                "conflicts": self.conflicts,
+            },
             "actions_known": list(ACTIONS),
             "routes": routes,
         }
@@ -403,6 +521,8 @@ class DriftWorker:
             write_json(self.dir / STATUS_FILE, self.status())
         except OSError as exc:
             log.error("drift worker: cannot write %s: %s", self.dir / STATUS_FILE, exc)
+        self.ledger.forget_idle(time.time())
+        self.ledger.save()
 
     # Running --------------------------------------------------------------------------
 
@@ -419,23 +539,45 @@ class DriftWorker:
                 await asyncio.wait_for(stop.wait(), STATUS_EVERY)
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Serve until `stop` is set (or the parent process is gone); returns an exit code."""
+        """Serve until `stop` is set (or the parent process is gone); returns an exit
+        code: ADDRESS_TAKEN when another worker holds the address or HTTP port."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        address = worker_address(self.dir)
+        address = self.options.listen or worker_address(self.dir)
         try:
             sock = receiver_socket(address)
         except OSError as exc:
-            log.error("drift worker: cannot bind %r (another worker here?): %s", address, exc)
-            return 3
+            log.error(
+                "drift worker: cannot bind %s (another worker there?): %s", describe(address), exc
+            )
+            return ADDRESS_TAKEN
+        self.address = bound_address(address, sock)
+        server = None
+        if self.options.http is not None:
+            from gateway.admin.server import AdminServer
+            from gateway.drift.api import worker_app
+
+            host, port = self.options.http
+            server = AdminServer(worker_app(self.status, self.dir, self.options.token), host, port)
+            if not await server.start():
+                log.error("drift worker: cannot serve HTTP on %s:%d", host, port)
+                sock.close()
+                return ADDRESS_TAKEN
+            shown = f"[{host}]" if ":" in host else host
+            self.http_url = f"http://{shown}:{server.port}"
         loop = asyncio.get_running_loop()
         loop.add_reader(sock.fileno(), self.receive, sock)
         publisher = loop.create_task(self._publisher(stop))
         log.info(
             "drift worker %d (generation %d) in %s", os.getpid(), self.options.generation, self.dir
         )
+        # Tests and tools read where it listens (port 0 picks one) from this line.
+        http = f" http {self.http_url}" if self.http_url else ""
+        print(f"switchyard drift-worker listening on {describe(self.address)}{http}", flush=True)
         try:
             while not stop.is_set():
-                await self.evaluate_due(time.time())
+                now = time.time()
+                self.refresh_routes(now)  # senders that went quiet stop deciding routes
+                await self.evaluate_due(now)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), TICK)
         finally:
@@ -445,6 +587,8 @@ class DriftWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if server is not None:
+                await server.stop()
             while self._held:  # no config came for them before the end
                 message, _ = self._held.popleft()
                 self.drop(message.route, message.version, "shutdown", len(message.rows))
