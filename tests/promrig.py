@@ -176,9 +176,17 @@ class Prometheus:
             reply.raise_for_status()
 
     def active_targets(self) -> list[dict[str, Any]]:
+        """The targets being scraped, as /api/v1/targets lists them (labels, health, ...)."""
         reply = httpx.get(f"{self.url}/api/v1/targets", params={"state": "active"}, timeout=5)
         reply.raise_for_status()
         found: list[dict[str, Any]] = reply.json()["data"]["activeTargets"]
+        return found
+
+    def dropped_targets(self) -> list[dict[str, Any]]:
+        """Discovered targets that relabeling dropped (their labels before relabeling)."""
+        reply = httpx.get(f"{self.url}/api/v1/targets", params={"state": "dropped"}, timeout=5)
+        reply.raise_for_status()
+        found: list[dict[str, Any]] = reply.json()["data"]["droppedTargets"]
         return found
 
     def wait_up(self, timeout: float = 30.0) -> None:

@@ -21,9 +21,12 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from gateway.settings import Settings
 from tests.integration.test_rollout import Traffic, events, rollout_state, wait_rollout
-from tests.procs import GatewayProc, Simulator, canary_policy, start_gateway
+from tests.kustomize import build
+from tests.procs import REPO, GatewayProc, Simulator, canary_policy, start_gateway
 from tests.promrig import Prometheus, free_port
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -294,3 +297,63 @@ def test_workers_report_every_workers_traffic_through_their_supervisor(
     assert report["source"]["kind"] == "supervisor"
     assert report["source"]["url"].startswith("http://127.0.0.1:")
     assert gw.metric("switchyard_stats_source_up", source="supervisor") == 1
+
+
+def test_the_shipped_scrape_job_keeps_only_the_gateways_admin_ports(tmp_path: Path) -> None:
+    """deploy/monitoring's scrape job, run by a real Prometheus: its relabeling keeps the
+    gateway's pods (as deploy/base labels them) on their admin port, and nothing else.
+
+    Debian's Prometheus is built without Kubernetes discovery, so the pods come as static
+    targets carrying the labels that discovery would give them."""
+    deploy = REPO / "deploy"
+    (config_map,) = [
+        o
+        for o in build(deploy / "monitoring")
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "switchyard-prometheus-scrape"
+    ]
+    (shipped,) = yaml.safe_load(config_map["data"]["prometheus.yml"])["scrape_configs"]
+    assert shipped["job_name"] == "switchyard" and shipped["metrics_path"] == "/metrics"
+    assert shipped["kubernetes_sd_configs"] == [{"role": "pod"}]
+    (deployment,) = [
+        o
+        for o in build(deploy / "base")
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "switchyard"
+    ]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c["ports"]}
+    assert ports["admin"] == Settings().admin_port
+
+    meta = "__meta_kubernetes_pod_"
+    gateway = {
+        f"{meta}label_app_kubernetes_io_name": labels["app.kubernetes.io/name"],
+        f"{meta}label_app_kubernetes_io_component": labels["app.kubernetes.io/component"],
+        f"{meta}name": "switchyard-7d9f-abcde",
+        "__meta_kubernetes_namespace": "prod",
+    }
+    backend = {**gateway, f"{meta}label_app_kubernetes_io_name": "vllm"}
+    job = {k: v for k, v in shipped.items() if k != "kubernetes_sd_configs"}
+    job["static_configs"] = [
+        {"targets": [f"10.9.0.1:{port}"], "labels": {**gateway, f"{meta}container_port_name": name}}
+        for name, port in ports.items()
+    ] + [
+        {"targets": ["10.9.0.2:8000"], "labels": {**backend, f"{meta}container_port_name": "http"}}
+    ]
+    prom = Prometheus(tmp_path / "prometheus", [], job="rig", extra_scrape_configs=[job])
+    prom.start()
+    try:
+        kept = poll(
+            "the scrape job's targets",
+            lambda: [t for t in prom.active_targets() if t["labels"]["job"] == "switchyard"],
+        )
+        dropped = prom.dropped_targets()
+    finally:
+        prom.stop()
+    (target,) = kept
+    assert target["labels"]["instance"] == f"10.9.0.1:{ports['admin']}"
+    assert (target["labels"]["namespace"], target["labels"]["pod"]) == (
+        "prod",
+        "switchyard-7d9f-abcde",
+    )
+    assert target["scrapeUrl"].endswith(f":{ports['admin']}/metrics")
+    assert len(dropped) == len(ports)  # the gateway's other ports, and the backend
