@@ -33,7 +33,7 @@ from gateway.dataplane.feedback.fleet import FeedbackConfigError, FeedbackFleet
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.drift.feed import DriftFeed
+from gateway.drift.feed import DriftFeed, drift_settings_problem
 from gateway.native.loader import ENV as COMPILED_ENV
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import GatewayMetrics
@@ -326,6 +326,10 @@ def run_gateway(settings: Settings) -> int:
     if problem is not None:
         print(f"switchyard: refusing to start: {problem}", file=sys.stderr)
         return 2
+    problem = drift_settings_problem(settings)
+    if problem is not None:
+        print(f"switchyard: {problem}", file=sys.stderr)
+        return 2
     if settings.workers > 1:
         from gateway.supervisor import run_supervisor
 
@@ -366,6 +370,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "registry_cache": args.registry_cache,
         "drift_dir": getattr(args, "drift_dir", None),
         "drift_worker": False if getattr(args, "no_drift_worker", False) else None,
+        "drift_worker_address": getattr(args, "drift_worker_address", None),
+        "drift_status_url": getattr(args, "drift_status_url", None),
         "file_roots": tuple(getattr(args, "file_roots", None) or ()) or None,
         "rollout_dir": getattr(args, "rollout_dir", None),
         "rollout_lease": getattr(args, "rollout_lease", None),
@@ -544,6 +550,18 @@ def add_drift_options(parser: argparse.ArgumentParser) -> None:
         "--no-drift-worker",
         action="store_true",
         help="do not start the drift worker (run `switchyard drift-worker` yourself)",
+    )
+    drift.add_argument(
+        "--drift-worker-address",
+        metavar="udp://HOST:PORT",
+        help="send drift samples to the fleet's one drift worker there (`switchyard "
+        "drift-worker --listen`) and start none here",
+    )
+    drift.add_argument(
+        "--drift-status-url",
+        metavar="URL",
+        help="the admin drift endpoints read that worker's HTTP API here (its --http, "
+        "e.g. http://switchyard-drift:9301) instead of the local --drift-dir",
     )
     drift.add_argument(
         "--file-root",

@@ -72,6 +72,11 @@ class Settings:
     drift_dir: str = ".state/drift"
     drift_worker: bool = True
     drift_buffer: int = 4096  # samples held between two flushes (200 ms); more are dropped
+    # One drift worker for a fleet (gateway/drift/channel.py): udp://HOST:PORT where
+    # every process sends its samples (then none starts a worker here), and the worker's
+    # HTTP API that the admin drift endpoints read (None: the local drift folder).
+    drift_worker_address: str | None = None
+    drift_status_url: str | None = None
     # Shadow traffic: copies in flight per process at most (beyond: dropped, counted);
     # how much of each answer (primary and shadow) is kept for the comparison; and the
     # comparison log, a JSON-lines file (None: off) rotated at `shadow_log_max_bytes`

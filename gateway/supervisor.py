@@ -25,7 +25,7 @@ from gateway.admin.endpoints import features
 from gateway.admin.fleet import build_fleet_app
 from gateway.admin.server import AdminServer
 from gateway.dataplane.feedback.fleet import FeedbackConfigError, for_workers
-from gateway.drift.manager import DriftWanted, DriftWorkerManager
+from gateway.drift.manager import DriftWanted, DriftWorkerManager, runs_local_worker
 from gateway.settings import Settings, to_env
 
 log = logging.getLogger("switchyard.supervisor")
@@ -100,7 +100,7 @@ class Supervisor:
             await admin.stop()
             return 2
         drift = None
-        if self.settings.drift_worker:
+        if runs_local_worker(self.settings):  # not when it sends to a fleet's worker
             wanted = DriftWanted(
                 self.settings.policies, always=self.settings.policy_configmap is not None
             )

@@ -1,7 +1,10 @@
 """Drift in the admin API: the worker's results per route, and its HTML reports.
 
 Read from the drift worker's status file and report files (see `gateway.drift.status`),
-so any gateway process (or supervisor worker) answers for the one drift worker.
+so any gateway process (or supervisor worker) answers for the one drift worker; or,
+when the worker runs elsewhere (one per fleet, `--drift-status-url`), from its HTTP API
+at each request (`gateway.drift.remote`): a worker that does not answer makes the
+request a 503 that says so.
 
 - `GET /admin/drift`: every route with drift, in brief.
 - `GET /admin/drift/{route}`: the route's windows per model version: drift share,
@@ -23,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from gateway.admin.endpoints import Handler
+from gateway.drift.remote import WorkerUnreachable
 from gateway.drift.status import report_path
 from gateway.observability.drift_metrics import WORKER_STALE_AFTER, DriftCounters
 
@@ -33,13 +37,21 @@ def worker_view(status: Mapping[str, Any] | None) -> dict[str, Any]:
         return {"up": False, "error": "no drift worker has run yet"}
     heartbeat = float(status.get("heartbeat") or 0.0)
     age = time.time() - heartbeat if heartbeat else None
-    return {
+    view = {
         "up": age is not None and age < WORKER_STALE_AFTER,
         "pid": status.get("pid"),
         "generation": status.get("generation"),
         "heartbeat_age_s": None if age is None else round(age, 3),
         "error": status.get("error"),
     }
+    if status.get("listen"):  # where it receives samples, and serves HTTP
+        view["listen"], view["http"] = status.get("listen"), status.get("http")
+    return view
+
+
+def unreachable(exc: WorkerUnreachable) -> Response:
+    """503: the drift worker elsewhere did not answer."""
+    return JSONResponse({"error": str(exc), "worker": {"up": False}}, status_code=503)
 
 
 def route_view(
@@ -80,14 +92,20 @@ def drift_handlers(drift_dir: str | Path, counters: DriftCounters) -> dict[str, 
     """The handlers of the drift endpoints (paths and token: `gateway.admin.endpoints`).
 
     The status comes through `counters.status` (limited to the routes this process
-    samples); reports are files under `drift_dir`.
+    samples) and reports are files under `drift_dir`; or both come from
+    `counters.remote`, the worker's HTTP API.
     """
 
-    def read() -> Mapping[str, Any] | None:
+    async def read() -> Mapping[str, Any] | None:
+        if counters.remote is not None:
+            return await counters.remote.status()  # WorkerUnreachable: a 503
         return counters.status() if counters.status is not None else None
 
     async def overview(_: Request) -> Response:
-        status = read()
+        try:
+            status = await read()
+        except WorkerUnreachable as exc:
+            return unreachable(exc)
         routes = {}
         for name, entry in sorted(((status or {}).get("routes") or {}).items()):
             versions = entry.get("versions") or {}
@@ -99,14 +117,22 @@ def drift_handlers(drift_dir: str | Path, counters: DriftCounters) -> dict[str, 
 
     async def one(request: Request) -> Response:
         route = request.path_params["route"]
-        view = route_view(route, read(), counters)
+        try:
+            status = await read()
+        except WorkerUnreachable as exc:
+            return unreachable(exc)
+        view = route_view(route, status, counters)
         if view is None:
             return JSONResponse({"error": f"route {route!r} has no drift block"}, status_code=404)
         return JSONResponse(view)
 
     async def report(request: Request) -> Response:
         route = request.path_params["route"]
-        versions = (((read() or {}).get("routes") or {}).get(route) or {}).get("versions") or {}
+        try:
+            status = await read()
+        except WorkerUnreachable as exc:
+            return unreachable(exc)
+        versions = (((status or {}).get("routes") or {}).get(route) or {}).get("versions") or {}
         version = request.query_params.get("version")
         if version is None:
             evaluated = [(d.get("evaluated_at") or 0, v) for v, d in versions.items()]
@@ -116,12 +142,21 @@ def drift_handlers(drift_dir: str | Path, counters: DriftCounters) -> dict[str, 
                 f" version {version!r}" if version is not None else " yet"
             )
             return JSONResponse({"error": message}, status_code=404)
+        missing = JSONResponse(
+            {"error": f"no report evaluated yet for {route!r} version {version!r}"},
+            status_code=404,
+        )
+        if counters.remote is not None:
+            try:
+                html = await counters.remote.report(route, version)
+            except WorkerUnreachable as exc:
+                return unreachable(exc)
+            if html is None:
+                return missing
+            return Response(html, media_type="text/html; charset=utf-8")
         path = report_path(drift_dir, route, version)
         if not path.is_file():
-            return JSONResponse(
-                {"error": f"no report evaluated yet for {route!r} version {version!r}"},
-                status_code=404,
-            )
+            return missing
         return FileResponse(path, media_type="text/html; charset=utf-8")
 
     return {"drift": overview, "drift_report": report, "drift_route": one}

@@ -1,41 +1,97 @@
-"""The channel from gateway processes to the drift worker: Unix datagrams.
+"""The channel from gateway processes to the drift worker: numbered datagrams.
 
-Datagrams suit a lossy, one-way feed: each `sendto` is one non-blocking system call,
-a worker that is down answers at once (ECONNREFUSED / ENOENT) and a worker that is
-behind fills its queue, so the sender gets EAGAIN; either way the sender drops and
-counts instead of waiting. The kernel keeps message boundaries, so there is no framing
-and no reconnect logic; a restarted worker simply binds the same address again.
+Datagrams suit a lossy, one-way feed: each `send` is one non-blocking system call,
+and the kernel keeps message boundaries, so there is no framing, no connection to keep
+and no reconnect logic; a restarted worker simply binds the same address again. Two
+transports:
+
+- Unix datagrams (the default, one machine). The address derives from the drift
+  folder, so the supervisor, its gateway workers and the drift worker agree on it
+  without passing it around; on Linux it lives in the abstract namespace (no file to
+  clean up, no path-length limit), elsewhere it is a socket file in the drift folder.
+  A worker that is down answers at once (ECONNREFUSED / ENOENT) and one that is behind
+  fills its queue (EAGAIN): the sender holds the datagram for later, never waits.
+- UDP (`udp://HOST:PORT`, a fleet: one worker fed by every replica). The sender's
+  socket is connected, so where the network answers a datagram to a closed port with
+  ICMP port unreachable (loopback, a Kubernetes Service without endpoints) the next
+  send fails with ECONNREFUSED and the sender holds datagrams as for a Unix socket.
+  But UDP does not tell the sender that the worker's receive queue is full, nor that a
+  datagram was lost on the way.
+
+So that nothing is lost uncounted over either, every datagram carries its sender's
+random id, its number in that sender's stream and the rows the sender sent before it
+(`Stream`); the worker counts the gaps per sender (`gateway.drift.senders`).
 
 Two kinds of message: rows of samples, and (every few seconds, and on every policy
 change) the drift blocks of the policies the sending gateway serves, so the worker
 needs no access to the policy files or ConfigMap itself.
 
-The address derives from the drift folder, so the supervisor, its gateway workers and
-the drift worker agree on it without passing it around. On Linux it lives in the
-abstract namespace (no file to clean up, no path-length limit); elsewhere it is a
-socket file in the drift folder.
+Wire version 2 (version 1 had no sender, number or rows-before fields): a worker
+counts datagrams of another version as `wire_version` drops, so a gateway and a worker
+of different releases show up in the metrics instead of silently feeding nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
+import ipaddress
+import logging
+import secrets
 import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
-Address = str | bytes
+log = logging.getLogger("switchyard.drift")
+
 # Well below the default socket send buffer (208 KiB), so one datagram always fits.
 MAX_DATAGRAM = 60_000
-WIRE_VERSION = 1
+# Rows datagrams over UDP stay smaller: a datagram crosses a network as IP fragments
+# (about 11 of them at a 1500-byte MTU for this size) and losing any one loses it all.
+UDP_ROWS_DATAGRAM = 16_000
+WIRE_VERSION = 2
+# The longest head `Stream.frame` puts before a payload: {"v":2,"s":"<16 hex>",
+# "n":<20 digits>,"r":<20 digits>, (the budget of a datagram's payload leaves room).
+HEAD_MAX = 96
+# An empty datagram: numbered nothing, says nothing; the worker ignores it. A sender
+# whose last send was refused sends it first, so that over UDP the send that goes to a
+# worker still down (and only makes the next send fail) is not a numbered one.
+PROBE = b""
+# The drift worker's exit code when its address (or HTTP port) is taken: another
+# worker serves it, so whoever started this one should not retry as for a crash.
+ADDRESS_TAKEN = 3
+RESOLVE_EVERY = 30.0  # seconds between DNS lookups of a UDP worker's host name
+RESOLVE_RETRY = 2.0  # ... while it does not resolve
 
 
-def worker_address(drift_dir: str | Path) -> Address:
-    """Where the drift worker of `drift_dir` receives samples."""
+class AddressError(ValueError):
+    """A drift worker address that cannot be used, with what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpAddress:
+    """A drift worker reached over UDP."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"udp://{host}:{self.port}"
+
+
+Address = str | bytes | UdpAddress  # Unix socket (path or abstract name), or UDP
+
+
+def worker_address(drift_dir: str | Path) -> bytes | str:
+    """Where the drift worker of `drift_dir` receives samples on this machine."""
     folder = Path(drift_dir).resolve()
     if sys.platform.startswith("linux"):
         digest = hashlib.sha256(str(folder).encode()).hexdigest()[:20]
@@ -43,25 +99,240 @@ def worker_address(drift_dir: str | Path) -> Address:
     return str(folder / "worker.sock")
 
 
+def describe(address: Address) -> str:
+    """An address as people write it (logs, the status)."""
+    if isinstance(address, UdpAddress):
+        return str(address)
+    if isinstance(address, bytes):
+        return "unix:@" + address[1:].decode(errors="replace")
+    return f"unix:{address}"
+
+
+def _host_port(text: str, netloc: str, what: str, example: str) -> tuple[str, int]:
+    """HOST and PORT of `netloc` (IPv6 in brackets), or AddressError quoting `text`."""
+    expected = f"{what} {text!r}: expected {example}"
+    try:
+        parts = urlsplit(f"//{netloc}")
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # a port that is no number or out of range
+        raise AddressError(f"{expected} ({exc})") from None
+    if not host:
+        raise AddressError(f"{expected} (no host)")
+    if port is None:
+        raise AddressError(f"{expected} (no port)")
+    if parts.username is not None or parts.password is not None:
+        raise AddressError(f"{expected} (no user or password here)")
+    return host, port
+
+
+def parse_udp(
+    text: str, what: str = "drift worker address", *, listening: bool = False
+) -> UdpAddress:
+    """`udp://HOST:PORT` (HOST a name, an IPv4 address or [IPv6]) as a UdpAddress; port
+    0 (the kernel picks one) only for a socket that is `listening`."""
+    example = "udp://HOST:PORT, such as udp://switchyard-drift:9300"
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep:
+        raise AddressError(f"{what} {text!r}: expected {example} (no scheme)")
+    if scheme.lower() != "udp":
+        raise AddressError(
+            f"{what} {text!r}: expected {example} (scheme {scheme!r} is not supported)"
+        )
+    if "/" in rest or "?" in rest or "#" in rest:
+        raise AddressError(f"{what} {text!r}: expected {example} (no path or query)")
+    host, port = _host_port(text, rest, what, example)
+    if port == 0 and not listening:
+        raise AddressError(f"{what} {text!r}: expected {example} (port 0 is no destination)")
+    return UdpAddress(host, port)
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 in brackets) for a listening socket; port 0 picks one."""
+    if "://" in text or "/" in text:
+        raise AddressError(f"{what} {text!r}: expected HOST:PORT, such as 0.0.0.0:9301")
+    return _host_port(text, text.strip(), what, "HOST:PORT, such as 0.0.0.0:9301")
+
+
+def target(configured: str | None, drift_dir: str | Path) -> Address:
+    """Where a gateway sends: the configured `udp://` worker, else this machine's."""
+    if configured:
+        return parse_udp(configured)
+    return worker_address(drift_dir)
+
+
+def _literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _udp_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+# Sending ------------------------------------------------------------------------------
+
+
+class Link(Protocol):
+    """One process's way to the worker (see `link_to`)."""
+
+    rows_limit: int  # the largest rows datagram worth sending over it
+
+    def send(self, datagram: bytes) -> None:
+        """Hand one datagram to the kernel; raises OSError (never blocks)."""
+
+    async def maintain(self) -> None:
+        """Keep the link usable (DNS for UDP) until cancelled."""
+
+    def close(self) -> None: ...
+
+
+class UnixLink:
+    """Unix datagrams to an address on this machine."""
+
+    rows_limit = MAX_DATAGRAM
+
+    def __init__(self, address: str | bytes) -> None:
+        self.address = address
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+
+    def send(self, datagram: bytes) -> None:
+        self._sock.sendto(datagram, self.address)
+
+    async def maintain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class UdpLink:
+    """UDP to a worker by name or address, through a connected socket (so ICMP port
+    unreachable comes back as ECONNREFUSED on the next send).
+
+    A host name is looked up off the event loop (`maintain`), never in `send`: until it
+    resolves, `send` fails with EHOSTUNREACH and the sender keeps its datagrams. It is
+    looked up again every RESOLVE_EVERY seconds, so a Service that moves is followed.
+    """
+
+    rows_limit = UDP_ROWS_DATAGRAM
+
+    def __init__(self, address: UdpAddress) -> None:
+        self.address = address
+        self._sock: socket.socket | None = None
+        self._peer: tuple[Any, ...] | None = None
+        self._failed = False
+        if _literal(address.host):  # no lookup needed: usable at once
+            self._connect(_udp_family(address.host), (address.host, address.port))
+
+    def _connect(self, family: socket.AddressFamily, peer: tuple[Any, ...]) -> None:
+        if self._sock is not None and peer == self._peer:
+            return
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(peer)  # UDP: only sets the destination, nothing is sent
+        except OSError:
+            sock.close()
+            raise
+        old, self._sock, self._peer = self._sock, sock, peer
+        if old is not None:
+            old.close()
+
+    def send(self, datagram: bytes) -> None:
+        if self._sock is None:
+            raise OSError(errno.EHOSTUNREACH, f"{self.address}: host name not resolved yet")
+        self._sock.send(datagram)
+
+    async def resolve(self) -> bool:
+        """Look the host up once; False if it did not resolve (logged once per outage)."""
+        if _literal(self.address.host):
+            return True
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(
+                self.address.host, self.address.port, type=socket.SOCK_DGRAM
+            )
+            family, _, _, _, peer = found[0]
+            self._connect(family, peer)
+        except (OSError, IndexError) as exc:
+            if not self._failed:
+                log.warning("drift worker %s: cannot resolve it: %s", self.address, exc)
+            self._failed = True
+            return self._sock is not None  # the last address found still serves
+        if self._failed:
+            log.info("drift worker %s: resolved to %s", self.address, self._peer)
+        self._failed = False
+        return True
+
+    async def maintain(self) -> None:
+        while True:
+            ok = await self.resolve()
+            await asyncio.sleep(RESOLVE_EVERY if ok else RESOLVE_RETRY)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def link_to(address: Address) -> UnixLink | UdpLink:
+    """The link of a gateway process to the worker at `address`."""
+    if isinstance(address, UdpAddress):
+        return UdpLink(address)
+    return UnixLink(address)
+
+
 def sender_socket() -> socket.socket:
-    """An unbound, non-blocking datagram socket for `sendto` to the worker."""
+    """An unbound, non-blocking Unix datagram socket for `sendto` (tests, tools)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.setblocking(False)
     return sock
 
 
+def address_served(address: Address) -> bool:
+    """Whether some process has bound this machine's worker `address` (a Unix one):
+    a datagram socket connects only to a bound address. Sends nothing."""
+    if isinstance(address, UdpAddress):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(address)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+# Receiving ----------------------------------------------------------------------------
+
+
 def receiver_socket(address: Address, buffer_bytes: int = 4 * 1024 * 1024) -> socket.socket:
     """The worker's bound, non-blocking socket. Raises OSError if the address is taken
-    (another worker serves this drift folder)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    (another worker serves this drift folder or port)."""
+    bind_to: Any = address
+    if isinstance(address, UdpAddress):
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, bind_to = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         # A bigger queue rides out an evaluation holding the worker's GIL (the kernel
-        # may cap it at net.core.rmem_max; that only means earlier drops).
+        # may cap it at net.core.rmem_max; that only means earlier drops, which the
+        # sequence numbers count for UDP). No SO_REUSEADDR: on Linux it would let a
+        # second worker bind the same UDP port and take the datagrams from the first.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
-        if isinstance(address, str):
-            Path(address).parent.mkdir(parents=True, exist_ok=True)
-            Path(address).unlink(missing_ok=True)
-        sock.bind(address)
+        if isinstance(bind_to, str):
+            Path(bind_to).parent.mkdir(parents=True, exist_ok=True)
+            Path(bind_to).unlink(missing_ok=True)
+        sock.bind(bind_to)
     except OSError:
         sock.close()
         raise
@@ -69,14 +340,59 @@ def receiver_socket(address: Address, buffer_bytes: int = 4 * 1024 * 1024) -> so
     return sock
 
 
+def bound_address(address: Address, sock: socket.socket) -> Address:
+    """`address` with the port the kernel picked (UDP port 0)."""
+    if isinstance(address, UdpAddress) and address.port == 0:
+        return UdpAddress(address.host, int(sock.getsockname()[1]))
+    return address
+
+
+# Messages -----------------------------------------------------------------------------
+
+
+class Stream:
+    """The numbering of one sender's datagrams: `frame` puts the head on a payload,
+    `sent` advances the numbers once the kernel took the datagram (a datagram held
+    for later keeps its number, so the worker sees a gap only for a real loss)."""
+
+    __slots__ = ("rows", "sender", "seq")
+
+    def __init__(self, sender: str | None = None) -> None:
+        self.sender = sender or secrets.token_hex(8)
+        self.seq = 0  # datagrams sent so far
+        self.rows = 0  # rows in them
+
+    def frame(self, payload: bytes) -> bytes:
+        return (
+            b'{"v":%d,"s":"%s","n":%d,"r":%d,'
+            % (
+                WIRE_VERSION,
+                self.sender.encode(),
+                self.seq,
+                self.rows,
+            )
+            + payload
+        )
+
+    def sent(self, rows: int) -> None:
+        self.seq += 1
+        self.rows += rows
+
+    def datagram(self, payload: bytes, rows: int) -> bytes:
+        """Frame and count as sent at once (tests and tools that send it themselves)."""
+        framed = self.frame(payload)
+        self.sent(rows)
+        return framed
+
+
 def encode(
-    route: str, variant: str, version: str, rows: Sequence[Any]
+    route: str, variant: str, version: str, rows: Sequence[Any], limit: int = MAX_DATAGRAM
 ) -> Iterator[tuple[bytes, int]]:
-    """(datagram, rows in it) carrying `rows` of one (route, variant, version), each
-    within MAX_DATAGRAM; a single row too large to fit any datagram is left out."""
-    head = orjson.dumps({"v": WIRE_VERSION, "route": route, "variant": variant, "version": version})
-    prefix = head[:-1] + b',"rows":['
-    budget = MAX_DATAGRAM - len(prefix) - 2
+    """(payload, rows in it) carrying `rows` of one (route, variant, version), each
+    framed (`Stream.frame`) within `limit`; a single row too large is left out."""
+    head = orjson.dumps({"route": route, "variant": variant, "version": version})
+    prefix = head[1:-1] + b',"rows":['
+    budget = limit - HEAD_MAX - len(prefix) - 2
     chunk: list[bytes] = []
     size = 0
     for row in rows:
@@ -92,10 +408,27 @@ def encode(
         yield prefix + b",".join(chunk) + b"]}", len(chunk)
 
 
+def encode_config(routes: Sequence[Mapping[str, Any]]) -> bytes:
+    """A config payload; its digest lets the worker tell configs apart cheaply."""
+    body = orjson.dumps(list(routes), option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(body).hexdigest()[:16]
+    return b'"kind":"config","digest":"%s","routes":%s}' % (digest.encode(), body)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Who sent a datagram, its number, and the rows its sender sent before it."""
+
+    sender: str
+    seq: int
+    rows_before: int
+
+
 @dataclass(frozen=True, slots=True)
 class Rows:
     """Samples of one route, variant and model version."""
 
+    head: Head
     route: str
     variant: str
     version: str
@@ -106,38 +439,55 @@ class Rows:
 class Config:
     """The drift blocks of the policies a gateway process serves (see `config.py`)."""
 
+    head: Head
     digest: str
     routes: list[dict[str, Any]]
 
 
-def encode_config(routes: Sequence[Mapping[str, Any]]) -> bytes:
-    """A config datagram; its digest lets the worker skip configs it already has."""
-    body = orjson.dumps(list(routes), option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha256(body).hexdigest()[:16]
-    return b'{"v":%d,"kind":"config","digest":"%s","routes":%s}' % (
-        WIRE_VERSION,
-        digest.encode(),
-        body,
-    )
+class Unreadable:
+    """Why a datagram was not taken: `malformed`, or `wire_version` (another release)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
-def decode(datagram: bytes) -> Rows | Config | None:
-    """The message in a datagram, or None if it is not one of ours."""
+MALFORMED = Unreadable("malformed")
+OTHER_VERSION = Unreadable("wire_version")
+
+
+def _head(message: Mapping[str, Any]) -> Head | None:
+    sender, seq, before = message.get("s"), message.get("n"), message.get("r")
+    if not isinstance(sender, str) or not sender or len(sender) > 64:
+        return None
+    if type(seq) is not int or type(before) is not int or seq < 0 or before < 0:
+        return None
+    return Head(sender, seq, before)
+
+
+def decode(datagram: bytes) -> Rows | Config | Unreadable:
+    """The message in a datagram, or why it is not one of ours."""
     try:
         message = orjson.loads(datagram)
     except orjson.JSONDecodeError:
-        return None
-    if not isinstance(message, dict) or message.get("v") != WIRE_VERSION:
-        return None
+        return MALFORMED
+    if not isinstance(message, dict) or "v" not in message:
+        return MALFORMED
+    if message["v"] != WIRE_VERSION:
+        return OTHER_VERSION
+    head = _head(message)
+    if head is None:
+        return MALFORMED
     if message.get("kind") == "config":
-        routes = message.get("routes")
-        if not isinstance(routes, list):
-            return None
-        return Config(str(message.get("digest", "")), [r for r in routes if isinstance(r, dict)])
+        routes, digest = message.get("routes"), message.get("digest")
+        if not isinstance(routes, list) or not isinstance(digest, str):
+            return MALFORMED
+        return Config(head, digest, [r for r in routes if isinstance(r, dict)])
     route, variant, version = message.get("route"), message.get("variant"), message.get("version")
     rows = message.get("rows")
     if not (isinstance(route, str) and isinstance(variant, str) and isinstance(version, str)):
-        return None
+        return MALFORMED
     if not isinstance(rows, list):
-        return None
-    return Rows(route, variant, version, [r for r in rows if isinstance(r, dict)])
+        return MALFORMED
+    return Rows(head, route, variant, version, [r for r in rows if isinstance(r, dict)])

@@ -4,6 +4,12 @@
 (with SWITCHYARD_DRIFT_WORKER=false on the gateway) to give it its own container or
 CPU share: it must share the gateway's drift folder (the datagram address derives from
 it) and see the files the policies name; the gateways send it the drift blocks.
+
+One worker for a fleet of gateways on several machines: `--listen udp://0.0.0.0:9300
+--http 0.0.0.0:9301`, and every gateway `serve --drift-worker-address
+udp://WORKER:9300 --drift-status-url http://WORKER:9301`. `--http` serves the status,
+the metrics and the HTML reports (see gateway/drift/api.py); the reports need
+SWITCHYARD_ADMIN_TOKEN as a bearer token when it is set.
 """
 
 from __future__ import annotations
@@ -13,11 +19,19 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from gateway.controlplane.registry.client import RegistryConfig
+from gateway.drift.channel import (
+    ADDRESS_TAKEN,
+    AddressError,
+    UdpAddress,
+    parse_host_port,
+    parse_udp,
+)
 from gateway.drift.status import STATUS_FILE, write_json
 from gateway.observability.logs import configure_logging
 from gateway.settings import Settings, from_env
@@ -35,6 +49,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     worker.add_argument("--drift-dir", metavar="DIR", help="default: .state/drift")
     worker.add_argument("--file-root", action="append", metavar="DIR", dest="file_roots")
     worker.add_argument("--registry-uri", metavar="URL")
+    worker.add_argument(
+        "--listen",
+        metavar="udp://HOST:PORT",
+        help="receive samples over UDP here (a fleet's worker); default: the drift "
+        "folder's Unix socket on this machine",
+    )
+    worker.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /status, /metrics and /report here (port 0 picks one)",
+    )
     worker.add_argument("--generation", type=int, default=1, help=argparse.SUPPRESS)
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(handler=_run)
@@ -49,10 +74,21 @@ def _settings(args: argparse.Namespace) -> Settings:
     return from_env().with_overrides(**values)
 
 
+def _addresses(args: argparse.Namespace) -> tuple[UdpAddress | None, tuple[str, int] | None]:
+    listen = parse_udp(args.listen, "--listen", listening=True) if args.listen else None
+    http = parse_host_port(args.http, "--http") if args.http else None
+    return listen, http
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level)
     drift_dir = Path(settings.drift_dir)
+    try:
+        listen, http = _addresses(args)
+    except AddressError as exc:
+        print(f"switchyard drift-worker: {exc}", file=sys.stderr)
+        return 2
     try:
         from gateway.drift.worker import DriftWorker, WorkerOptions
     except ImportError as exc:
@@ -67,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
             )
         except OSError as write_error:
             log.error("cannot write the drift status to %s: %s", drift_dir, write_error)
+        if http is not None:  # the gateways read the status over HTTP: tell them there
+            return asyncio.run(_serve_error(message, args.generation, http, drift_dir, settings))
         return _sleep_until_signalled(args.parent_pid)
     registry = RegistryConfig.from_settings(settings) if settings.registry_uri else None
     options = WorkerOptions(
@@ -75,6 +113,9 @@ def _run(args: argparse.Namespace) -> int:
         registry=registry,
         generation=args.generation,
         parent_pid=args.parent_pid,
+        listen=listen,
+        http=http,
+        token=settings.admin_token,
     )
 
     async def main() -> int:
@@ -85,6 +126,27 @@ def _run(args: argparse.Namespace) -> int:
         return await DriftWorker(options).run(stop)
 
     return asyncio.run(main())
+
+
+async def _serve_error(
+    message: str, generation: int, http: tuple[str, int], drift_dir: Path, settings: Settings
+) -> int:
+    from gateway.admin.server import AdminServer
+    from gateway.drift.api import worker_app
+
+    def status() -> dict[str, Any]:
+        return {"error": message, "heartbeat": time.time(), "generation": generation, "routes": {}}
+
+    server = AdminServer(worker_app(status, drift_dir, settings.admin_token), *http)
+    if not await server.start():
+        return ADDRESS_TAKEN
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
 
 
 def _sleep_until_signalled(parent_pid: int | None) -> int:

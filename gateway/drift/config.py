@@ -5,6 +5,14 @@ Gateway processes send the drift blocks of the policies they serve to the worker
 files itself: policies may come from a Kubernetes ConfigMap the worker cannot see,
 and this way the worker follows exactly what is being served. The worker validates
 each entry again with the same schema.
+
+Every gateway process sends its config (every 2 s and on change), so a fleet's worker
+hears the same config from many senders, and during a policy rollout two versions at
+once. `merge_routes` makes that idempotent and stable: each route takes its entry from
+the newest config that has it (the config the worker heard first most recently, among
+the configs of senders heard lately), so a repeated config changes nothing and an old
+replica's config cannot take a route back from a newer one. A route is watched while
+some recent sender's config has it.
 """
 
 from __future__ import annotations
@@ -76,6 +84,33 @@ def config_entries(policies: Sequence[LoadedPolicy]) -> list[dict[str, Any]]:
             }
         )
     return sorted(entries, key=lambda e: str(e["route"]))
+
+
+@dataclass(frozen=True, slots=True)
+class SeenConfig:
+    """One distinct config the worker heard, and when it first heard it."""
+
+    digest: str
+    first_seen: float
+    routes: Mapping[str, RouteDrift]
+
+
+def merge_routes(
+    configs: Iterable[SeenConfig],
+) -> tuple[dict[str, RouteDrift], dict[str, list[str]]]:
+    """Each route's entry from the newest config that has it (first heard last; the
+    digest breaks a tie); and, per route whose entries differ, the digests that
+    disagree, the winner first."""
+    merged: dict[str, RouteDrift] = {}
+    owner: dict[str, str] = {}
+    conflicts: dict[str, list[str]] = {}
+    for config in sorted(configs, key=lambda c: (c.first_seen, c.digest), reverse=True):
+        for name, route in config.routes.items():
+            if name not in merged:
+                merged[name], owner[name] = route, config.digest
+            elif merged[name] != route:
+                conflicts.setdefault(name, [owner[name]]).append(config.digest)
+    return merged, conflicts
 
 
 def route_drifts(entries: Sequence[Mapping[str, Any]]) -> tuple[dict[str, RouteDrift], list[str]]:

@@ -3,8 +3,10 @@
 - `tap`: given to the data plane (the request path's only drift code);
 - the sender task: extracts features off the request path and feeds the worker;
 - the worker manager, unless another process owns the worker (the supervisor of
-  `--workers N`, or an operator who runs `switchyard drift-worker` separately);
-- the status reader behind the drift metrics and the admin API.
+  `--workers N`, an operator who runs `switchyard drift-worker` separately, or the
+  fleet's worker at `--drift-worker-address udp://HOST:PORT`);
+- the worker's status behind the drift metrics and the admin API: the status file of
+  the local drift folder, or the worker's HTTP API (`--drift-status-url`).
 
 Nothing here imports Evidently or pandas: with no drift block in any policy, the tap's
 per-request cost is one dict lookup and the rest idles.
@@ -20,13 +22,25 @@ from typing import Any
 
 from gateway.controlplane.policy.loader import LoadedPolicy
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.drift.channel import worker_address
-from gateway.drift.manager import DriftWorkerManager
+from gateway.drift.channel import AddressError, target
+from gateway.drift.manager import DriftWorkerManager, runs_local_worker
+from gateway.drift.remote import HttpWorker, parse_status_url
 from gateway.drift.sender import DriftSender
 from gateway.drift.status import StatusReader
 from gateway.drift.tap import DriftTap
 from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import Settings
+
+
+def drift_settings_problem(settings: Settings) -> str | None:
+    """Why the drift settings cannot work (a bad worker address or status URL), or None."""
+    try:
+        target(settings.drift_worker_address, settings.drift_dir)
+        if settings.drift_status_url:
+            parse_status_url(settings.drift_status_url)
+    except AddressError as exc:
+        return str(exc)
+    return None
 
 
 class DriftFeed:
@@ -44,10 +58,21 @@ class DriftFeed:
         self.tap = DriftTap(
             settings.drift_buffer, rng=random.Random(settings.seed), dropped=counters.buffer_full
         )
-        self.sender = DriftSender(self.tap, worker_address(settings.drift_dir), counters)
+        address = target(settings.drift_worker_address, settings.drift_dir)
+        self.sender = DriftSender(self.tap, address, counters)
         self._status = StatusReader(settings.drift_dir)
-        counters.status = self.status
-        self.manager = DriftWorkerManager(settings, self.wanted) if settings.drift_worker else None
+        self.remote: HttpWorker | None = None
+        if settings.drift_status_url:
+            # The worker is elsewhere: the admin API asks it; /metrics leaves its
+            # families to the worker's own scrape (see drift_metrics).
+            self.remote = HttpWorker(
+                settings.drift_status_url, lambda: self.sender.routes, token=settings.admin_token
+            )
+            counters.remote = self.remote
+        else:
+            counters.status = self.status
+        wanted = runs_local_worker(settings)
+        self.manager = DriftWorkerManager(settings, self.wanted) if wanted else None
         self._tasks: list[asyncio.Task[None]] = []
 
     def status(self) -> dict[str, Any] | None:
@@ -84,3 +109,5 @@ class DriftFeed:
                 await task
         if self.manager is not None:
             await self.manager.stop()
+        if self.remote is not None:
+            await self.remote.aclose()

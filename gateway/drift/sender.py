@@ -4,11 +4,12 @@ flush interval take its buffer, extract features and send them to the drift work
 One task per gateway process, on the data plane's loop. Its cost per sample (feature
 extraction, one orjson encode, a share of one `sendto`) is paid every 200 ms in a batch,
 not inside any request. The worker being down or slow never backs up into the gateway:
-a datagram the worker cannot take now (not bound yet, restarting, its queue full) waits
+a datagram the worker cannot take now (not bound yet, restarting, its queue full; over
+UDP: the network answered "port unreachable", or the host name does not resolve) waits
 in a bounded backlog of encoded datagrams and goes out, oldest first, once the worker
 takes datagrams again; the config goes first, so a worker that just started knows the
 routes before their rows arrive. When the backlog is full its oldest rows are dropped.
-Every sample that never reaches the worker is counted with its reason:
+Every sample that never leaves this process is counted here with its reason:
 
 - `buffer_full`: the request path's buffer was full (counted by the tap);
 - `extract_failed`: turning the body into features raised (a bug);
@@ -17,6 +18,11 @@ Every sample that never reaches the worker is counted with its reason:
 - `backlog_full`: the worker was down or behind longer than the backlog holds;
 - `send_failed`: the OS refused the datagram for another reason (not retried);
 - `shutdown`: still waiting in the backlog when the gateway stopped.
+
+What leaves and never arrives (UDP loss, a full receive queue the sender cannot see,
+a worker killed with datagrams in its queue) the worker counts from the numbers every
+datagram carries (`channel.Stream`, `senders.py`): a datagram is numbered when the
+kernel takes it, so one held in the backlog keeps its number.
 """
 
 from __future__ import annotations
@@ -24,14 +30,23 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.controlplane.policy.loader import LoadedPolicy
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.drift.channel import MAX_DATAGRAM, Address, encode, encode_config, sender_socket
+from gateway.drift.channel import (
+    HEAD_MAX,
+    MAX_DATAGRAM,
+    PROBE,
+    Address,
+    Link,
+    Stream,
+    encode,
+    encode_config,
+    link_to,
+)
 from gateway.drift.config import config_entries
 from gateway.drift.features import Extractor, Row, build_extractor
 from gateway.drift.tap import DriftTap
@@ -44,10 +59,19 @@ CONFIG_EVERY = 2.0  # seconds between config datagrams (a restarted worker learn
 # at a thousand samples per second.
 BACKLOG_ROWS = 10_000
 # The worker is not there (not bound yet, restarting: ECONNREFUSED, or ENOENT for a
-# socket file) or behind (its queue is full: EAGAIN; ENOBUFS on some systems): the
-# datagram is worth sending again later. Any other error would fail again the same way.
+# socket file; over UDP also an unreachable or unresolved host) or behind (its queue is
+# full: EAGAIN; ENOBUFS on some systems): the datagram is worth sending again later.
+# Any other error would fail again the same way.
 _RETRY_LATER = frozenset(
-    {errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS}
+    {
+        errno.ECONNREFUSED,
+        errno.ENOENT,
+        errno.EAGAIN,
+        errno.EWOULDBLOCK,
+        errno.ENOBUFS,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    }
 )
 
 log = logging.getLogger("switchyard.drift")
@@ -55,7 +79,7 @@ log = logging.getLogger("switchyard.drift")
 
 @dataclass(frozen=True, slots=True)
 class _Datagram:
-    data: bytes
+    payload: bytes  # framed (numbered) when sent
     route: str
     version: str
     rows: int
@@ -70,14 +94,15 @@ class DriftSender:
         address: Address,
         counters: DriftCounters,
         *,
-        sock: socket.socket | None = None,
+        link: Link | None = None,
         backlog: int = BACKLOG_ROWS,
     ) -> None:
         self.tap = tap
         self.address = address
         self.counters = counters
         self.backlog_limit = backlog
-        self._sock = sock if sock is not None else sender_socket()
+        self.link: Link = link if link is not None else link_to(address)
+        self.stream = Stream()  # this process's numbering (a random sender id)
         self._extractors: dict[str, Extractor] = {}
         self._config: bytes | None = None
         self._backlog: deque[_Datagram] = deque()
@@ -85,6 +110,9 @@ class DriftSender:
         # Whether the worker may lack our config: at start, and after any datagram it
         # did not take (it may be a new worker). Then the config goes before any rows.
         self._config_owed = True
+        # Whether the last send was refused (the worker is down, as far as we know):
+        # then a probe goes before the config (see `send_config`).
+        self._refused = False
         self._warned = False
 
     @property
@@ -111,7 +139,7 @@ class DriftSender:
         self._extractors = extractors
         self.tap.configure(rates)
         config = encode_config(config_entries(policies)) if extractors else None
-        if config is not None and len(config) > MAX_DATAGRAM:
+        if config is not None and len(config) + HEAD_MAX > MAX_DATAGRAM:
             log.error(
                 "drift: the policies' drift blocks are too large to send (%d bytes)", len(config)
             )
@@ -125,12 +153,19 @@ class DriftSender:
         if self._config is None:
             return True
         try:
-            self._sock.sendto(self._config, self.address)
+            if self._refused:
+                # Over UDP a send to a closed port succeeds, and only the next one fails
+                # (ICMP port unreachable): an unnumbered probe takes that first send, so
+                # a worker that is still down costs no numbered datagram, which it
+                # would count as lost once back.
+                self.link.send(PROBE)
+            self.link.send(self.stream.frame(self._config))
         except OSError as exc:
-            self._config_owed = True
+            self._config_owed = self._refused = True
             self._warn(exc)
             return False
-        self._config_owed = False
+        self.stream.sent(0)
+        self._config_owed = self._refused = False
         if not self._backlog:
             self._warned = False  # the outage is over: warn again at the next one
         return True
@@ -154,8 +189,9 @@ class DriftSender:
             groups.setdefault((route, variant.name, variant.version), []).extend(rows)
         for (route, variant_name, version), rows in groups.items():
             encoded = 0
-            for datagram, n in encode(route, variant_name, version, rows):
-                self._backlog.append(_Datagram(datagram, route, version, n))
+            limit = self.link.rows_limit
+            for payload, n in encode(route, variant_name, version, rows, limit):
+                self._backlog.append(_Datagram(payload, route, version, n))
                 self._backlog_rows += n
                 encoded += n
             if encoded < len(rows):
@@ -177,16 +213,17 @@ class DriftSender:
         while backlog:
             item = backlog[0]
             try:
-                self._sock.sendto(item.data, self.address)
+                self.link.send(self.stream.frame(item.payload))
             except OSError as exc:
                 self._warn(exc)
                 if exc.errno in _RETRY_LATER:
-                    self._config_owed = True
+                    self._config_owed = self._refused = True
                     break  # the rest waits for the next flush, in order
                 backlog.popleft()
                 self._backlog_rows -= item.rows
                 self._drop(item.route, item.version, "send_failed", item.rows)
                 continue
+            self.stream.sent(item.rows)
             backlog.popleft()
             self._backlog_rows -= item.rows
             key = (item.route, item.version)
@@ -217,7 +254,7 @@ class DriftSender:
             item = self._backlog.popleft()
             self._drop(item.route, item.version, "shutdown", item.rows)
         self._backlog_rows = 0
-        self._sock.close()
+        self.link.close()
 
     def _warn(self, exc: OSError) -> None:
         # Once per outage, not once per datagram: the counters tell how much was held
@@ -240,6 +277,8 @@ class DriftSender:
         """Flush every `interval`; follow policy reloads (the snapshot's version is the
         policies' hash, so it changes exactly when they do). Runs until cancelled."""
         version = ref.current.version
+        # Off the flush loop: a slow DNS lookup of a UDP worker must not hold samples.
+        maintain = asyncio.get_running_loop().create_task(self.link.maintain())
         self.configure(policies())
         every = max(1, round(CONFIG_EVERY / interval))
         ticks = 0
@@ -257,5 +296,7 @@ class DriftSender:
                 except Exception:
                     log.exception("drift flush failed; retrying in %.1fs", interval)
         finally:
+            maintain.cancel()
+            await asyncio.gather(maintain, return_exceptions=True)
             self.flush()
             self.close()

@@ -2,11 +2,16 @@
 
 Two sources, both plain data read at scrape time:
 
-- this process's tap and sender (`DriftCounters`): samples sent to the drift worker and
-  samples dropped, by reason. Summed across `--workers` like every counter.
-- the drift worker's status file (`DriftCounters.status`, a callable reading it): drift
-  share, per-column scores, windows, evaluations, actions. Every gateway process reads
-  the same file, so the supervisor merges these by maximum, not sum (`WORKER_SOURCED`).
+- this process's tap and sender (`DriftCounters`, `sampling_families`): samples sent to
+  the drift worker and samples dropped, by reason. Summed across `--workers` like
+  every counter.
+- the drift worker's status (`worker_families`): drift share, per-column scores,
+  windows, evaluations, actions, what it received and lost. On one machine every
+  gateway process reads the same status file (`DriftCounters.status`), so the
+  supervisor merges these by maximum, not sum (`WORKER_SOURCED`). A worker on another
+  machine (`DriftCounters.remote`, one per fleet) serves them on its own `/metrics`
+  (`gateway.drift.api`) and the gateways leave them out: R replicas repeating one
+  worker's counters would make every sum over pods R times too large.
 
 Label values come from the policies (route, feature column names) and the resolved
 model versions, never from client input.
@@ -17,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -41,8 +46,26 @@ WORKER_SOURCED = frozenset(
         "switchyard_drift_actions_total",
         "switchyard_drift_worker_up",
         "switchyard_drift_worker_restarts_total",
+        "switchyard_drift_worker_datagrams_received_total",
+        "switchyard_drift_worker_datagrams_lost_total",
+        "switchyard_drift_worker_senders",
     }
 )
+
+
+class RemoteWorker(Protocol):
+    """A drift worker read over HTTP (`gateway.drift.remote`)."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def status(self) -> Mapping[str, Any]:
+        """The worker's status now; raises `gateway.drift.remote.WorkerUnreachable`."""
+        ...
+
+    async def report(self, route: str, version: str) -> bytes | None:
+        """A window's HTML report, None if there is none; raises as `status`."""
+        ...
 
 
 @dataclass(eq=False, slots=True)
@@ -55,7 +78,9 @@ class DriftCounters:
     # (route, version, reason) -> samples lost after the buffer: extract_failed,
     # route_removed, too_large, backlog_full, send_failed, shutdown (see `sender.py`).
     dropped: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # The worker's status: a local file's reader, or (a worker elsewhere) `remote`.
     status: Callable[[], Mapping[str, Any] | None] | None = None
+    remote: RemoteWorker | None = None
 
 
 def _versions(status: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
@@ -71,7 +96,14 @@ def _versions(status: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str
 
 
 def drift_families(counters: DriftCounters) -> Iterator[object]:
-    """Every drift metric family (empty families too: they document themselves)."""
+    """Every drift metric family of a gateway process (empty families too: they
+    document themselves); the worker's from its local status file, if any."""
+    yield from sampling_families(counters)
+    yield from worker_families(counters.status() if counters.status is not None else None)
+
+
+def sampling_families(counters: DriftCounters) -> Iterator[object]:
+    """What this gateway process sampled and sent, or dropped."""
     rv = ["route", "version"]
     sent = CounterMetricFamily(
         "switchyard_drift_samples",
@@ -94,6 +126,10 @@ def drift_families(counters: DriftCounters) -> Iterator[object]:
         dropped.add_metric([route, version, reason], n)
     yield from (sent, dropped)
 
+
+def worker_families(status: Mapping[str, Any] | None) -> Iterator[object]:
+    """The drift worker's metrics, from its status (None: no worker reported yet)."""
+    rv = ["route", "version"]
     share = GaugeMetricFamily(
         "switchyard_drift_share",
         "Share of the window's columns that drifted at the last evaluation.",
@@ -140,11 +176,13 @@ def drift_families(counters: DriftCounters) -> Iterator[object]:
     )
     worker_dropped = CounterMetricFamily(
         "switchyard_drift_worker_samples_dropped",
-        "Samples the drift worker received but put in no window, by reason: unknown_route "
-        "(no drift block for the route in the gateways' config), no_config (more rows came "
-        "before their config than the worker holds), shutdown (the worker stopped before "
-        "their config came), malformed (datagrams it could not read; route and version "
-        "empty).",
+        "Samples gateways sent that the drift worker put in no window, by reason: "
+        "unknown_route (no drift block for the route in the gateways' config), no_config "
+        "(more rows came before their config than the worker holds), shutdown (the worker "
+        "stopped before their config came), lost (in datagrams that never arrived: a gap "
+        "in a sender's numbers), malformed and wire_version (datagrams it could not read, "
+        "or of another release; counted per datagram). Route and version are empty where "
+        "the worker cannot know them.",
         labels=[*rv, "reason"],
     )
     episodes = CounterMetricFamily(
@@ -163,7 +201,21 @@ def drift_families(counters: DriftCounters) -> Iterator[object]:
     restarts = CounterMetricFamily(
         "switchyard_drift_worker_restarts", "Times the drift worker process was started again."
     )
-    status = counters.status() if counters.status is not None else None
+    datagrams = CounterMetricFamily(
+        "switchyard_drift_worker_datagrams_received",
+        "Datagrams the drift worker received from gateway processes (samples and configs).",
+    )
+    lost = CounterMetricFamily(
+        "switchyard_drift_worker_datagrams_lost",
+        "Datagrams gateway processes sent that the drift worker never received, from the "
+        "gaps in each sender's numbers: lost on the network, dropped from the worker's full "
+        "receive queue, or sent while no worker listened. The samples in them count as "
+        'switchyard_drift_worker_samples_dropped_total{reason="lost"}.',
+    )
+    senders = GaugeMetricFamily(
+        "switchyard_drift_worker_senders",
+        "Gateway processes whose config reached the drift worker in the last 10 seconds.",
+    )
     if status is not None:
         heartbeat = float(status.get("heartbeat", 0.0) or 0.0)
         up.add_metric([], 1.0 if time.time() - heartbeat < WORKER_STALE_AFTER else 0.0)
@@ -201,5 +253,12 @@ def drift_families(counters: DriftCounters) -> Iterator[object]:
             for action, outcomes in sorted((entry.get("actions") or {}).items()):
                 for outcome, n in sorted(outcomes.items()):
                     actions.add_metric([route, action, outcome], float(n))
+        ledger = status.get("senders")
+        if isinstance(ledger, Mapping):
+            counts = ledger.get("datagrams") or {}
+            datagrams.add_metric([], float(counts.get("received", 0) or 0))
+            lost.add_metric([], float(counts.get("lost", 0) or 0))
+            senders.add_metric([], float(ledger.get("live", 0) or 0))
     yield from (share, detected, score, column_drifted, window, evaluated, duration)
     yield from (evaluations, received, worker_dropped, episodes, actions, up, restarts)
+    yield from (datagrams, lost, senders)

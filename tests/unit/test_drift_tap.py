@@ -10,7 +10,15 @@ from gateway.controlplane.policy.compile import compile_snapshot
 from gateway.controlplane.policy.loader import LoadedPolicy, parse_policies
 from gateway.dataplane.decide import Decision, RequestHead, decide
 from gateway.dataplane.health import HealthRegistry
-from gateway.drift.channel import Config, Rows, decode, receiver_socket, worker_address
+from gateway.drift.channel import (
+    PROBE,
+    Config,
+    Rows,
+    Unreadable,
+    decode,
+    receiver_socket,
+    worker_address,
+)
 from gateway.drift.sender import DriftSender
 from gateway.drift.tap import DriftTap, NoTap
 from gateway.observability.drift_metrics import DriftCounters
@@ -33,6 +41,14 @@ route: plain
 variants:
   - {name: a, endpoints: ["http://127.0.0.1:9"]}
 """
+
+
+def next_message(receiver: socket.socket) -> Rows | Config | Unreadable:
+    """The next datagram the worker would read, past the probes a sender sends before
+    its config once a send was refused."""
+    while (datagram := receiver.recv(65536)) == PROBE:
+        pass
+    return decode(datagram)
 
 
 def decisions() -> tuple[list[LoadedPolicy], dict[str, Decision]]:
@@ -80,7 +96,7 @@ def test_sender_extracts_and_sends_to_the_worker_socket(tmp_path: Path) -> None:
         tap = DriftTap(1000, rng=random.Random(1), dropped=counters.buffer_full)
         sender = DriftSender(tap, address, counters)
         sender.configure(policies)
-        config = decode(receiver.recv(65536))
+        config = next_message(receiver)
         assert isinstance(config, Config) and config.routes[0]["route"] == "chat"
         assert config.routes[0]["models"] == {"champion": "chat"}
         tap.configure({"chat": 1.0})
@@ -88,7 +104,7 @@ def test_sender_extracts_and_sends_to_the_worker_socket(tmp_path: Path) -> None:
         for _ in range(5):
             tap.offer(d["chat"], body)
         assert sender.flush() == 5
-        rows = decode(receiver.recv(65536))
+        rows = next_message(receiver)
         assert isinstance(rows, Rows)
         assert (rows.route, rows.variant, rows.version) == ("chat", "champion", "3")
         assert rows.rows[0]["prompt_words"] == 2.0 and len(rows.rows) == 5
@@ -118,7 +134,7 @@ def test_sender_holds_samples_until_the_worker_is_up_and_sends_its_config_first(
     receiver = receiver_socket(address)  # the worker is up
     try:
         assert sender.flush() == 7
-        first, second = decode(receiver.recv(65536)), decode(receiver.recv(65536))
+        first, second = next_message(receiver), next_message(receiver)
         assert isinstance(first, Config) and first.routes[0]["route"] == "chat"
         assert isinstance(second, Rows) and len(second.rows) == 7
         assert counters.sent == {("chat", "3"): 7} and counters.dropped == {}
@@ -145,8 +161,8 @@ def test_the_backlog_keeps_the_newest_samples_and_counts_the_oldest(tmp_path: Pa
     receiver = receiver_socket(address)
     try:
         assert sender.flush() == 40
-        assert isinstance(decode(receiver.recv(65536)), Config)
-        kept = [decode(receiver.recv(65536)) for _ in range(2)]
+        assert isinstance(next_message(receiver), Config)
+        kept = [next_message(receiver) for _ in range(2)]
         chars = [row["prompt_chars"] for m in kept if isinstance(m, Rows) for row in m.rows]
         assert chars == [3.0] * 20 + [4.0] * 20  # the two newest flushes, in order
         assert counters.sent == {("chat", "3"): 40}
