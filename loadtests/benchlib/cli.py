@@ -417,7 +417,12 @@ def _start_fleet_gateway(launcher: Launcher, args: argparse.Namespace, policy: s
         f"udp://127.0.0.1:{sink}",
     ]
     fleet = launcher.start_gateway(
-        policy, args.python, extra, name="gateway-fleet", compiled=_compiled_mode(args)
+        policy,
+        args.python,
+        extra,
+        name="gateway-fleet",
+        compiled=_compiled_mode(args),
+        tree=args.tree,
     )
     _check_gateway(fleet)
     return fleet
