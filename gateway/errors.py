@@ -128,6 +128,39 @@ class Unavailable(GatewayError):
     code = "unavailable"
 
 
+class Overloaded(GatewayError):
+    """A flow-controlled pool refused a request (`gateway.dataplane.flow`): its queue
+    was full; `retry_after` seconds go into the response's Retry-After."""
+
+    status = 503
+    type = "server_error"
+    code = "pool_saturated"
+
+    def __init__(self, message: str, retry_after: int, *, route: str | None = None) -> None:
+        super().__init__(message, route=route)
+        self.retry_after = retry_after
+
+
+class QueueTimeout(Overloaded):
+    """The request waited the pool's queue timeout without an endpoint freeing up."""
+
+    code = "queue_timeout"
+
+
+class OverFairShare(Overloaded):
+    """Shed or timed out while its tenant held more of the pool's queue than any other."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "over_fair_share"
+
+
+class QueueDrained(Overloaded):
+    """Waiting in a queue when the gateway began to shut down."""
+
+    code = "unavailable"
+
+
 def openai_body(err: GatewayError) -> bytes:
     """OpenAI's error envelope, which the `openai` SDK turns into typed exceptions."""
     return orjson.dumps(
@@ -171,6 +204,37 @@ class FeedbackStoreUnavailable(Unavailable):
     """The feedback claims store did not answer: the feedback was not recorded (retry)."""
 
     code = "feedback_store_unavailable"
+
+
+class AuthRejected(GatewayError):
+    """A request refused by key checking or its key's quotas; `extra` holds the
+    response's extra header lines (`gateway.dataplane.auth`, `gateway.dataplane.quota`)."""
+
+    extra = b""
+
+
+class QuotaExceeded(AuthRejected):
+    """A key (or its tenant) over one of its limits: rpm, tpm or a budget."""
+
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.extra = b"retry-after: %d\r\n" % retry_after
+
+
+class QuotaStoreDown(AuthRejected):
+    """The quota store is down and `--quota-redis-down closed` refuses what needs a lease."""
+
+    status = 503
+    type = "server_error"
+    code = "quota_store_unavailable"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.extra = b"retry-after: %d\r\n" % retry_after
 
 
 def plain_body(err: GatewayError) -> bytes:

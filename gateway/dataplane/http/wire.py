@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from gateway.dataplane.quota import KeyState
+
 # RFC 9110 7.6.1: hop-by-hop fields never cross a proxy. `host`, `content-length` and
 # `expect` are rewritten by the gateway itself, `x-request-id` replaced by ours.
 HOP_BY_HOP_REQUEST = frozenset(
@@ -80,6 +82,8 @@ class Request:
     # The gateway made `request_id` (the client sent none it could use): on a route that
     # takes feedback, the exchange replaces it with the signed feedback id.
     minted: bool = False
+    # The client's API key as checked (--api-keys): name, tenant, priority, quotas.
+    key: KeyState | None = None
 
 
 def local_response(

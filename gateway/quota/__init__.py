@@ -1,0 +1,1 @@
+"""Quotas across workers and replicas: the lease task sharing limits through Redis."""
