@@ -414,8 +414,7 @@ def bench_tracing() -> str:
             "The whole gateway under load (`loadtests/bench --tracing`): the bench gateway "
             "again per sampling rate, exporting to a local nginx that accepts every OTLP "
             "request; rounds interleaved with the untraced gateway, CPU differences are "
-            "medians of per-round differences. "
-            + _gateway_setup(bench["gateway"]),
+            "medians of per-round differences. " + _gateway_setup(bench["gateway"]),
             "",
             f"Run: {run_text(bench['machine'])}.",
             "",
@@ -425,14 +424,22 @@ def bench_tracing() -> str:
 
 
 def _before_after(file: str, what: str) -> str:
-    """Two checkouts' gateways in one bench run (`--tree`/`--compare-tree`): the rows,
-    the per-round CPU samples and the median of the per-round differences."""
+    """Two checkouts' gateways in one bench run (`--tree`/`--compare-tree`), and the
+    fleet-wired row when there is one: the rows, the per-round CPU samples and the
+    medians of the per-round differences."""
     result = _load(file)
     systems, ratios, gateway = result["systems"], result["ratios"], result["gateway"]
+    base = gateway.get("compare_tree") or "?"
+    shown = [
+        ("gateway", f"`{gateway.get('commit')}`"),
+        ("gateway-fleet", f"`{gateway.get('commit')}`, fleet wiring"),
+        ("gateway-base", f"`{base}`"),
+    ]
     rows = []
-    for name, commit in (("gateway", gateway.get("commit")), ("gateway-base", None)):
-        entry = systems[name]
-        label = f"`{commit}`" if commit else entry["label"].replace("gateway @ ", "`") + "`"
+    for name, label in shown:
+        entry = systems.get(name)
+        if entry is None:
+            continue
         samples = ", ".join(_num(x, ".1f") for x in entry.get("cpu_us_per_req_samples", []))
         rows.append(
             [
@@ -440,6 +447,7 @@ def _before_after(file: str, what: str) -> str:
                 _num(entry.get("rps_median"), ",.0f"),
                 _num(entry.get("cpu_us_per_req"), ".1f"),
                 samples,
+                _num(entry.get("rss_mb"), ".1f"),
                 _num(entry.get("p50_ms"), ".3f"),
                 _num(entry.get("p99_ms"), ".3f"),
             ]
@@ -450,26 +458,44 @@ def _before_after(file: str, what: str) -> str:
             f"req/s (c={result['config']['connections']}, median of {result['config']['repeat']})",
             "CPU us/req",
             "CPU us/req per round",
+            "RSS MB",
             "p50 ms (c=1)",
             "p99 ms (c=1)",
         ],
         rows,
         (0, 3),
     )
-    return "\n".join(
-        [
-            _header(f"loadtests/results/{file}"),
-            f"{what} Run: {run_text(result['machine'])}.",
-            "",
-            _gateway_setup(gateway),
-            "",
-            table,
-            "In this run the first row's CPU per request differs from the second's by "
-            f"**{_num(ratios.get('gateway_vs_gateway_base_added_cpu_us'), '.1f', signed=True)} "
-            "us** (median of per-round differences); req/s ratio "
-            f"**{_num(ratios.get('gateway_vs_gateway_base_rps'), '.2f')}**.",
-            "",
-        ]
+    lines = [
+        _header(f"loadtests/results/{file}"),
+        f"{what} Run: {run_text(result['machine'])}.",
+        "",
+        _gateway_setup(gateway),
+        "",
+        table,
+        f"In this run `{gateway.get('commit')}` spends "
+        f"**{_num(ratios.get('gateway_vs_gateway_base_added_cpu_us'), '.1f', signed=True)} us** "
+        f"of CPU per request against `{base}` (median of per-round differences); req/s "
+        f"ratio **{_num(ratios.get('gateway_vs_gateway_base_rps'), '.2f')}**.",
+    ]
+    if "gateway-fleet" in systems:
+        lines[-1] += (
+            " The fleet wiring adds "
+            f"**{_num(ratios.get('gateway_fleet_vs_gateway_added_cpu_us'), '.1f', signed=True)}"
+            " us** per request (req/s ratio "
+            f"**{_num(ratios.get('gateway_fleet_vs_gateway_rps'), '.2f')}**): "
+            + str(gateway.get("fleet"))
+            + "."
+        )
+    return "\n".join([*lines, ""])
+
+
+def bench_fleet() -> str:
+    return _before_after(
+        "bench-fleet-latest.json",
+        "The bench route with an `experiment:` block (every response attributed for "
+        "feedback): the code with signed feedback ids against the code before them, "
+        "and the same code wired for a fleet, in one bench run (`loadtests/bench "
+        "--experiment --fleet --tree <worktree> --compare-tree <worktree>`).",
     )
 
 
@@ -807,6 +833,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-targets.md": bench_targets,
     "bench-tracing.md": bench_tracing,
     "bench-tracing-off.md": bench_tracing_off,
+    "bench-fleet.md": bench_fleet,
     "kserve-latency.md": kserve_latency,
     "chaos.md": chaos,
     "soak.md": soak,
