@@ -229,7 +229,8 @@ def _experiment_families(counters: RolloutCounters) -> Iterator[object]:
             lift.add_metric(lv, p.lift)
     results = CounterMetricFamily(
         "switchyard_feedback_requests",
-        "POST /v1/feedback answers by result: recorded, malformed, unknown, expired, duplicate.",
+        "POST /v1/feedback answers by result: recorded, malformed, unknown, expired, "
+        "duplicate, unavailable (the claims store did not answer: not recorded, 503).",
         labels=["result"],
     )
     for result, count in sorted(
