@@ -4,14 +4,24 @@ Each worker renders its own plain counters (see observability.metrics); the supe
 sums samples with identical names and labels, so Prometheus sees one gateway whatever
 the worker count. Gauges that are per-backend states (ejected, info) take the maximum
 instead of the sum: two workers that both ejected an endpoint still report 1.
+
+A scrape that asks for OpenMetrics gets it as one process serves it: the workers are
+scraped in OpenMetrics, their values merged the same way, and each sample keeps the
+newest exemplar (trace id) any worker had on it, so a latency spike on a multi-worker
+gateway still links to a trace.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 
 from gateway.observability.drift_metrics import WORKER_SOURCED
 from gateway.observability.rollout_metrics import MAX_MERGED as ROLLOUT_MAX_MERGED
@@ -35,12 +45,27 @@ _MAX_MERGED = frozenset(
     }
 )
 
+# A sample: its name and its sorted labels.
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _merged(sample_name: str, before: float | None, value: float) -> float:
+    """`value` of one more worker merged into what the others had (`before`)."""
+    if (
+        sample_name.endswith("_info")
+        or sample_name in _MAX_MERGED
+        or sample_name in WORKER_SOURCED
+        or sample_name in ROLLOUT_MAX_MERGED
+    ):
+        return value if before is None else max(before, value)
+    return (0.0 if before is None else before) + value
+
 
 def merge_expositions(texts: Sequence[str]) -> str:
     """Merge Prometheus text expositions of several processes into one."""
     order: list[str] = []
     meta: dict[str, tuple[str, str]] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    values: dict[str, dict[_Key, float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
             if family.name not in meta:
@@ -50,23 +75,84 @@ def merge_expositions(texts: Sequence[str]) -> str:
             merged = values[family.name]
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                if (
-                    sample.name.endswith("_info")
-                    or sample.name in _MAX_MERGED
-                    or sample.name in WORKER_SOURCED
-                    or sample.name in ROLLOUT_MAX_MERGED
-                ):
-                    merged[key] = max(merged.get(key, sample.value), sample.value)
-                else:
-                    merged[key] = merged.get(key, 0.0) + sample.value
+                merged[key] = _merged(sample.name, merged.get(key), sample.value)
     return "".join(_render(name, *meta[name], values[name].items()) for name in order)
+
+
+def merge_openmetrics(texts: Sequence[str], own: str = "") -> str:
+    """Merge OpenMetrics expositions of several processes into one, `# EOF` included.
+
+    Values merge as in `merge_expositions`; a sample with exemplars keeps the newest
+    (by its timestamp) of them. `own` (the supervisor's own families, in the classic
+    text format) come last.
+    """
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[_Key, float]] = {}
+    exemplars: dict[_Key, Exemplar] = {}
+    for text in texts:
+        parsed: Iterable[Metric] = openmetrics_families(text)  # type: ignore[no-untyped-call]
+        for family in parsed:
+            if family.name not in families:
+                families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+                values[family.name] = {}
+            merged = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                merged[key] = _merged(sample.name, merged.get(key), sample.value)
+                if sample.exemplar is not None:
+                    kept = exemplars.get(key)
+                    if kept is None or _when(sample.exemplar) > _when(kept):
+                        exemplars[key] = sample.exemplar
+    out: list[Metric] = []
+    for name, family in families.items():
+        for (sample_name, labels), value in _grouped(values[name]):
+            found = exemplars.get((sample_name, labels))
+            family.samples.append(Sample(sample_name, dict(labels), value, None, _shown(found)))
+        out.append(family)
+    out.extend(text_string_to_metric_families(own))
+    rendered: bytes = openmetrics_latest(_Families(out))  # type: ignore[no-untyped-call]
+    return rendered.decode()
+
+
+class _Families:
+    """What the exposition renders: a registry's `collect` over ready families."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def _grouped(samples: dict[_Key, float]) -> list[tuple[_Key, float]]:
+    """The samples with each series' together (a histogram's buckets, count and sum),
+    as OpenMetrics requires: series in the order they first appeared, whichever worker
+    had them first."""
+    series: dict[tuple[tuple[str, str], ...], list[tuple[_Key, float]]] = {}
+    for key, value in samples.items():
+        group = tuple((k, v) for k, v in key[1] if k not in ("le", "quantile"))
+        series.setdefault(group, []).append((key, value))
+    return [item for items in series.values() for item in items]
+
+
+def _when(exemplar: Exemplar) -> float:
+    return float("-inf") if exemplar.timestamp is None else float(exemplar.timestamp)
+
+
+def _shown(exemplar: Exemplar | None) -> Exemplar | None:
+    """An exemplar as one process writes it: its timestamp a float, not (sec, nsec)."""
+    if exemplar is None or exemplar.timestamp is None:
+        return exemplar
+    return Exemplar(exemplar.labels, exemplar.value, float(exemplar.timestamp))
 
 
 def _render(
     name: str,
     kind: str,
     doc: str,
-    samples: Iterable[tuple[tuple[str, tuple[tuple[str, str], ...]], float]],
+    samples: Iterable[tuple[_Key, float]],
 ) -> str:
     # As prometheus-client writes them: counters are announced with their _total name.
     shown = name + "_total" if kind == "counter" else name
