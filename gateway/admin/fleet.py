@@ -5,7 +5,8 @@ each entry's `fleet` says how the supervisor answers it:
 
 - `own`: `/livez` and `/readyz` from the supervisor's own state (ready once every
   worker is up, draining once it stops).
-- `merged`: `/metrics` sums every worker's scrape (`gateway.admin.aggregate`), plus
+- `merged`: `/metrics` sums every worker's scrape (`gateway.admin.aggregate`; in
+  OpenMetrics, with each bucket's newest exemplar, when the scraper asks for it), plus
   how many workers answered and how many were replaced; a shadow summary merges every
   worker's raw numbers (kept comparisons, `?since=` windows) and takes the fleet counts
   from one worker (`gateway.admin.shadow`).
@@ -27,11 +28,12 @@ from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 import httpx
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.admin.aggregate import merge_expositions
+from gateway.admin.aggregate import merge_expositions, merge_openmetrics
 from gateway.admin.endpoints import Feature, Handler, build_app, served
 from gateway.admin.shadow import merge_raw, summarise
 
@@ -76,17 +78,21 @@ def _json_or_text(reply: httpx.Response) -> Any:
 def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feature]) -> Starlette:
     """The admin ASGI app of a multi-worker gateway: the same endpoints as one process."""
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        # OpenMetrics when the scraper asks for it, as one process answers: the only
+        # format that carries the workers' trace-id exemplars.
+        openmetrics = "application/openmetrics-text" in request.headers.get("accept", "")
+        asked = {"accept": OPENMETRICS_TYPE} if openmetrics else {}
         async with httpx.AsyncClient(timeout=5) as client:
             replies = await asyncio.gather(
-                *(client.get(f"{a}/metrics") for a in sup.admins()), return_exceptions=True
+                *(client.get(f"{a}/metrics", headers=asked) for a in sup.admins()),
+                return_exceptions=True,
             )
         texts = [r.text for r in replies if isinstance(r, httpx.Response) and r.is_success]
-        body = merge_expositions(texts)
         # Both tell a reader of these sums (a worker's statistics source, Prometheus)
         # that a worker's counts left them or restarted from zero inside them.
         restarts = sum(int(getattr(w, "restarts", 0)) for w in sup.workers)
-        body += (
+        own = (
             "# HELP switchyard_workers Worker processes answering the metrics scrape.\n"
             "# TYPE switchyard_workers gauge\n"
             f"switchyard_workers {len(texts)}.0\n"
@@ -94,6 +100,9 @@ def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feat
             "# TYPE switchyard_worker_restarts_total counter\n"
             f"switchyard_worker_restarts_total {restarts}.0\n"
         )
+        if openmetrics:
+            return Response(merge_openmetrics(texts, own), media_type=OPENMETRICS_TYPE)
+        body = merge_expositions(texts) + own
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def livez(_: Request) -> Response:
