@@ -26,9 +26,28 @@ Two kinds of message: rows of samples, and (every few seconds, and on every poli
 change) the drift blocks of the policies the sending gateway serves, so the worker
 needs no access to the policy files or ConfigMap itself.
 
-Wire version 2 (version 1 had no sender, number or rows-before fields): a worker
-counts datagrams of another version as `wire_version` drops, so a gateway and a worker
-of different releases show up in the metrics instead of silently feeding nothing.
+Signed datagrams. With a fleet secret (`SWITCHYARD_FLEET_SECRET` or
+`--fleet-secret-file`, as for feedback ids) every datagram carries a tag: a datagram
+reads `{"v":3,"t":"<tag>","s":...}`, and the tag is the first 16 bytes, in hex, of
+HMAC-SHA256(K, the same datagram without its `"t":"<tag>",`), where
+K = HMAC-SHA256(fleet secret, "switchyard drift channel v1") (another label than the
+feedback ids' key, so neither key can stand for the other). So the tag covers every
+byte the worker reads: version, sender, number, rows before, the message. The worker
+checks it (in constant time, before any byte is parsed) by `read`'s rule:
+
+- a worker with the secret takes only datagrams whose tag checks out: one without a
+  tag is dropped as `unauthenticated`, one with a wrong tag (another secret, altered,
+  forged) as `bad_tag`; neither reaches the senders' ledger, so forged numbers cannot
+  make up losses either;
+- a worker without the secret takes every datagram, signed or not (it has nothing to
+  check a tag with, and refusing signed ones would only lose the samples of gateways
+  given the secret before it: an open worker is no safer for dropping them). It
+  counts the signed ones it took unchecked and says so in its log.
+
+Wire version 3 (version 2 had no tag; version 1 had no sender, number or rows-before
+fields): a worker counts datagrams of another version as `wire_version` drops, so a
+gateway and a worker of different releases show up in the metrics instead of silently
+feeding nothing.
 """
 
 from __future__ import annotations
@@ -36,8 +55,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import hmac
 import ipaddress
 import logging
+import re
 import secrets
 import socket
 import sys
@@ -56,10 +77,23 @@ MAX_DATAGRAM = 60_000
 # Rows datagrams over UDP stay smaller: a datagram crosses a network as IP fragments
 # (about 11 of them at a 1500-byte MTU for this size) and losing any one loses it all.
 UDP_ROWS_DATAGRAM = 16_000
-WIRE_VERSION = 2
-# The longest head `Stream.frame` puts before a payload: {"v":2,"s":"<16 hex>",
-# "n":<20 digits>,"r":<20 digits>, (the budget of a datagram's payload leaves room).
-HEAD_MAX = 96
+WIRE_VERSION = 3
+# The longest head `Stream.frame` puts before a payload: {"v":3,"t":"<32 hex>",
+# "s":"<16 hex>","n":<20 digits>,"r":<20 digits>, (119 bytes; the budget of a
+# datagram's payload leaves room).
+HEAD_MAX = 136
+# The tag: HMAC-SHA256 under a key derived from the fleet secret with this label,
+# truncated to TAG_BYTES, in hex. Every datagram of this version starts with UNSIGNED;
+# a signed one goes on with SIGNED's `"t":"`, the tag, `",`, then what an unsigned one
+# would hold after UNSIGNED.
+CHANNEL_LABEL = b"switchyard drift channel v1"
+TAG_BYTES = 16
+UNSIGNED = b'{"v":%d,' % WIRE_VERSION
+SIGNED = UNSIGNED + b'"t":"'
+_TAG_END = len(SIGNED) + 2 * TAG_BYTES
+_SIGNED_REST = _TAG_END + 2  # after the tag's closing `",`
+_BLOCK = 64  # SHA-256's block size, for the precomputed HMAC pads
+_SENDER = re.compile(rb'"s":"([0-9A-Za-z_.-]{1,64})"')
 # An empty datagram: numbered nothing, says nothing; the worker ignores it. A sender
 # whose last send was refused sends it first, so that over UDP the send that goes to a
 # worker still down (and only makes the next send fail) is not a numbered one.
@@ -347,32 +381,73 @@ def bound_address(address: Address, sock: socket.socket) -> Address:
     return address
 
 
+# Tags ---------------------------------------------------------------------------------
+
+
+class ChannelKey:
+    """Signs and checks datagrams under the fleet secret (see the module docstring)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        key = hmac.digest(secret, CHANNEL_LABEL, "sha256").ljust(_BLOCK, b"\0")
+        # HMAC with its two pads hashed once: a tag then costs two copies of a hash
+        # state and the updates, not hmac's key schedule each time.
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def tag(self, *parts: bytes | memoryview) -> bytes:
+        """The tag (hex) of the unsigned datagram that `parts` make up."""
+        inner = self._inner.copy()
+        for part in parts:
+            inner.update(part)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:TAG_BYTES].hex().encode()
+
+    def verify(self, datagram: bytes) -> bool:
+        """Whether `datagram` (starting with SIGNED) carries the right tag."""
+        if len(datagram) < _SIGNED_REST or datagram[_TAG_END:_SIGNED_REST] != b'",':
+            return False
+        expected = self.tag(UNSIGNED, memoryview(datagram)[_SIGNED_REST:])
+        return hmac.compare_digest(expected, datagram[len(SIGNED) : _TAG_END])
+
+
+def signed(datagram: bytes) -> bool:
+    """Whether a datagram of this version carries a tag (right or wrong)."""
+    return datagram.startswith(SIGNED)
+
+
+def sender_of(datagram: bytes) -> str:
+    """The sender id a datagram claims, unchecked and only as safe characters: for log
+    lines about datagrams the worker did not take ("?" if none is found)."""
+    found = _SENDER.search(datagram, 0, HEAD_MAX)
+    return found.group(1).decode() if found else "?"
+
+
 # Messages -----------------------------------------------------------------------------
 
 
 class Stream:
-    """The numbering of one sender's datagrams: `frame` puts the head on a payload,
-    `sent` advances the numbers once the kernel took the datagram (a datagram held
-    for later keeps its number, so the worker sees a gap only for a real loss)."""
+    """The numbering of one sender's datagrams: `frame` puts the head (and, with a
+    `key`, the tag) on a payload, `sent` advances the numbers once the kernel took the
+    datagram (a datagram held for later keeps its number, so the worker sees a gap only
+    for a real loss)."""
 
-    __slots__ = ("rows", "sender", "seq")
+    __slots__ = ("key", "rows", "sender", "seq")
 
-    def __init__(self, sender: str | None = None) -> None:
+    def __init__(self, sender: str | None = None, key: ChannelKey | None = None) -> None:
         self.sender = sender or secrets.token_hex(8)
+        self.key = key
         self.seq = 0  # datagrams sent so far
         self.rows = 0  # rows in them
 
     def frame(self, payload: bytes) -> bytes:
-        return (
-            b'{"v":%d,"s":"%s","n":%d,"r":%d,'
-            % (
-                WIRE_VERSION,
-                self.sender.encode(),
-                self.seq,
-                self.rows,
-            )
-            + payload
-        )
+        head = b'"s":"%s","n":%d,"r":%d,' % (self.sender.encode(), self.seq, self.rows)
+        if self.key is None:
+            return b"".join((UNSIGNED, head, payload))
+        tag = self.key.tag(UNSIGNED, head, payload)
+        return b"".join((SIGNED, tag, b'",', head, payload))
 
     def sent(self, rows: int) -> None:
         self.seq += 1
@@ -445,7 +520,8 @@ class Config:
 
 
 class Unreadable:
-    """Why a datagram was not taken: `malformed`, or `wire_version` (another release)."""
+    """Why a datagram was not taken: `malformed`, `wire_version` (another release),
+    `unauthenticated` (no tag, at a worker that has the fleet secret) or `bad_tag`."""
 
     __slots__ = ("reason",)
 
@@ -455,6 +531,8 @@ class Unreadable:
 
 MALFORMED = Unreadable("malformed")
 OTHER_VERSION = Unreadable("wire_version")
+UNAUTHENTICATED = Unreadable("unauthenticated")
+BAD_TAG = Unreadable("bad_tag")
 
 
 def _head(message: Mapping[str, Any]) -> Head | None:
@@ -491,3 +569,19 @@ def decode(datagram: bytes) -> Rows | Config | Unreadable:
     if not isinstance(rows, list):
         return MALFORMED
     return Rows(head, route, variant, version, [r for r in rows if isinstance(r, dict)])
+
+
+def read(datagram: bytes, key: ChannelKey | None) -> Rows | Config | Unreadable:
+    """The message in a datagram, as a worker holding `key` (None: no fleet secret)
+    takes it: with a key, only a datagram whose tag checks out is parsed; one without a
+    tag is `unauthenticated` (or, if it is another release's or no message of ours,
+    `wire_version` or `malformed`, which say more), one with a wrong tag `bad_tag`.
+    Without a key every datagram is read, signed or not (see the module docstring)."""
+    if key is None:
+        return decode(datagram)
+    if datagram.startswith(SIGNED):
+        return decode(datagram) if key.verify(datagram) else BAD_TAG
+    if datagram.startswith(UNSIGNED):
+        return UNAUTHENTICATED  # of this release, unsigned: no need to parse it
+    found = decode(datagram)
+    return found if isinstance(found, Unreadable) else UNAUTHENTICATED

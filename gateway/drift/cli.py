@@ -10,6 +10,10 @@ One worker for a fleet of gateways on several machines: `--listen udp://0.0.0.0:
 udp://WORKER:9300 --drift-status-url http://WORKER:9301`. `--http` serves the status,
 the metrics and the HTML reports (see gateway/drift/api.py); the reports need
 SWITCHYARD_ADMIN_TOKEN as a bearer token when it is set.
+
+With the fleet secret (SWITCHYARD_FLEET_SECRET, or --fleet-secret-file; the gateways'
+own) it takes only datagrams tagged with it, and drops and counts the rest
+(`unauthenticated`, `bad_tag`); without one it takes every datagram, signed or not.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.controlplane.registry.client import RegistryConfig
+from gateway.dataplane.feedback.fleet import FeedbackConfigError, fleet_secret
 from gateway.drift.channel import (
     ADDRESS_TAKEN,
     AddressError,
+    ChannelKey,
     UdpAddress,
     parse_host_port,
     parse_udp,
@@ -60,6 +66,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="HOST:PORT",
         help="serve /status, /metrics and /report here (port 0 picks one)",
     )
+    worker.add_argument(
+        "--fleet-secret-file",
+        metavar="PATH",
+        help="a file holding the gateways' fleet secret (SWITCHYARD_FLEET_SECRET, the "
+        "secret itself, wins): take only datagrams tagged with it; with neither, take "
+        "every datagram",
+    )
     worker.add_argument("--generation", type=int, default=1, help=argparse.SUPPRESS)
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(handler=_run)
@@ -70,6 +83,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "drift_dir": args.drift_dir,
         "file_roots": tuple(args.file_roots) if args.file_roots else None,
         "registry_uri": args.registry_uri,
+        "fleet_secret_file": args.fleet_secret_file,
     }
     return from_env().with_overrides(**values)
 
@@ -86,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
     drift_dir = Path(settings.drift_dir)
     try:
         listen, http = _addresses(args)
-    except AddressError as exc:
+        secret, secret_source = fleet_secret(settings)
+    except (AddressError, FeedbackConfigError) as exc:
         print(f"switchyard drift-worker: {exc}", file=sys.stderr)
         return 2
     try:
@@ -116,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         listen=listen,
         http=http,
         token=settings.admin_token,
+        key=ChannelKey(secret) if secret is not None else None,
+        key_source=secret_source,
     )
 
     async def main() -> int:

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.controlplane.policy.loader import LoadedPolicy
+from gateway.dataplane.feedback.fleet import FeedbackConfigError, fleet_secret
 from gateway.dataplane.snapshot import SnapshotRef
-from gateway.drift.channel import AddressError, target
+from gateway.drift.channel import AddressError, ChannelKey, target
 from gateway.drift.manager import DriftWorkerManager, runs_local_worker
 from gateway.drift.remote import HttpWorker, parse_status_url
 from gateway.drift.sender import DriftSender
@@ -43,6 +44,17 @@ def drift_settings_problem(settings: Settings) -> str | None:
     return None
 
 
+def channel_key(settings: Settings) -> ChannelKey | None:
+    """The key that tags this process's datagrams: from the configured fleet secret (the
+    supervisor of `--workers N` sets one for its workers and its drift worker), else
+    None: unsigned, as a drift worker without the secret takes them."""
+    try:
+        secret, _ = fleet_secret(settings)
+    except FeedbackConfigError:
+        return None  # the gateway refuses to start with it (FeedbackFleet.open)
+    return ChannelKey(secret) if secret is not None else None
+
+
 class DriftFeed:
     """Tap, sender and (optionally) worker manager of one gateway process."""
 
@@ -59,7 +71,7 @@ class DriftFeed:
             settings.drift_buffer, rng=random.Random(settings.seed), dropped=counters.buffer_full
         )
         address = target(settings.drift_worker_address, settings.drift_dir)
-        self.sender = DriftSender(self.tap, address, counters)
+        self.sender = DriftSender(self.tap, address, counters, key=channel_key(settings))
         self._status = StatusReader(settings.drift_dir)
         self.remote: HttpWorker | None = None
         if settings.drift_status_url:

@@ -41,6 +41,7 @@ from gateway.drift.channel import (
     MAX_DATAGRAM,
     PROBE,
     Address,
+    ChannelKey,
     Link,
     Stream,
     encode,
@@ -96,13 +97,16 @@ class DriftSender:
         *,
         link: Link | None = None,
         backlog: int = BACKLOG_ROWS,
+        key: ChannelKey | None = None,
     ) -> None:
         self.tap = tap
         self.address = address
         self.counters = counters
         self.backlog_limit = backlog
         self.link: Link = link if link is not None else link_to(address)
-        self.stream = Stream()  # this process's numbering (a random sender id)
+        # This process's numbering (a random sender id); with the fleet secret's `key`
+        # every datagram is tagged as it is framed, in the flush, off the request path.
+        self.stream = Stream(key=key)
         self._extractors: dict[str, Extractor] = {}
         self._config: bytes | None = None
         self._backlog: deque[_Datagram] = deque()

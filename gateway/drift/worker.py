@@ -5,8 +5,11 @@ it; see `manager.py`), or one per fleet (`switchyard drift-worker --listen udp:/
 its own Deployment) fed by every replica, so every gateway process's samples meet in
 the same windows and one drift makes one episode. Its loop:
 
-- the socket reader accounts for every datagram in the senders' ledger (numbers, gaps:
-  `senders.py`) and appends incoming rows to the window of their (route, version);
+- the socket reader checks each datagram's tag when the worker has the fleet secret
+  (`channel.read`: one without a tag or with a wrong one is dropped, counted and logged
+  once per sender a minute), accounts for every datagram it takes in the senders'
+  ledger (numbers, gaps: `senders.py`) and appends incoming rows to the window of
+  their (route, version);
   rows of a route it has no drift block for (yet: a worker that just started may get
   rows before the config) wait, bounded, for their sender's next config datagram, then
   join their window or are dropped; every row dropped here is counted by reason;
@@ -43,16 +46,22 @@ from gateway.controlplane.registry.client import RegistryConfig
 from gateway.drift.actions import ACTIONS, ActionContext, configured, run_actions
 from gateway.drift.channel import (
     ADDRESS_TAKEN,
+    BAD_TAG,
     MAX_DATAGRAM,
     PROBE,
+    UNAUTHENTICATED,
     Address,
+    ChannelKey,
     Config,
     Rows,
+    UdpAddress,
     Unreadable,
     bound_address,
-    decode,
     describe,
+    read,
     receiver_socket,
+    sender_of,
+    signed,
     worker_address,
 )
 from gateway.drift.config import RouteDrift, SeenConfig, merge_routes, route_drifts
@@ -82,6 +91,18 @@ CONFIG_TTL = 10.0
 # not checked against any policy before they are counted, so they must not grow the
 # metrics without bound. Beyond it, drops are counted under an empty route and version.
 MAX_DROP_KEYS = 1000
+# Log lines about datagrams refused (or taken unchecked) for their tag: at most one per
+# sender and kind this often, for at most this many senders at a time (a sender id in
+# a datagram that was not checked is anyone's to make up; the counters count them all).
+NOTICE_EVERY = 60.0
+MAX_NOTICES = 64
+# The variable that holds the fleet secret: never handed to actions (a policy's
+# token_env or secret_env naming it would send the secret to that endpoint).
+_SECRET_ENV = "SWITCHYARD_FLEET_SECRET"
+
+
+def _action_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != _SECRET_ENV}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +114,14 @@ class WorkerOptions:
     registry: RegistryConfig | None = None
     generation: int = 1  # how many times the manager started a worker (restarts + 1)
     parent_pid: int | None = None  # exit when this process is gone
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    env: Mapping[str, str] = field(default_factory=_action_env)  # for actions' tokens
     transport: httpx.AsyncBaseTransport | None = None  # test seam for outgoing calls
     listen: Address | None = None  # None: this machine's address of `drift_dir`
     http: tuple[str, int] | None = None  # serve status, metrics and reports here
     token: str | None = None  # bearer token the HTTP reports need (the admin token)
+    # The fleet secret's key: with one, only datagrams tagged under it are taken.
+    key: ChannelKey | None = None
+    key_source: str = ""  # where the secret came from (status, logs), never the secret
 
 
 @dataclass(slots=True)
@@ -141,6 +165,8 @@ class DriftWorker:
         self.conflicts: dict[str, list[str]] = {}
         self._detect_ready = asyncio.Event()
         self._warm: asyncio.Task[None] | None = None
+        self.unverified = 0  # signed datagrams taken unchecked (no fleet secret here)
+        self._noticed: dict[tuple[str, str], float] = {}  # (kind, sender) -> logged at
 
     # Configuration ------------------------------------------------------------------
 
@@ -223,22 +249,38 @@ class DriftWorker:
         now = time.time()
         for _ in range(1024):
             try:
-                datagram = sock.recv(MAX_DATAGRAM + 4096)
+                datagram, peer = sock.recvfrom(MAX_DATAGRAM + 4096)
             except (BlockingIOError, InterruptedError):
                 break
-            self.accept(datagram, now)
+            self.accept(datagram, now, peer)
         if now - self._ledger_saved >= LEDGER_EVERY:
             self._ledger_saved = now
             self.ledger.save()
 
-    def accept(self, datagram: bytes, now: float) -> None:
-        """Take one datagram: a config, or rows for their window."""
+    def accept(self, datagram: bytes, now: float, peer: Any = None) -> None:
+        """Take one datagram: a config, or rows for their window (`peer`: where it came
+        from, for log lines about datagrams refused)."""
         if datagram == PROBE:  # a sender checking whether a worker is back
             return
-        message = decode(datagram)
-        if isinstance(message, Unreadable):  # another wire version, or not ours at all
+        key = self.options.key
+        message = read(datagram, key)
+        if isinstance(message, Unreadable):  # no right tag, another version, not ours
             self.drop("", "", message.reason, 1)
+            if message is UNAUTHENTICATED or message is BAD_TAG:
+                self._refused(message.reason, datagram, peer, now)
             return
+        if key is None and signed(datagram):
+            self.unverified += 1
+            self._notice(
+                "unverified",
+                datagram,
+                peer,
+                now,
+                "signs its datagrams with a fleet secret, and this worker has none to "
+                "check them with: taken unchecked (%d so far); give the worker the "
+                "gateways' secret (SWITCHYARD_FLEET_SECRET or --fleet-secret-file)",
+                self.unverified,
+            )
         rows = len(message.rows) if isinstance(message, Rows) else 0
         if self.ledger.observe(message.head, rows, now) in ("late", "duplicate"):
             return  # counted as lost before, or taken before: its rows count once
@@ -281,6 +323,37 @@ class DriftWorker:
                 continue
             self._held_rows -= len(message.rows)
         self._held = kept
+
+    def _refused(self, reason: str, datagram: bytes, peer: Any, now: float) -> None:
+        if reason == UNAUTHENTICATED.reason:
+            why = (
+                "sent a datagram without a tag, and this worker takes only datagrams "
+                "tagged with the fleet secret: dropped (%d so far); give that gateway the "
+                "worker's secret (SWITCHYARD_FLEET_SECRET or --fleet-secret-file)"
+            )
+        else:
+            why = (
+                "sent a datagram whose tag does not match (signed with another fleet "
+                "secret, altered or forged): dropped (%d so far)"
+            )
+        self._notice(reason, datagram, peer, now, why, self.dropped.get(("", "", reason), 0))
+
+    def _notice(
+        self, kind: str, datagram: bytes, peer: Any, now: float, why: str, count: int
+    ) -> None:
+        """Log "sender S (peer) `why`" about the sender `datagram` names (unchecked: only
+        for the log), at most once per sender and kind every NOTICE_EVERY seconds."""
+        sender = sender_of(datagram)
+        key = (kind, sender)
+        last = self._noticed.get(key)
+        if last is not None and now - last < NOTICE_EVERY:
+            return
+        if last is None and len(self._noticed) >= MAX_NOTICES:
+            self._noticed = {k: t for k, t in self._noticed.items() if now - t < NOTICE_EVERY}
+            if len(self._noticed) >= MAX_NOTICES:
+                return  # many senders at once: the counters have them all
+        self._noticed[key] = now
+        log.warning("drift worker: sender %s (%s) " + why, sender, _peer(peer), count)
 
     def drop(self, route: str, version: str, reason: str, rows: int) -> None:
         """Count rows that never reached a window."""
@@ -492,6 +565,13 @@ class DriftWorker:
             "heartbeat": now,
             "error": self.error,
             "listen": describe(self.address) if self.address is not None else None,
+            # Whether datagrams must carry the fleet secret's tag (where the secret came
+            # from, never the secret), and the signed ones taken unchecked without it.
+            "auth": {
+                "verifies": self.options.key is not None,
+                "secret": self.options.key_source or None,
+                "unverified": self.unverified,
+            },
             "http": self.http_url,
             "held_rows": self._held_rows,
             "dropped": [
@@ -525,6 +605,21 @@ class DriftWorker:
         self.ledger.save()
 
     # Running --------------------------------------------------------------------------
+
+    def _say_auth(self) -> None:
+        shown = describe(self.address) if self.address is not None else "?"
+        if self.options.key is not None:
+            log.info(
+                "drift worker: taking only datagrams tagged with the fleet secret from %s",
+                self.options.key_source or "the options",
+            )
+        elif isinstance(self.address, UdpAddress):
+            log.warning(
+                "drift worker: no fleet secret (SWITCHYARD_FLEET_SECRET or "
+                "--fleet-secret-file): anything that reaches %s may send it configs and "
+                "rows, and a config names the Kubeflow endpoint it calls",
+                shown,
+            )
 
     async def _publisher(self, stop: asyncio.Event) -> None:
         # Its own task: a Kubeflow call retrying with backoff must not let the
@@ -570,6 +665,7 @@ class DriftWorker:
         log.info(
             "drift worker %d (generation %d) in %s", os.getpid(), self.options.generation, self.dir
         )
+        self._say_auth()
         # Tests and tools read where it listens (port 0 picks one) from this line.
         http = f" http {self.http_url}" if self.http_url else ""
         print(f"switchyard drift-worker listening on {describe(self.address)}{http}", flush=True)
@@ -595,3 +691,11 @@ class DriftWorker:
             self._held_rows = 0
             self.publish()
         return 0
+
+
+def _peer(peer: Any) -> str:
+    """Where a datagram came from, for a log line."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return "this machine"  # a Unix datagram socket's senders are unbound

@@ -4,14 +4,20 @@ errors), numbered datagrams, and the UDP link over real loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import random
 import socket
+from pathlib import Path
 
 import pytest
 
 from gateway.cli import main as cli_main
 from gateway.drift.channel import (
+    BAD_TAG,
+    MALFORMED,
+    UNAUTHENTICATED,
     AddressError,
+    ChannelKey,
     Config,
     Rows,
     Stream,
@@ -24,7 +30,10 @@ from gateway.drift.channel import (
     encode_config,
     parse_host_port,
     parse_udp,
+    read,
     receiver_socket,
+    sender_of,
+    signed,
     target,
     worker_address,
 )
@@ -102,7 +111,7 @@ def test_the_target_is_the_fleet_worker_or_this_machines(tmp_path: object) -> No
 
 
 def test_serve_refuses_bad_drift_settings_with_a_clear_error(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert drift_settings_problem(Settings()) is None
     assert drift_settings_problem(Settings(drift_worker_address="udp://w:9300")) is None
@@ -112,6 +121,13 @@ def test_serve_refuses_bad_drift_settings_with_a_clear_error(
     assert "drift status URL" in capsys.readouterr().err
     assert cli_main(["drift-worker", "--listen", "tcp://0.0.0.0:9300"]) == 2
     assert "--listen 'tcp://0.0.0.0:9300'" in capsys.readouterr().err
+    # The worker's fleet secret: unreadable or too short stops it, saying which.
+    missing = tmp_path / "no-such-secret"
+    assert cli_main(["drift-worker", "--fleet-secret-file", str(missing)]) == 2
+    assert f"cannot read the fleet secret file {missing}" in capsys.readouterr().err
+    (tmp_path / "short").write_text("tiny\n")
+    assert cli_main(["drift-worker", "--fleet-secret-file", str(tmp_path / "short")]) == 2
+    assert "is 4 bytes long; use at least 16" in capsys.readouterr().err
 
 
 def test_every_datagram_carries_its_sender_number_and_rows_before() -> None:
@@ -130,17 +146,83 @@ def test_every_datagram_carries_its_sender_number_and_rows_before() -> None:
 
 def test_other_wire_versions_and_garbage_are_told_apart() -> None:
     old = b'{"v":1,"route":"r","variant":"v","version":"1","rows":[]}'  # before numbering
-    verdict = decode(old)
-    assert isinstance(verdict, Unreadable) and verdict.reason == "wire_version"
-    for junk in (b"", b"[]", b'{"route": "r"}', b'{"v":2,"s":"x","n":-1,"r":0}'):
+    unsigned = b'{"v":2,"s":"a","n":0,"r":0,"route":"r","variant":"v","version":"1","rows":[]}'
+    for datagram in (old, unsigned):  # version 2 had no tags
+        for key in (None, ChannelKey(SECRET)):
+            verdict = read(datagram, key)
+            assert isinstance(verdict, Unreadable) and verdict.reason == "wire_version"
+    for junk in (b"", b"[]", b'{"route": "r"}', b'{"v":3,"s":"x","n":-1,"r":0}'):
         verdict = decode(junk)
         assert isinstance(verdict, Unreadable) and verdict.reason == "malformed", junk
+    # At a worker with the secret, only what is none of ours is still "malformed":
+    # a datagram of this version without a tag is refused as such, unparsed.
+    for junk in (b"", b"[]", b'{"route": "r"}'):
+        assert read(junk, ChannelKey(SECRET)) is MALFORMED
+    assert read(b'{"v":3,"s":"x","n":-1,"r":0}', ChannelKey(SECRET)) is UNAUTHENTICATED
+
+
+SECRET = b"0123456789abcdef-fleet-secret"
+
+
+def test_a_tagged_datagram_reads_back_and_its_tag_is_the_documented_hmac() -> None:
+    key = ChannelKey(SECRET)
+    stream = Stream(key=key)
+    [(payload, n)] = list(encode("r", "v", "1", [{"a": 1.0}, {"a": 2.0}]))
+    datagram = stream.datagram(payload, n)
+    message = read(datagram, key)
+    assert isinstance(message, Rows) and message.rows == [{"a": 1.0}, {"a": 2.0}]
+    assert (message.head.sender, message.head.seq, message.head.rows_before) == (
+        stream.sender,
+        0,
+        0,
+    )
+    assert isinstance(read(stream.datagram(encode_config([{"route": "r"}]), 0), key), Config)
+    # docs/drift.md: {"v":3,"t":"<tag>",...}, the tag the first 16 bytes (hex) of
+    # HMAC-SHA256(K, the datagram without `"t":"<tag>",`), K = HMAC-SHA256(secret,
+    # "switchyard drift channel v1"): not the feedback ids' label, so not their key.
+    assert datagram.startswith(b'{"v":3,"t":"')
+    tag = datagram[12:44]
+    unsigned = datagram[:7] + datagram[46:]
+    assert unsigned == Stream(stream.sender).frame(payload)  # as sent without a key
+    derived = hmac.digest(SECRET, b"switchyard drift channel v1", "sha256")
+    assert tag == hmac.new(derived, unsigned, "sha256").digest()[:16].hex().encode()
+    assert derived != hmac.digest(SECRET, b"switchyard feedback id v1", "sha256")
+    # A worker without the secret reads it as it reads an unsigned one.
+    assert isinstance(read(datagram, None), Rows) and signed(datagram)
+    assert isinstance(read(unsigned, None), Rows) and not signed(unsigned)
+
+
+def test_missing_wrong_and_altered_tags_are_refused() -> None:
+    key = ChannelKey(SECRET)
+    [(payload, _)] = list(encode("r", "v", "1", [{"a": 1.0}]))
+    stream = Stream(key=key)
+    good = stream.frame(payload)
+    assert isinstance(read(good, key), Rows)
+    # No tag: a gateway without the secret, or anyone at all.
+    assert read(Stream(stream.sender).frame(payload), key) is UNAUTHENTICATED
+    # Another secret.
+    other = Stream(stream.sender, key=ChannelKey(b"another-secret-of-16-bytes")).frame(payload)
+    assert read(other, key) is BAD_TAG
+    # Any byte changed: the number (a replayed datagram renumbered), a row, the tag.
+    renumbered = good.replace(b'"n":0,', b'"n":7,')
+    assert renumbered != good and read(renumbered, key) is BAD_TAG
+    altered_row = good.replace(b'"a":1.0', b'"a":9.0')
+    assert altered_row != good and read(altered_row, key) is BAD_TAG
+    flipped = bytearray(good)
+    flipped[12] = ord("0") if flipped[12] != ord("0") else ord("1")
+    assert read(bytes(flipped), key) is BAD_TAG
+    for broken in (good[:30], good[:44] + b"x" + good[45:], good.replace(b'","s"', b'"x"s"')):
+        assert read(broken, key) is BAD_TAG, broken
+    assert sender_of(other) == stream.sender  # for the log line, unchecked
+    assert sender_of(b'{"v":3,"s":"\n<script>","n":0}') == "?"
 
 
 def test_rows_datagrams_over_udp_stay_small() -> None:
     rows = [{"text": "x" * 100} for _ in range(1000)]
-    sizes = [len(Stream().frame(p)) for p, _ in encode("r", "v", "1", rows, 16_000)]
-    assert len(sizes) > 5 and max(sizes) <= 16_000
+    for stream in (Stream(), Stream(key=ChannelKey(SECRET))):
+        stream.seq = stream.rows = 10**19  # the longest numbers: 20 digits each
+        sizes = [len(stream.frame(p)) for p, _ in encode("r", "v", "1", rows, 16_000)]
+        assert len(sizes) > 5 and max(sizes) <= 16_000
 
 
 def free_udp_port() -> int:

@@ -14,6 +14,7 @@ import pytest
 from gateway.drift import manager as manager_module
 from gateway.drift.channel import address_served, receiver_socket, worker_address
 from gateway.drift.manager import DriftWorkerManager, runs_local_worker
+from gateway.drift.status import StatusReader
 from gateway.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
@@ -46,7 +47,9 @@ async def test_a_served_address_is_used_not_fought_over(
 ) -> None:
     monkeypatch.setattr(manager_module, "CHECK_EVERY", 0.05)
     caplog.set_level(logging.INFO, "switchyard.drift")
-    settings = Settings(drift_dir=str(tmp_path / "drift"))
+    # The fleet secret (a supervisor's own, or configured) reaches the worker it starts.
+    secret = "a-fleet-secret-of-the-supervisor"
+    settings = Settings(drift_dir=str(tmp_path / "drift"), fleet_secret=secret)
     address = worker_address(settings.drift_dir)
     other = receiver_socket(address)  # another gateway's worker holds it
     manager = DriftWorkerManager(settings, lambda: True)
@@ -61,6 +64,14 @@ async def test_a_served_address_is_used_not_fought_over(
         await until(lambda: manager.proc is not None, 10, "a worker is started")
         await until(lambda: address_served(address), 30, "the new worker binds the address")
         assert manager.generation == 1 and not manager.elsewhere
+        status = StatusReader(settings.drift_dir)
+        await until(lambda: bool((status() or {}).get("auth")), 10, "the worker's status")
+        assert (status() or {})["auth"] == {
+            "verifies": True,
+            "secret": "SWITCHYARD_FLEET_SECRET",  # where it came from, never the secret
+            "unverified": 0,
+        }
+        assert secret not in (tmp_path / "drift" / "status.json").read_text()
     finally:
         other.close()
         await stop((manager, task))

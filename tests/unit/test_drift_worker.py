@@ -5,6 +5,7 @@ fight over a route."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.drift import worker as worker_module
 from gateway.drift.channel import (
+    ChannelKey,
     Stream,
     encode,
     encode_config,
@@ -43,12 +45,14 @@ class Rig:
     """A worker and its bound socket; `send` delivers one gateway process's numbered
     datagrams (another process: another `Stream`), `receive` drains."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.worker = DriftWorker(WorkerOptions(drift_dir=tmp_path / "drift"))
+    def __init__(self, tmp_path: Path, key: ChannelKey | None = None) -> None:
+        source = "test" if key is not None else ""
+        options = WorkerOptions(drift_dir=tmp_path / "drift", key=key, key_source=source)
+        self.worker = DriftWorker(options)
         self.address = worker_address(tmp_path / "drift")
         self.sock = receiver_socket(self.address)
         self.out = sender_socket()
-        self.stream = Stream()
+        self.stream = Stream(key=key)  # a gateway process given the worker's secret
 
     def send(self, *payloads: Payload, stream: Stream | None = None) -> None:
         for payload, n in payloads:
@@ -91,7 +95,7 @@ async def test_rows_of_a_route_without_drift_are_dropped_and_counted(
 ) -> None:
     rig.send(config(tmp_path, "support"))
     rig.send(*rows("other", 7), *rows("support", 5))
-    for datagram in (b"not json", b'{"v": 2, "route": "support"}', b'{"v": 1, "route": "x"}'):
+    for datagram in (b"not json", b'{"v": 3, "route": "support"}', b'{"v": 2, "route": "x"}'):
         rig.raw(datagram)
     rig.send(config(tmp_path, "support"))  # the next config: "other" has no drift block
     assert rig.received("support") == 5
@@ -238,3 +242,80 @@ async def test_gaps_in_a_senders_numbers_count_as_lost(rig: Rig, tmp_path: Path)
     assert rig.received("support") == 20
     counts = rig.worker.status()["senders"]["datagrams"]
     assert (counts["lost"], counts["late"], counts["duplicate"]) == (1, 1, 1)
+
+
+SECRET = b"0123456789abcdef-fleet-secret"
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Iterator[Rig]:
+    made = Rig(tmp_path, ChannelKey(SECRET))
+    yield made
+    made.close()
+
+
+async def test_a_worker_with_the_secret_takes_only_datagrams_tagged_with_it(
+    keyed: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "switchyard.drift")
+    keyed.send(config(tmp_path, "support"))
+    keyed.send(*rows("support", 10))
+    assert keyed.received("support") == 10 and keyed.worker.dropped == {}
+    routes = keyed.worker.routes
+    # Anything that reaches the port: a config naming another Kubeflow endpoint (and
+    # the token variable to send it), unsigned; rows to poison the window; the same
+    # with a tag under another secret. None is taken, none reaches the ledger.
+    forged = [
+        entry(
+            tmp_path,
+            "support",
+            reference="elsewhere.csv",
+            on_drift={
+                "kubeflow": {
+                    "endpoint": "http://attacker.example",
+                    "pipeline_id": "p",
+                    "pipeline_version_id": "v",
+                    "token_env": "KFP_TOKEN",
+                }
+            },
+        )
+    ]
+    intruder, wrong = Stream(), Stream(key=ChannelKey(b"another-secret-of-16-bytes"))
+    for stream in (intruder, wrong):
+        keyed.send((encode_config(forged), 0), *rows("support", 50), stream=stream)
+        keyed.send((encode_config(forged), 0), stream=stream)  # a second, same minute
+    assert keyed.worker.routes is routes and keyed.received("support") == 10
+    assert keyed.worker.routes["support"].spec.reference == "r"
+    assert keyed.worker.dropped == {
+        ("", "", "unauthenticated"): 3,  # datagrams: their rows were never read
+        ("", "", "bad_tag"): 3,
+    }
+    status = keyed.worker.status()
+    assert set(status["senders"]["by_sender"]) == {keyed.stream.sender}
+    assert status["auth"] == {"verifies": True, "secret": "test", "unverified": 0}
+    assert {"route": "", "version": "", "reason": "unauthenticated", "samples": 3} in (
+        status["dropped"]
+    )
+    # One line per sender (and kind) a minute, naming the sender, never the secret.
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 2, said
+    assert intruder.sender in said[0] and "without a tag" in said[0]
+    assert wrong.sender in said[1] and "does not match" in said[1]
+    assert not [m for m in said if SECRET.decode() in m]
+    # The real gateway goes on as before.
+    keyed.send(*rows("support", 5))
+    assert keyed.received("support") == 15
+
+
+async def test_a_worker_without_the_secret_takes_signed_datagrams_unchecked_and_says_so(
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rollout that gives the gateways the secret before the worker loses nothing.
+    caplog.set_level(logging.INFO, "switchyard.drift")
+    signing = Stream(key=ChannelKey(SECRET))
+    rig.send(config(tmp_path, "support"), *rows("support", 10), stream=signing)
+    rig.send(*rows("support", 5))  # and an unsigned gateway beside it
+    assert rig.received("support") == 15 and rig.worker.dropped == {}
+    assert rig.worker.status()["auth"] == {"verifies": False, "secret": None, "unverified": 2}
+    [said] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert signing.sender in said and "taken unchecked" in said
