@@ -1,7 +1,8 @@
 """deploy/: the fleet's one drift worker, and the gateways pointed at it, agree with the
 code: the worker's arguments parse and listen where its Service sends, the gateways'
 settings name that Service, one replica replaced with Recreate, its own ServiceAccount
-with no API access, probes on /status, and only gateway pods may send it samples.
+with no API access, probes on /status, only gateway pods may send it samples, and it
+checks their tags with the fleet secret they sign with.
 (Schema validity of every object: tests/unit/test_deploy.py.)"""
 
 from __future__ import annotations
@@ -85,6 +86,30 @@ def test_the_worker_listens_where_its_service_and_the_gateways_send(overlay: str
     assert (target.host, target.port) == (WORKER, by_name["samples"]["port"])
     status = urlsplit(env["SWITCHYARD_DRIFT_STATUS_URL"])
     assert (status.hostname, status.port) == (WORKER, by_name["http"]["port"])
+
+
+def fleet_secret_ref(container: Obj) -> object:
+    """Where a container's SWITCHYARD_FLEET_SECRET comes from (None: it has none)."""
+    for env in container.get("env", []):
+        if env["name"] == "SWITCHYARD_FLEET_SECRET":
+            return env.get("valueFrom") or env.get("value")
+    return None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_worker_checks_tags_with_the_secret_the_gateways_sign_with(overlay: str) -> None:
+    # A gateway with the secret and a worker without it would take anything (and a
+    # worker with another one would drop every datagram as bad_tag).
+    objects = built(overlay)
+    [container] = worker_pod(objects)["containers"]
+    gateway = fleet_secret_ref(gateway_container(objects))
+    assert fleet_secret_ref(container) == gateway
+    if overlay == "overlays/prod":
+        assert gateway == {"secretKeyRef": {"name": "switchyard-fleet", "key": "secret"}}
+    args = build_parser().parse_args(container["args"])
+    assert args.fleet_secret_file is None  # not a second source to disagree with
+    names = {e["name"] for e in container["env"]}
+    assert "SWITCHYARD_FLEET_SECRET_FILE" not in names
 
 
 def pod_labels(objects: list[Obj]) -> dict[str, str]:
