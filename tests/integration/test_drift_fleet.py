@@ -2,12 +2,15 @@
 `switchyard drift-worker --listen udp://... --http ...`, three gateways of two workers
 each sending to it, the fake Kubeflow Pipelines API, an OpenAI simulator.
 
-Shifted inputs spread over every replica make exactly one episode and one Kubeflow
-run (not one per replica); calm traffic on another route makes none; every gateway's
-admin API shows the same episode, read from the worker over HTTP. Then the worker is
-killed and started again under traffic: no request fails, the admin API says 503 while
-it is gone, every sample sent is accounted for (received, or counted lost from the
-senders' numbers) and the new worker evaluates again, still without a second run.
+The worker and the gateways share a fleet secret: a forged config sent to the worker's
+UDP port (unsigned, or tagged under another secret) is dropped and counted, and does
+not move the route's Kubeflow calls. Shifted inputs spread over every replica make
+exactly one episode and one Kubeflow run (not one per replica); calm traffic on another
+route makes none; every gateway's admin API shows the same episode, read from the
+worker over HTTP. Then the worker is killed and started again under traffic: no request
+fails, the admin API says 503 while it is gone, every sample sent is accounted for
+(received, or counted lost from the senders' numbers) and the new worker evaluates
+again, still without a second run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +30,7 @@ import httpx
 import pytest
 
 from gateway.controlplane.policy.driftspec import TEXT_DESCRIPTORS
+from gateway.drift.channel import ChannelKey, Stream, encode_config
 from gateway.drift.features import describe_text
 from gateway.simulate.prompts import baseline_request, shifted_request
 from tests.procs import GatewayProc, Proc, Simulator, spawn, start_gateway, start_simulator
@@ -34,6 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 _LISTENING = re.compile(r"switchyard drift-worker listening on udp://\S+:(\d+) http (http://\S+)")
 ROUTES = ("support", "calm")  # shifted traffic on the first, baseline on the second
+FLEET = {"SWITCHYARD_FLEET_SECRET": "the-fleet-secret-of-this-test"}  # worker, gateways
 
 
 def policy(route: str, backend: str, kubeflow: str) -> str:
@@ -79,7 +85,7 @@ def start_worker(drift_dir: Path, udp: int = 0, http: int = 0) -> Worker:
             "--drift-dir",
             str(drift_dir),
         ],
-        env={"KFP_TOKEN": "s3cret"},  # only the worker holds the Kubeflow token
+        env={"KFP_TOKEN": "s3cret", **FLEET},  # only the worker holds the Kubeflow token
     )
     try:
         found = proc.wait_for(_LISTENING, 60)
@@ -195,6 +201,7 @@ def fleet(
                     worker.url,
                     "--drift-dir",
                     str(tmp_path / f"gateway-{i}"),  # its own: nothing is read from here
+                    env=FLEET,
                 )
             )
         # Every gateway process (3 x 2) sends its config; the worker merges them into
@@ -220,6 +227,7 @@ def test_one_worker_one_episode_one_run_for_the_fleet_and_a_restart_loses_nothin
     fleet: tuple[Worker, list[GatewayProc], Simulator, Path],
 ) -> None:
     worker, gateways, kfp, drift_dir = fleet
+    forged_configs_are_dropped(worker)
 
     # Shifted inputs on one route, calm ones on another, spread over all replicas.
     send(gateways, "calm", 130, seed=2)
@@ -298,6 +306,43 @@ def test_one_worker_one_episode_one_run_for_the_fleet_and_a_restart_loses_nothin
         traffic.stop()
         if restarted is not None:
             restarted.proc.stop()
+
+
+def forged_configs_are_dropped(worker: Worker) -> None:
+    """Anything that reaches the worker's UDP port sends a config pointing the route's
+    Kubeflow calls (and the token variable) elsewhere: unsigned, and tagged under
+    another secret. Neither is taken: counted, and the route keeps the policy's."""
+    forged = {
+        "route": "support",
+        "protocol": "openai",
+        "base": "/tmp",
+        "drift": {
+            "reference": "elsewhere.csv",
+            "on_drift": {
+                "kubeflow": {
+                    "endpoint": "http://127.0.0.1:9",
+                    "pipeline_id": "exfiltrate",
+                    "pipeline_version_id": "v1",
+                    "token_env": "KFP_TOKEN",
+                }
+            },
+        },
+    }
+    payload = encode_config([forged])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for stream in (Stream(), Stream(key=ChannelKey(b"not-the-fleet-secret-at-all"))):
+            sock.sendto(stream.frame(payload), ("127.0.0.1", worker.udp))
+
+    def both_dropped() -> dict[str, Any] | None:
+        status = worker.status()
+        reasons = {d["reason"]: d["samples"] for d in status["dropped"]}
+        counted = reasons.get("unauthenticated") == 1 and reasons.get("bad_tag") == 1
+        return status if counted else None
+
+    status: dict[str, Any] = wait(both_dropped, 10, "the forged configs are counted")
+    assert status["auth"]["verifies"] is True and status["auth"]["unverified"] == 0
+    assert status["routes"]["support"]["reference"] == "reference/prompts.csv"
+    assert len(status["configs"]["live"]) == 1 and status["configs"]["conflicts"] == {}
 
 
 def accounted(
