@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from gateway.dataplane.flow import FlowQueues
 from gateway.observability.metrics import EndpointGauges, GatewayMetrics
 
 PROBE_EJECTED = float("inf")  # `ejected_until` of an endpoint its probes took out
@@ -140,13 +141,15 @@ class RetryBudget:
 
 
 class HealthRegistry:
-    """Get-or-create store of endpoint states and route budgets, keyed by name."""
+    """Get-or-create store of endpoint states, route budgets and pool queues, by name."""
 
     def __init__(self, metrics: GatewayMetrics, clock: Callable[[], float] = time.monotonic):
         self._metrics = metrics
         self._clock = clock
         self._endpoints: dict[str, EndpointState] = {}
         self._budgets: dict[str, RetryBudget] = {}
+        # The queues of flow-controlled pools (routes with a `flow` block).
+        self.flows = FlowQueues(metrics.flow)
 
     def endpoint(self, backend: str) -> EndpointState:
         state = self._endpoints.get(backend)

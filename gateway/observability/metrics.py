@@ -23,7 +23,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway.observability.drift_metrics import DriftCounters, drift_families
+from gateway.observability.flow_metrics import FlowCounters, flow_families
 from gateway.observability.histogram import Histogram
+from gateway.observability.quota_metrics import QuotaMetrics, quota_families
 from gateway.observability.rollout_metrics import RolloutCounters, rollout_families
 from gateway.observability.shadow_metrics import ShadowMetrics, shadow_families
 from gateway.observability.trace_metrics import TraceCounters, trace_families
@@ -215,6 +217,10 @@ class GatewayMetrics:
         self.active_backends: frozenset[str] | None = None
         # Client API keys (--api-keys): (key name, outcome) -> requests; "" names no key.
         self.api_keys: dict[tuple[str, str], int] = {}
+        # Their quotas and budgets (quota_metrics; gateway.dataplane.quota).
+        self.quota = QuotaMetrics()
+        # Flow control of saturated pools (flow_metrics; gateway.dataplane.flow).
+        self.flow = FlowCounters()
         # Tasks alive on the process's event loop (set by the app): a leak shows here.
         self.loop_tasks: Callable[[], int] | None = None
 
@@ -471,6 +477,8 @@ class GatewayMetrics:
         if self.loop_tasks is not None:
             tasks.add_metric([], self.loop_tasks())
         yield from (keys, tasks)
+        yield from quota_families(self.quota)
+        yield from flow_families(self.flow)
         yield from self._registry_families()
         yield from drift_families(self.drift)
         yield from shadow_families(self.shadow)
