@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from gateway.dataplane.decide import Decision
+from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import PROBE_EJECTED
 from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
 from gateway.observability.metrics import RequestSeries
@@ -52,6 +53,35 @@ def pick(variant: Variant, now: float, turn: int) -> int:
         load = state.in_flight if state.in_flight > state.backlog else state.backlog
         if best < 0 or load < best_load or (load == best_load and state.kv_usage < best_kv):
             best, best_load, best_kv = i, load, state.kv_usage
+    return best
+
+
+def room(gate: FlowGate, variant: Variant, level: int, now: float, prefer: int) -> int:
+    """An endpoint of `variant` that takes one more request of priority `level` under the
+    route's flow limits, or -1 when the pool is saturated for that level.
+
+    `prefer` (the endpoint `pick` chose; -1 for none) is taken when it has room, even if
+    ejected (the panic pick chose it); otherwise the endpoint in rotation with room and
+    the fewest requests in flight. Counters only: this is the whole cost of flow control
+    for a request that does not wait.
+    """
+    limit = gate.limits[level]
+    full = gate.backend_queue  # 0: the backends' own queues are not looked at
+    endpoints = variant.endpoints
+    if prefer >= 0:
+        state = endpoints[prefer].state
+        if state.in_flight < limit and (full == 0 or state.queued < full):
+            return prefer
+    best = -1
+    best_load = 0
+    for i in range(len(endpoints)):
+        state = endpoints[i].state
+        if state.ejected_until > now or state.in_flight >= limit:
+            continue
+        if full and state.queued >= full:
+            continue
+        if best < 0 or state.in_flight < best_load:
+            best, best_load = i, state.in_flight
     return best
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zlib import crc32
 
+from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import EndpointState, RetryBudget
 from gateway.dataplane.shadow.verdict import Tolerance
 from gateway.observability.metrics import RequestSeries, RouteCounters
@@ -78,6 +79,9 @@ class Variant:
     model_version: str = ""
     # Active health probe of each endpoint (off the request path), None = passive only.
     health_check: HealthCheck | None = None
+    # The route's flow control of this pool (limits, priorities, its queue); None = off,
+    # and the request path tests only that.
+    flow: FlowGate | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ import orjson
 from gateway.controlplane.k8s.pools import Discovered, expand_pool, needs_kubernetes
 from gateway.controlplane.policy.driftspec import drift_problems
 from gateway.controlplane.policy.fields import split_endpoint, split_target
+from gateway.controlplane.policy.flowspec import flow_gate, flow_problems
 from gateway.controlplane.policy.loader import (
     LoadedPolicy,
     PathsArg,
@@ -40,6 +41,7 @@ from gateway.controlplane.policy.rollouts import rollout_problems
 from gateway.controlplane.policy.schema import HealthCheckSpec, RoutingPolicy, VariantSpec
 from gateway.controlplane.policy.shadows import compile_shadows, shadow_problems
 from gateway.controlplane.registry.binding import Binding, Resolved, VariantKey, needs_of
+from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import (
     Endpoint,
@@ -107,6 +109,9 @@ def check_policies(
             found = drift_problems(policy.drift, policy.protocol, source.file, file_roots)
             problems.extend(source.problem(("drift", *loc), message) for loc, message in found)
         problems.extend(source.problem(loc, message) for loc, message in rollout_problems(policy))
+        load = [v.load_metrics for v in policy.variants]
+        found_flow = flow_problems(policy.flow, load)
+        problems.extend(source.problem(loc, message) for loc, message in found_flow)
         found_shadow = shadow_problems(policy, registry, NO_REGISTRY)
         problems.extend(source.problem(loc, message) for loc, message in found_shadow)
     return problems
@@ -266,6 +271,7 @@ def _route(
             discovered,
             protocol=policy.protocol,
             route_check=policy.health_check,
+            flow=flow_gate(policy.route, spec.name, policy.flow, health),
         )
         for i, spec in enumerate(policy.variants)
     )
@@ -345,6 +351,7 @@ def _variant(
     *,
     protocol: str = "openai",
     route_check: HealthCheckSpec | None = None,
+    flow: FlowGate | None = None,
 ) -> Variant:
     # A pinned target (models:/NAME/3) names its version without a registry; alias
     # targets get theirs from the resolver's binding.
@@ -379,6 +386,7 @@ def _variant(
         model_path=model_path.encode(),
         model_version=spec.model_version or "",
         health_check=health_check(protocol, route_check, spec.health_check, model_path),
+        flow=flow,
     )
 
 

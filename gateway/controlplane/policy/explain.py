@@ -18,7 +18,9 @@ from typing import Any
 from gateway.controlplane.policy.rollouts import tracks_feedback
 from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.decide import RequestHead, decide, header_value, sticky_point
+from gateway.dataplane.flow import priority_name
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot, Variant
+from gateway.errors import GatewayError
 from gateway.settings import Settings
 from gateway.stats.sources import StatsSource, describe_settings
 
@@ -101,6 +103,8 @@ def _explain(
         "fallback": [route.variants[i].name for i in route.fallback],
         "order": [v.name for v in decision.order],
     }
+    if chosen.flow is not None:
+        result["flow"] = _flow(chosen, head)
     if decision.reason == "override":
         index, matched = _matched_override(route, head, chosen)
         shown = ", ".join(f"{k}={v}" for k, v in matched.items())
@@ -148,6 +152,22 @@ def _unavailable(snapshot: RuntimeSnapshot, route: Route) -> dict[str, Any]:
         "fallback": [route.variants[i].name for i in route.fallback],
         "order": [],
     }
+
+
+def _flow(variant: Variant, head: RequestHead) -> dict[str, Any]:
+    """The pool's flow control: its limits, who waits now, and this request's priority
+    as the gateway would see it without an API key (a key brings its own)."""
+    gate = variant.flow
+    assert gate is not None
+    view = gate.describe()
+    fields = dict(head.fields) if head.fields is not None else dict(head.headers)
+    try:
+        level, _ = gate.identify(fields, -1, "")
+        view["priority"] = priority_name(level)
+    except GatewayError as err:
+        view["priority"] = None
+        view["priority_problem"] = err.message
+    return view
 
 
 def _resolution(variant: Variant) -> str | None:
@@ -244,6 +264,21 @@ def render_text(result: dict[str, Any]) -> str:
         state = "available" if e["available"] else "ejected"
         label = "endpoints:" if i == 0 else ""
         lines.append(f"{label:<11}{e['url']} ({state}, {e['in_flight']} in flight)")
+    flow = result.get("flow")
+    if flow:
+        limits = ", ".join(f"{k} {v}" for k, v in flow["max_in_flight"].items())
+        cap = f"in flight per endpoint from priority: {limits}" if limits else "no in-flight cap"
+        if flow.get("max_backend_queue"):
+            cap += f"; full at {flow['max_backend_queue']} waiting on the backend"
+        waiting = ", ".join(f"{k} {v}" for k, v in flow["waiting"].items()) or "none"
+        lines.append(
+            f"flow:      {cap}; queue {flow['max_queue']}, timeout {flow['queue_timeout']:g}s; "
+            f"waiting now: {waiting}"
+        )
+        lines.append(
+            f"priority:  {flow['priority'] or flow.get('priority_problem')} (without a key; "
+            f"default {flow['default_priority']})"
+        )
     lines.append(f"fallback:  {', '.join(result['fallback']) or 'none'}")
     lines.append(f"order:     {' -> '.join(result['order'])}")
     statistics = result.get("statistics")

@@ -31,6 +31,7 @@ from gateway.controlplane.policy.fields import (
     header_name,
     problem,
 )
+from gateway.controlplane.policy.flowspec import FlowSpec
 from gateway.controlplane.policy.rolloutspec import ExperimentSpec, RolloutSpec
 from gateway.controlplane.policy.shadowspec import ShadowSpec
 from gateway.dataplane.snapshot import (
@@ -407,6 +408,13 @@ class RoutingPolicy(_Model):
         gt=0,
         description="Largest request body accepted for this route, in bytes (413 above). "
         "Leave out for the gateway-wide limit.",
+    )
+    flow: FlowSpec | None = Field(
+        default=None,
+        description="Flow control of each variant's pool: a cap on requests in flight per "
+        "endpoint; beyond it requests wait in a bounded queue, highest priority first and "
+        "fairly between tenants, and are shed with 429/503 when it is full. Leave out: "
+        "every request goes straight to the backends.",
     )
     health_check: HealthCheckSpec | None = Field(
         default=None,
