@@ -7,14 +7,17 @@ The pool here is a counter of free slots; `room` takes one when it says yes.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from gateway.controlplane.policy.compile import compile_snapshot
+from gateway.controlplane.policy.explain import explain, render_text
 from gateway.controlplane.policy.flowspec import FlowSpec
 from gateway.controlplane.policy.loader import PolicyError, parse_policies
+from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.flow import FlowGate, FlowQueue, FlowQueues, Waiter, priority_level
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.pick import room
@@ -403,3 +406,24 @@ def test_priorities_in_the_policy_are_canonical() -> None:
     )
     assert spec.default_priority == "high"
     assert spec.reserve == {"normal": 1, "7": 1}
+
+
+def test_policy_explain_shows_the_caps_the_queue_and_the_priority() -> None:
+    metrics = GatewayMetrics()
+    flow = "{max_in_flight: 8, reserve: {high: 2}, max_queue: 24, queue_timeout: 3s}"
+    policies, _ = parse_policies(POLICY.format(flow=flow, extra=""), "p.yaml")
+    snap = compile_snapshot(policies, metrics=metrics, health=HealthRegistry(metrics))
+    head = RequestHead("chat", [(b"x-switchyard-priority", b"low")])
+    result = explain(snap, head, random.Random(1))
+    assert result["flow"]["max_in_flight"] == {"low": 6, "high": 8}
+    assert result["flow"]["priority"] == "low" and result["flow"]["waiting"] == {}
+    text = render_text(result)
+    assert "in flight per endpoint from priority: low 6, high 8; queue 24" in text
+    assert "priority:  low (without a key; default normal)" in text
+    bad = explain(
+        snap, RequestHead("chat", [(b"x-switchyard-priority", b"asap")]), random.Random(1)
+    )
+    assert (
+        bad["flow"]["priority"] is None
+        and "x-switchyard-priority" in bad["flow"]["priority_problem"]
+    )
