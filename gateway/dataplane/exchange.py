@@ -16,10 +16,16 @@ Invariants:
 Where an exchange stands is one value, `phase`; everything else it holds is a fact
 about the response (framed, chunked, a stream...). The phases, in order:
 
-    PICKING -> [CONNECTING ->] WAITING -> RELAYING -> COMPLETE -> DONE
-                                 |   ^
-                                 v   | the next attempt (`_resend`)
-                               RESENDING
+    PICKING -> [QUEUED ->] [CONNECTING ->] WAITING -> RELAYING -> COMPLETE -> DONE
+                                            |   ^
+                                            v   | the next attempt (`_resend`)
+                                          RESENDING
+
+- `start` sends the first attempt, unless the route's flow control finds the pool
+  saturated: then QUEUED, nothing sent, until the pool's queue releases it (`_released`:
+  the first attempt goes out) or refuses it (`_refused`: 503/429, DONE), the queue
+  timeout passes, or the client leaves (see dataplane.flow). Retries and fallbacks of
+  an admitted request never queue again.
 
 - `_send` starts an attempt: WAITING at once on an idle pooled connection, else
   CONNECTING until one is open (`_write` then moves it to WAITING).
@@ -47,9 +53,11 @@ import httptools
 import orjson
 
 from gateway.dataplane.decide import Decision
+from gateway.dataplane.flow import FlowGate, Waiter
 from gateway.dataplane.http import wire
 from gateway.dataplane.http.server import ClientConnection, ResponseSource
-from gateway.dataplane.pick import attempt_failed, first_target, retry_target
+from gateway.dataplane.pick import attempt_failed, first_target, retry_target, room
+from gateway.dataplane.quota import Charge
 from gateway.dataplane.shared import SharedState
 from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.dataplane.styles import ErrorStyle
@@ -57,10 +65,12 @@ from gateway.dataplane.translate import Translator
 from gateway.errors import (
     GatewayError,
     NoHealthyUpstream,
+    Overloaded,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from gateway.observability.flow_metrics import ADMITTED
 from gateway.observability.metrics import RequestSeries
 from gateway.observability.tracing.context import (
     TRACEPARENT,
@@ -76,12 +86,13 @@ if TYPE_CHECKING:
 # Exchange.phase (see the module's docstring); ordered: comparisons read "before" and
 # "from ... on". Final ints: compiled, each test is one machine compare.
 PICKING: Final = 0  # created; no attempt sent yet
-CONNECTING: Final = 1  # an attempt waits for a new upstream connection
-WAITING: Final = 2  # the request is written; no response head accepted yet
-RESENDING: Final = 3  # a status the route retries came: ignored, the next attempt is due
-RELAYING: Final = 4  # the head went to the client: the body follows, no retry from here
-COMPLETE: Final = 5  # the backend's response is whole; ends once this read is flushed
-DONE: Final = 6  # over: completed, answered with an error, cut, or the client left
+QUEUED: Final = 1  # waiting in a saturated pool's queue (flow control); nothing sent
+CONNECTING: Final = 2  # an attempt waits for a new upstream connection
+WAITING: Final = 3  # the request is written; no response head accepted yet
+RESENDING: Final = 4  # a status the route retries came: ignored, the next attempt is due
+RELAYING: Final = 5  # the head went to the client: the body follows, no retry from here
+COMPLETE: Final = 6  # the backend's response is whole; ends once this read is flushed
+DONE: Final = 7  # over: completed, answered with an error, cut, or the client left
 
 _EVENT_STREAM = b"text/event-stream"
 # Fronts whose request body names the model: there a variant's `model` rewrites it.
@@ -166,6 +177,15 @@ class Exchange(ResponseSource):
     signed_for: Variant | None = None
     feedback_id = b""
     feedback_line = b""
+    # Flow control (routes with a `flow` block), while the request waits in its pool's
+    # queue: its place there and the gate it waits at; `refusal` is the Retry-After line
+    # of a queue's refusal.
+    waiter: Waiter | None = None
+    flow_gate: FlowGate | None = None
+    refusal = b""
+    # What the client's key was pre-charged (quotas; None: no limits apply), settled to
+    # the backend's usage once, whichever way the request ends (`_settle`).
+    charge: Charge | None = None
 
     def __init__(
         self,
@@ -210,6 +230,11 @@ class Exchange(ResponseSource):
         target = first_target(self.decision, self.plane.now, self.plane.turns)
         if target is not None:
             variant, idx = target
+            gate = variant.flow
+            if gate is not None:
+                idx = self._admit(gate, variant, idx)
+                if idx < 0:
+                    return  # waiting in the pool's queue, or refused
             self._send(variant, idx)
             return
         self._respond_error(
@@ -218,6 +243,65 @@ class Exchange(ResponseSource):
                 f"'{self.variant.name}' and its fallbacks is ejected or unavailable"
             )
         )
+
+    def _admit(self, gate: FlowGate, variant: Variant, idx: int) -> int:
+        """Flow control: the endpoint of `variant` to send to now (`idx`, the picked one,
+        when it has room), or -1 when the request waits in the pool's queue or was
+        refused. Unsaturated, this is a comparison of counters."""
+        request = self.request
+        key = request.key
+        try:
+            if key is None:
+                level, tenant = gate.identify(request.fields, -1, "")
+            else:
+                level, tenant = gate.identify(request.fields, key.priority, key.tenant or key.name)
+        except GatewayError as err:
+            self._respond_error(err)
+            return -1
+        queue = gate.queue
+        now = self.plane.now
+        if queue.waiting == 0 or level > queue.highest():  # nobody to wait behind
+            found = room(gate, variant, level, now, idx)
+            if found >= 0:
+                queue.series.count(tenant, level, ADMITTED)
+                return found
+        # Saturated, or others of its priority wait already: wait, in order, nothing sent.
+        self.variant = variant
+        self.flow_gate = gate
+        self.phase = QUEUED
+        self.deadline = min(now + gate.timeout, self.total_deadline)
+        waiter = Waiter(
+            level, tenant, gate.weight(tenant), now, self._room, self._released, self._refused
+        )
+        self.waiter = waiter
+        queue.offer(waiter, gate.max_queue)
+        queue.pump(now)  # room may have come since the last release (it is still due)
+        return -1
+
+    def leaves_on_eof(self) -> bool:
+        return self.phase == QUEUED
+
+    def _room(self, now: float) -> int:
+        gate, waiter = self.flow_gate, self.waiter
+        if gate is None or waiter is None:
+            return -1
+        return room(gate, self.variant, waiter.level, now, -1)
+
+    def _released(self, idx: int) -> None:
+        """The queue sends this request to endpoint `idx` of its variant now."""
+        self.waiter = None
+        if self.phase == QUEUED:
+            self.phase = PICKING
+            self.deadline = self.total_deadline
+            self._send(self.variant, idx)
+
+    def _refused(self, err: GatewayError) -> None:
+        """The queue sheds this request, or it waited too long: 503 or 429."""
+        self.waiter = None
+        if self.phase == QUEUED:
+            if isinstance(err, Overloaded):
+                self.refusal = b"retry-after: %d\r\n" % err.retry_after
+            self._respond_error(err)
 
     def _sign(self, variant: Variant) -> None:
         """Mint the signed feedback id of `variant` serving this request (before its
@@ -346,6 +430,9 @@ class Exchange(ResponseSource):
             return
         state = endpoint.state
         state.in_flight -= 1
+        gate = self.variant.flow
+        if gate is not None and gate.queue.waiting > 0:  # a slot freed in a saturated pool
+            gate.queue.schedule(self.plane.loop)
         if ok:
             state.consecutive_failures = 0  # EndpointState.record_success, inlined
         else:
@@ -616,6 +703,13 @@ class Exchange(ResponseSource):
         """The client closed its connection: cancel the backend's work by closing ours."""
         if self.phase == DONE:
             return
+        waiter = self.waiter
+        if waiter is not None:  # waiting in a queue: leave it
+            self.waiter = None
+            if waiter.queue is not None:
+                waiter.queue.leave(waiter)
+        if self.charge is not None:
+            self._settle(self.phase >= RELAYING)
         self.phase = DONE
         task, self.connect_task = self.connect_task, None
         if task is not None:
@@ -630,8 +724,17 @@ class Exchange(ResponseSource):
         if self.trace is not None or self.plane.access_log is not None:
             self._report(None, "client_closed")
 
+    def _settle(self, answered: bool) -> None:
+        """Reconcile the key's charge to the usage the backend reported (see quota)."""
+        charge = self.charge
+        if charge is not None:
+            self.charge = None
+            charge.settle(self.variant.version, self.input_tokens, self.output_tokens, answered)
+
     def _complete(self) -> None:
         self.phase = DONE
+        if self.charge is not None:
+            self._settle(self.status < 400)
         self._end_attempt(ok=self.status < 500)
         series = self.series
         if series is not None:
@@ -716,6 +819,8 @@ class Exchange(ResponseSource):
     def _respond_error(self, err: GatewayError) -> None:
         """Answer the client with the gateway's own error (nothing relayed yet)."""
         self.phase = DONE
+        if self.charge is not None:
+            self._settle(False)
         route = self.decision.route
         route.counters.errors_by_code[err.code] = route.counters.errors_by_code.get(err.code, 0) + 1
         if self.series is not None:
@@ -723,6 +828,8 @@ class Exchange(ResponseSource):
         extra = self.variant.header_lines[self.ep_index] if self.attempts else b""
         if self.tracked:
             extra += self.feedback_line
+        if self.refusal:
+            extra += self.refusal
         if self.trace is not None or self.plane.access_log is not None:
             self._report(err, "")
         self.client.respond_error(err, self.style, extra=extra)
@@ -730,6 +837,8 @@ class Exchange(ResponseSource):
     def _cut_client(self, err: GatewayError) -> None:
         """End a response already under way so the client cannot mistake it as complete."""
         self.phase = DONE
+        if self.charge is not None:
+            self._settle(True)
         route = self.decision.route
         route.counters.errors_by_code["stream_cut"] = (
             route.counters.errors_by_code.get("stream_cut", 0) + 1
@@ -751,6 +860,12 @@ class Exchange(ResponseSource):
         """Called by the data plane's tick once `deadline` has passed."""
         if self.phase == DONE:
             self.deadline = float("inf")
+            return
+        if self.phase == QUEUED:  # the queue timeout (or the total one) passed waiting
+            waiter = self.waiter
+            self.deadline = float("inf")
+            if waiter is not None and waiter.queue is not None:
+                waiter.queue.expire(waiter, now)
             return
         timeouts = self.decision.route.timeouts
         if now >= self.total_deadline:

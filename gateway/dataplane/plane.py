@@ -137,7 +137,9 @@ class DataPlane(ProxyPlane):
             self.metrics.connections_open -= 1
 
     def _tick(self) -> None:
-        """Enforce every connection's and exchange's deadline; sweep idle upstreams."""
+        """Enforce every connection's and exchange's deadline; release what saturated
+        pools have room for again (or, draining, answer their queues 503); sweep idle
+        upstreams."""
         now = self.now = time.monotonic()
         for conn in list(self.connections):
             if conn.deadline <= now:
@@ -145,6 +147,9 @@ class DataPlane(ProxyPlane):
             exchange = conn.exchange
             if exchange is not None and exchange.deadline <= now:
                 exchange.on_deadline(now)
+        flows = self.health.flows
+        if flows.queues:  # routes with flow control: room the load watcher reported
+            flows.tick(now, self.draining)
         self._ticks += 1
         if self._ticks % SWEEP_EVERY == 0:
             self.pool.sweep()
@@ -158,6 +163,7 @@ class DataPlane(ProxyPlane):
         """Stop accepting, let in-flight work finish up to `timeout`; returns those cut."""
         self.draining = True
         self.stop_listening()
+        self.health.flows.tick(time.monotonic(), True)  # requests still waiting: 503 now
         for conn in list(self.connections):
             if conn.exchange is None and not conn.pending:
                 conn.close_after_write()

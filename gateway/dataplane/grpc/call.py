@@ -11,6 +11,7 @@ mean the same thing on both fronts.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from types import MappingProxyType
@@ -19,10 +20,12 @@ from typing import Any
 import grpc
 
 from gateway.dataplane.decide import Decision
+from gateway.dataplane.flow import Waiter
 from gateway.dataplane.grpc.wire import Head, with_head
-from gateway.dataplane.pick import Turns, attempt_failed, first_target, retry_target
+from gateway.dataplane.pick import Turns, attempt_failed, first_target, retry_target, room
 from gateway.dataplane.snapshot import Endpoint, Variant
-from gateway.errors import GatewayError, NoHealthyUpstream
+from gateway.errors import GatewayError, NoHealthyUpstream, Overloaded
+from gateway.observability.flow_metrics import ADMITTED
 from gateway.observability.metrics import RequestSeries
 from gateway.observability.tracing.accesslog import AccessLog
 from gateway.observability.tracing.context import TRACEPARENT, parse_traceparent
@@ -81,6 +84,18 @@ def grpc_code(err: GatewayError) -> grpc.StatusCode:
     return _GRPC_CODE.get(err.status, grpc.StatusCode.INTERNAL)
 
 
+def refusal_metadata(err: GatewayError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata of an error: a flow queue's refusal says when to retry."""
+    if isinstance(err, Overloaded):
+        return (("retry-after", str(err.retry_after)),)
+    return ()
+
+
+# A call's (priority, tenant) on a route with flow control (`GrpcFront.route_call`).
+Who = tuple[int, str]
+NOBODY: Who = (0, "")
+
+
 def failure_kind(code: grpc.StatusCode, details: str, ours: bool) -> str:
     """The retry condition a failed upstream call meets, as the HTTP path names them.
 
@@ -114,6 +129,7 @@ class GrpcCall:
         "caller",
         "decision",
         "endpoint",
+        "held",
         "idx",
         "method",
         "received_at",
@@ -143,6 +159,9 @@ class GrpcCall:
         self.method = ""
         self.request_id = ""
         self.caller = b""  # the incoming traceparent, for an access line not traced here
+        # A flow queue released the call onto an endpoint: its slot is counted already,
+        # and the first attempt (`begin`) takes it over.
+        self.held = False
 
     def observe(
         self,
@@ -195,9 +214,59 @@ class GrpcCall:
         self.tried += ((variant.index, idx),)
         endpoint = self.endpoint = variant.endpoints[idx]
         self.series = variant.series[idx]
-        endpoint.state.in_flight += 1
+        if self.held:
+            self.held = False
+        else:
+            endpoint.state.in_flight += 1
         self.sent_at = time.perf_counter()
         return endpoint
+
+    async def admitted(self, variant: Variant, idx: int, who: Who) -> int:
+        """Flow control (the route has a `flow` block): the endpoint of `variant` the
+        first attempt goes to, at once when the pool has room, else once the pool's
+        queue releases the call; raises the queue's refusal (`Overloaded`). A client
+        that leaves while waiting (the handler is cancelled) leaves the queue."""
+        gate = variant.flow
+        if gate is None:
+            return idx
+        level, tenant = who
+        queue = gate.queue
+        now = time.monotonic()
+        if queue.waiting == 0 or level > queue.highest():
+            found = room(gate, variant, level, now, idx)
+            if found >= 0:
+                queue.series.count(tenant, level, ADMITTED)
+                return found
+        loop = asyncio.get_running_loop()
+        released: asyncio.Future[int] = loop.create_future()
+
+        def has_room(at: float) -> int:
+            return room(gate, variant, level, at, -1)
+
+        def release(i: int) -> None:
+            # Counted now, so the queue's next release sees the slot taken.
+            variant.endpoints[i].state.in_flight += 1
+            self.held = True
+            released.set_result(i)
+
+        def refuse(err: GatewayError) -> None:
+            released.set_exception(err)
+
+        waiter = Waiter(level, tenant, gate.weight(tenant), now, has_room, release, refuse)
+        queue.offer(waiter, gate.max_queue)
+        queue.pump(now)
+        timer = loop.call_later(gate.timeout, lambda: queue.expire(waiter, time.monotonic()))
+        try:
+            return await released
+        except asyncio.CancelledError:
+            queue.leave(waiter)
+            if self.held:  # released, then cancelled before the attempt began
+                self.held = False
+                variant.endpoints[released.result()].state.in_flight -= 1
+                queue.schedule(loop)
+            raise
+        finally:
+            timer.cancel()
 
     def end_attempt(self, ok: bool) -> None:
         """The attempt is over; a failure counts towards the endpoint's ejection."""
@@ -206,6 +275,9 @@ class GrpcCall:
             return
         state = endpoint.state
         state.in_flight -= 1
+        gate = self.variant.flow
+        if gate is not None and gate.queue.waiting > 0:  # a slot freed in a saturated pool
+            gate.queue.schedule(asyncio.get_running_loop())
         if ok:
             state.consecutive_failures = 0
             return

@@ -41,10 +41,13 @@ from gateway import __version__
 from gateway.dataplane.decide import Decision, RequestHead, decide
 from gateway.dataplane.grpc.call import (
     HTTP_STATUS,
+    NOBODY,
     SERVICE,
     GrpcCall,
+    Who,
     failure_kind,
     grpc_code,
+    refusal_metadata,
     relayable,
     reserved,
     upstream_message,
@@ -224,11 +227,12 @@ class GrpcFront:
 
     def route_call(
         self, method: str, data: bytes, context: Any
-    ) -> tuple[Head, Decision, tuple[tuple[str, str | bytes], ...]]:
+    ) -> tuple[Head, Decision, tuple[tuple[str, str | bytes], ...], Who]:
         """Read the model name, decide the variant and check the route serves gRPC.
 
-        Returns the request's head, the decision and the metadata to forward; raises
-        `GatewayError` for what the client must fix or the gateway cannot serve.
+        Returns the request's head, the decision, the metadata to forward and, for a
+        route with flow control, the call's priority and tenant; raises `GatewayError`
+        for what the client must fix or the gateway cannot serve.
         """
         try:
             head = split_head(data)
@@ -246,10 +250,11 @@ class GrpcFront:
             fields[key.encode()] = raw
             if key not in _NOT_FORWARDED and not reserved(key):
                 forward.append((key, value))
+        key = None
         if plane.auth is not None:
             # The same keys and per-key limits as HTTP (UNAUTHENTICATED for a missing
             # or unknown key, RESOURCE_EXHAUSTED over the limit); never forwarded.
-            plane.auth.admit(fields, time.monotonic())
+            key = plane.auth.admit(fields, time.monotonic())
             forward = [(k, v) for k, v in forward if k not in _KEY_METADATA]
         rid = fields.get(b"x-request-id", b"")
         forward.append(("x-request-id", rid.decode() if _good_id(rid) else _new_id(plane)))
@@ -278,21 +283,30 @@ class GrpcFront:
             )
         if plane.draining:
             raise Unavailable("the gateway is shutting down; retry on another replica")
-        return head, decision, tuple(forward)
+        who = NOBODY
+        gate = decision.variant.flow  # every variant of a route has the route's flow block
+        if gate is not None:
+            if key is None:
+                who = gate.identify(fields, -1, "")
+            else:
+                who = gate.identify(fields, key.priority, key.tenant or key.name)
+        return head, decision, tuple(forward), who
 
     async def proxy_unary(self, method: str, data: bytes, context: Any) -> bytes:
         """Route one unary model call, retrying before any response, and relay the reply."""
         received = time.perf_counter()
         try:
-            head, decision, forward = self.route_call(method, data, context)
+            head, decision, forward, who = self.route_call(method, data, context)
             call = GrpcCall(decision, received, self.plane.turns)
             plane = self.plane
             if plane.tracer is not None or plane.access_log is not None:
                 forward = call.observe(plane.tracer, plane.access_log, method, forward)
             variant, idx = call.first()
+            if variant.flow is not None:  # may wait in the pool's queue, or be refused
+                idx = await call.admitted(variant, idx, who)
         except GatewayError as err:
             self.plane.metrics.refused(err.code, err.status, err.route)
-            await context.abort(grpc_code(err), err.message)
+            await context.abort(grpc_code(err), err.message, refusal_metadata(err))
             raise AssertionError("unreachable: abort raises") from None
         feedback: FeedbackIdMetadata | None = None
         if method == "ModelInfer" and decision.route.name in self.plane.exposures.routes:

@@ -32,8 +32,10 @@ from gateway.dataplane.grpc.call import (
     HTTP_STATUS,
     SERVICE,
     GrpcCall,
+    Who,
     failure_kind,
     grpc_code,
+    refusal_metadata,
     relayable,
     upstream_message,
 )
@@ -65,7 +67,7 @@ class StreamHost(Protocol):
 
     def route_call(
         self, method: str, data: bytes, context: Any
-    ) -> tuple[Head, Decision, tuple[tuple[str, str | bytes], ...]]: ...
+    ) -> tuple[Head, Decision, tuple[tuple[str, str | bytes], ...], Who]: ...
 
     def stub(self, target: str, method: str) -> Any: ...
 
@@ -98,16 +100,18 @@ class StreamRelay:
             return  # the client closed without a request: nothing to route
         front = self.front
         try:
-            head, decision, forward = front.route_call(METHOD, first, self.context)
+            head, decision, forward, who = front.route_call(METHOD, first, self.context)
             call = GrpcCall(decision, received, front.plane.turns)
             plane = front.plane
             if plane.tracer is not None or plane.access_log is not None:
                 # One span for the whole stream, one child per backend stream (attempt).
                 forward = call.observe(plane.tracer, plane.access_log, METHOD, forward)
             variant, idx = call.first()
+            if variant.flow is not None:  # admitted once, before its first reply
+                idx = await call.admitted(variant, idx, who)
         except GatewayError as err:
             front.plane.metrics.refused(err.code, err.status, err.route)
-            await self.context.abort(grpc_code(err), err.message)
+            await self.context.abort(grpc_code(err), err.message, refusal_metadata(err))
             return
         self.route_name = decision.route.name
         self.model_name = head.name

@@ -83,6 +83,12 @@ class ResponseSource:
         """The client closed its connection before the response was complete."""
         raise NotImplementedError
 
+    def leaves_on_eof(self) -> bool:
+        """Whether the client's end of input means it is gone: true while nothing was
+        sent for it yet (an exchange waiting in a flow queue), as nginx takes a read of
+        0 bytes before the upstream answers for a client that closed."""
+        return False
+
     def on_deadline(self, now: float) -> None:
         raise NotImplementedError
 
@@ -154,6 +160,8 @@ class ClientConnection:
         # is still delivered (keep the transport open until it is written).
         if self.exchange is None and not self.pending:
             return False
+        if self.exchange is not None and self.exchange.leaves_on_eof():
+            return False  # the transport closes: connection_lost tells the exchange
         self.closing_after = True
         return True
 
