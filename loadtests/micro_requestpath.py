@@ -11,6 +11,10 @@ plane has no tap at all. The buffer is emptied every 1000 requests, as the sende
 Afterwards the background sender's cost per sample (feature extraction, encoding, one
 datagram per batch to a local socket) is measured too.
 
+With --compare-flow, rounds alternate the route without and with a `flow` block whose
+limit is never reached (flow control's cost to a request that does not wait: the
+priority and tenant lookup, one comparison of counters per endpoint, one counter).
+
 With --compare-tracing, rounds alternate tracing off (no tracer), on at a 1% ratio and
 on for every request (parentbased_traceidratio; the requests bring no traceparent), in
 one process; the spans of each round are then OTLP-encoded, as the exporter's
@@ -123,16 +127,20 @@ class SpanList:
         self.spans.extend(spans)
 
 
+FLOW = "flow: {max_in_flight: 1000000, reserve: {high: 1}}\n"
+
+
 async def measure(
-    n: int, drift_sample: float | None = None, trace_rate: float | None = None
+    n: int, drift_sample: float | None = None, trace_rate: float | None = None, flow: bool = False
 ) -> tuple[float, float]:
     """Microseconds per request on the request path, and (tracing) to encode its spans."""
     loop = asyncio.get_running_loop()
     metrics = GatewayMetrics()
     health = HealthRegistry(metrics)
-    policies, problems = parse_policies(POLICY, "bench.yaml")
+    policies, problems = parse_policies(POLICY + (FLOW if flow else ""), "bench.yaml")
     assert not problems, problems
     snap = compile_snapshot(policies, metrics=metrics, health=health)
+    assert (snap.routes["chat"].variants[0].flow is not None) == flow
     tap = None
     if drift_sample is not None:
         tap = DriftTap(1 << 30, rng=random.Random(2))
@@ -188,6 +196,11 @@ async def measure(
     elapsed = time.perf_counter() - start - encoding
     served = sum(s.by_class[2] for s in metrics._series.values())
     assert served == n, f"only {served} of {n} requests completed"
+    if flow:
+        admitted = sum(
+            rows[1][0] for pool in metrics.flow.series.values() for rows in pool.counts.values()
+        )
+        assert admitted == n, f"flow control admitted {admitted} of {n}"
     if trace_rate:
         assert spans, "tracing on, but no spans were recorded"
     return elapsed / n * 1e6, encoding / n * 1e6
@@ -250,6 +263,32 @@ def write_results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     print(f"results written to {args.output}")
 
 
+def write_flow_results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The --compare-flow rounds as JSON, with the machine and commit they ran on."""
+    import json
+
+    import gateway
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib.machine import machine_info
+
+    result = {
+        "kind": "micro-flow",
+        "machine": machine_info(Path(__file__).resolve().parents[1], sys.executable, {}),
+        "config": {
+            "requests": args.requests,
+            "rounds": args.rounds,
+            "policy": "route chat, champion 90 / challenger 10, sticky header:x-user-id",
+            "flow": FLOW.strip(),
+            "dataplane": gateway.COMPILED.label,
+        },
+        "rows": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results written to {args.output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200_000)
@@ -265,8 +304,13 @@ def main() -> None:
         "--output",
         type=Path,
         metavar="FILE",
-        help="with --compare-tracing: also write the results as JSON (the docs render "
-        "loadtests/results/micro-tracing-latest.json)",
+        help="with --compare-tracing or --compare-flow: also write the results as JSON (the "
+        "docs render loadtests/results/micro-tracing-latest.json, micro-flow-latest.json)",
+    )
+    parser.add_argument(
+        "--compare-flow",
+        action="store_true",
+        help="alternate rounds without and with a never-reached flow limit, in one process",
     )
     parser.add_argument(
         "--compare-drift",
@@ -306,6 +350,31 @@ def main() -> None:
             )
         if args.output:
             write_results(args, rows)
+        return
+
+    if args.compare_flow:
+        flows: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.rounds):
+            for flow in (False, True):
+                flows[flow].append(uvloop.run(measure(args.requests, flow=flow))[0])
+        flow_rows = []
+        for flow in (False, True):
+            label = "flow control" if flow else "no flow block"
+            found = sorted(flows[flow])
+            print(
+                f"{label:>16}: best {found[0]:.2f} us, median {found[len(found) // 2]:.2f} us "
+                f"per request ({args.rounds} rounds of {args.requests})"
+            )
+            flow_rows.append(
+                {
+                    "flow": flow,
+                    "path_best_us": found[0],
+                    "path_median_us": found[len(found) // 2],
+                    "path_samples_us": [round(x, 3) for x in flows[flow]],
+                }
+            )
+        if args.output:
+            write_flow_results(args, flow_rows)
         return
 
     if args.compare_drift:
