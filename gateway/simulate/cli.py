@@ -68,6 +68,25 @@ def add_backends(backends: Subparsers) -> None:
         default=256,
         help="capacity /metrics reports running vs waiting against (default 256)",
     )
+    openai.add_argument(
+        "--max-model-len",
+        type=positive_number,
+        default=4096,
+        help="context length /v1/models lists; longer prompts + max_tokens get 400 (default 4096)",
+    )
+    openai.add_argument(
+        "--prefill-tokens-per-s",
+        type=non_negative_number,
+        default=0.0,
+        help="prefill rate of prompt tokens not in the prefix cache, one request at a "
+        "time: time to first byte grows with them (default 0: prefill is free)",
+    )
+    openai.add_argument(
+        "--prefix-cache-blocks",
+        type=count_number,
+        default=8192,
+        help="blocks of 16 tokens the modelled prefix cache holds (default 8192)",
+    )
     openai.set_defaults(handler=run_openai)
     _add_ollama(backends)
     add_kubeflow(backends)
@@ -111,7 +130,13 @@ def _llm_options(args: argparse.Namespace) -> dict[str, Any]:
 def run_openai(args: argparse.Namespace) -> int:
     """Run the OpenAI / vLLM simulator from parsed arguments; returns the exit status."""
     try:
-        options = OpenAIOptions(**_llm_options(args), max_num_seqs=args.max_num_seqs)
+        options = OpenAIOptions(
+            **_llm_options(args),
+            max_num_seqs=args.max_num_seqs,
+            max_model_len=args.max_model_len,
+            prefill_tokens_per_s=args.prefill_tokens_per_s,
+            prefix_cache_blocks=args.prefix_cache_blocks,
+        )
     except ValueError as exc:
         print(f"switchyard-sim: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,11 @@ HTTP core, with per-request control by `x-sim-*` headers and fault rules.
 Simplifications, on purpose: one choice per chat request (`n` is ignored); a list of
 prompts to `/v1/completions` gets one choice per prompt; token counts are whitespace
 words; sampling parameters other than `max_tokens` / `max_completion_tokens` are ignored.
+
+Like vLLM, a prompt whose tokens plus max_tokens exceed `max_model_len` gets 400. Its
+prefix cache is modelled (`gateway.simulate.prefix`): with `prefill_tokens_per_s` set,
+the time to the first byte grows with the prompt tokens not in the cache, queued behind
+the prefill work of the requests before it; `/sim/stats` reports hits and misses.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from gateway.simulate.deferred import (
 from gateway.simulate.exchange import Deferred, Request, Response
 from gateway.simulate.faults import FaultInjector, FaultPlan, FaultRule, FaultSpecError
 from gateway.simulate.generate import TextModel, count_words, float32_le
+from gateway.simulate.prefix import PrefixCache
 from gateway.simulate.server import SimServer, start_server
 from gateway.simulate.stats import SimStats
 
@@ -63,9 +69,16 @@ class OpenAIOptions:
     max_num_seqs: int = 256
     """Capacity `/metrics` reports against (running vs waiting, KV-cache usage)."""
     max_model_len: int = 4096
+    """Context length: listed on /v1/models; longer prompts + max_tokens get 400."""
     strict_models: bool = False
     """Answer 404 for a `model` not in `served_models`, as vLLM does; off by default so a
     gateway may pass route names through."""
+    prefix_cache_blocks: int = 8192
+    """Prompt blocks the modelled prefix cache holds (least recently used go first)."""
+    prefix_block_tokens: int = 16
+    """Tokens (words) per cached block, as vLLM's default block size."""
+    prefill_tokens_per_s: float = 0.0
+    """Prefill rate of uncached prompt tokens, one request at a time; 0: prefill is free."""
 
     def __post_init__(self) -> None:
         if not self.served_models or not all(self.served_models):
@@ -80,6 +93,12 @@ class OpenAIOptions:
             raise ValueError(f"embedding_dimensions must be 1..{_MAX_DIMENSIONS}")
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be at least 1")
+        if self.max_model_len < 1:
+            raise ValueError("max_model_len must be at least 1")
+        if self.prefix_cache_blocks < 0 or self.prefix_block_tokens < 1:
+            raise ValueError("prefix cache: blocks must not be negative, block tokens >= 1")
+        if self.prefill_tokens_per_s < 0:
+            raise ValueError("prefill_tokens_per_s must not be negative")
 
     def fault_rules(self) -> list[FaultRule]:
         """`faults`, with `error_rate` as the first rule."""
@@ -126,6 +145,10 @@ class OpenAISimulator:
         self._chunk_delay_s = options.chunk_delay_ms / 1000.0
         self._served = frozenset(options.served_models)
         self._usage = _Usage()
+        self._prefix = PrefixCache(
+            options.prefix_cache_blocks, options.prefix_block_tokens, options.prefill_tokens_per_s
+        )
+        stats.sections["prefix_cache"] = self._prefix
         # ids: a random per-process tag plus a counter, 32 hex digits like vLLM's uuids,
         # unique across simulator instances without a uuid4 per request.
         self._id_tag = secrets.token_hex(4)
@@ -221,6 +244,8 @@ class OpenAISimulator:
         if limit is None:
             limit = body.get("max_tokens")
         prompt_tokens = sum(count_words(text) for text in texts)
+        self._check_context(prompt_tokens, limit, "messages")
+        latency += self._prefix.admit(texts, time.monotonic())
         choice = self._complete(self._text.key(texts), limit, plan)
         self._usage.add(prompt_tokens, [choice])
         env = self._envelope("chatcmpl-", model)
@@ -234,6 +259,10 @@ class OpenAISimulator:
         prompts = _prompts(body.get("prompt"), "prompt")
         stream, include_usage = _stream_flags(body)
         limit = body.get("max_tokens")
+        for _, count in prompts:
+            self._check_context(count, limit, "prompt")
+        now = time.monotonic()
+        latency += max(self._prefix.admit(texts, now) for texts, _ in prompts)
         choices = [self._complete(self._text.key(texts), limit, plan) for texts, _ in prompts]
         prompt_tokens = sum(count for _, count in prompts)
         self._usage.add(prompt_tokens, choices)
@@ -275,6 +304,19 @@ class OpenAISimulator:
         if self._options.strict_models and model not in self._served:
             raise _Invalid(f"The model `{model}` does not exist.", "model", status=404)
         return model
+
+    def _check_context(self, prompt_tokens: int, limit: object, param: str) -> None:
+        """vLLM's 400 for a prompt plus max_tokens over the context length."""
+        wanted = limit if _is_int(limit) and limit > 0 else 0
+        size = self._options.max_model_len
+        if prompt_tokens + wanted > size:
+            raise _Invalid(
+                f"This model's maximum context length is {size} tokens. However, you "
+                f"requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the "
+                f"messages, {wanted} in the completion). Please reduce the length of the "
+                "messages or completion.",
+                param,
+            )
 
     def _complete(self, key: int, limit: object, plan: FaultPlan) -> wire.Completion:
         wanted = self._options.tokens if plan.tokens is None else plan.tokens

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 Outcome = Literal["completed", "cancelled", "aborted"]
 """How an exchange ended: answered in full, abandoned by the client, or cut by a fault."""
@@ -17,6 +17,13 @@ OTHER_PATHS: Final = "(other)"
 MAX_TRACES: Final = 256
 
 
+class StatsSection(Protocol):
+    """More counters a simulator keeps (a model of its engine), under their own key."""
+
+    def snapshot(self) -> dict[str, object]: ...
+    def reset(self) -> None: ...
+
+
 class SimStats:
     """Counters for one simulator instance, exposed at `GET /sim/stats`.
 
@@ -27,7 +34,8 @@ class SimStats:
     `x-sim-cut-after` or `x-sim-garbage` closed it on purpose). `in_flight` is a live
     gauge and survives `reset()`, so a reset during a test never drives it negative.
     `traces` holds the `traceparent` and `tracestate` of the last requests that carried
-    one (bounded), with their path and `x-request-id`.
+    one (bounded), with their path and `x-request-id`. `sections` are a simulator's own
+    counters (the OpenAI simulator's `prefix_cache`), shown and reset with the rest.
     """
 
     __slots__ = (
@@ -36,6 +44,7 @@ class SimStats:
         "by_path",
         "cancelled",
         "completed",
+        "sections",
         "started",
         "traces",
     )
@@ -48,6 +57,7 @@ class SimStats:
         self.by_path: dict[str, int] = {}
         self._in_flight_by_path: dict[str, int] = {}
         self.traces: deque[dict[str, str]] = deque(maxlen=MAX_TRACES)
+        self.sections: dict[str, StatsSection] = {}
 
     @property
     def in_flight(self) -> int:
@@ -101,6 +111,8 @@ class SimStats:
         # Keys of requests still in flight stay so their `end` finds them.
         self.by_path = {}
         self.traces.clear()
+        for section in self.sections.values():
+            section.reset()
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-ready copy of the counters."""
@@ -112,4 +124,5 @@ class SimStats:
             "in_flight": self.in_flight,
             "by_path": dict(self.by_path),
             "traces": list(self.traces),
+            **{name: section.snapshot() for name, section in self.sections.items()},
         }

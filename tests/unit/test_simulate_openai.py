@@ -243,3 +243,60 @@ def test_options_validated() -> None:
         OpenAIOptions(served_models=())
     rules = OpenAIOptions(error_rate=0.5, faults=(FaultRule("hang", 0, 0.1),)).fault_rules()
     assert rules == [FaultRule("status", 500, 0.5), FaultRule("hang", 0, 0.1)]
+
+
+def test_context_length_400_like_vllm() -> None:
+    sim, _, _ = make(max_model_len=10)
+    fits = {"model": "m", "messages": [{"role": "user", "content": "w " * 6}], "max_tokens": 4}
+    assert call(sim, CHAT, fits).status == 200
+    over = {**fits, "max_tokens": 5}
+    response = call(sim, CHAT, over)
+    assert response.status == 400
+    error = json_of(response)["error"]
+    assert "maximum context length is 10 tokens" in error["message"]
+    assert "11 tokens (6 in the messages, 5 in the completion)" in error["message"]
+    prompt = {"model": "m", "prompt": "w " * 11}
+    assert call(sim, "/v1/completions", prompt).status == 400
+    models = json_of(call(sim, "/v1/models", method="GET"))
+    assert models["data"][0]["max_model_len"] == 10
+
+
+def test_prefix_cache_hits_cut_the_prefill_time() -> None:
+    system = " ".join(f"s{i}" for i in range(64))  # 4 blocks of 16
+    sim, stats, _ = make(prefill_tokens_per_s=1000.0, prefix_block_tokens=16)
+
+    def ask(user: str) -> float:
+        body = {
+            "model": "m",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        }
+        response = call(sim, CHAT, body)
+        assert response.status == 200
+        return response.delay
+
+    cold = ask("a b c")  # 67 tokens, none cached: 67 ms of prefill
+    assert cold == pytest.approx(0.067, abs=1e-6)
+    section = stats.snapshot()["prefix_cache"]
+    assert isinstance(section, dict)
+    assert (section["hit_blocks"], section["miss_blocks"], section["miss_tokens"]) == (0, 4, 67)
+    warm = ask("d e f g")  # the system prompt's 4 blocks are cached: 4 tokens to prefill
+    section = stats.snapshot()["prefix_cache"]
+    assert isinstance(section, dict)
+    assert (section["hit_blocks"], section["hit_tokens"], section["miss_tokens"]) == (4, 64, 71)
+    assert section["prefill_seconds"] == pytest.approx(0.071)  # 4 more tokens, not 68
+    # Prefill is one request at a time: the second waits for what is left of the first,
+    # then its own 4 ms.
+    assert 0.004 <= warm <= cold + 0.004 + 1e-6
+    stats.reset()
+    section = stats.snapshot()["prefix_cache"]
+    assert isinstance(section, dict) and section["requests"] == 0
+    assert section["cached_blocks"] == 4  # a reset zeroes counters, not the cache
+
+
+def test_prefix_cache_is_bounded_lru() -> None:
+    sim, stats, _ = make(prefix_cache_blocks=8, prefix_block_tokens=4)
+    for i in range(50):
+        words = " ".join(f"t{i}w{j}" for j in range(8))  # 2 blocks each
+        call(sim, CHAT, {"model": "m", "messages": [{"role": "user", "content": words}]})
+        section = stats.snapshot()["prefix_cache"]
+        assert isinstance(section, dict) and section["cached_blocks"] <= 8
