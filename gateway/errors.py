@@ -172,6 +172,21 @@ def openai_body(err: GatewayError) -> bytes:
 # overrides (status, code) in a compiled subclass of an interpreted class.
 
 
+class ContextTooLong(BadRequest):
+    """No endpoint of the pool has the context length (max_model_len) for the request's
+    estimated prompt tokens plus its max_tokens (`gateway.dataplane.scorers`)."""
+
+    code = "context_length_exceeded"
+
+    def __init__(
+        self, message: str, prompt_tokens: int, max_tokens: int, max_model_len: int
+    ) -> None:
+        super().__init__(message, param="messages")
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.max_model_len = max_model_len
+
+
 class UriTooLong(GatewayError):
     status = 414
     type = "invalid_request_error"
