@@ -40,6 +40,36 @@ def test_parse_sums_models_and_reads_old_kv_name() -> None:
     assert (load.waiting, load.running, load.kv_usage) == (9, 3, 0.75)
 
 
+# What vLLM 0.32 (--enable-lora --max-loras 2) exposes: one series per combination of
+# adapters it has seen, each set to the time of its last update; the newest is now.
+LORA_SERIES = (
+    'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="{running}",'
+    'waiting_lora_adapters="{waiting}"}} {at}\n'
+)
+VLLM_LORA_INFO = (
+    "# HELP vllm:lora_requests_info Running stats on lora requests.\n"
+    "# TYPE vllm:lora_requests_info gauge\n"
+    + LORA_SERIES.format(running="", waiting="", at="1.7966377456192312e+09")
+    + LORA_SERIES.format(running="sql-lora,tiny-lora", waiting="chat-lora", at="1.79663774661e+09")
+    + LORA_SERIES.format(running="tiny-lora", waiting="tiny-lora", at="1.7966377456155438e+09")
+)
+
+
+def test_parse_reads_the_newest_lora_adapters_series() -> None:
+    load = parse_vllm_metrics(VLLM_METRICS.format(running=2, waiting=1, kv=0.2) + VLLM_LORA_INFO)
+    assert (load.waiting, load.running) == (1, 2)
+    assert load.lora_running == ("sql-lora", "tiny-lora")
+    assert load.lora_waiting == ("chat-lora",)
+    assert load.max_loras == 2
+    # Idle again: the empty series is updated last and wins.
+    idle = VLLM_LORA_INFO.replace("1.7966377456192312e+09", "1.7966377476192312e+09")
+    load = parse_vllm_metrics(idle)
+    assert (load.lora_running, load.lora_waiting, load.max_loras) == ((), (), 2)
+    # A vLLM without --enable-lora has no such gauge.
+    plain = parse_vllm_metrics(VLLM_METRICS.format(running=0, waiting=0, kv=0.0))
+    assert (plain.lora_running, plain.lora_waiting, plain.max_loras) == ((), (), 0)
+
+
 async def test_scraped_queue_moves_picks_to_the_idle_endpoint() -> None:
     metrics = GatewayMetrics()
     health = HealthRegistry(metrics)

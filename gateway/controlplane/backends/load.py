@@ -6,12 +6,22 @@ stores them on the endpoint's live state, where the data plane's endpoint picker
 them (see dataplane/pick.py). No request ever waits for a scrape. A report older than
 three rounds (interval + timeout each) counts as unknown (queue 0), so a backend that
 stops answering its metrics is picked on the gateway's own in-flight count alone.
+
+A vLLM started with `--enable-lora` also reports which LoRA adapters its batch holds:
+`vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}`, a
+gauge set to the time of each update, one series per combination it has ever seen (old
+ones are never removed), so the newest series (largest value) is the current state.
+`parse_vllm_metrics` reads it into `BackendLoad.lora_running`, `lora_waiting` and
+`max_loras` (vLLM's `--max-loras`: adapters one batch can hold), the facts an
+adapter-affinity picker needs: an endpoint already running an adapter serves its next
+request without swapping one in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +37,9 @@ WAITING = ("vllm:num_requests_waiting",)
 RUNNING = ("vllm:num_requests_running",)
 # vLLM renamed the KV-cache gauge (gpu_ -> kv_) in v0.10; read either.
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+LORA_INFO = "vllm:lora_requests_info"
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +47,30 @@ class BackendLoad:
     waiting: int
     running: int
     kv_usage: float
+    # LoRA adapters in the batch now and queued for it (vLLM with --enable-lora; empty
+    # otherwise), and how many adapters one batch can hold (0: LoRA not enabled).
+    lora_running: tuple[str, ...] = ()
+    lora_waiting: tuple[str, ...] = ()
+    max_loras: int = 0
 
 
 def parse_vllm_metrics(text: str) -> BackendLoad:
-    """Sum vLLM's gauges over their label sets (one per served model)."""
+    """Sum vLLM's gauges over their label sets (one per served model); the LoRA adapters
+    from the newest `vllm:lora_requests_info` series."""
     waiting = running = 0.0
     kv = 0.0
+    lora_at = float("-inf")
+    lora_labels: dict[str, str] | None = None
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
         name = (line.partition("{")[0] if "{" in line else line.partition(" ")[0]).strip()
-        if name not in WAITING and name not in RUNNING and name not in KV_USAGE:
+        if (
+            name not in WAITING
+            and name not in RUNNING
+            and name not in KV_USAGE
+            and name != LORA_INFO
+        ):
             continue
         try:
             value = float(line.rsplit(" ", 1)[1])
@@ -54,9 +80,41 @@ def parse_vllm_metrics(text: str) -> BackendLoad:
             waiting += value
         elif name in RUNNING:
             running += value
+        elif name == LORA_INFO:
+            if value > lora_at:  # the value is the series' last update time
+                lora_at, lora_labels = value, _labels(line)
         else:
             kv = max(kv, value)
-    return BackendLoad(int(waiting), int(running), kv)
+    if lora_labels is None:
+        return BackendLoad(int(waiting), int(running), kv)
+    try:
+        max_loras = int(lora_labels.get("max_lora", "0"))
+    except ValueError:
+        max_loras = 0
+    return BackendLoad(
+        int(waiting),
+        int(running),
+        kv,
+        _adapters(lora_labels.get("running_lora_adapters", "")),
+        _adapters(lora_labels.get("waiting_lora_adapters", "")),
+        max_loras,
+    )
+
+
+def _labels(line: str) -> dict[str, str]:
+    """The labels of one exposition line (`name{a="x",b="y"} value`), unescaped."""
+    head = line.rpartition("}")[0] if "}" in line else ""
+    return {k: _UNESCAPE.sub(_unescape, v) for k, v in _LABEL.findall(head)}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = match.group(1)
+    return "\n" if char == "n" else char
+
+
+def _adapters(joined: str) -> tuple[str, ...]:
+    """vLLM joins adapter names with commas (no escaping); sorted, without repeats."""
+    return tuple(sorted({name.strip() for name in joined.split(",") if name.strip()}))
 
 
 class LoadWatcher:
