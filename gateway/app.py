@@ -32,6 +32,7 @@ from gateway.dataplane.auth import ApiKeys, KeysFileError
 from gateway.dataplane.feedback.fleet import FeedbackConfigError, FeedbackFleet
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.plane import DataPlane
+from gateway.dataplane.quota import Quotas
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.drift.feed import DriftFeed, drift_settings_problem
 from gateway.native.loader import ENV as COMPILED_ENV
@@ -40,6 +41,8 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing.config import TraceConfigError
 from gateway.observability.tracing.sampler import SAMPLERS
 from gateway.observability.tracing.setup import Tracing
+from gateway.quota.options import add_quota_options, open_sync, quota_settings
+from gateway.quota.options import settings_problem as quota_problem
 from gateway.rollout.build import build_controller
 from gateway.rollout.cli import add_rollout_options
 from gateway.settings import Settings, from_env
@@ -109,7 +112,7 @@ class Gateway:
             return 2
         try:
             auth = (
-                ApiKeys(settings.api_keys_file, self.metrics.api_keys)
+                ApiKeys(settings.api_keys_file, self.metrics.api_keys, Quotas(self.metrics.quota))
                 if settings.api_keys_file
                 else None
             )
@@ -218,6 +221,12 @@ class Gateway:
         background.append(loop.create_task(HealthChecker(ref, self.metrics).run()))
         background.append(loop.create_task(rollouts.run(ref)))  # idle without rollouts
         background.append(loop.create_task(feedback.check_store()))  # a warning, or nothing
+        quota_sync = open_sync(settings, auth, self.metrics.quota)  # --quota-store leases
+        if quota_sync is not None:
+            background.append(loop.create_task(quota_sync.run()))
+            log.info("%s", quota_sync.describe())
+        elif settings.quota_store:
+            log.warning("--quota-store is set but --api-keys is not: no limits to share")
 
         def reload_signal() -> None:
             self._spawn(self.reloader.reload(ref, "SIGHUP"))
@@ -273,6 +282,8 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if quota_sync is not None:
+            await quota_sync.aclose()  # unused leases back to the fleet
         await self.drift.stop()
         await tracing.aclose()
         await rollouts.aclose()
@@ -326,6 +337,10 @@ def run_gateway(settings: Settings) -> int:
     if problem is not None:
         print(f"switchyard: refusing to start: {problem}", file=sys.stderr)
         return 2
+    problem = quota_problem(settings)
+    if problem is not None:
+        print(f"switchyard: refusing to start: {problem}", file=sys.stderr)
+        return 2
     problem = drift_settings_problem(settings)
     if problem is not None:
         print(f"switchyard: {problem}", file=sys.stderr)
@@ -375,15 +390,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "file_roots": tuple(getattr(args, "file_roots", None) or ()) or None,
         "rollout_dir": getattr(args, "rollout_dir", None),
         "rollout_lease": getattr(args, "rollout_lease", None),
-        "feedback_store": getattr(args, "feedback_store", None),
-        "fleet_secret_file": getattr(args, "fleet_secret_file", None),
         "stats_source": getattr(args, "stats_source", None),
         "prometheus_url": getattr(args, "prometheus_url", None),
         "prometheus_selector": getattr(args, "prometheus_selector", None),
         "stats_timeout": getattr(args, "stats_timeout", None),
+        "feedback_store": getattr(args, "feedback_store", None),
+        "fleet_secret_file": getattr(args, "fleet_secret_file", None),
         # `switchyard demo` shares these options but not the Kubernetes ones.
         "policy_configmap": getattr(args, "policy_configmap", None),
         "kubeconfig": getattr(args, "kubeconfig", None),
+        **quota_settings(args),
     }
     return from_env().with_overrides(**values)
 
@@ -480,6 +496,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     add_rollout_options(parser)
     add_feedback_options(parser)
+    add_quota_options(parser)
     add_tracing_options(parser)
 
 

@@ -91,6 +91,17 @@ class Settings:
     file_roots: tuple[str, ...] = ()
     # Client API keys (JSON file; gateway/dataplane/auth.py): None lets every client in.
     api_keys_file: str | None = None
+    # Their quotas and budgets across workers and replicas (gateway/quota/sync.py): a
+    # Redis the processes take leases from (None: each process enforces every limit
+    # itself), what to do while it is down (open: each keeps to its lease or an even
+    # share; closed: 503 once a lease is needed), seconds between lease batches and per
+    # round trip, and how many processes share the fleet until Redis has counted them
+    # (0: this replica's workers).
+    quota_store: str | None = None
+    quota_redis_down: str = "open"
+    quota_sync_interval: float = 0.2
+    quota_timeout: float = 0.5
+    quota_processes: int = 0
     # Progressive rollouts: the folder of the local writer lock and (without a registry)
     # the state files; a Kubernetes Lease NAMESPACE/NAME for the writer (default in a
     # cluster: <pod namespace>/switchyard-rollouts). A/B feedback: how long and how many

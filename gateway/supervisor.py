@@ -157,6 +157,8 @@ class Supervisor:
             admin_port=0,
             drift_worker=False,  # one drift worker for all: this supervisor runs it
             supervisor_admin=self.admin_url,  # the workers' statistics source (gateway.stats)
+            # Quotas: the share of each limit per process until the store counts them.
+            quota_processes=self.settings.quota_processes or self.settings.workers,
         )
         env = {**os.environ, **to_env(settings), "SWITCHYARD_WORKER_INDEX": str(worker.index)}
         worker.proc = await asyncio.create_subprocess_exec(

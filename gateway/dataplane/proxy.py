@@ -63,6 +63,19 @@ class ProxyPlane(RequestHandler):
         replace the client's path upstream, `response_filter` rewrites the answer."""
         if self.draining:
             raise Unavailable("the gateway is shutting down; retry on another replica")
+        charge = None
+        key = request.key
+        if key is not None and key.metered and key.quotas is not None:
+            # The key's quotas, pre-charged from an estimate (429 / 503 raised here);
+            # the exchange reconciles the charge to the usage when the response ends.
+            charge = key.quotas.admit(
+                key,
+                decision.route.name,
+                decision.variant.version,
+                request.path,
+                parsed,
+                len(request.body),
+            )
         if decision.route.shadows:  # the shadow feature's whole cost on other routes
             exchange = self.shadow.exchange(
                 self, conn, request, decision, body, style, parsed, targets
@@ -73,4 +86,5 @@ class ProxyPlane(RequestHandler):
             exchange.targets = targets
             exchange.response_filter = response_filter
         exchange.strip_usage = strip_usage
+        exchange.charge = charge
         conn.start_exchange(exchange)

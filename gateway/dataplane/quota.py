@@ -108,7 +108,7 @@ class Meter:
         self.reported = 0
         self.fleet_used = 0
         self.dry = False  # the store had nothing left for this window at the last refill
-        self.refused = 0  # the largest shortfall refused since the last refill
+        self.refused = 0  # the largest need refused since the last refill
         self.active = False  # in Quotas.active: the lease task looks after it
         self.rate = 0.0  # units per second, smoothed (lease sizing)
         self.rate_mark = 0  # `spent` when the rate was last sampled
@@ -396,8 +396,8 @@ class Quotas:
     def _refuse(
         self, key: KeyState, route: str, m: Meter, need: int, short: int, wall: float
     ) -> None:
-        if short > m.refused:
-            m.refused = short  # the lease task asks the store for it
+        if need > m.refused:
+            m.refused = need  # the lease task asks the store for it
         if m.active is False:
             m.active = True
             self.active.append(m)

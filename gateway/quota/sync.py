@@ -152,6 +152,8 @@ class QuotaSync:
         self.last_ok: float | None = None
         self.batches = 0
         self._last_plan = time.time()
+        # The batch out now, with what it planned (see sync_once).
+        self._pending: tuple[asyncio.Task[Any], list[_Item]] | None = None
         self._client: Redis = Redis.from_url(
             url,
             socket_connect_timeout=timeout,
@@ -210,6 +212,10 @@ class QuotaSync:
             back = 0
             if held > 0 and (held > 2 * target or target == 0):
                 back = held - target
+            elif m.dry and 0 < held < m.refused:
+                # A crumb of a dry pool, too small for what was refused here: pooled
+                # with the others' it may serve a request elsewhere (asked next batch).
+                back, want = held, 0
             used = m.spent - m.reported
             if want or back or used or refresh:
                 items.append(_Item(m, m.wid, want, back, used, True))
@@ -222,6 +228,19 @@ class QuotaSync:
         return items
 
     async def sync_once(self, closing: bool = False) -> bool:
+        """One batch: plan it, send it, apply the answer. A batch still out from before
+        (no answer within the timeout) is waited for first, and no new one is sent
+        while it is: its usage is not reported twice. Nothing here is ever cancelled
+        (redis-py's calls are bounded by its socket timeouts): a batch in flight when
+        the task is cancelled finishes on its own, and `aclose` collects it."""
+        if self._pending is not None:
+            task, items = self._pending
+            if not await self._answered(task):
+                self._failed("timeout", f"no answer within {self.timeout:g}s", [])
+                return False
+            self._pending = None
+            if not self._finish(task, items):
+                return False
         wall = time.time()
         items = self.plan(wall, closing)
         self.batches += 1
@@ -241,15 +260,28 @@ class QuotaSync:
                 item.used,
                 int(_ttl(m) * 1000),
             ]
-        try:
-            reply = await asyncio.wait_for(self._script(args=args), self.timeout)
-        except TimeoutError:
+        task = asyncio.get_running_loop().create_task(self._script(args=args))
+        self._pending = (task, items)
+        if not await self._answered(task):
             self._failed("timeout", f"no answer within {self.timeout:g}s", items)
             return False
-        except Exception as exc:  # RedisError, OSError: a refused, reset or odd store
+        self._pending = None
+        return self._finish(task, items)
+
+    async def _answered(self, task: asyncio.Task[Any]) -> bool:
+        if not task.done():
+            await asyncio.wait({task}, timeout=self.timeout)  # never cancels `task`
+        return task.done()
+
+    def _finish(self, task: asyncio.Task[Any], items: list[_Item]) -> bool:
+        if task.cancelled():
+            self._failed("error", "cancelled", items)
+            return False
+        exc = task.exception()
+        if exc is not None:  # RedisError, OSError: a refused, reset or odd store
             self._failed("error", str(exc) or type(exc).__name__, items)
             return False
-        self._apply(items, [int(v) for v in reply])
+        self._apply(items, [int(v) for v in task.result()])
         return True
 
     def _apply(self, items: list[_Item], reply: list[int]) -> None:
@@ -343,15 +375,19 @@ class QuotaSync:
         }
 
     async def aclose(self) -> None:
-        """Give back every lease and report what was spent, then leave the fleet."""
+        """Give back every lease and report what was spent, then leave the fleet; each
+        step bounded, none cancelled (see `sync_once`)."""
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):
-            if self.quotas.store_up:
-                await self.sync_once(closing=True)
-            await asyncio.wait_for(
-                self._client.zrem(self.prefix + "procs", self.process), self.timeout
-            )
+            if self.quotas.store_up and await self.sync_once(closing=True):
+                await self._answered(loop.create_task(self._leave()))
+        if self._pending is not None:
+            await self._answered(self._pending[0])
+        await self._answered(loop.create_task(self._client.aclose()))
+
+    async def _leave(self) -> None:
         with contextlib.suppress(Exception):
-            await self._client.aclose()
+            await self._client.zrem(self.prefix + "procs", self.process)
 
 
 def _ttl(m: Meter) -> float:
