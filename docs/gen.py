@@ -683,6 +683,98 @@ def soak() -> str:
     )
 
 
+def overload() -> str:
+    """The flow-control overload run: each class's service and first-token times."""
+    result = _load("overload-latest.json")
+    s = result["scenario"]
+    rows = []
+    for who, phases in result["classes"].items():
+        for phase, c in phases.items():
+            rows.append(
+                [
+                    f"`{who}`",
+                    c["priority"],
+                    phase,
+                    _num(c["sent"], ",d"),
+                    _num(c["served"], ",d"),
+                    _num(c["shed_429"], ",d"),
+                    _num(c["shed_503"], ",d"),
+                    _num(c["ttft_p50_ms"], ",.0f"),
+                    _num(c["ttft_p99_ms"], ",.0f"),
+                ]
+            )
+    served = result["tenants_served_in_window"]
+    window = result["window_s"]
+    peaks = ", ".join(f"{n}" for n in result["backend_peak_in_flight"].values())
+    return (
+        _header("loadtests/results/overload-latest.json")
+        + f"Run: {run_text(result['machine'])}.\n\n"
+        + f"Pool: {s['endpoints']} simulated vLLM endpoints, `max_in_flight: "
+        f"{s['max_in_flight']}` each with `reserve: {{normal: {s['reserve']}}}` (low "
+        f"requests fill {s['max_in_flight'] - s['reserve']}), `max_queue: {s['max_queue']}`, "
+        f"`queue_timeout: {s['queue_timeout']:g}s`; a first token after "
+        f"{s['latency_ms']} ms, then {s['tokens']} chunks {s['chunk_delay_ms']} ms apart: "
+        f"{s['hold_s']:.1f} s per request, so at most {s['capacity_rps']:.0f} requests/s. "
+        f"Offered: {s['offered_rps']:.1f} requests/s ({s['offered_rps'] / s['capacity_rps']:.1f}x) "
+        f"for {s['overload']:g} s, evenly spaced: `interactive` {s['interactive_rate']:g}/s "
+        f"at its key's normal priority, `tenant-a` {s['tenant_a_rate']:g}/s and `tenant-b` "
+        f"{s['tenant_b_rate']:g}/s marked low; before that, `interactive` alone for "
+        f"{s['unloaded']:g} s.\n\n"
+        + _table(
+            [
+                "key",
+                "priority",
+                "phase",
+                "sent",
+                "served",
+                "429",
+                "503",
+                "TTFT p50 ms",
+                "TTFT p99 ms",
+            ],
+            rows,
+            (0, 1, 2),
+        )
+        + f"\nInteractive TTFT p99 overloaded / unloaded: "
+        f"{_num(result['interactive_ttft_p99_ratio'], '.2f')}x. Low tenants served in the "
+        f"saturated window ({window[0]:g}-{window[1]:g} s): `tenant-a` "
+        f"{served['tenant-a']}, `tenant-b` {served['tenant-b']} (spread "
+        f"{_num(result['tenant_spread'], '.1%')}, Jain's index "
+        f"{_num(result['jain_index'], '.3f')}) although `tenant-a` asked for three times as "
+        f"much. Most requests a backend ever had in flight: {peaks}.\n"
+    )
+
+
+def micro_flow() -> str:
+    """Flow control's cost to a request that does not wait, from micro_requestpath."""
+    result = _load("micro-flow-latest.json")
+    rows = {bool(r["flow"]): r for r in result["rows"]}
+    off, on = rows[False], rows[True]
+    config = result["config"]
+    return (
+        _header("loadtests/results/micro-flow-latest.json")
+        + f"Run: {run_text(result['machine'])}; {config['dataplane']} data plane, "
+        f"{config['rounds']} interleaved rounds of {config['requests']:,} requests.\n\n"
+        + _table(
+            ["route", "best us/request", "median us/request"],
+            [
+                [
+                    "no `flow` block",
+                    _num(off["path_best_us"], ".2f"),
+                    _num(off["path_median_us"], ".2f"),
+                ],
+                [
+                    f"`{config['flow']}`, never reached",
+                    _num(on["path_best_us"], ".2f"),
+                    _num(on["path_median_us"], ".2f"),
+                ],
+            ],
+        )
+        + f"\nDifference: {_num(on['path_best_us'] - off['path_best_us'], '+.2f')} us (best), "
+        f"{_num(on['path_median_us'] - off['path_median_us'], '+.2f')} us (median).\n"
+    )
+
+
 # ---- references from the code ---------------------------------------------------------
 
 
@@ -837,6 +929,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "kserve-latency.md": kserve_latency,
     "chaos.md": chaos,
     "soak.md": soak,
+    "overload.md": overload,
+    "micro-flow.md": micro_flow,
     "policy-reference.md": policy_reference,
     "metrics-reference.md": metrics_reference,
     "layout.md": layout,
