@@ -34,7 +34,7 @@ import time
 from typing import Any, Final
 
 from gateway.errors import QuotaExceeded, QuotaStoreDown
-from gateway.observability.quota_metrics import PICO, QuotaMetrics, Remaining
+from gateway.observability.quota_metrics import PICO, QuotaMetrics, Remaining, Tally, UsageSeries
 
 RPM: Final = 0
 TPM: Final = 1
@@ -181,7 +181,8 @@ class KeyState:
         self.meters = meters  # the key's own and its tenant's
         self.metered = bool(meters)
         self.quotas: Quotas | None = None
-        self._by_route: dict[str, tuple[Meter, ...]] = {}
+        # Per route: its meters and what its requests there reuse (Quotas.admit).
+        self.routes: dict[str, RouteQuota] = {}
 
     def take(self, now: float) -> float:
         """Spend one token; 0.0 when allowed, else the seconds until one is there."""
@@ -200,12 +201,23 @@ class KeyState:
 
     def meters_for(self, route: str) -> tuple[Meter, ...]:
         """The meters that apply on `route`: those for it and those for `*`."""
-        found = self._by_route.get(route)
-        if found is None:
-            found = tuple(m for m in self.meters if m.route == "*" or m.route == route)
-            if len(self._by_route) < 1024:  # route names come from the policies
-                self._by_route[route] = found
-        return found
+        return tuple(m for m in self.meters if m.route == "*" or m.route == route)
+
+
+class RouteQuota:
+    """A key's meters on one route, and what its requests there reuse: the admitted
+    counter, and the price and usage series of the version last seen."""
+
+    def __init__(
+        self, key: KeyState, route: str, meters: tuple[Meter, ...], admitted: Tally
+    ) -> None:
+        self.key = key
+        self.route = route
+        self.meters = meters
+        self.admitted = admitted
+        self.version = "\x00"  # none seen yet
+        self.price = FREE
+        self.series: UsageSeries | None = None
 
 
 class Charge:
@@ -214,18 +226,14 @@ class Charge:
     def __init__(
         self,
         quotas: Quotas,
-        key: KeyState,
-        route: str,
-        meters: tuple[Meter, ...],
+        at: RouteQuota,
         wids: list[int],
         prompt: int,
         completion: int,
         cost: int,
     ) -> None:
         self.quotas = quotas
-        self.key = key
-        self.route = route
-        self.meters = meters
+        self.at = at
         self.wids = wids
         self.prompt = prompt  # estimated tokens
         self.completion = completion
@@ -250,11 +258,14 @@ class Charge:
             prompt = 0
         if completion < 0:
             completion = 0
-        price = quotas.price(self.route, version)
+        at = self.at
+        if at.version != version:
+            quotas.seen(at, version)
+        price = at.price
         cost = prompt * price.prompt + completion * price.completion
         tokens = prompt + completion
         wall = 0.0
-        meters = self.meters
+        meters = at.meters
         for i in range(len(meters)):
             m = meters[i]
             kind = m.kind
@@ -271,8 +282,8 @@ class Charge:
                 if wall >= m.ends_at:
                     m.roll(wall)
                 m.spent += diff
-        key = self.key
-        series = quotas.metrics.series(key.name, key.tenant, self.route, version)
+        series = at.series
+        assert series is not None
         series.requests += 1
         series.prompt_tokens += prompt
         series.completion_tokens += completion
@@ -321,6 +332,22 @@ class Quotas:
         for key in keys:
             key.quotas = self
 
+    def route_quota(self, key: KeyState, route: str) -> RouteQuota:
+        found = key.routes.get(route)
+        if found is None:
+            admitted = self.metrics.tally(key.name, key.tenant, route)
+            found = RouteQuota(key, route, key.meters_for(route), admitted)
+            if len(key.routes) < 1024:  # route names come from the policies
+                key.routes[route] = found
+        return found
+
+    def seen(self, at: RouteQuota, version: str) -> None:
+        """Point `at`'s caches at `version`: its price and usage series."""
+        at.version = version
+        at.price = self.price(at.route, version)
+        key = at.key
+        at.series = self.metrics.series(key.name, key.tenant, at.route, version)
+
     def price(self, route: str, version: str) -> Price:
         prices = self.prices
         if not prices:
@@ -356,7 +383,10 @@ class Quotas:
     ) -> Charge | None:
         """Pre-charge a request of `key` on `route` (decided: `version`), or raise
         QuotaExceeded (429) / QuotaStoreDown (503). None: no limit applies there."""
-        meters = key.meters_for(route)
+        at = key.routes.get(route)
+        if at is None:
+            at = self.route_quota(key, route)
+        meters = at.meters
         if not meters:
             return None
         wall = time.time()
@@ -371,7 +401,9 @@ class Quotas:
             else:
                 if prompt < 0:
                     prompt, completion = estimate(path, parsed, body_len, self.default_max_tokens)
-                    price = self.price(route, version)
+                    if at.version != version:
+                        self.seen(at, version)
+                    price = at.price
                     cost = prompt * price.prompt + completion * price.completion
                 need = prompt + completion if kind == TPM else cost
             needs.append(need)
@@ -388,10 +420,12 @@ class Quotas:
             if not m.active:
                 m.active = True
                 active.append(m)
-        self.metrics.decided(key.name, key.tenant, route, "admitted", "")
+        at.admitted.count += 1
         if prompt < 0:
             prompt = completion = cost = 0
-        return Charge(self, key, route, meters, wids, prompt, completion, cost)
+        if at.version != version:
+            self.seen(at, version)
+        return Charge(self, at, wids, prompt, completion, cost)
 
     def _refuse(
         self, key: KeyState, route: str, m: Meter, need: int, short: int, wall: float

@@ -35,6 +35,13 @@ class UsageSeries:
     cost: int = 0  # picodollars
 
 
+@dataclass(eq=False, slots=True)
+class Tally:
+    """Requests admitted for one key on one route (kept across keys file reloads)."""
+
+    count: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Remaining:
     """One budget meter's remaining spend, for the gauge (read at scrape time)."""
@@ -52,8 +59,10 @@ class QuotaMetrics:
 
     # (key, tenant, route, version) -> usage
     usage: dict[tuple[str, str, str, str], UsageSeries] = field(default_factory=dict)
-    # (key, tenant, route, result, limit) -> requests; result: admitted | limited |
-    # unavailable; limit: "" (admitted) or rpm | tpm | budget_day | budget_month
+    # (key, tenant, route) -> requests admitted
+    admitted: dict[tuple[str, str, str], Tally] = field(default_factory=dict)
+    # (key, tenant, route, result, limit) -> requests refused; result: limited |
+    # unavailable; limit: rpm | tpm | budget_day | budget_month
     decisions: dict[tuple[str, str, str, str, str], int] = field(default_factory=dict)
     refills: int = 0  # lease batches taken from the store that granted something
     returned: int = 0  # lease batches that gave unused units back
@@ -69,6 +78,13 @@ class QuotaMetrics:
             found = self.usage[ident] = UsageSeries(key, tenant, route, version)
         return found
 
+    def tally(self, key: str, tenant: str, route: str) -> Tally:
+        ident = (key, tenant, route)
+        found = self.admitted.get(ident)
+        if found is None:
+            found = self.admitted[ident] = Tally()
+        return found
+
     def decided(self, key: str, tenant: str, route: str, result: str, limit: str) -> None:
         ident = (key, tenant, route, result, limit)
         self.decisions[ident] = self.decisions.get(ident, 0) + 1
@@ -82,6 +98,8 @@ def quota_families(q: QuotaMetrics) -> Iterator[object]:
         "unavailable (503: the quota store is down under --quota-redis-down closed).",
         labels=["key", "tenant", "route", "result", "limit"],
     )
+    for (key, tenant, route), tally in sorted(q.admitted.items()):
+        decisions.add_metric([key, tenant, route, "admitted", ""], tally.count)
     for decided, count in sorted(q.decisions.items()):
         decisions.add_metric(list(decided), count)
     labels = ["key", "tenant", "route", "version"]
