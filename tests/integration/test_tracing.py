@@ -561,9 +561,11 @@ def test_a_collector_that_is_down_or_slow_costs_spans_not_requests(
     try:
         took = _chat_many(proc, 120)
         assert took[len(took) // 2] < 0.25, "requests slowed down by a dead collector"
+        # Unreachable is transient (OTLP): the batch is kept and tried again with backoff,
+        # so the first sign is a retried export (its loss after five tries is a unit test).
         deadline = time.monotonic() + 15
-        while proc.metric("switchyard_trace_spans_dropped_total", reason="export_failed") == 0:
-            assert time.monotonic() < deadline, "no export failure counted"
+        while proc.metric("switchyard_trace_export_requests_total", outcome="retried") == 0:
+            assert time.monotonic() < deadline, "no failed export counted"
             time.sleep(0.1)
         assert proc.metric("switchyard_trace_spans_dropped_total", reason="queue_full") > 0
         assert proc.metric("switchyard_trace_queue_spans") <= 64
@@ -579,9 +581,12 @@ def test_a_collector_that_is_down_or_slow_costs_spans_not_requests(
             took = _chat_many(proc, 120)
             assert took[len(took) // 2] < 0.25, "requests slowed down by a slow collector"
             deadline = time.monotonic() + 15
-            while proc.metric("switchyard_trace_spans_dropped_total", reason="timeout") == 0:
-                assert time.monotonic() < deadline, "no export timeout counted"
+            while proc.metric("switchyard_trace_export_requests_total", outcome="retried") == 0:
+                assert time.monotonic() < deadline, "no timed-out export counted"
                 time.sleep(0.1)
+            # A failed export (no answer within the timeout) whose batch was kept.
+            assert proc.metric("switchyard_trace_export_requests_total", outcome="failed") >= 1
+            assert proc.metric("switchyard_trace_spans_exported_total") == 0
             assert proc.metric("switchyard_trace_queue_spans") <= 64
             assert proc.metric("switchyard_trace_spans_dropped_total", reason="queue_full") > 0
         finally:

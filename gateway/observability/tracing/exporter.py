@@ -9,7 +9,7 @@ sitting for seconds in a queue the garbage collector would walk again and again 
 task (`run`) wakes when a batch is full or `delay` has passed and POSTs it with a
 total timeout, one request at a time. Whatever cannot be held or delivered is dropped
 and counted by reason (`TraceCounters.dropped`): memory stays bounded by `max_queue`
-encoded spans plus the one batch in flight, whether the collector is slow, down or
+encoded spans, the batch in flight included, whether the collector is slow, down or
 refusing.
 
 Failures the OTLP/HTTP specification calls transient (429, 502, 503, 504, and a
@@ -17,7 +17,8 @@ collector that cannot be reached or does not answer in time) are retried: the ba
 goes back to the head of the queue and is sent again after the collector's
 `Retry-After` (seconds; capped) or an exponential backoff with jitter, at most
 `max_attempts` times in all; meanwhile new spans queue behind it (and are dropped as
-`queue_full` once the bounded queue is full, as when the collector is slow). Any
+`queue_full` once the bounded queue, which counts the batch in flight, is full, as
+when the collector is slow). Any
 other answer (400, 401, 413, ...) would fail again the same way: the batch is dropped
 at once.
 """
@@ -70,6 +71,7 @@ class SpanExporter:
         self.backoff = backoff  # (first wait, longest wait) between tries of one batch
         self.max_attempts = max_attempts
         self._attempts = 0  # failed tries of the batch at the head of the queue
+        self._in_flight = 0  # spans of the batch being exported now
         self.counters = counters
         self.max_queue = config.max_queue
         self.batch_size = config.batch_size
@@ -92,7 +94,8 @@ class SpanExporter:
     def submit(self, spans: Sequence[Span]) -> None:
         """Queue one request's spans, all or none (a full queue drops and counts them)."""
         pending = self._pending
-        if len(self._queue) + len(pending) + len(spans) > self.max_queue:
+        # The batch in flight counts too: a transient failure puts it back in the queue.
+        if len(self._queue) + len(pending) + self._in_flight + len(spans) > self.max_queue:
             self.counters.dropped["queue_full"] += len(spans)
             return
         pending.extend(spans)
@@ -175,7 +178,7 @@ class SpanExporter:
         by reason); else the seconds to wait before the next try."""
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-        count = len(batch)
+        count = self._in_flight = len(batch)
         reason = "shutdown"  # if cancelled before an outcome is known
         try:
             body = self._encoder.request(batch)
@@ -216,6 +219,7 @@ class SpanExporter:
                 reason = ""
             return wait
         finally:
+            self._in_flight = 0
             if reason:
                 self.counters.dropped[reason] += count
 
