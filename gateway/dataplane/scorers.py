@@ -42,8 +42,6 @@ above the data plane.
 
 from __future__ import annotations
 
-import random
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 from zlib import crc32
@@ -51,6 +49,7 @@ from zlib import crc32
 import orjson
 
 from gateway.dataplane.health import EndpointState
+from gateway.dataplane.picker_state import PoolState
 from gateway.errors import ContextTooLong
 from gateway.observability.picker_metrics import (
     SESSION_EXPIRED,
@@ -70,9 +69,6 @@ PREFIX_CACHE: Final = 2
 SESSION: Final = 3
 RANDOM: Final = 4
 SCORERS: Final = ("queue", "kv_cache", "prefix_cache", "session", "random")
-# More endpoints than this in a pool's slot table (endpoints come and go: Kubernetes
-# pods) and the table starts over: its bit masks would grow without bound.
-MAX_SLOTS: Final = 64
 _MESSAGES: Final = b'"messages"'
 _PROMPT: Final = b'"prompt"'
 
@@ -90,14 +86,11 @@ def prefix_hashes(body: bytes, block: int, max_blocks: int) -> list[int]:
     if count > max_blocks:
         count = max_blocks
     out: list[int] = []
-    if count <= 0:
-        return out
-    view = memoryview(body)
     h = 0
     pos = start
     for k in range(count):
         end = pos + block
-        h = crc32(view[pos:end], h)
+        h = crc32(body[pos:end], h)  # a bytes slice: cheaper than a memoryview's
         out.append(h | (k << 32))  # the depth too: equal crc at two depths differ
         pos = end
     return out
@@ -174,92 +167,6 @@ class Ask:
         self.chars = 0  # the text's characters, when exact
 
 
-class PoolState:
-    """What a pool's picker learns, shared by every snapshot (like `EndpointState`):
-    endpoint slots, the prefix table, the session table and the context lengths read
-    from the backends. Slots (bit positions) name endpoints by backend across reloads."""
-
-    def __init__(self, table_blocks: int = 32768, max_sessions: int = 100_000) -> None:
-        self.slot_of: dict[str, int] = {}
-        self.lengths: list[int] = []  # per slot: max_model_len the backend reported, 0 unknown
-        self.young: dict[int, int] = {}  # block hash -> bit mask of slots sent that prefix
-        self.old: dict[int, int] = {}
-        self.half = max(1, table_blocks // 2)
-        self.sessions: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
-        self.max_sessions = max_sessions
-        self.rng = random.Random()
-
-    def configure(self, table_blocks: int, max_sessions: int) -> None:
-        """Bounds from the policy now serving (a reload may change them)."""
-        self.half = max(1, table_blocks // 2)
-        self.max_sessions = max_sessions
-        while len(self.sessions) > max_sessions:
-            self.sessions.popitem(last=False)
-
-    def slots(self, backends: tuple[str, ...]) -> tuple[int, ...]:
-        """The slot of each backend, given new ones as needed; past MAX_SLOTS the tables
-        start over (stale bits would otherwise name whichever backend got a freed slot)."""
-        if len(self.slot_of) + sum(1 for b in backends if b not in self.slot_of) > MAX_SLOTS:
-            self.slot_of = {}
-            self.lengths = []
-            self.young = {}
-            self.old = {}
-            self.sessions.clear()
-        for backend in backends:
-            if backend not in self.slot_of:
-                self.slot_of[backend] = len(self.slot_of)
-                self.lengths.append(0)
-        return tuple(self.slot_of[b] for b in backends)
-
-    def blocks(self) -> int:
-        return len(self.young) + len(self.old)
-
-    def depths(self, hashes: list[int]) -> dict[int, int]:
-        """slot -> how many leading blocks of `hashes` that endpoint holds (slots with
-        none are left out)."""
-        found: dict[int, int] = {}
-        young = self.young
-        old = self.old
-        alive = -1
-        k = 0
-        for h in hashes:
-            mask = young.get(h)
-            if mask is None:
-                mask = old.get(h, 0)
-            mask &= alive
-            if mask != alive and k > 0:
-                _mark(found, alive & ~mask, k)
-            alive = mask
-            if not mask:
-                return found
-            k += 1
-        _mark(found, alive, k)
-        return found
-
-    def record(self, hashes: list[int], slot: int) -> None:
-        """The endpoint in `slot` was sent this prefix: it holds every block of it now."""
-        bit = 1 << slot
-        young = self.young
-        for h in hashes:
-            mask = young.get(h)
-            if mask is not None and mask & bit:
-                continue
-            if mask is None:
-                mask = self.old.get(h, 0)
-            young[h] = mask | bit
-            if len(young) >= self.half:
-                # A new generation: the older one goes; what was used since stays.
-                self.old = young
-                young = self.young = {}
-
-
-def _mark(found: dict[int, int], bits: int, depth: int) -> None:
-    while bits:
-        low = bits & -bits
-        found[low.bit_length() - 1] = depth
-        bits ^= low
-
-
 class Picker:
     """A pool's compiled picker: weights, options, and the pool's shared state."""
 
@@ -274,8 +181,8 @@ class Picker:
         route_series: PickerRouteSeries,
         pool: PoolState,
         *,
-        block_bytes: int = 256,
-        max_blocks: int = 64,
+        block_bytes: int = 512,
+        max_blocks: int = 32,
         session_header: bytes = b"",
         session_field: str = "",
         session_ttl: float = 1800.0,
@@ -283,6 +190,7 @@ class Picker:
         fit: bool = True,
         max_model_len: int = 0,
         chars_per_token: float = 4.0,
+        reported: dict[str, int] | None = None,
     ) -> None:
         self.route = route
         self.variant = variant
@@ -301,6 +209,8 @@ class Picker:
         self.fit = fit
         self.max_model_len = max_model_len  # the policy's; 0: what the backends report
         self.chars_per_token = chars_per_token
+        # backend -> context length it reported, for /metrics (the context watcher's).
+        self.reported: dict[str, int] = reported if reported is not None else {}
 
     def weights(self) -> tuple[float, float, float, float, float]:
         return (self.w_queue, self.w_kv, self.w_prefix, self.w_session, self.w_random)
@@ -333,6 +243,13 @@ class Picker:
             tokens = int(len(body) / self.chars_per_token) + 1
             max_tokens = max_tokens_of(parsed)
         return Ask(hashes, session, tokens, max_tokens)
+
+    def fits(self, ask: Ask, i: int) -> bool:
+        """Whether endpoint i has the context for the request (unknown sizes do)."""
+        if not ask.tokens:
+            return True
+        size = self.limit(i)
+        return not size or ask.tokens + ask.max_tokens <= size
 
     def limit(self, i: int) -> int:
         """Endpoint i's context length: the policy's, else what it reported; 0 unknown."""
@@ -468,7 +385,7 @@ class Picker:
             series.prefix_hit_blocks += held
             series.prefix_miss_blocks += nblocks - held
             if held < nblocks:
-                pool.record(hashes, chosen)
+                pool.record(hashes, chosen, held)
         if session_result >= 0:
             if session_result == SESSION_HIT and session_slot != chosen:
                 session_result = SESSION_MOVED
@@ -570,22 +487,3 @@ class Picker:
                 row["total"] = round(sum(parts), 4)
             rows.append(row)
         return rows
-
-
-class PickerPools:
-    """Get-or-create store of the pools' learnt state by (route, variant): it outlives
-    snapshots, so a reload keeps what the picker knows."""
-
-    def __init__(self) -> None:
-        self._pools: dict[tuple[str, str], PoolState] = {}
-
-    def pool(self, route: str, variant: str, table_blocks: int, max_sessions: int) -> PoolState:
-        found = self._pools.get((route, variant))
-        if found is None:
-            found = self._pools[(route, variant)] = PoolState(table_blocks, max_sessions)
-        else:
-            found.configure(table_blocks, max_sessions)
-        return found
-
-    def pools(self) -> dict[tuple[str, str], PoolState]:
-        return dict(self._pools)

@@ -9,11 +9,10 @@ import orjson
 import pytest
 
 from gateway.dataplane.health import EndpointState
+from gateway.dataplane.picker_state import MAX_SLOTS, PoolState
 from gateway.dataplane.scorers import (
-    MAX_SLOTS,
     Ask,
     Picker,
-    PoolState,
     max_tokens_of,
     prefix_hashes,
     prompt_chars,

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.controlplane.policy.fields import BODY_FIELD, Duration, header_name, problem
 from gateway.dataplane.health import EndpointState
-from gateway.dataplane.scorers import Picker, PickerPools
+from gateway.dataplane.picker_state import PickerPools
+from gateway.dataplane.scorers import Picker
 from gateway.observability.picker_metrics import PickerCounters
 
 Loc = tuple[str | int, ...]
@@ -69,14 +70,15 @@ class PrefixCacheSpec(_Model):
     hashes each pool remembers."""
 
     block_bytes: int = Field(
-        default=256,
+        default=512,
         ge=16,
         le=65536,
-        description="Bytes of the request body per block (about 4 per token: 256 is "
-        "about 64 tokens). Smaller blocks match more exactly and cost more per request.",
+        description="Bytes of the request body per block (about 4 per token: 512 is "
+        "about 128 tokens). Smaller blocks match more exactly and cost more per request "
+        "(about 0.1 us each, compiled).",
     )
     max_blocks: int = Field(
-        default=64,
+        default=32,
         ge=1,
         le=4096,
         description="Blocks hashed per request at most, from the start of `messages` or "
@@ -266,4 +268,5 @@ def compile_picker(
         fit=spec.context.fit,
         max_model_len=spec.context.max_model_len or 0,
         chars_per_token=spec.context.chars_per_token,
+        reported=counters.context_lengths,
     )
