@@ -25,8 +25,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 Access = Literal["open", "token", "signed"]
 # How the supervisor of `--workers N` answers: `own` from its own state, `merged` from
 # every worker's answer combined, `each` passed to every worker (each must hear it),
-# `one` passed to one worker (any worker can answer it).
-Fleet = Literal["own", "merged", "each", "one"]
+# `one` passed to one worker (any worker can answer it), `writer` asked of every worker
+# and answered by the rollout writer's view (only it keeps the last analysis).
+Fleet = Literal["own", "merged", "each", "one", "writer"]
 # Endpoints a process serves only when it has the part behind them.
 Feature = Literal["drift", "rollouts"]
 
@@ -61,16 +62,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # merges every worker's kept comparisons.
     Endpoint("shadow", "/admin/shadow"),
     Endpoint("shadow_route", "/admin/shadow/{route:path}", fleet="merged"),
-    Endpoint("rollouts", "/admin/rollouts", feature="rollouts"),
+    Endpoint("rollouts", "/admin/rollouts", fleet="writer", feature="rollouts"),
     Endpoint(
         "rollout_command",
         "/admin/rollouts/{route:path}/{action:str}",
         ("POST",),
         feature="rollouts",
     ),
-    Endpoint("rollout", "/admin/rollouts/{route:path}", feature="rollouts"),
+    Endpoint("rollout", "/admin/rollouts/{route:path}", fleet="writer", feature="rollouts"),
     Endpoint("experiments", "/admin/experiments", feature="rollouts"),
     Endpoint("experiment", "/admin/experiments/{route:path}", feature="rollouts"),
+    # API keys, their limits and usage: the fleet's from the quota store (any worker).
+    Endpoint("keys", "/admin/keys"),
+    Endpoint("key", "/admin/keys/{name:str}"),
 )
 
 

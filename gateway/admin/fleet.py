@@ -16,6 +16,11 @@ each entry's `fleet` says how the supervisor answers it:
   workers read their statistics (experiments, shadow counts, rollout gates) from this
   supervisor's merged `/metrics` or from Prometheus (`gateway.stats`), so any worker
   answers for all of them.
+- `writer`: the rollout views, asked of every worker and answered with the view of
+  the one holding the rollout writer lock (`"writer": true`): only it keeps the last
+  analysis (verdict, reason, gate numbers). With no writer among them, the first
+  worker's. `worker` in the answer (and the `x-switchyard-worker` header) names the
+  worker that answered.
 
 The supervisor checks the bearer token as a process does, and passes the caller's
 header on, so every worker checks it too.
@@ -180,6 +185,46 @@ def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feat
                 return_exceptions=True,
             )
 
+    async def writer_view(request: Request) -> Response:
+        admins = sup.admins()
+        if not admins:
+            return JSONResponse({"error": "no worker is up"}, status_code=503)
+        async with httpx.AsyncClient(timeout=10) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.get(
+                        f"{a}{request.url.path}{_query(request)}", headers=_passed_on(request)
+                    )
+                    for a in admins
+                ),
+                return_exceptions=True,
+            )
+        answered = [
+            (admin, reply)
+            for admin, reply in zip(admins, replies, strict=True)
+            if isinstance(reply, httpx.Response)
+        ]
+        if not answered:
+            return JSONResponse({"worker": admins[0], "error": str(replies[0])}, status_code=502)
+        views = [(admin, reply, _json_or_text(reply)) for admin, reply in answered]
+        writers = [
+            view
+            for view in views
+            if view[1].status_code == 200 and isinstance(view[2], dict) and view[2].get("writer")
+        ]
+        admin, reply, body = writers[0] if writers else views[0]
+        headers = {"x-switchyard-worker": admin}
+        if isinstance(body, dict):
+            return JSONResponse(
+                {**body, "worker": admin}, status_code=reply.status_code, headers=headers
+            )
+        return Response(
+            reply.content,
+            status_code=reply.status_code,
+            media_type=reply.headers.get("content-type"),
+            headers=headers,
+        )
+
     def refused(answers: list[httpx.Response]) -> Response | None:
         if not answers:
             return JSONResponse({"error": "no worker answered"}, status_code=503)
@@ -228,6 +273,8 @@ def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feat
             handlers[endpoint.name] = each
         elif endpoint.fleet == "one":
             handlers[endpoint.name] = one
+        elif endpoint.fleet == "writer":
+            handlers[endpoint.name] = writer_view
         elif endpoint.name in own:
             handlers[endpoint.name] = own[endpoint.name]
     # build_app refuses an `own` or `merged` endpoint that has no handler above.
