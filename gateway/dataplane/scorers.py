@@ -182,11 +182,11 @@ class Picker:
         pool: PoolState,
         *,
         block_bytes: int = 512,
-        max_blocks: int = 32,
+        max_blocks: int = 16,
         session_header: bytes = b"",
         session_field: str = "",
         session_ttl: float = 1800.0,
-        spread_above: int = 4,
+        spread_above: int = 8,
         fit: bool = True,
         max_model_len: int = 0,
         chars_per_token: float = 4.0,
@@ -214,6 +214,37 @@ class Picker:
 
     def weights(self) -> tuple[float, float, float, float, float]:
         return (self.w_queue, self.w_kv, self.w_prefix, self.w_session, self.w_random)
+
+    def describe(self) -> dict[str, Any]:
+        """The picker's settings, for `policy explain` and the admin API."""
+        weights = self.weights()
+        view: dict[str, Any] = {
+            "scorers": {name: weights[k] for k, name in enumerate(SCORERS) if weights[k]},
+            "spread_above": self.spread_above,
+        }
+        if self.w_prefix:
+            view["prefix_cache"] = {
+                "block_bytes": self.block_bytes,
+                "max_blocks": self.max_blocks,
+                "blocks_known": self.pool.blocks(),
+            }
+        if self.w_session:
+            key = (
+                "header:" + self.session_header.decode("latin-1")
+                if self.session_header
+                else "body:" + self.session_field
+            )
+            view["session"] = {
+                "key": key,
+                "ttl": self.session_ttl,
+                "sessions_known": len(self.pool.sessions),
+            }
+        view["context"] = {
+            "fit": self.fit,
+            "max_model_len": self.max_model_len or None,  # None: what each endpoint reports
+            "chars_per_token": self.chars_per_token,
+        }
+        return view
 
     # The request's side ------------------------------------------------------------
 
@@ -257,9 +288,10 @@ class Picker:
             return self.max_model_len
         return self.pool.lengths[self.slots[i]]
 
-    def check_fit(self, ask: Ask, parsed: Mapping[str, Any] | None) -> None:
+    def check_fit(self, ask: Ask, parsed: Mapping[str, Any] | None, count: bool = True) -> None:
         """Raise ContextTooLong when no endpoint of the pool can hold the request (and
-        count it). Cheap when the body's size fits the smallest context: no text count."""
+        count it, unless `count` is false: explain). Cheap when the body's size fits the
+        smallest context: no text count."""
         if not ask.tokens:
             return
         need = ask.tokens + ask.max_tokens
@@ -288,7 +320,8 @@ class Picker:
                 return
         if need <= largest:
             return
-        self.route_series.context_refusals += 1
+        if count:
+            self.route_series.context_refusals += 1
         raise ContextTooLong(
             f"this request needs about {need} tokens of context: {ask.tokens} prompt "
             f"tokens (estimated, {ask.chars} characters at {self.chars_per_token:g} per "
