@@ -8,6 +8,7 @@ saying which (support.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,15 +34,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    """The session's vLLM server; tests take it through `vllm`, which restarts it if killed."""
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama (tiny_model.py), built once for every server of the session."""
     require_backend("vLLM", unsupported_reason(), environment_problem())
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[VllmServer]:
+    """The session's vLLM server; tests take it through `vllm`, which restarts it if killed."""
     work = tmp_path_factory.mktemp("vllm")
-    model = build_tiny_model(work / "tiny-llama")
     # --enable-log-requests: vLLM then logs "Request <id> aborted." when it cancels a
     # request because its client went away, which is how the disconnect test sees the
     # abort itself instead of racing generation speed against it.
-    server = VllmServer(model, work / "vllm.log", extra_args=("--enable-log-requests",))
+    server = VllmServer(tiny_model, work / "vllm.log", extra_args=("--enable-log-requests",))
     server.start()
     print(f"\nvLLM healthy in {server.started_s:.1f} s on {server.url}")
     yield server

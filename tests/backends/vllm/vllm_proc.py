@@ -62,6 +62,22 @@ def build_tiny_model(out: Path, *options: str, timeout: float = 180.0) -> Path:
     return out
 
 
+def build_tiny_lora(base: Path, out: Path, *options: str, timeout: float = 120.0) -> Path:
+    """Write a random rank-8 LoRA adapter for the tiny model `base` into `out` (see
+    tiny_lora.py) and return `out`."""
+    done = subprocess.run(
+        [str(PYTHON), str(HERE / "tiny_lora.py"), str(base), str(out), *options],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"building the tiny LoRA adapter failed:\n{done.stdout}\n{done.stderr}")
+    return out
+
+
 @dataclass
 class VllmServer(BackendServer):
     """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, one model, on the CPU.
@@ -78,6 +94,10 @@ class VllmServer(BackendServer):
     port: int = field(default_factory=free_port)
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+    # LoRA adapters served next to the base model, {name: adapter dir}: a request picks
+    # one by naming it in `model`. Empty (the default) starts vLLM without LoRA support.
+    lora_modules: dict[str, Path] = field(default_factory=dict)
+    max_lora_rank: int = 8  # one of vLLM's allowed ranks (1, 8, 16, 32, ...)
 
     @property
     def url(self) -> str:
@@ -105,7 +125,29 @@ class VllmServer(BackendServer):
             "--max-model-len",
             str(MAX_MODEL_LEN),
             "--enforce-eager",  # no torch.compile: saves minutes of start-up on the CPU
+            *self.lora_args(),
             *self.extra_args,
+        ]
+
+    def lora_args(self) -> list[str]:
+        """`--enable-lora` and the adapters, all loaded at once; none without adapters."""
+        if not self.lora_modules:
+            return []
+        modules = [f"{name}={path}" for name, path in self.lora_modules.items()]
+        return [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            # One slot more than there are adapters, so one stays empty. vLLM's CPU LoRA
+            # ops (0.32) index the adapter slots with a base-model token's -1 instead of
+            # skipping it, so in a batch mixing base and adapter requests the base ones
+            # get the LAST slot's adapter applied (vllm-project/vllm PR #48421); an empty
+            # last slot adds nothing. With --max-loras 1 (the default) and one adapter,
+            # the base model's answers turn into the adapter's whenever they share a batch.
+            "--max-loras",
+            str(len(modules) + 1),
+            "--lora-modules",
+            *modules,
         ]
 
     def env(self) -> dict[str, str]:
