@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.admin.drift import drift_handlers
 from gateway.admin.endpoints import Handler, build_app, features
+from gateway.admin.keys import key_handlers
 from gateway.admin.rollouts import rollout_handlers
 from gateway.admin.shadow import shadow_handlers
 from gateway.admin.views import reload_status_view, reload_view, routes_view, snapshot_view
@@ -161,6 +162,7 @@ def build_admin_app(
         **(drift_handlers(drift_dir, plane.metrics.drift) if drift_dir else {}),
         **shadow_handlers(lambda: plane.ref.current, plane.metrics.shadow, source),
         **(rollout_handlers(rollouts) if rollouts is not None else {}),
+        **key_handlers(lambda: plane.auth),
     }
     enabled = features(drift_dir=drift_dir, rollouts=rollouts is not None)
     return build_app(handlers, token, enabled=enabled)
