@@ -93,10 +93,10 @@ class Settings:
     api_keys_file: str | None = None
     # Their quotas and budgets across workers and replicas (gateway/quota/sync.py): a
     # Redis the processes take leases from (None: each process enforces every limit
-    # itself), what to do while it is down (open: each keeps to its lease or an even
-    # share; closed: 503 once a lease is needed), seconds between lease batches and per
-    # round trip, and how many processes share the fleet until Redis has counted them
-    # (0: this replica's workers).
+    # itself), what to do while it is down (open: each keeps to its lease plus an even
+    # share of what was left; closed: 503 once a lease is needed), seconds between
+    # lease batches and per round trip, and how many processes share the fleet until
+    # Redis has counted them (0: this replica's workers).
     quota_store: str | None = None
     quota_redis_down: str = "open"
     quota_sync_interval: float = 0.2

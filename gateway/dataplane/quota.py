@@ -108,6 +108,7 @@ class Meter:
         self.reported = 0
         self.fleet_used = 0
         self.dry = False  # the store had nothing left for this window at the last refill
+        self.pool_left = -1  # what it had left then (-1: not heard from in this window)
         self.refused = 0  # the largest need refused since the last refill
         self.active = False  # in Quotas.active: the lease task looks after it
         self.rate = 0.0  # units per second, smoothed (lease sizing)
@@ -116,6 +117,9 @@ class Meter:
         # reports it to that window's counter).
         self.prev_wid = -1
         self.prev_unreported = 0
+        # A lease on the next window, taken shortly before it begins (rpm, tpm).
+        self.next_wid = -1
+        self.next_granted = 0
 
     def roll(self, wall: float) -> None:
         """Begin the window `wall` falls in."""
@@ -127,20 +131,24 @@ class Meter:
             self.prev_wid, self.prev_unreported = self.wid, self.spent - self.reported
         self.wid = wid
         self.ends_at = ends
-        self.granted = 0
+        self.granted = self.next_granted if wid == self.next_wid else 0
+        self.next_wid, self.next_granted = -1, 0
         self.spent = 0
         self.reported = 0
         self.fleet_used = 0
         self.rate_mark = 0
         self.dry = False
+        self.pool_left = -1
 
     def take_over(self, old: Meter) -> None:
         """Carry the state of the same meter from before a keys file reload."""
         self.wid, self.ends_at = old.wid, old.ends_at
         self.granted, self.spent, self.reported = old.granted, old.spent, old.reported
         self.fleet_used, self.dry, self.rate = old.fleet_used, old.dry, old.rate
+        self.pool_left = old.pool_left
         self.rate_mark = old.rate_mark
         self.prev_wid, self.prev_unreported = old.prev_wid, old.prev_unreported
+        self.next_wid, self.next_granted = old.next_wid, old.next_granted
 
     def describe_limit(self) -> str:
         if self.kind == RPM:
@@ -368,8 +376,10 @@ class Quotas:
                 return m.granted - m.spent
             return m.granted - m.spent + m.limit // (CREDIT_SHARE * self.processes)
         if self.down_open:
-            share = m.limit // self.processes
-            return (m.granted if m.granted > share else share) - m.spent
+            # The lease held, and an even share of what the pool had left when the
+            # store last answered (of the whole limit in a window it has not).
+            left = m.pool_left if m.pool_left >= 0 else m.limit
+            return m.granted - m.spent + left // self.processes
         return m.granted - m.spent
 
     def admit(

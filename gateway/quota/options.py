@@ -26,8 +26,9 @@ def add_quota_options(parser: argparse.ArgumentParser) -> None:
     quota.add_argument(
         "--quota-redis-down",
         choices=["open", "closed"],
-        help="while the store is down: open (default) keeps each process to its lease or "
-        "an even share of each limit; closed answers 503 once a request needs a new lease",
+        help="while the store is down: open (default) keeps each process to its lease plus "
+        "an even share of what each limit had left; closed answers 503 once a request "
+        "needs a new lease",
     )
     quota.add_argument(
         "--quota-sync-interval",

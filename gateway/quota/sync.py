@@ -6,7 +6,9 @@ meters it is using (`gateway.dataplane.quota.Meter`), which for each one, atomic
 
 - counts what this process spent since the last batch (the fleet's usage, `u`),
 - takes back what it gives up (a lease larger than it needs, or all of it once idle),
-- grants what it asks for out of the window's pool (`g`, never past the limit),
+- grants what it asks for out of the window's pool (`g`, never past the limit; a
+  process that spent more than it was granted, on credit or while Redis was away,
+  asks for that debt first),
 
 and heartbeats the process, so every process knows how many share the fleet (for the
 share each keeps to while Redis is down). The request path never waits on this: it
@@ -21,8 +23,9 @@ may go unused is the leases' crumbs smaller than one request.
 
 Redis down (no answer within `--quota-timeout`, refused, reset): counted, logged once
 per outage, shown in `GET /admin/keys`, and the mode decides (`--quota-redis-down`):
-`open` lets each process spend the lease it holds or its even share of the limit
-(limit / processes, as last counted), `closed` the lease it holds, then 503 with
+`open` lets each process spend the lease it holds plus an even share (1 / processes,
+as last counted) of what the pool had left when Redis last answered (of the whole limit
+in a window it has not answered in), `closed` the lease it holds, then 503 with
 Retry-After. Once Redis answers again, what was spent meanwhile is reported and any
 debt taken from the pool.
 
@@ -109,6 +112,9 @@ def check(spec: str | None, mode: str) -> None:
         )
 
 
+CURRENT, PREVIOUS, NEXT = 0, 1, 2  # which window of its meter an item is about
+
+
 @dataclass
 class _Item:
     meter: Meter
@@ -116,7 +122,8 @@ class _Item:
     want: int
     back: int
     used: int
-    current: bool  # the meter's current window (else what the last one left unreported)
+    role: int  # CURRENT; PREVIOUS: what the last window left unreported; NEXT: a lease
+    # on the window about to begin
 
 
 class QuotaSync:
@@ -195,7 +202,13 @@ class QuotaSync:
             if wall >= m.ends_at:
                 m.roll(wall)
             if m.prev_unreported:
-                items.append(_Item(m, m.prev_wid, 0, 0, m.prev_unreported, False))
+                items.append(_Item(m, m.prev_wid, 0, 0, m.prev_unreported, PREVIOUS))
+            if closing and m.next_granted > 0:
+                items.append(_Item(m, m.next_wid, 0, m.next_granted, 0, NEXT))
+            elif not closing and m.next_wid != m.wid + 1 and m.kind < DAY:
+                ahead = self._ahead(m, wall)
+                if ahead > 0:
+                    items.append(_Item(m, m.wid + 1, ahead, 0, 0, NEXT))
             consumed = max(0, m.spent - m.rate_mark)
             m.rate_mark = m.spent
             m.rate = 0.5 * m.rate + 0.5 * consumed / dt
@@ -218,14 +231,26 @@ class QuotaSync:
                 back, want = held, 0
             used = m.spent - m.reported
             if want or back or used or refresh:
-                items.append(_Item(m, m.wid, want, back, used, True))
+                items.append(_Item(m, m.wid, want, back, used, CURRENT))
             # Quiet, holding nothing and owing nothing: let it go until used again.
-            if m.rate == 0.0 and m.refused == 0 and held - back == 0 and not used:
+            idle = m.rate == 0.0 and m.refused == 0 and not m.next_granted
+            if idle and held - back == 0 and not used:
                 m.active = False
             else:
                 kept.append(m)
         quotas.active[:] = kept
         return items
+
+    def _ahead(self, m: Meter, wall: float) -> int:
+        """The lease to take on `m`'s next window now (0: none yet): within two batches
+        of its start, what this window's pace would spend in LEASE_HORIZON, so that a
+        busy process does not begin the window on credit alone."""
+        if m.ends_at - wall > 2 * self.interval or m.window < 4 * self.interval:
+            return 0
+        elapsed = wall - (m.ends_at - m.window)
+        if elapsed <= 0 or m.spent <= 0:
+            return 0
+        return min(max(1, m.limit // 4), int(m.spent / elapsed * LEASE_HORIZON))
 
     async def sync_once(self, closing: bool = False) -> bool:
         """One batch: plan it, send it, apply the answer. A batch still out from before
@@ -298,9 +323,16 @@ class QuotaSync:
         for n, item in enumerate(items):
             got, left, used = reply[1 + 3 * n : 4 + 3 * n]
             m = item.meter
-            if not item.current:
+            if item.role == PREVIOUS:
                 if m.prev_wid == item.wid:
                     m.prev_unreported -= item.used
+                continue
+            if item.role == NEXT and m.wid != item.wid:
+                if m.next_wid not in (-1, item.wid):
+                    continue  # a lease for a window that went by: lost to the pool
+                m.next_wid = item.wid
+                m.next_granted += got - item.back
+                refilled = refilled or got > 0
                 continue
             if m.wid != item.wid:  # the window turned while the batch was out
                 if m.prev_wid == item.wid:
@@ -309,6 +341,7 @@ class QuotaSync:
             m.granted += got - item.back
             m.reported += item.used
             m.fleet_used = used
+            m.pool_left = left if left > 0 else 0
             m.dry = left <= 0
             m.refused = 0
             refilled = refilled or got > 0
@@ -326,8 +359,8 @@ class QuotaSync:
             self.down_since = time.time()
             if self.mode == "open":
                 then = (
-                    "each process keeps to the lease it holds or an even share of each "
-                    f"limit ({self.quotas.processes} processes)"
+                    "each process keeps to the lease it holds plus an even share of what "
+                    f"each limit had left ({self.quotas.processes} processes)"
                 )
             else:
                 then = "requests that need a new lease are refused (503)"

@@ -5,6 +5,7 @@ applies a reply)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +362,22 @@ def test_store_down_open_keeps_an_even_share_closed_refuses_503() -> None:
             admitted += 1
         except QuotaExceeded:
             break
-    assert admitted == 25  # 100 / 4 processes
+    assert admitted == 25  # 100 / 4 processes: Redis never answered in this window
+    heard = Meter("key", "team-a", "*", 0, 100, 60.0)
+    quotas, sync = fleet(heard, processes=4)
+    state = keyed(quotas, heard)
+    heard.roll(time.time())
+    heard.active = True
+    quotas.active.append(heard)
+    [item] = sync.plan(heard.ends_at - 30.0)  # the first batch: reported in any case
+    sync._apply([item], [4, 10, 40, 61])  # 10 granted; the pool had 40 left
+    sync._failed("error", "Connection reset by peer", [])
+    for _ in range(100):
+        try:
+            quotas.admit(state, "chat", "", b"/", None, 0)
+        except QuotaExceeded:
+            break
+    assert heard.spent == 10 + 40 // 4  # the lease, and a quarter of what was left
     closed_meter = Meter("key", "team-a", "*", 0, 100, 60.0)
     quotas, sync = fleet(closed_meter, mode="closed")
     state = keyed(quotas, closed_meter)
@@ -370,3 +386,27 @@ def test_store_down_open_keeps_an_even_share_closed_refuses_503() -> None:
         quotas.admit(state, "chat", "", b"/", None, 0)
     assert raised.value.status == 503 and raised.value.extra == b"retry-after: 1\r\n"
     assert quotas.metrics.store_errors == {"timeout": 1}
+
+
+def test_a_busy_process_leases_the_next_window_before_it_begins() -> None:
+    tpm = Meter("key", "team-a", "*", 1, 10_000, 10.0)
+    quotas, sync = fleet(tpm)
+    state = keyed(quotas, tpm)
+    tpm.roll(time.time())
+    if tpm.ends_at - time.time() < 0.5:  # the admissions below must fall in one window
+        time.sleep(tpm.ends_at - time.time())
+        tpm.roll(time.time())
+    start = tpm.ends_at - 10.0  # this window's start
+    tpm.granted = 1000  # a lease already held
+    for _ in range(4):
+        quotas.admit(state, "chat", "", b"/v1/chat/completions", CHAT, 0)  # 27 each
+    sync._last_plan = start + 5.0
+    assert [i.role for i in sync.plan(start + 5.2)] == [0]  # mid-window: nothing ahead
+    sync._last_plan = start + 9.6
+    items = sync.plan(start + 9.8)  # within two batches of the next window
+    ahead = next(i for i in items if i.role == 2)
+    assert ahead.wid == tpm.wid + 1 and ahead.want == int(108 / 9.8)  # its pace, 1 s
+    sync._apply(items, [4] + [v for i in items for v in (i.want, 5000, 0)])
+    assert (tpm.next_wid, tpm.next_granted) == (tpm.wid + 1, ahead.want)
+    tpm.roll(start + 10.0)
+    assert tpm.granted == ahead.want and tpm.spent == 0 and tpm.next_wid == -1
