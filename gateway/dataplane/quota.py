@@ -140,16 +140,6 @@ class Meter:
         self.dry = False
         self.pool_left = -1
 
-    def take_over(self, old: Meter) -> None:
-        """Carry the state of the same meter from before a keys file reload."""
-        self.wid, self.ends_at = old.wid, old.ends_at
-        self.granted, self.spent, self.reported = old.granted, old.spent, old.reported
-        self.fleet_used, self.dry, self.rate = old.fleet_used, old.dry, old.rate
-        self.pool_left = old.pool_left
-        self.rate_mark = old.rate_mark
-        self.prev_wid, self.prev_unreported = old.prev_wid, old.prev_unreported
-        self.next_wid, self.next_granted = old.next_wid, old.next_granted
-
     def describe_limit(self) -> str:
         if self.kind == RPM:
             return f"{self.limit} requests per {self.window:g}s"
@@ -325,20 +315,23 @@ class Quotas:
         prices: dict[tuple[str, str], Price],
         default_max_tokens: int,
     ) -> None:
-        """Put a keys file's keys, meters and prices in force, carrying the state of
-        every meter that was already counting."""
+        """Put a keys file's keys, meters and prices in force. A meter that was already
+        counting stays the same object, with the new limit: what it spent carries over,
+        and requests in flight settle where they were charged."""
+        kept: dict[str, Meter] = {}
         for ident, meter in meters.items():
             old = self.meters.get(ident)
             if old is not None:
-                meter.take_over(old)
-            if meter.wid >= 0 or (old is not None and old.active):
-                meter.active = True
-        self.meters = meters
-        self.active = [m for m in meters.values() if m.active]
-        self.prices = prices
-        self.default_max_tokens = default_max_tokens
+                old.limit = meter.limit
+                meter = old
+            kept[ident] = meter
         for key in keys:
             key.quotas = self
+            key.meters = tuple(kept[m.ident] for m in key.meters)
+        self.meters = kept
+        self.active = [m for m in kept.values() if m.active]
+        self.prices = prices
+        self.default_max_tokens = default_max_tokens
 
     def route_quota(self, key: KeyState, route: str) -> RouteQuota:
         found = key.routes.get(route)

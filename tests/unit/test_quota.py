@@ -264,10 +264,13 @@ def test_a_reload_keeps_what_each_meter_spent() -> None:
     quotas.install(list(parsed.keys.values()), parsed.meters, parsed.prices, 20)
     state = next(iter(parsed.keys.values()))
     assert quotas.admit(state, "chat", "", b"/v1/chat/completions", CHAT, 0) is not None
+    [counting] = quotas.meters.values()
     again = parse_file(keys_json(50).encode(), "k")
     quotas.install(list(again.keys.values()), again.meters, again.prices, 20)
-    meter = next(iter(again.meters.values()))
+    [meter] = quotas.meters.values()
+    assert meter is counting  # requests in flight settle where they were charged
     assert (meter.limit, meter.spent) == (50, 27)  # 7 prompt + 20 default completion
+    assert next(iter(again.keys.values())).meters == (meter,)
 
 
 def test_api_keys_attach_the_checked_key_to_the_request(tmp_path: Path) -> None:
