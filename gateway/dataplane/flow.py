@@ -406,6 +406,8 @@ class FlowGate:
         """The request's (priority, tenant). `key_level` is its key's priority, -1
         without keys; `tenant` its key's tenant (or name), "" without keys."""
         level = key_level if key_level >= 0 else self.default_level
+        if level >= LEVELS:  # a key's priority above the levels queued here
+            level = LEVELS - 1
         if fields is not None:
             raw = fields.get(PRIORITY_HEADER)
             if raw is not None:

@@ -314,6 +314,7 @@ def test_the_header_sets_priority_only_without_keys_and_may_only_lower_a_key() -
     assert g.identify(header, NORMAL, "team-a") == (NORMAL, "team-a")  # cannot raise a key
     assert g.identify({b"x-switchyard-priority": b"low"}, HIGH, "team-a") == (LOW, "team-a")
     assert g.identify({b"x-switchyard-priority": b"0"}, 5, "t") == (0, "t")
+    assert g.identify(None, 12, "t") == (9, "t")  # a key above the levels: the top one
     with pytest.raises(BadRequest, match="x-switchyard-priority"):
         g.identify({b"x-switchyard-priority": b"urgent"}, -1, "")
     assert g.weight("big") == 3.0 and g.weight("other") == 1.0
