@@ -1,15 +1,16 @@
 """Flow control end to end: real simulators behind a real gateway, real clients.
 
 The overload test runs `loadtests/overload.py`'s scenario (shorter): two slowly streaming
-simulators, a pool capped at 8 requests per endpoint (2 kept for normal priority and
+simulators, a pool capped at 20 requests per endpoint (4 kept for normal priority and
 above), and about twice what it can serve: an interactive key at normal priority, two
 batch tenants that mark themselves low, one sending three times as much as the other.
 Without flow control every request would reach the backends at once, nobody would be
 refused, and the greedier tenant would get three times the service.
 
-The limits leave the gateway's own CPU out of it: about 40 requests/s of 0.8 s streams,
-where one core serves thousands, and a first token 500 ms out, so tens of milliseconds
-of scheduling noise on a busy machine stay far inside the 1.5x bound.
+The limits leave the gateway's own CPU out of it: under 30 requests/s of 2.8 s streams,
+where one core serves thousands, and a first token 2.5 s out, so that a process of the
+test waiting its turn for up to a second on a busy shared machine (seen: 850 ms)
+stays inside the 1.5x bound.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from tests.procs import (
 
 pytestmark = pytest.mark.slow
 
-SCENARIO = Scenario(unloaded=3.0, overload=9.0, warmup=2.0)
+SCENARIO = Scenario(unloaded=2.0, overload=10.0)
 
 
 @pytest.mark.timeout(90)
@@ -71,7 +72,7 @@ def test_overload_keeps_the_high_class_fast_sheds_the_low_and_shares_fairly(
         assert low["refusals_openai_shaped"] == refused, detail
         assert not low["other"], detail
         # Served after waiting: their first tokens came later than an idle pool's.
-        assert low["ttft_p50_ms"] > 1.5 * unloaded_p99, detail
+        assert low["ttft_p50_ms"] > unloaded_p99 + 500, detail
     a = classes["tenant-a"]["overload"]
     assert a["shed_429"] + a["shed_503"] > a["sent"] / 2, detail  # it asked for 3x its share
     assert a["refusal_codes"].get("over_fair_share", 0) > 0, detail
