@@ -78,9 +78,15 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        # Its children (a supervisor's workers, a drift worker) hold the output pipe too:
+        # whatever is left of its process group goes now, so the pipe reaches EOF.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
         if self._pump is not None:
             self._pump.join(5)  # the pipe reaches EOF once the process is gone
-        if self.popen.stdout is not None:
+        # Closing a pipe another thread still reads would block on its lock: only once
+        # the pump is done (else the pipe goes with the test process).
+        if self.popen.stdout is not None and (self._pump is None or not self._pump.is_alive()):
             self.popen.stdout.close()
         return self.popen.returncode
 
@@ -94,6 +100,8 @@ def spawn(args: list[str], env: dict[str, str] | None = None, module: str = "gat
         stderr=subprocess.STDOUT,
         text=True,
         env=full_env,
+        # Its own process group, so `stop` can take its children with it.
+        start_new_session=True,
     )
     return Proc(popen)
 
