@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the checkout whose gateway is the `gateway` row (default: this one)",
     )
     parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="add a row for the same gateway with admission on: an API key with rpm, "
+        "tpm and budget limits and prices (never reached), and a `flow:` block whose "
+        "in-flight limit is never reached (the cost when nothing is limited)",
+    )
+    parser.add_argument(
         "--compare-tree",
         type=Path,
         metavar="DIR",
@@ -284,6 +291,10 @@ def throughput_mode(args: argparse.Namespace) -> int:
         if args.fleet:
             fleet = _start_fleet_gateway(launcher, args, policy)
             systems.append(System(fleet.name, "gateway, fleet wiring", fleet.url + path, fleet))
+        if args.admission:
+            admitted = _start_admission_gateway(launcher, args, policy)
+            label = "gateway, keys + limits + flow"
+            systems.append(System(admitted.name, label, admitted.url + path, admitted))
         if args.compare_tree is not None:
             base = launcher.start_gateway(
                 policy,
@@ -344,6 +355,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "commit": _commit_of(args.tree),
             "experiment": args.experiment,
             "fleet": _FLEET_SUMMARY if args.fleet else None,
+            "admission": _ADMISSION_SUMMARY if args.admission else None,
             "compare_tree": _commit_of(args.compare_tree) if args.compare_tree else None,
             "tracing": _tracing_summary(args.tracing),
             "policy": policy,
@@ -361,6 +373,8 @@ def throughput_mode(args: argparse.Namespace) -> int:
     default = (
         "bench-tracing-latest.json"
         if args.tracing
+        else "bench-admission-latest.json"
+        if args.admission
         else "bench-fleet-latest.json"
         if args.fleet or args.compare_tree
         else "bench-latest.json"
@@ -426,6 +440,45 @@ def _start_fleet_gateway(launcher: Launcher, args: argparse.Namespace, policy: s
     )
     _check_gateway(fleet)
     return fleet
+
+
+_ADMISSION_SUMMARY = (
+    "--api-keys with one key (rpm, tpm, day and month budget, far above the load) and a "
+    "price table; the route's `flow: {max_in_flight: 100000}` (never saturated)"
+)
+
+
+def _start_admission_gateway(launcher: Launcher, args: argparse.Namespace, policy: str) -> Service:
+    """The bench gateway again with admission on and nothing ever refused: what the
+    key check, the quota pre-charge and reconcile, and the flow gate cost per request."""
+    keys = launcher.root / "keys.json"
+    limit = {"route": "*", "rpm": 10**9, "tpm": 10**12, "budget": {"day": 1e9, "month": 1e9}}
+    keys.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    {
+                        "name": "bench",
+                        "key": configs.API_KEY,
+                        "tenant": "bench",
+                        "limits": [limit],
+                    }
+                ],
+                "prices": [{"route": "*", "prompt": 1.0, "completion": 2.0}],
+            }
+        )
+    )
+    flowed = policy + "flow: {max_in_flight: 100000}\n"
+    admitted = launcher.start_gateway(
+        flowed,
+        args.python,
+        [*_worker_args(args.workers), "--api-keys", str(keys)],
+        name="gateway-admission",
+        compiled=_compiled_mode(args),
+        tree=args.tree,
+    )
+    _check_gateway(admitted)
+    return admitted
 
 
 def _commit_of(tree: Path) -> str:

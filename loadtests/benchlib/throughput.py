@@ -208,7 +208,12 @@ def add_comparisons(
             ratios[f"{name}_vs_gateway_cpu"] = cpu(name, "gateway")
             ratios[f"{name}_added_cpu_us"] = cpu_added(name, "gateway")
     # Before/after rows: this checkout against another commit's, and the fleet wiring.
-    for name, other in (("gateway", "gateway-base"), ("gateway-fleet", "gateway")):
+    pairs = (
+        ("gateway", "gateway-base"),
+        ("gateway-fleet", "gateway"),
+        ("gateway-admission", "gateway"),
+    )
+    for name, other in pairs:
         if name in by_name and other in by_name:
             key = f"{name}_vs_{other}".replace("-", "_")
             ratios[f"{key}_rps"] = rps(name, other)
