@@ -294,7 +294,10 @@ def _limits(
                         or not isinstance(amount, int | float)
                         or not 0 < amount < 1e9
                     ):
-                        raise KeysFileError(f"{at}.budget.{name}: must be a positive USD amount")
+                        raise KeysFileError(
+                            f"{at}.budget.{name}: must be a USD amount above 0 and below "
+                            f"1e9, not {amount!r}"
+                        )
                     found.append((kind, round(amount * PICO)))
         if not found:
             raise KeysFileError(f"{at}: give at least one of rpm, tpm, budget")

@@ -70,7 +70,13 @@ def key(name: str = "a", **fields: Any) -> dict[str, Any]:
         ),
         (
             {"keys": [key(limits=[{"budget": {"day": -1}}])]},
-            "key 'a': limits[0] (route '*').budget.day: must be a positive USD amount",
+            "key 'a': limits[0] (route '*').budget.day: must be a USD amount above 0 and "
+            "below 1e9, not -1",
+        ),
+        (
+            {"keys": [key(limits=[{"budget": {"month": 1e9}}])]},
+            "key 'a': limits[0] (route '*').budget.month: must be a USD amount above 0 and "
+            "below 1e9, not 1000000000.0",
         ),
         (
             {"keys": [key(limits=[{"route": "chat", "tpm": 5}, {"route": "chat", "tpm": 9}])]},
