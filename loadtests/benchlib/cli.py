@@ -452,7 +452,7 @@ def _start_admission_gateway(launcher: Launcher, args: argparse.Namespace, polic
     """The bench gateway again with admission on and nothing ever refused: what the
     key check, the quota pre-charge and reconcile, and the flow gate cost per request."""
     keys = launcher.root / "keys.json"
-    limit = {"route": "*", "rpm": 10**9, "tpm": 10**12, "budget": {"day": 1e9, "month": 1e9}}
+    limit = {"route": "*", "rpm": 10**9, "tpm": 10**12, "budget": {"day": 1e8, "month": 1e8}}
     keys.write_text(
         json.dumps(
             {
