@@ -58,6 +58,7 @@ from gateway.dataplane.http import wire
 from gateway.dataplane.http.server import ClientConnection, ResponseSource
 from gateway.dataplane.pick import attempt_failed, first_target, retry_target, room
 from gateway.dataplane.quota import Charge
+from gateway.dataplane.scorers import Ask
 from gateway.dataplane.shared import SharedState
 from gateway.dataplane.snapshot import Endpoint, Variant
 from gateway.dataplane.styles import ErrorStyle
@@ -186,6 +187,8 @@ class Exchange(ResponseSource):
     # What the client's key was pre-charged (quotas; None: no limits apply), settled to
     # the backend's usage once, whichever way the request ends (`_settle`).
     charge: Charge | None = None
+    # What the request gives the pool's scored picker (routes with a `picker`), else None.
+    ask: Ask | None = None
 
     def __init__(
         self,
@@ -227,7 +230,7 @@ class Exchange(ResponseSource):
     def start(self) -> None:
         # The decided variant, else its fallbacks (no retry is spent: nothing was sent),
         # else the panic pick; the gRPC front chooses with the same routine.
-        target = first_target(self.decision, self.plane.now, self.plane.turns)
+        target = first_target(self.decision, self.plane.now, self.plane.turns, None, self.ask)
         if target is not None:
             variant, idx = target
             gate = variant.flow
@@ -444,7 +447,14 @@ class Exchange(ResponseSource):
     def _next_target(self, kind: str) -> tuple[Variant, int] | None:
         """Where to retry after a failure of `kind`, or None (spends retry budget)."""
         return retry_target(
-            self.decision, self.attempts, self.tried, kind, self.plane.now, self.plane.turns
+            self.decision,
+            self.attempts,
+            self.tried,
+            kind,
+            self.plane.now,
+            self.plane.turns,
+            None,
+            self.ask,
         )
 
     def _attempt_failed(self, err: UpstreamError) -> None:

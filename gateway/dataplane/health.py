@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from gateway.dataplane.flow import FlowQueues
+from gateway.dataplane.picker_state import PickerPools
 from gateway.observability.metrics import EndpointGauges, GatewayMetrics
 
 PROBE_EJECTED = float("inf")  # `ejected_until` of an endpoint its probes took out
@@ -150,6 +151,8 @@ class HealthRegistry:
         self._budgets: dict[str, RetryBudget] = {}
         # The queues of flow-controlled pools (routes with a `flow` block).
         self.flows = FlowQueues(metrics.flow)
+        # What the scored pickers learnt per pool (prefix table, sessions, context sizes).
+        self.pickers = PickerPools()
 
     def endpoint(self, backend: str) -> EndpointState:
         state = self._endpoints.get(backend)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import PROBE_EJECTED
+from gateway.dataplane.scorers import Ask
 from gateway.dataplane.snapshot import Endpoint, RetryPolicy, Variant
 from gateway.observability.metrics import RequestSeries
 
@@ -85,9 +86,13 @@ def room(gate: FlowGate, variant: Variant, level: int, now: float, prefer: int) 
     return best
 
 
-def candidates(decision: Decision, now: float, turn: int) -> Iterator[tuple[Variant, int]]:
-    """Every (variant, endpoint index) worth trying, best first, fallbacks last."""
+def candidates(
+    decision: Decision, now: float, turn: int, ask: Ask | None = None
+) -> Iterator[tuple[Variant, int]]:
+    """Every (variant, endpoint index) worth trying, best first, fallbacks last; with
+    `ask`, not the endpoints of a scored pool too small for the request."""
     for variant in decision.order:
+        picker = variant.picker if ask is not None else None
         order = sorted(
             range(len(variant.endpoints)),
             key=lambda i: (
@@ -98,7 +103,9 @@ def candidates(decision: Decision, now: float, turn: int) -> Iterator[tuple[Vari
             ),
         )
         for i in order:
-            if variant.endpoints[i].state.ejected_until <= now:
+            if variant.endpoints[i].state.ejected_until > now:
+                continue
+            if picker is None or ask is None or picker.fits(ask, i):
                 yield variant, i
 
 
@@ -152,6 +159,7 @@ def first_target(
     now: float,
     turns: Turns,
     usable: Callable[[Variant], bool] | None = None,
+    ask: Ask | None = None,
 ) -> tuple[Variant, int] | None:
     """Where a request's first attempt goes, or None when no endpoint can take it.
 
@@ -159,16 +167,22 @@ def first_target(
     (counted as a fallback; no retry is spent, nothing was sent); then the panic pick
     (counted); else None, counted as no_healthy. The request counts towards the route's
     retry budget. `usable` leaves out variants a front cannot reach (the gRPC front's
-    need a gRPC port). HTTP exchanges and gRPC calls share it, and `retry_target`.
+    need a gRPC port). HTTP exchanges and gRPC calls share it, and `retry_target`. A
+    variant with a `picker` scores its endpoints for `ask` (what the request gives the
+    scorers; None: the least loaded, as without a picker).
     """
     route = decision.route
     route.budget.record_request(now)
     variant = decision.variant
     if usable is None or usable(variant):
-        idx = pick(variant, now, turns.next_turn())
+        picker = variant.picker
+        if picker is not None and ask is not None:
+            idx = picker.choose(ask, now, turns.next_turn())
+        else:
+            idx = pick(variant, now, turns.next_turn())
         if idx >= 0:
             return variant, idx
-    for fallback, i in candidates(decision, now, turns.next_turn()):
+    for fallback, i in candidates(decision, now, turns.next_turn(), ask):
         if usable is None or usable(fallback):
             route.counters.fallbacks += 1
             return fallback, i
@@ -188,6 +202,7 @@ def retry_target(
     now: float,
     turns: Turns,
     usable: Callable[[Variant], bool] | None = None,
+    ask: Ask | None = None,
 ) -> tuple[Variant, int] | None:
     """Where to retry after a failure of `kind`, or None; spends the route's retry
     budget and counts retries, denials and fallbacks. HTTP and gRPC share it."""
@@ -195,7 +210,7 @@ def retry_target(
     policy = route.retries
     if attempts >= policy.attempts or not retryable(policy, kind):
         return None
-    for variant, idx in candidates(decision, now, turns.next_turn()):
+    for variant, idx in candidates(decision, now, turns.next_turn(), ask):
         if (variant.index, idx) in tried or (usable is not None and not usable(variant)):
             continue
         if not route.budget.try_retry(now, policy.budget, policy.min_per_second):

@@ -63,6 +63,13 @@ class ProxyPlane(RequestHandler):
         replace the client's path upstream, `response_filter` rewrites the answer."""
         if self.draining:
             raise Unavailable("the gateway is shutting down; retry on another replica")
+        ask = None
+        picker = decision.variant.picker
+        if picker is not None:
+            # What the pool's scorers need of the request; a request no endpoint of the
+            # pool has the context for is refused here (400), before quotas charge it.
+            ask = picker.ask(request.body, parsed, request.fields)
+            picker.check_fit(ask, parsed)
         charge = None
         key = request.key
         if key is not None and key.metered and key.quotas is not None:
@@ -87,4 +94,5 @@ class ProxyPlane(RequestHandler):
             exchange.response_filter = response_filter
         exchange.strip_usage = strip_usage
         exchange.charge = charge
+        exchange.ask = ask
         conn.start_exchange(exchange)

@@ -17,6 +17,7 @@ from zlib import crc32
 
 from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import EndpointState, RetryBudget
+from gateway.dataplane.scorers import Picker
 from gateway.dataplane.shadow.verdict import Tolerance
 from gateway.observability.metrics import RequestSeries, RouteCounters
 from gateway.observability.shadow_metrics import ShadowSeries
@@ -82,6 +83,9 @@ class Variant:
     # The route's flow control of this pool (limits, priorities, its queue); None = off,
     # and the request path tests only that.
     flow: FlowGate | None = None
+    # Scored picking (the policy's `picker`: weighted scorers, prefix and session
+    # affinity, context fit); None = the least loaded endpoint (`pick.pick`).
+    picker: Picker | None = None
 
 
 @dataclass(frozen=True, slots=True)

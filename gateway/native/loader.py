@@ -42,7 +42,9 @@ HOT_MODULES: Final = (
     "gateway.dataplane.pick",
     "gateway.dataplane.plane",
     "gateway.dataplane.proxy",
+    "gateway.dataplane.picker_state",
     "gateway.dataplane.quota",
+    "gateway.dataplane.scorers",
     "gateway.dataplane.http.server",
     "gateway.dataplane.shadow.mirror",
     "gateway.dataplane.shadow.call",
@@ -53,6 +55,7 @@ HOT_MODULES: Final = (
     "gateway.observability.flow_metrics",
     "gateway.observability.histogram",
     "gateway.observability.metrics",
+    "gateway.observability.picker_metrics",
     "gateway.observability.quota_metrics",
     # What the exchange calls per request while tracing is on: the sampling decision
     # for every request, the span records for sampled ones; and their OTLP encoding,

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from gateway.observability.drift_metrics import DriftCounters, drift_families
 from gateway.observability.flow_metrics import FlowCounters, flow_families
 from gateway.observability.histogram import Histogram
+from gateway.observability.picker_metrics import PickerCounters, picker_families
 from gateway.observability.quota_metrics import QuotaMetrics, quota_families
 from gateway.observability.rollout_metrics import RolloutCounters, rollout_families
 from gateway.observability.shadow_metrics import ShadowMetrics, shadow_families
@@ -221,6 +222,8 @@ class GatewayMetrics:
         self.quota = QuotaMetrics()
         # Flow control of saturated pools (flow_metrics; gateway.dataplane.flow).
         self.flow = FlowCounters()
+        # Scored endpoint picks (picker_metrics; gateway.dataplane.scorers).
+        self.picker = PickerCounters()
         # Tasks alive on the process's event loop (set by the app): a leak shows here.
         self.loop_tasks: Callable[[], int] | None = None
 
@@ -479,6 +482,7 @@ class GatewayMetrics:
         yield from (keys, tasks)
         yield from quota_families(self.quota)
         yield from flow_families(self.flow)
+        yield from picker_families(self.picker)
         yield from self._registry_families()
         yield from drift_families(self.drift)
         yield from shadow_families(self.shadow)

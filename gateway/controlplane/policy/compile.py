@@ -37,6 +37,7 @@ from gateway.controlplane.policy.loader import (
     PolicySource,
     collect_policies,
 )
+from gateway.controlplane.policy.pickerspec import PickerSpec, compile_picker, picker_problems
 from gateway.controlplane.policy.rollouts import rollout_problems
 from gateway.controlplane.policy.schema import HealthCheckSpec, RoutingPolicy, VariantSpec
 from gateway.controlplane.policy.shadows import compile_shadows, shadow_problems
@@ -112,6 +113,10 @@ def check_policies(
         load = [v.load_metrics for v in policy.variants]
         found_flow = flow_problems(policy.flow, load)
         problems.extend(source.problem(loc, message) for loc, message in found_flow)
+        found_picker = picker_problems(
+            policy.protocol, policy.picker, [v.picker for v in policy.variants]
+        )
+        problems.extend(source.problem(loc, message) for loc, message in found_picker)
         found_shadow = shadow_problems(policy, registry, NO_REGISTRY)
         problems.extend(source.problem(loc, message) for loc, message in found_shadow)
     return problems
@@ -272,6 +277,7 @@ def _route(
             protocol=policy.protocol,
             route_check=policy.health_check,
             flow=flow_gate(policy.route, spec.name, policy.flow, health),
+            picker=spec.picker or policy.picker,
         )
         for i, spec in enumerate(policy.variants)
     )
@@ -352,6 +358,7 @@ def _variant(
     protocol: str = "openai",
     route_check: HealthCheckSpec | None = None,
     flow: FlowGate | None = None,
+    picker: PickerSpec | None = None,
 ) -> Variant:
     # A pinned target (models:/NAME/3) names its version without a registry; alias
     # targets get theirs from the resolver's binding.
@@ -387,6 +394,14 @@ def _variant(
         model_version=spec.model_version or "",
         health_check=health_check(protocol, route_check, spec.health_check, model_path),
         flow=flow,
+        picker=compile_picker(
+            route,
+            spec.name,
+            picker,
+            tuple(e.state for e in endpoints),
+            health.pickers,
+            metrics.picker,
+        ),
     )
 
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from gateway.controlplane.policy.rollouts import tracks_feedback
 from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.decide import RequestHead, decide, header_value, sticky_point
@@ -105,6 +107,8 @@ def _explain(
     }
     if chosen.flow is not None:
         result["flow"] = _flow(chosen, head)
+    if chosen.picker is not None:
+        result["picker"] = _picker(chosen, head, at)
     if decision.reason == "override":
         index, matched = _matched_override(route, head, chosen)
         shown = ", ".join(f"{k}={v}" for k, v in matched.items())
@@ -167,6 +171,39 @@ def _flow(variant: Variant, head: RequestHead) -> dict[str, Any]:
     except GatewayError as err:
         view["priority"] = None
         view["priority_problem"] = err.message
+    return view
+
+
+def _picker(variant: Variant, head: RequestHead, now: float) -> dict[str, Any]:
+    """The pool's scored picker: its settings, and for this request (the body as JSON)
+    each endpoint's scores now, or the 400 a request no endpoint fits gets. Nothing is
+    recorded or counted."""
+    picker = variant.picker
+    assert picker is not None
+    view = picker.describe()
+    body = orjson.dumps(head.body) if head.body is not None else b""
+    fields = dict(head.fields) if head.fields is not None else dict(head.headers)
+    ask = picker.ask(body, head.body, fields)
+    view["request"] = {
+        "prefix_blocks": len(ask.hashes),
+        "session": ask.session.decode("utf-8", "replace") or None,
+        "max_tokens": ask.max_tokens,
+    }
+    try:
+        picker.check_fit(ask, head.body, count=False)
+    except GatewayError as err:
+        view["refused"] = err.message
+        return view
+    if ask.exact:
+        view["request"]["prompt_tokens"] = ask.tokens
+    rows = picker.explain(ask, now)
+    for row, endpoint in zip(rows, variant.endpoints, strict=True):
+        row["url"] = endpoint.url
+    totals = [row["total"] for row in rows if row["candidate"]]
+    best = max(totals) if totals else None
+    for row in rows:
+        row["best"] = row["candidate"] and row["total"] == best
+    view["endpoints"] = rows
     return view
 
 
@@ -279,6 +316,9 @@ def render_text(result: dict[str, Any]) -> str:
             f"priority:  {flow['priority'] or flow.get('priority_problem')} (without a key; "
             f"default {flow['default_priority']})"
         )
+    picker = result.get("picker")
+    if picker:
+        lines.extend(_picker_lines(picker))
     lines.append(f"fallback:  {', '.join(result['fallback']) or 'none'}")
     lines.append(f"order:     {' -> '.join(result['order'])}")
     statistics = result.get("statistics")
@@ -289,3 +329,28 @@ def render_text(result: dict[str, Any]) -> str:
             f"{statistics['covers']}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _picker_lines(picker: dict[str, Any]) -> list[str]:
+    """`picker:` and `scores:` lines of the text explanation."""
+    weights = ", ".join(f"{name} {weight:g}" for name, weight in picker["scorers"].items())
+    context = picker["context"]
+    if not context["fit"]:
+        fit = "no context fit"
+    elif context["max_model_len"]:
+        fit = f"context fit, max_model_len {context['max_model_len']}"
+    else:
+        fit = "context fit, max_model_len from /v1/models"
+    lines = [f"picker:    {weights}; spread_above {picker['spread_above']}; {fit}"]
+    if picker.get("refused"):
+        lines.append(f"refused:   400 {picker['refused']}")
+        return lines
+    for i, row in enumerate(picker.get("endpoints", [])):
+        label = "scores:" if i == 0 else ""
+        if not row["candidate"]:
+            lines.append(f"{label:<11}{row['url']} skipped: {row['skipped']}")
+            continue
+        parts = ", ".join(f"{k} {v:g}" for k, v in row["scores"].items() if v)
+        mark = " <- best" if row["best"] else ""
+        lines.append(f"{label:<11}{row['url']} {row['total']:g} ({parts or 'all 0'}){mark}")
+    return lines

@@ -32,6 +32,7 @@ from gateway.controlplane.policy.fields import (
     problem,
 )
 from gateway.controlplane.policy.flowspec import FlowSpec
+from gateway.controlplane.policy.pickerspec import PickerSpec
 from gateway.controlplane.policy.rolloutspec import ExperimentSpec, RolloutSpec
 from gateway.controlplane.policy.shadowspec import ShadowSpec
 from gateway.dataplane.snapshot import (
@@ -156,6 +157,13 @@ class VariantSpec(_Model):
         "kv_cache_usage_perc) every second, off the request path, and requests go to the "
         "endpoint with the least load (the larger of the gateway's in-flight count and "
         "the backend's queued + running), then the lower KV-cache use.",
+    )
+    picker: PickerSpec | None = Field(
+        default=None,
+        description="How an endpoint of this variant's pool is picked: weighted scorers "
+        "(prefix_cache, session, queue, kv_cache, random) and context fit; replaces the "
+        "route's `picker` for this variant. Leave out (and the route's too) for the least "
+        "loaded endpoint, then the lower KV-cache use.",
     )
     backend_protocol: Literal["openai", "ollama"] | None = Field(
         default=None,
@@ -415,6 +423,13 @@ class RoutingPolicy(_Model):
         "endpoint; beyond it requests wait in a bounded queue, highest priority first and "
         "fairly between tenants, and are shed with 429/503 when it is full. Leave out: "
         "every request goes straight to the backends.",
+    )
+    picker: PickerSpec | None = Field(
+        default=None,
+        description="How an endpoint of each variant's pool is picked (a variant's own "
+        "`picker` replaces it): weighted scorers such as {prefix_cache: 2, queue: 1, "
+        "kv_cache: 1, session: 3}, prefix-cache and session affinity, context fit (see "
+        "docs/picking.md). openai and ollama routes.",
     )
     health_check: HealthCheckSpec | None = Field(
         default=None,
