@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import COMPILED, __version__
 from gateway.admin.app import build_admin_app
 from gateway.admin.server import AdminServer
+from gateway.controlplane.backends.context import ContextWatcher
 from gateway.controlplane.backends.health import HealthChecker
 from gateway.controlplane.backends.load import LoadWatcher
 from gateway.controlplane.k8s.client import KubeAccess
@@ -218,6 +219,7 @@ class Gateway:
         self.drift.start(ref)
         tracing.start()
         background.append(loop.create_task(LoadWatcher(ref).run()))  # idle without opt-ins
+        background.append(loop.create_task(ContextWatcher(ref).run()))  # pickers' context
         background.append(loop.create_task(HealthChecker(ref, self.metrics).run()))
         background.append(loop.create_task(rollouts.run(ref)))  # idle without rollouts
         background.append(loop.create_task(feedback.check_store()))  # a warning, or nothing
