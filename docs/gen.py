@@ -775,6 +775,75 @@ def micro_flow() -> str:
     )
 
 
+def prefix_routing() -> str:
+    """Least-loaded vs prefix-aware vs random picking on simulators with a prefix cache."""
+    result = _load("prefix-routing-latest.json")
+    s = result["scenario"]
+    labels = {
+        "least_loaded": "least loaded (no `picker`)",
+        "prefix_aware": "`{prefix_cache: 3, queue: 1}`",
+        "random": "`{random: 1}`",
+    }
+    rows = [
+        [
+            labels.get(mode, mode),
+            f"{_num(r['completed'], ',d')} / {_num(r['sent'], ',d')}",
+            _num(r["throughput_rps"], ".1f"),
+            _num(r["ttft_p50_ms"], ",.0f"),
+            _num(r["ttft_p99_ms"], ",.0f"),
+            _num(r["sim_prefix_hit_rate"], ".0%"),
+        ]
+        for mode, r in result["modes"].items()
+    ]
+    return (
+        _header("loadtests/results/prefix-routing-latest.json")
+        + f"Run: {run_text(result['machine'])}.\n\n"
+        + f"{s['endpoints']} simulators, each caching {s['cache_blocks']} blocks of 16 tokens "
+        f"and prefilling {s['prefill_tokens_per_s']:,.0f} uncached tokens/s; {s['tenants']} "
+        f"tenants with a {s['system_words']}-token system prompt each (a cold prefill "
+        f"{s['cold_prefill_ms']:.0f} ms) and a {s['user_words']}-token user turn; "
+        f"{s['rate']:g} streamed requests/s for {s['seconds']:g} s, {s['tokens']} tokens "
+        f"each {s['chunk_delay_ms']} ms apart.\n\n"
+        + _table(
+            [
+                "picker",
+                "completed",
+                "throughput req/s",
+                "TTFT p50 ms",
+                "TTFT p99 ms",
+                "simulator prefix hits",
+            ],
+            rows,
+        )
+    )
+
+
+def micro_picker() -> str:
+    """The picker's cost per request for a pool of 8, from loadtests/micro_picker.py."""
+    result = _load("micro-picker-latest.json")
+    rows = [
+        [
+            r["case"],
+            _num(r["system_bytes"], ",d"),
+            _num(r["ask_us"], ".2f"),
+            _num(r["choose_us"], ".2f"),
+            _num(r["total_us"], ".2f"),
+            _num(r.get("total_best_us"), ".2f"),
+        ]
+        for r in result["rows"]
+    ]
+    return (
+        _header("loadtests/results/micro-picker-latest.json")
+        + f"Run: {run_text(result['machine'])}; {result['request_path']} request path, "
+        f"{result['endpoints']} endpoints; medians of {result['rounds']} interleaved rounds of "
+        f"{result['requests']:,} requests, and the best round's total.\n\n"
+        + _table(
+            ["picker", "system prompt bytes", "ask us", "choose us", "total us", "best total us"],
+            rows,
+        )
+    )
+
+
 # ---- references from the code ---------------------------------------------------------
 
 
@@ -931,6 +1000,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "soak.md": soak,
     "overload.md": overload,
     "micro-flow.md": micro_flow,
+    "prefix-routing.md": prefix_routing,
+    "micro-picker.md": micro_picker,
     "policy-reference.md": policy_reference,
     "metrics-reference.md": metrics_reference,
     "layout.md": layout,
