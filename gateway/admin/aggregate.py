@@ -37,6 +37,7 @@ _MAX_MERGED = frozenset(
         "switchyard_backend_queue_depth",
         "switchyard_backend_running",
         "switchyard_backend_kv_cache_usage",
+        "switchyard_backend_max_model_len",
         "switchyard_registry_stale",
         "switchyard_kubernetes_watch_synced",
         "switchyard_discovery_endpoints",

@@ -40,6 +40,16 @@ def test_backend_reports_are_not_multiplied_by_workers() -> None:
     assert 'switchyard_backend_probe_down{backend="b:1"} 1.0' in merged
 
 
+def test_context_lengths_are_not_multiplied_by_workers() -> None:
+    # Both workers' pickers read the backend's /v1/models: one length, not twice it.
+    one = (
+        "# TYPE switchyard_backend_max_model_len gauge\n"
+        'switchyard_backend_max_model_len{backend="b:1"} 4096.0\n'
+    )
+    merged = merge_expositions([one, one])
+    assert 'switchyard_backend_max_model_len{backend="b:1"} 4096.0' in merged
+
+
 # OpenMetrics: the same sums, and the newest exemplar per bucket ------------------------
 
 TRACE_A = "a" * 32
