@@ -185,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--admission",
         action="store_true",
-        help="add a row for the same gateway with admission on: an API key with rpm, "
-        "tpm and budget limits and prices (never reached), and a `flow:` block whose "
-        "in-flight limit is never reached (the cost when nothing is limited)",
+        help="add two rows for the same gateway behind an API key: without limits, and "
+        "with rpm, tpm and budget limits and prices and a `flow:` block, none of them "
+        "reached (what admission costs a request it admits)",
     )
     parser.add_argument(
         "--compare-tree",
@@ -292,9 +292,12 @@ def throughput_mode(args: argparse.Namespace) -> int:
             fleet = _start_fleet_gateway(launcher, args, policy)
             systems.append(System(fleet.name, "gateway, fleet wiring", fleet.url + path, fleet))
         if args.admission:
-            admitted = _start_admission_gateway(launcher, args, policy)
-            label = "gateway, keys + limits + flow"
-            systems.append(System(admitted.name, label, admitted.url + path, admitted))
+            for limits, label in (
+                (False, "gateway, API key"),
+                (True, "gateway, key limits + flow"),
+            ):
+                admitted = _start_admission_gateway(launcher, args, policy, limits=limits)
+                systems.append(System(admitted.name, label, admitted.url + path, admitted))
         if args.compare_tree is not None:
             base = launcher.start_gateway(
                 policy,
@@ -443,37 +446,36 @@ def _start_fleet_gateway(launcher: Launcher, args: argparse.Namespace, policy: s
 
 
 _ADMISSION_SUMMARY = (
-    "--api-keys with one key (rpm, tpm, day and month budget, far above the load) and a "
-    "price table; the route's `flow: {max_in_flight: 100000}` (never saturated)"
+    "gateway-keys: --api-keys with one key, no limits; gateway-admission: the same key "
+    "with rpm, tpm, day and month budget limits far above the load and a price table, "
+    "and the route's `flow: {max_in_flight: 100000}` (never saturated)"
 )
 
 
-def _start_admission_gateway(launcher: Launcher, args: argparse.Namespace, policy: str) -> Service:
-    """The bench gateway again with admission on and nothing ever refused: what the
-    key check, the quota pre-charge and reconcile, and the flow gate cost per request."""
-    keys = launcher.root / "keys.json"
-    limit = {"route": "*", "rpm": 10**9, "tpm": 10**12, "budget": {"day": 1e8, "month": 1e8}}
-    keys.write_text(
-        json.dumps(
-            {
-                "keys": [
-                    {
-                        "name": "bench",
-                        "key": configs.API_KEY,
-                        "tenant": "bench",
-                        "limits": [limit],
-                    }
-                ],
-                "prices": [{"route": "*", "prompt": 1.0, "completion": 2.0}],
-            }
-        )
-    )
-    flowed = policy + "flow: {max_in_flight: 100000}\n"
+def _start_admission_gateway(
+    launcher: Launcher, args: argparse.Namespace, policy: str, *, limits: bool
+) -> Service:
+    """The bench gateway again behind API keys: with `limits`, the key has rpm, tpm
+    and budget limits and prices and the route a `flow` block, none of them ever
+    reached (what admission costs a request it admits); without, the plain key check
+    (the baseline of that comparison)."""
+    name = "gateway-admission" if limits else "gateway-keys"
+    keys = launcher.root / f"keys-{name}.json"
+    key: dict[str, object] = {"name": "bench", "key": configs.API_KEY}
+    table: dict[str, object] = {"keys": [key]}
+    if limits:
+        key["tenant"] = "bench"
+        key["limits"] = [
+            {"route": "*", "rpm": 10**9, "tpm": 10**12, "budget": {"day": 1e8, "month": 1e8}}
+        ]
+        table["prices"] = [{"route": "*", "prompt": 1.0, "completion": 2.0}]
+        policy += "flow: {max_in_flight: 100000}\n"
+    keys.write_text(json.dumps(table))
     admitted = launcher.start_gateway(
-        flowed,
+        policy,
         args.python,
         [*_worker_args(args.workers), "--api-keys", str(keys)],
-        name="gateway-admission",
+        name=name,
         compiled=_compiled_mode(args),
         tree=args.tree,
     )

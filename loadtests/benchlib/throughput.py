@@ -211,7 +211,8 @@ def add_comparisons(
     pairs = (
         ("gateway", "gateway-base"),
         ("gateway-fleet", "gateway"),
-        ("gateway-admission", "gateway"),
+        ("gateway-keys", "gateway"),
+        ("gateway-admission", "gateway-keys"),
     )
     for name, other in pairs:
         if name in by_name and other in by_name:
