@@ -489,6 +489,55 @@ def _before_after(file: str, what: str) -> str:
     return "\n".join([*lines, ""])
 
 
+def bench_admission() -> str:
+    """Admission's cost to a request it admits: the gateway, behind an API key, and
+    behind a key with limits plus a flow block (none reached), in one bench run."""
+    result = _load("bench-admission-latest.json")
+    systems, ratios, gateway = result["systems"], result["ratios"], result["gateway"]
+    rows = []
+    for name in ("gateway", "gateway-keys", "gateway-admission"):
+        entry = systems[name]
+        samples = ", ".join(_num(x, ".1f") for x in entry.get("cpu_us_per_req_samples", []))
+        rows.append(
+            [
+                entry["label"],
+                _num(entry.get("rps_median"), ",.0f"),
+                _num(entry.get("cpu_us_per_req"), ".1f"),
+                samples,
+                _num(entry.get("p50_ms"), ".3f"),
+                _num(entry.get("p99_ms"), ".3f"),
+            ]
+        )
+    table = _table(
+        [
+            "gateway",
+            f"req/s (c={result['config']['connections']}, median of {result['config']['repeat']})",
+            "CPU us/req",
+            "CPU us/req per round",
+            "p50 ms (c=1)",
+            "p99 ms (c=1)",
+        ],
+        rows,
+        (0, 3),
+    )
+    keys = _num(ratios.get("gateway_keys_vs_gateway_added_cpu_us"), ".1f", signed=True)
+    limits = _num(ratios.get("gateway_admission_vs_gateway_keys_added_cpu_us"), ".1f", signed=True)
+    return "\n".join(
+        [
+            _header("loadtests/results/bench-admission-latest.json"),
+            f"`loadtests/bench --admission`, commit `{gateway.get('commit')}`. Run: "
+            f"{run_text(result['machine'])}.",
+            "",
+            f"{gateway.get('admission')}.",
+            "",
+            table,
+            f"In this run the API key check costs **{keys} us** per request and limits plus "
+            f"flow control **{limits} us** more (medians of per-round differences).",
+            "",
+        ]
+    )
+
+
 def bench_fleet() -> str:
     return _before_after(
         "bench-fleet-latest.json",
@@ -995,6 +1044,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-tracing.md": bench_tracing,
     "bench-tracing-off.md": bench_tracing_off,
     "bench-fleet.md": bench_fleet,
+    "bench-admission.md": bench_admission,
     "kserve-latency.md": kserve_latency,
     "chaos.md": chaos,
     "soak.md": soak,
