@@ -181,8 +181,10 @@ def worker_families(status: Mapping[str, Any] | None) -> Iterator[object]:
         "(more rows came before their config than the worker holds), shutdown (the worker "
         "stopped before their config came), lost (in datagrams that never arrived: a gap "
         "in a sender's numbers), malformed and wire_version (datagrams it could not read, "
-        "or of another release; counted per datagram). Route and version are empty where "
-        "the worker cannot know them.",
+        "or of another release; counted per datagram), unauthenticated and bad_tag "
+        "(datagrams without a tag, or with a wrong one, at a worker that has the fleet "
+        "secret; counted per datagram). Route and version are empty where the worker "
+        "cannot know them.",
         labels=[*rv, "reason"],
     )
     episodes = CounterMetricFamily(
