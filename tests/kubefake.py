@@ -23,7 +23,9 @@ does (https://kubernetes.io/docs/reference/using-api/api-concepts/):
   manifests themselves, so they prove those grant enough, in the right namespaces.
 
 Test hooks: `drop_watches()` aborts every open watch connection (a dropped TCP
-connection), `compact()` forgets history so resuming watches get 410.
+connection), `compact()` forgets history so resuming watches get 410, and
+`hold_reads(path_part, count)` answers the next `count` GETs of a path only once all of
+them have arrived, so racing clients are certain to read the same resourceVersion.
 
 It runs on its own event loop in a daemon thread, so both synchronous tests driving
 gateway processes and asynchronous tests can use it; its methods are thread-safe.
@@ -32,6 +34,7 @@ gateway processes and asynchronous tests can use it; its methods are thread-safe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import threading
@@ -103,6 +106,14 @@ class Request:
 
 
 @dataclass
+class _ReadBarrier:
+    path_part: str
+    count: int
+    all_here: asyncio.Event
+    arrived: int = 0
+
+
+@dataclass
 class FakeKube:
     """The fake API server; `start()` it, `kubeconfig(path)` for clients, `stop()` it."""
 
@@ -120,6 +131,7 @@ class FakeKube:
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
+    _held: _ReadBarrier | None = None
     port: int = 0
 
     # Lifecycle -------------------------------------------------------------------
@@ -239,6 +251,15 @@ class FakeKube:
 
         return self._call(drop())  # type: ignore[no-any-return]
 
+    def hold_reads(self, path_part: str, count: int) -> None:
+        """Answer the next `count` GETs whose path contains `path_part` only once all
+        `count` have arrived (for at most 10 s): they all read the same version."""
+
+        async def hold() -> None:
+            self._held = _ReadBarrier(path_part, count, asyncio.Event())
+
+        self._call(hold())
+
     def compact(self) -> int:
         """Forget the event history: a watch resuming from an older version gets 410."""
 
@@ -308,6 +329,14 @@ class FakeKube:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         record = Request(request.method, request.path, dict(request.query))
         self.requests.append(record)
+        held = self._held
+        if held is not None and request.method == "GET" and held.path_part in request.path:
+            held.arrived += 1
+            if held.arrived >= held.count:
+                self._held = None
+                held.all_here.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.all_here.wait(), 10.0)
         response = await self._route(request)
         record.status = response.status
         return response

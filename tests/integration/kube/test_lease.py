@@ -51,7 +51,9 @@ async def test_a_stale_write_gets_409_and_loses(kube: FakeKube, access: KubeAcce
     assert lease is not None
     lease["spec"]["holderIdentity"] = ""  # released, so both may take it...
     kube.apply(lease)
-    # ...and both read the same version; the API server accepts only the first write.
+    # ...and both read the same version (the fake answers both reads together, however
+    # the machine schedules them); the API server accepts only the first write.
+    kube.hold_reads("/leases/rollout-chat", 2)
     results = await asyncio.gather(a.try_acquire(), b.try_acquire())
     assert sorted(results) == [False, True]
     assert any(r.status == 409 for r in kube.served("PUT", "/leases/rollout-chat"))
