@@ -273,7 +273,10 @@ def test_a_challenger_failing_behind_one_replica_rolls_back_the_fleet(fleet: Fle
                     break
     assert status == "rolled_back"
     view = wait_rollout(replicas[writer], "rb", lambda s: s["status"] == "rolled_back")
-    assert events(view) == ["started", "rollback"]
+    # Healthy traffic may carry the first step before the failures are scraped; the
+    # failing challenger never completes and is rolled back.
+    assert events(view)[0] == "started" and events(view)[-1] == "rollback"
+    assert "completed" not in events(view)
     assert "gate error_rate failed" in view["state"]["history"][-1]["reason"]
     # Nothing failed in the writer's replica: only the fleet's numbers explain it.
     assert replicas[writer].metric("switchyard_upstream_failed_attempts_total", route="rb") == 0
