@@ -309,9 +309,17 @@ def test_load_watcher_reads_the_adapters_vllm_is_running(vllm_lora: VllmServer) 
     seen: list[str] = []
 
     def running() -> bool:
+        # vLLM reported the adapter running, and the parser read the newest series (on a
+        # loaded machine the work may be over by this scrape, the newest series the idle
+        # one: the parser must then say idle).
         text = httpx.get(f"{vllm_lora.url}/metrics", timeout=5).text
         seen[:] = [line for line in text.splitlines() if line.startswith("vllm:lora_")]
-        return parse_vllm_metrics(text).lora_running == (ADAPTER,)
+        series = [line for line in seen if line.startswith("vllm:lora_requests_info{")]
+        if not any(f'running_lora_adapters="{ADAPTER}"' in line for line in series):
+            return False
+        newest = max(series, key=lambda line: float(line.rsplit(" ", 1)[1]))
+        wanted = (ADAPTER,) if f'running_lora_adapters="{ADAPTER}"' in newest else ()
+        return parse_vllm_metrics(text).lora_running == wanted
 
     with httpx.stream(
         "POST", f"{vllm_lora.url}/v1/chat/completions", json=body, timeout=60
