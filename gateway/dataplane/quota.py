@@ -33,6 +33,7 @@ import math
 import time
 from typing import Any, Final
 
+from gateway.dataplane.scorers import max_tokens_of
 from gateway.errors import QuotaExceeded, QuotaStoreDown
 from gateway.observability.quota_metrics import PICO, QuotaMetrics, Remaining, Tally, UsageSeries
 
@@ -517,14 +518,7 @@ def estimate(
     prompt = (chars + 3) // 4 + extra if chars >= 0 else (body_len + 3) // 4
     if path in _EMBEDDING_PATHS:
         return prompt, 0
-    out = parsed.get("max_completion_tokens")
-    if out is None:
-        out = parsed.get("max_tokens")
-    if out is None:
-        options = parsed.get("options")
-        if isinstance(options, dict):
-            out = options.get("num_predict")
-    completion = out if isinstance(out, int) and not isinstance(out, bool) and out > 0 else 0
+    completion = max_tokens_of(parsed)
     if completion == 0:
         completion = default_max
     n = parsed.get("n")
