@@ -45,14 +45,13 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from gateway.dataplane.flow import LEVELS
 from gateway.dataplane.http.wire import Request
 from gateway.dataplane.quota import (
     DAY,
     DEFAULT_MAX_TOKENS,
     DEFAULT_PRIORITY,
-    MAX_PRIORITY,
     MONTH,
-    PRIORITIES,
     RPM,
     TPM,
     KeyState,
@@ -61,6 +60,7 @@ from gateway.dataplane.quota import (
     Quotas,
 )
 from gateway.errors import AuthRejected, QuotaExceeded, QuotaStoreDown
+from gateway.observability.flow_metrics import PRIORITY_NAMES
 from gateway.observability.quota_metrics import PICO, QuotaMetrics
 
 __all__ = [
@@ -210,13 +210,13 @@ def _positive_int(value: object) -> bool:
 def _priority(value: object, where: str) -> int:
     if value is None:
         return DEFAULT_PRIORITY
-    if isinstance(value, str) and value in PRIORITIES:
-        return PRIORITIES[value]
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PRIORITY:
+    if isinstance(value, str) and value in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < LEVELS:
         return value
-    names = ", ".join(f"{n} ({v})" for n, v in PRIORITIES.items())
+    names = ", ".join(f"{n} ({v})" for n, v in PRIORITY_NAMES.items())
     raise KeysFileError(
-        f"{where}: 'priority' must be an integer 0..{MAX_PRIORITY} (larger is served "
+        f"{where}: 'priority' must be an integer 0..{LEVELS - 1} (larger is served "
         f"first) or one of {names}"
     )
 

@@ -45,10 +45,9 @@ KIND_NAMES: Final = ("rpm", "tpm", "budget_day", "budget_month")
 _CODES: Final = ("rpm_limit_exceeded", "tpm_limit_exceeded", "budget_exceeded", "budget_exceeded")
 DAY_SECONDS: Final = 86400.0
 
-# A key's `priority`: an integer 0..9 (larger is served first) or one of these names.
-PRIORITIES: Final = {"low": 0, "normal": 1, "high": 2}
+# A key's `priority`: an integer 0..9 (larger is served first) or one of the names of
+# `flow_metrics.PRIORITY_NAMES`.
 DEFAULT_PRIORITY: Final = 1
-MAX_PRIORITY: Final = 9
 # Completion tokens assumed for a request that names no max_tokens (keys file:
 # `default_max_tokens`).
 DEFAULT_MAX_TOKENS: Final = 256
