@@ -151,12 +151,7 @@ def parse_file(text: bytes, source: str) -> KeysFile:
     entries = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise KeysFileError(f'{source}: expected {{"keys": [...]}}')
-    unknown_top = set(data) - _TOP_FIELDS
-    if unknown_top:
-        raise KeysFileError(
-            f"{source}: unknown top-level fields {sorted(unknown_top)} (allowed: "
-            f"{', '.join(sorted(_TOP_FIELDS))})"
-        )
+    _known(data, _TOP_FIELDS, source, "top-level fields")
     meters: dict[str, Meter] = {}
     default_max = data.get("default_max_tokens", DEFAULT_MAX_TOKENS)
     if not _positive_int(default_max):
@@ -169,9 +164,7 @@ def parse_file(text: bytes, source: str) -> KeysFile:
         where = f"{source}: keys[{i}]"
         if not isinstance(entry, dict):
             raise KeysFileError(f"{where}: expected an object")
-        unknown = set(entry) - _ALLOWED_FIELDS
-        if unknown:
-            raise KeysFileError(f"{where}: unknown fields {sorted(unknown)}")
+        _known(entry, _ALLOWED_FIELDS, where)
         name = entry.get("name")
         if not isinstance(name, str) or not name or len(name) > 64:
             raise KeysFileError(f"{where}: 'name' must be a string of 1-64 characters")
@@ -197,6 +190,15 @@ def parse_file(text: bytes, source: str) -> KeysFile:
             name, rate, burst, tenant, priority, own + tenants.get(tenant, ())
         )
     return KeysFile(keys, meters, prices, default_max, tenants)
+
+
+def _known(entry: dict[str, Any], allowed: frozenset[str], at: str, what: str = "fields") -> None:
+    """Raise `KeysFileError` when `entry` has a field other than those `allowed`."""
+    unknown = set(entry) - allowed
+    if unknown:
+        raise KeysFileError(
+            f"{at}: unknown {what} {sorted(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
 
 
 def _number(value: object) -> TypeGuard[int | float]:
@@ -235,9 +237,7 @@ def _tenants(value: object, source: str, meters: dict[str, Meter]) -> dict[str, 
             raise KeysFileError(f"{where}: a tenant's name must be 1-64 characters")
         if not isinstance(entry, dict):
             raise KeysFileError(f"{where}: expected an object with 'limits'")
-        unknown = set(entry) - _TENANT_FIELDS
-        if unknown:
-            raise KeysFileError(f"{where}: unknown fields {sorted(unknown)} (allowed: limits)")
+        _known(entry, _TENANT_FIELDS, where)
         found[name] = _limits(entry.get("limits"), where, "tenant", name, meters)
     return found
 
@@ -254,22 +254,13 @@ def _limits(
         at = f"{where}: limits[{i}]"
         if not isinstance(entry, dict):
             raise KeysFileError(f"{at}: expected an object {{route, rpm, tpm, budget}}")
-        unknown = set(entry) - _LIMIT_FIELDS
-        if unknown:
-            raise KeysFileError(
-                f"{at}: unknown fields {sorted(unknown)} (allowed: "
-                f"{', '.join(sorted(_LIMIT_FIELDS))})"
-            )
+        _known(entry, _LIMIT_FIELDS, at)
         route = entry.get("route", "*")
         if not isinstance(route, str) or not route:
             raise KeysFileError(f"{at}.route: must be a route name or '*'")
         at = f"{where}: limits[{i}] (route {route!r})"
         window = entry.get("window", DEFAULT_WINDOW)
-        if (
-            isinstance(window, bool)
-            or not isinstance(window, int | float)
-            or not 1 <= window <= 86400
-        ):
+        if not _number(window) or not 1 <= window <= 86400:
             raise KeysFileError(f"{at}.window: must be a number of seconds, 1..86400")
         found: list[tuple[int, int]] = []
         for kind, name in ((RPM, "rpm"), (TPM, "tpm")):
@@ -281,19 +272,11 @@ def _limits(
         if budget is not None:
             if not isinstance(budget, dict) or not budget:
                 raise KeysFileError(f"{at}.budget: must be an object {{day: USD, month: USD}}")
-            unknown = set(budget) - _BUDGET_FIELDS
-            if unknown:
-                raise KeysFileError(
-                    f"{at}.budget: unknown fields {sorted(unknown)} (allowed: day, month)"
-                )
+            _known(budget, _BUDGET_FIELDS, f"{at}.budget")
             for kind, name in ((DAY, "day"), (MONTH, "month")):
                 if name in budget:
                     amount = budget[name]
-                    if (
-                        isinstance(amount, bool)
-                        or not isinstance(amount, int | float)
-                        or not 0 < amount < 1e9
-                    ):
+                    if not _number(amount) or not 0 < amount < 1e9:
                         raise KeysFileError(
                             f"{at}.budget.{name}: must be a USD amount above 0 and below "
                             f"1e9, not {amount!r}"
@@ -327,12 +310,7 @@ def _prices(value: object, source: str) -> dict[tuple[str, str], Price]:
         at = f"{source}: prices[{i}]"
         if not isinstance(entry, dict):
             raise KeysFileError(f"{at}: expected an object {{route, version?, prompt, completion}}")
-        unknown = set(entry) - _PRICE_FIELDS
-        if unknown:
-            raise KeysFileError(
-                f"{at}: unknown fields {sorted(unknown)} (allowed: "
-                f"{', '.join(sorted(_PRICE_FIELDS))})"
-            )
+        _known(entry, _PRICE_FIELDS, at)
         route = entry.get("route")
         if not isinstance(route, str) or not route:
             raise KeysFileError(f"{at}.route: must be a route name or '*'")
@@ -347,11 +325,7 @@ def _prices(value: object, source: str) -> dict[tuple[str, str], Price]:
         per_token = []
         for name in ("prompt", "completion"):
             amount = entry.get(name)
-            if (
-                isinstance(amount, bool)
-                or not isinstance(amount, int | float)
-                or not 0 <= amount < 1e6
-            ):
+            if not _number(amount) or not 0 <= amount < 1e6:
                 raise KeysFileError(f"{at}.{name}: must be USD per 1M tokens, 0 or more")
             pico = round(amount * 1_000_000)
             if abs(amount * 1_000_000 - pico) > 1e-6:
