@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 import orjson
 
+from gateway.controlplane.backends.load import describe_failure
 from gateway.dataplane.scorers import Picker
 from gateway.dataplane.snapshot import RuntimeSnapshot, SnapshotRef
 
@@ -105,7 +106,9 @@ class ContextWatcher:
         for (backend, target), result in zip(due.items(), results, strict=True):
             self._due[backend] = now + self.interval
             if not isinstance(result, httpx.Response) or not result.is_success:
-                log.info("cannot read the context length of %s: %s", target.url, _describe(result))
+                log.info(
+                    "cannot read the context length of %s: %s", target.url, describe_failure(result)
+                )
                 continue
             size = parse_max_model_len(result.content, target.models)
             for picker, index in target.readers:
@@ -125,9 +128,3 @@ class ContextWatcher:
                 await asyncio.sleep(self.tick)
         finally:
             await self._client.aclose()
-
-
-def _describe(result: object) -> str:
-    if isinstance(result, httpx.Response):
-        return f"HTTP {result.status_code}"
-    return type(result).__name__ + (f": {result}" if str(result) else "")

@@ -169,7 +169,7 @@ class LoadWatcher:
                 continue
             count = self.failures[state.backend] = self.failures.get(state.backend, 0) + 1
             if count == 1:
-                log.warning("cannot read backend load from %s: %s", url, _describe(result))
+                log.warning("cannot read backend load from %s: %s", url, describe_failure(result))
             # Keep the last report while it is recent: one slow scrape of a saturated
             # backend must not read as "idle" exactly when its queue matters.
             if now - state.load_at > self.stale_after:
@@ -187,7 +187,8 @@ class LoadWatcher:
             await self._client.aclose()
 
 
-def _describe(result: object) -> str:
+def describe_failure(result: object) -> str:
+    """Why a read of a backend failed: its HTTP status, or the exception."""
     if isinstance(result, httpx.Response):
         return f"HTTP {result.status_code}"
     return type(result).__name__ + (f": {result}" if str(result) else "")
