@@ -11,7 +11,6 @@ same through its supervisor's merged /metrics.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ import yaml
 from gateway.settings import Settings
 from tests.integration.test_rollout import Traffic, events, rollout_state, wait_rollout
 from tests.kustomize import build
-from tests.procs import REPO, GatewayProc, Simulator, canary_policy, start_gateway
+from tests.procs import REPO, GatewayProc, Simulator, canary_policy, poll, start_gateway
 from tests.promrig import Prometheus, free_port
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -36,18 +35,6 @@ def chat(client: httpx.Client, gw: GatewayProc, route: str, **headers: str) -> h
     return client.post(
         f"{gw.url}/v1/chat/completions", json={"model": route, **CHAT}, headers=headers
     )
-
-
-def poll(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """`check()` until it returns something truthy; fails with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 class Fleet:
