@@ -251,6 +251,17 @@ def header_name(value: str) -> str:
 HeaderName = Annotated[str, AfterValidator(header_name)]
 
 
+def request_key(value: str, kind: str) -> str:
+    """A `header:NAME` (the name lower-cased) or `body:FIELD` (a top-level JSON field)
+    request key, checked; `kind` names the problem a bad body field raises."""
+    source, _, name = value.partition(":")
+    if source == "header":
+        return "header:" + header_name(name)
+    if not BODY_FIELD.fullmatch(name):
+        raise problem(kind, f"{name!r}: body fields are top-level names (letters, digits, _ -)")
+    return value
+
+
 def _retry_on(value: object) -> str | int:
     if isinstance(value, str) and value.strip().lower() in RETRY_CONDITIONS:
         return value.strip().lower()

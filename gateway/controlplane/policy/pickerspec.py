@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.controlplane.policy.fields import BODY_FIELD, Duration, header_name, problem
+from gateway.controlplane.policy.fields import Duration, problem, request_key
 from gateway.dataplane.health import EndpointState
 from gateway.dataplane.picker_state import PickerPools
 from gateway.dataplane.scorers import Picker
@@ -116,14 +116,7 @@ class SessionSpec(_Model):
     @field_validator("key")
     @classmethod
     def _parse(cls, value: str) -> str:
-        source, _, name = value.partition(":")
-        if source == "header":
-            return "header:" + header_name(name)
-        if not BODY_FIELD.fullmatch(name):
-            raise problem(
-                "session_key", f"{name!r}: body fields are top-level names (letters, digits, _ -)"
-            )
-        return value
+        return request_key(value, "session_key")
 
 
 class ContextSpec(_Model):

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.controlplane.policy.driftspec import DriftSpec
 from gateway.controlplane.policy.fields import (
-    BODY_FIELD,
     MODEL_VERSION_PATTERN,
     VARIANT_PATTERN,
     BackendKey,
@@ -28,8 +27,8 @@ from gateway.controlplane.policy.fields import (
     HeaderName,
     RegistryTarget,
     RetryOn,
-    header_name,
     problem,
+    request_key,
 )
 from gateway.controlplane.policy.flowspec import FlowSpec
 from gateway.controlplane.policy.pickerspec import PickerSpec
@@ -239,14 +238,7 @@ class StickySpec(_Model):
     @field_validator("hash_on")
     @classmethod
     def _parse(cls, value: str) -> str:
-        source, _, key = value.partition(":")
-        if source == "header":
-            return "header:" + header_name(key)
-        if not BODY_FIELD.fullmatch(key):
-            raise problem(
-                "sticky_key", f"{key!r}: body fields are top-level names (letters, digits, _ -)"
-            )
-        return value
+        return request_key(value, "sticky_key")
 
     @property
     def source(self) -> str:
