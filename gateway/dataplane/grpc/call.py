@@ -221,6 +221,31 @@ class GrpcCall:
         self.sent_at = time.perf_counter()
         return endpoint
 
+    def attempt_metadata(
+        self, forward: tuple[tuple[str, str | bytes], ...]
+    ) -> tuple[tuple[str, str | bytes], ...]:
+        """What the attempt `begin` started sends upstream: `forward`, plus, on a traced
+        call, the traceparent of the attempt's CLIENT span (opened here)."""
+        trace = self.trace
+        if trace is None:
+            return forward
+        variant = self.variant
+        endpoint = variant.endpoints[self.idx]
+        parent = trace.rpc_attempt(
+            SERVICE,
+            self.method,
+            variant.name,
+            variant.version,
+            endpoint.backend,
+            endpoint.grpc_target,
+        )
+        return (*forward, ("traceparent", parent))
+
+    def attempt_traced(self, code: grpc.StatusCode, details: str = "") -> None:
+        """Close a traced call's attempt span with the attempt's gRPC status."""
+        if self.trace is not None:
+            self.trace.rpc_attempt_ended(code.value[0], code.name, details)
+
     async def admitted(self, variant: Variant, idx: int, who: Who) -> int:
         """Flow control (the route has a `flow` block): the endpoint of `variant` the
         first attempt goes to, at once when the pool has room, else once the pool's

@@ -360,20 +360,8 @@ class GrpcFront:
             limit = min(timeouts.first_byte, total_deadline - time.monotonic())
             left = context.time_remaining()
             ours = left is None or left > limit
-            metadata = forward
-            trace = call.trace
-            if trace is not None:
-                parent = trace.rpc_attempt(
-                    SERVICE,
-                    method,
-                    variant.name,
-                    variant.version,
-                    endpoint.backend,
-                    endpoint.grpc_target,
-                )
-                metadata = (*forward, ("traceparent", parent))
             upstream = self.stub(endpoint.grpc_target, method)(
-                payload, timeout=limit if ours else left, metadata=metadata
+                payload, timeout=limit if ours else left, metadata=call.attempt_metadata(forward)
             )
             if shadows and call.attempts == 1:
                 # After the primary: its call is scheduled already, so the loop starts
@@ -382,10 +370,9 @@ class GrpcFront:
             try:
                 reply = await upstream
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                kind = failure_kind(code, exc.details() or "", ours)
-                if trace is not None:
-                    trace.rpc_attempt_ended(code.value[0], code.name, exc.details() or "")
+                code, details = exc.code(), exc.details() or ""
+                kind = failure_kind(code, details, ours)
+                call.attempt_traced(code, details)
                 call.end_attempt(ok=HTTP_STATUS.get(code, 500) < 500 and kind != "reset")
                 client_left = context.time_remaining()
                 nxt = call.next_target(kind) if client_left is None or client_left > 0 else None
@@ -395,14 +382,12 @@ class GrpcFront:
                 await self._fail(call, context, exc, kind, limit, shadows, signed)
                 raise AssertionError("unreachable: abort raises") from None
             except asyncio.CancelledError:
-                if trace is not None:
-                    trace.rpc_attempt_ended(1, "CANCELLED")
+                call.attempt_traced(grpc.StatusCode.CANCELLED)
                 call.end_attempt(ok=True)  # the client left; the backend did nothing wrong
                 call.finish(499)
                 self._primary_failed(shadows, "client closed the connection")
                 raise
-            if trace is not None:
-                trace.rpc_attempt_ended(0, "OK")
+            call.attempt_traced(grpc.StatusCode.OK)
             try:
                 renamed = rename_reply(method, reply, route.name)
             except WireError as exc:

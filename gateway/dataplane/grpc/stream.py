@@ -30,7 +30,6 @@ import grpc
 
 from gateway.dataplane.grpc.call import (
     HTTP_STATUS,
-    SERVICE,
     GrpcCall,
     Who,
     failure_kind,
@@ -151,21 +150,9 @@ class StreamRelay:
             left = context.time_remaining()
             limit = deadline - time.monotonic()
             ours = left is None or left > limit
-            metadata = forward
-            trace = call.trace
-            if trace is not None:
-                parent = trace.rpc_attempt(
-                    SERVICE,
-                    METHOD,
-                    variant.name,
-                    variant.version,
-                    endpoint.backend,
-                    endpoint.grpc_target,
-                )
-                metadata = (*forward, ("traceparent", parent))
             upstream = self.upstream = self.front.stub(endpoint.grpc_target, METHOD)(
                 self._feed(variant, self.attempt),
-                metadata=metadata,
+                metadata=call.attempt_metadata(forward),
                 timeout=limit if ours else left,
             )
             replies = aiter(upstream)
@@ -194,8 +181,7 @@ class StreamRelay:
                 kind = failure_kind(code, details, ours)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
-                if trace is not None:
-                    trace.rpc_attempt_ended(1, "CANCELLED")
+                call.attempt_traced(grpc.StatusCode.CANCELLED)
                 if self.failure is None or (task is not None and task.cancelling()):
                     raise  # the client left (the finally of `run` counts it)
                 # Our reader cancelled the backend call: the client sent a bad request.
@@ -207,11 +193,7 @@ class StreamRelay:
                 upstream.cancel()
                 kind, code = "reset", grpc.StatusCode.UNAVAILABLE
                 details = f"backend {endpoint.backend} sent an invalid reply: {exc}"
-            if trace is not None:
-                if code is None:
-                    trace.rpc_attempt_ended(0, "OK")
-                else:
-                    trace.rpc_attempt_ended(code.value[0], code.name, details)
+            call.attempt_traced(grpc.StatusCode.OK if code is None else code, details)
             if not kind:
                 call.end_attempt(ok=True)
                 call.finish(200)
