@@ -423,6 +423,42 @@ def bench_tracing() -> str:
     )
 
 
+def _cpu_rounds_table(result: Json, first: str, shown: Sequence[tuple[str, str]], rss: bool) -> str:
+    """The systems of one bench run named in `shown` ((system, label), those the run
+    has): req/s, CPU per request (the median and every round's), RSS when `rss`, and
+    the c=1 latencies."""
+    rows = []
+    for name, label in shown:
+        entry = result["systems"].get(name)
+        if entry is None:
+            continue
+        samples = ", ".join(_num(x, ".1f") for x in entry.get("cpu_us_per_req_samples", []))
+        rows.append(
+            [
+                label,
+                _num(entry.get("rps_median"), ",.0f"),
+                _num(entry.get("cpu_us_per_req"), ".1f"),
+                samples,
+                *([_num(entry.get("rss_mb"), ".1f")] if rss else []),
+                _num(entry.get("p50_ms"), ".3f"),
+                _num(entry.get("p99_ms"), ".3f"),
+            ]
+        )
+    return _table(
+        [
+            first,
+            f"req/s (c={result['config']['connections']}, median of {result['config']['repeat']})",
+            "CPU us/req",
+            "CPU us/req per round",
+            *(["RSS MB"] if rss else []),
+            "p50 ms (c=1)",
+            "p99 ms (c=1)",
+        ],
+        rows,
+        (0, 3),
+    )
+
+
 def _before_after(file: str, what: str) -> str:
     """Two checkouts' gateways in one bench run (`--tree`/`--compare-tree`), and the
     fleet-wired row when there is one: the rows, the per-round CPU samples and the
@@ -435,36 +471,7 @@ def _before_after(file: str, what: str) -> str:
         ("gateway-fleet", f"`{gateway.get('commit')}`, fleet wiring"),
         ("gateway-base", f"`{base}`"),
     ]
-    rows = []
-    for name, label in shown:
-        entry = systems.get(name)
-        if entry is None:
-            continue
-        samples = ", ".join(_num(x, ".1f") for x in entry.get("cpu_us_per_req_samples", []))
-        rows.append(
-            [
-                label,
-                _num(entry.get("rps_median"), ",.0f"),
-                _num(entry.get("cpu_us_per_req"), ".1f"),
-                samples,
-                _num(entry.get("rss_mb"), ".1f"),
-                _num(entry.get("p50_ms"), ".3f"),
-                _num(entry.get("p99_ms"), ".3f"),
-            ]
-        )
-    table = _table(
-        [
-            "code",
-            f"req/s (c={result['config']['connections']}, median of {result['config']['repeat']})",
-            "CPU us/req",
-            "CPU us/req per round",
-            "RSS MB",
-            "p50 ms (c=1)",
-            "p99 ms (c=1)",
-        ],
-        rows,
-        (0, 3),
-    )
+    table = _cpu_rounds_table(result, "code", shown, rss=True)
     lines = [
         _header(f"loadtests/results/{file}"),
         f"{what} Run: {run_text(result['machine'])}.",
@@ -494,32 +501,10 @@ def bench_admission() -> str:
     behind a key with limits plus a flow block (none reached), in one bench run."""
     result = _load("bench-admission-latest.json")
     systems, ratios, gateway = result["systems"], result["ratios"], result["gateway"]
-    rows = []
-    for name in ("gateway", "gateway-keys", "gateway-admission"):
-        entry = systems[name]
-        samples = ", ".join(_num(x, ".1f") for x in entry.get("cpu_us_per_req_samples", []))
-        rows.append(
-            [
-                entry["label"],
-                _num(entry.get("rps_median"), ",.0f"),
-                _num(entry.get("cpu_us_per_req"), ".1f"),
-                samples,
-                _num(entry.get("p50_ms"), ".3f"),
-                _num(entry.get("p99_ms"), ".3f"),
-            ]
-        )
-    table = _table(
-        [
-            "gateway",
-            f"req/s (c={result['config']['connections']}, median of {result['config']['repeat']})",
-            "CPU us/req",
-            "CPU us/req per round",
-            "p50 ms (c=1)",
-            "p99 ms (c=1)",
-        ],
-        rows,
-        (0, 3),
-    )
+    shown = [
+        (name, systems[name]["label"]) for name in ("gateway", "gateway-keys", "gateway-admission")
+    ]
+    table = _cpu_rounds_table(result, "gateway", shown, rss=False)
     keys = _num(ratios.get("gateway_keys_vs_gateway_added_cpu_us"), ".1f", signed=True)
     limits = _num(ratios.get("gateway_admission_vs_gateway_keys_added_cpu_us"), ".1f", signed=True)
     return "\n".join(
