@@ -29,7 +29,7 @@ from gateway.admin.rollouts import rollout_handlers
 from gateway.admin.shadow import shadow_handlers
 from gateway.admin.views import reload_status_view, reload_view, routes_view, snapshot_view
 from gateway.controlplane.policy.diff import ALL_ROUTES
-from gateway.controlplane.policy.explain import explain, source_view
+from gateway.controlplane.policy.explain import explain
 from gateway.controlplane.policy.reload import PolicyReloader
 from gateway.controlplane.registry.webhook import WebhookRejected, verify
 from gateway.dataplane.decide import RequestHead
@@ -140,7 +140,7 @@ def build_admin_app(
         headers = [(str(k).lower().encode(), str(v).encode()) for k, v in raw_headers.items()]
         head = RequestHead(payload["route"], headers, body)
         tracked = rollouts is not None and rollouts.tracks(payload["route"])
-        statistics = source_view(source) if tracked else None
+        statistics = source.view() if tracked else None
         try:
             result = explain(
                 plane.ref.current, head, random.Random(payload.get("seed")), statistics=statistics

@@ -161,12 +161,14 @@ class StatsSource:
     async def _read(self, route: str, now: float) -> _Read:
         raise NotImplementedError
 
+    def view(self) -> dict[str, Any]:
+        """Which source this is and what it covers (`explain` shows it)."""
+        return {"kind": self.kind, "url": self.url, "covers": self.explains()}
+
     def describe(self) -> dict[str, Any]:
         """The source and how its reads go, for status views."""
         return {
-            "kind": self.kind,
-            "url": self.url,
-            "covers": self.explains(),
+            **self.view(),
             "up": self.up,
             "errors": self.errors,
             "last_error": self.last_error,
@@ -355,4 +357,4 @@ def describe_settings(settings: Settings) -> dict[str, Any]:
         source = SupervisorSource(settings.supervisor_admin, 1.0)
     else:
         source = LocalSource(GatewayMetrics())
-    return {"kind": source.kind, "url": source.url, "covers": source.explains()}
+    return source.view()

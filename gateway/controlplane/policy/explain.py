@@ -24,7 +24,7 @@ from gateway.dataplane.flow import priority_name
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot, Variant
 from gateway.errors import GatewayError
 from gateway.settings import Settings
-from gateway.stats.sources import StatsSource, describe_settings
+from gateway.stats.sources import describe_settings
 
 
 class _RecordingRandom(random.Random):
@@ -42,11 +42,6 @@ class _RecordingRandom(random.Random):
         value = self._source.random()
         self.draws.append(value)
         return value
-
-
-def source_view(source: StatsSource) -> dict[str, Any]:
-    """A running gateway's statistics source, as `explain` shows it."""
-    return {"kind": source.kind, "url": source.url, "covers": source.explains()}
 
 
 def statistics_for(policy: RoutingPolicy | None, settings: Settings) -> dict[str, Any] | None:
@@ -68,7 +63,7 @@ def explain(
     """How `decide` routes `head`, as JSON-ready data.
 
     `now` is on the health registry's clock (monotonic by default) and decides which
-    endpoints count as ejected. `statistics` (`source_view`, `statistics_for`) says
+    endpoints count as ejected. `statistics` (`StatsSource.view`, `statistics_for`) says
     where the route's experiment or rollout statistics come from. Raises `UnknownRoute`
     like `decide`.
     """
