@@ -223,9 +223,15 @@ class FeedbackStoreUnavailable(Unavailable):
 
 class AuthRejected(GatewayError):
     """A request refused by key checking or its key's quotas; `extra` holds the
-    response's extra header lines (`gateway.dataplane.auth`, `gateway.dataplane.quota`)."""
+    response's extra header lines (`gateway.dataplane.auth`, `gateway.dataplane.quota`):
+    a `retry_after` in seconds becomes its Retry-After."""
 
     extra = b""
+
+    def __init__(self, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        if retry_after:
+            self.extra = b"retry-after: %d\r\n" % retry_after
 
 
 class QuotaExceeded(AuthRejected):
@@ -235,9 +241,8 @@ class QuotaExceeded(AuthRejected):
     type = "rate_limit_error"
 
     def __init__(self, message: str, code: str, retry_after: int) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after)
         self.code = code
-        self.extra = b"retry-after: %d\r\n" % retry_after
 
 
 class QuotaStoreDown(AuthRejected):
@@ -246,10 +251,6 @@ class QuotaStoreDown(AuthRejected):
     status = 503
     type = "server_error"
     code = "quota_store_unavailable"
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.extra = b"retry-after: %d\r\n" % retry_after
 
 
 def plain_body(err: GatewayError) -> bytes:

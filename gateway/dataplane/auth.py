@@ -116,10 +116,6 @@ class RateLimited(AuthRejected):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.extra = b"retry-after: %d\r\n" % retry_after
-
 
 def digest(key: bytes) -> bytes:
     """How a key is held and looked up: its SHA-256, raw bytes."""
