@@ -37,7 +37,7 @@ from gateway.stats.counts import ROUTE_SAMPLES, RouteStats, Sample, route_stats
 KINDS = ("local", "prometheus")
 _WANTED = frozenset(ROUTE_SAMPLES)
 _WORKERS = "switchyard_workers"
-_RESTARTS = "switchyard_worker_restarts_total"
+_RESTARTS = promql.WORKER_RESTARTS
 
 
 class StatsConfigError(ValueError):
