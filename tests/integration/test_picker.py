@@ -5,8 +5,7 @@ session affinity, and prefix-cache affinity that spreads when the holder is over
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.procs import GatewayProc, Simulator, start_gateway, start_simulator
+from tests.procs import GatewayProc, Simulator, poll, start_gateway, start_simulator
 
 SYSTEM = "You are the support assistant of a bicycle shop; be brief and friendly. " * 30
 
@@ -70,15 +69,6 @@ picker: {{scorers: {{prefix_cache: 2, queue: 1}}, spread_above: 2}}
     gateway.proc.stop()
 
 
-def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def chat(
     gw: GatewayProc,
     route: str,
@@ -110,9 +100,10 @@ def test_context_fit_skips_small_endpoints_and_refuses_with_the_numbers(
 ) -> None:
     for sim in ("ctx-small", "ctx-large"):
         backend = sims["small" if sim == "ctx-small" else "large"].url.removeprefix("http://")
-        eventually(
-            lambda b=backend: gw.metric("switchyard_backend_max_model_len", backend=b) > 0,
+        poll(
             f"the context length of {sim} read from /v1/models",
+            lambda b=backend: gw.metric("switchyard_backend_max_model_len", backend=b) > 0,
+            timeout=20,
         )
     assert gw.metric("switchyard_backend_max_model_len", backend=sims["small"].url[7:]) == 256
     assert gw.metric("switchyard_backend_max_model_len", backend=sims["large"].url[7:]) == 1024
