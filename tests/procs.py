@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 _LISTEN_SIM = re.compile(r"switchyard-sim \S+ listening on (http://\S+)")
 # The gRPC address comes last and only when the gateway serves gRPC.
 _LISTEN_GW = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)(?: grpc (\S+))?")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (a server started soon after can take it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass

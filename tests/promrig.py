@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -28,17 +27,10 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.procs import free_port
 from tests.programs import require_program
 
 INSTALL = "apt-get install prometheus (Debian 12 ships 2.42)"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (a server started soon after can take it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def target_of(url_or_address: str) -> str:

@@ -16,16 +16,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.procs import free_port
 from tests.programs import require_program
 
 INSTALL = "apt-get install redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:
