@@ -57,7 +57,7 @@ from gateway.rollout.store import Command, FileStore, RegistryStore, RolloutStor
 from gateway.rollout.weights import VariantKey
 from gateway.rollout.writer import WriterLock
 from gateway.stats.counts import RouteStats, window
-from gateway.stats.sources import StatsSource, StatsUnavailable
+from gateway.stats.sources import Evidence, StatsSource, StatsUnavailable
 
 
 class WeightTarget(Protocol):
@@ -275,10 +275,8 @@ class RolloutController:
     async def _start_window(self, run: _Run, name: str, now: float) -> None:
         """Take the step's baseline from the source, once its numbers are at least as
         fresh as the step (Prometheus: every process scraped since it began)."""
-        try:
-            evidence = await self.stats.read(name)
-        except StatsUnavailable as exc:
-            self._wait(run, name, now, exc.reason, exc.origin.to_json())
+        evidence = await self._read(run, name, now)
+        if evidence is None:
             return
         source = evidence.origin.to_json()
         as_of = evidence.origin.as_of
@@ -294,6 +292,14 @@ class RolloutController:
         run.checked_at = now
         reason = f"the step's counts start now, read from {self.stats.where}"
         run.analysis = {"at": now, "outcome": "wait", "reason": reason, "source": source}
+
+    async def _read(self, run: _Run, name: str, now: float) -> Evidence | None:
+        """The route's numbers from the source; None (the gates wait) if it fails."""
+        try:
+            return await self.stats.read(name)
+        except StatsUnavailable as exc:
+            self._wait(run, name, now, exc.reason, exc.origin.to_json())
+            return None
 
     def _wait(self, run: _Run, name: str, now: float, reason: str, source: dict[str, Any]) -> None:
         """The gates wait for `reason` (logged when it changes)."""
@@ -313,10 +319,8 @@ class RolloutController:
     ) -> None:
         assert policy.rollout is not None and run.baseline is not None
         spec = policy.rollout.analysis
-        try:
-            evidence = await self.stats.read(route.name)
-        except StatsUnavailable as exc:
-            self._wait(run, route.name, now, exc.reason, exc.origin.to_json())
+        evidence = await self._read(run, route.name, now)
+        if evidence is None:
             return
         source = evidence.origin.to_json()
         delta = window(evidence.stats, run.baseline)
