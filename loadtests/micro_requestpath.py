@@ -237,51 +237,20 @@ def sender_cost(samples: int) -> float:
     return elapsed / samples * 1e6
 
 
-def write_results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    """The --compare-tracing rounds as JSON, with the machine and commit they ran on."""
+def write_rounds(
+    args: argparse.Namespace, kind: str, config: dict[str, Any], rows: list[dict[str, Any]]
+) -> None:
+    """A --compare-* run's rounds as JSON (`kind`, its `config` after the request and
+    round counts), with the machine and commit they ran on."""
     import json
-
-    import gateway
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchlib.machine import machine_info
 
     result = {
-        "kind": "micro-tracing",
+        "kind": kind,
         "machine": machine_info(Path(__file__).resolve().parents[1], sys.executable, {}),
-        "config": {
-            "requests": args.requests,
-            "rounds": args.rounds,
-            "sampler": "parentbased_traceidratio",
-            "policy": "route chat, champion 90 / challenger 10, sticky header:x-user-id",
-            "dataplane": gateway.COMPILED.label,
-        },
-        "rows": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results written to {args.output}")
-
-
-def write_flow_results(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    """The --compare-flow rounds as JSON, with the machine and commit they ran on."""
-    import json
-
-    import gateway
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchlib.machine import machine_info
-
-    result = {
-        "kind": "micro-flow",
-        "machine": machine_info(Path(__file__).resolve().parents[1], sys.executable, {}),
-        "config": {
-            "requests": args.requests,
-            "rounds": args.rounds,
-            "policy": "route chat, champion 90 / challenger 10, sticky header:x-user-id",
-            "flow": FLOW.strip(),
-            "dataplane": gateway.COMPILED.label,
-        },
+        "config": {"requests": args.requests, "rounds": args.rounds, **config},
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +318,14 @@ def main() -> None:
                 }
             )
         if args.output:
-            write_results(args, rows)
+            import gateway
+
+            tracing = {
+                "sampler": "parentbased_traceidratio",
+                "policy": "route chat, champion 90 / challenger 10, sticky header:x-user-id",
+                "dataplane": gateway.COMPILED.label,
+            }
+            write_rounds(args, "micro-tracing", tracing, rows)
         return
 
     if args.compare_flow:
@@ -374,7 +350,14 @@ def main() -> None:
                 }
             )
         if args.output:
-            write_flow_results(args, flow_rows)
+            import gateway
+
+            flow_config = {
+                "policy": "route chat, champion 90 / challenger 10, sticky header:x-user-id",
+                "flow": FLOW.strip(),
+                "dataplane": gateway.COMPILED.label,
+            }
+            write_rounds(args, "micro-flow", flow_config, flow_rows)
         return
 
     if args.compare_drift:
