@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from mlflow import MlflowClient
 from gateway.quickstart.mlflow_server import LocalMlflow
 from tests.integration.registry.conftest import serving_tags
 from tests.integration.test_rollout import Traffic, events, rollout_state, wait_rollout
-from tests.procs import GatewayProc, Simulator, canary_policy, start_gateway
+from tests.procs import GatewayProc, Simulator, canary_policy, poll, start_gateway
 from tests.promrig import Prometheus, free_port
 from tests.redisrig import running_redis
 
@@ -61,17 +60,6 @@ class Fleet:
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         (index,) = [i for i, gw in enumerate(self.replicas) if gw.proc.popen.pid == parent]
         return index
-
-
-def poll(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 def alias_route(route: str, model: str) -> str:
@@ -227,7 +215,10 @@ def test_feedback_through_any_replica_counts_once_and_every_replica_reports_the_
         outcomes_seen = sum(row["outcomes"] for row in rows.values())
         return data if served == truth_served and outcomes_seen == REQUESTS else None
 
-    reports = [poll(f"{gw.admin} reports the fleet", partial(report, gw)) for gw in replicas]
+    reports = [
+        poll(f"{gw.admin} reports the fleet", partial(report, gw), timeout=60, interval=0.2)
+        for gw in replicas
+    ]
     for data in reports:
         assert data["source"]["kind"] == "prometheus"
         assert data["source"]["processes"] == REPLICAS  # each supervisor merges its workers
@@ -249,7 +240,12 @@ def test_feedback_through_any_replica_counts_once_and_every_replica_reports_the_
 def test_a_challenger_failing_behind_one_replica_rolls_back_the_fleet(fleet: Fleet) -> None:
     replicas = fleet.replicas
     lock = fleet.rollout_dir / "writer.lock"
-    poll("a rollout writer", lambda: lock.exists() and lock.read_text().strip())
+    poll(
+        "a rollout writer",
+        lambda: lock.exists() and lock.read_text().strip(),
+        timeout=60,
+        interval=0.2,
+    )
     writer = fleet.replica_of_writer()
     failing = replicas[(writer + 1) % REPLICAS]  # a replica the writer does not run in
     healthy = [gw for gw in replicas if gw is not failing]
