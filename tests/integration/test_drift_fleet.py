@@ -242,11 +242,21 @@ def test_one_worker_one_episode_one_run_for_the_fleet_and_a_restart_loses_nothin
         60,
         "drift on support (with its Kubeflow run), an evaluation of calm",
     )
+    # One window fed by every gateway process: all 130 rows of each route in it (the
+    # evaluation may come before the last batch of a slow sender lands: wait for it).
+    status = wait(
+        lambda: (
+            (s := worker.status())
+            and version(s, "support").get("received") == 130
+            and version(s, "calm").get("received") == 130
+            and s
+        ),
+        30,
+        "every row of both routes at the worker",
+    )
     support, calm = version(status, "support"), version(status, "calm")
     assert support["drifted"] is True and calm["drifted"] is False
     assert calm["episodes"] == 0 and calm["episode"] is None
-    # One window fed by every gateway process: all 130 rows of each route in it.
-    assert support["received"] == 130 and calm["received"] == 130
     episode = support["episode"]
 
     # Two more evaluations of the drifted window, with new data each time: the episode
