@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from benchlib import configs, report
-from benchlib.machine import machine_info
+from benchlib.machine import machine_info, pin, process_tree
 from benchlib.procs import (
     REPO,
     BenchError,
@@ -204,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(SWITCHYARD_COMPILED=0): what `switchyard compile` buys, in the same run",
     )
     parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin processes to cores (default with 2+ cores: every proxy under "
+        "test on core 0, the upstream nginx and wrk on core 1, so a proxy never competes "
+        "with its load)",
+    )
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="leave out the Python floor row (benchlib/floor.py: a minimal uvloop + "
+        "httptools proxy with a sticky two-variant pick, what the runtime allows)",
+    )
+    parser.add_argument(
         "--litellm",
         action="store_true",
         help=f"add the LiteLLM proxy as a peer (needs {LITELLM_VENV.relative_to(REPO)})",
@@ -316,15 +331,28 @@ def throughput_mode(args: argparse.Namespace) -> int:
             )
             _check_gateway(pure)
             systems.append(System("gateway-py", "gateway, Python path", pure.url + path, pure))
+        if args.floor:
+            floor = launcher.start_floor(args.python, upstream.url)
+            systems.append(
+                System("floor", "Python floor (uvloop+httptools)", floor.url + path, floor)
+            )
         if args.litellm:
             litellm = launcher.start_litellm(LITELLM_VENV, upstream.url)
             systems.append(System("litellm", "litellm proxy", litellm.url + path, litellm))
+        pinned = args.pin and len(os.sched_getaffinity(0)) >= 2
+        if pinned:
+            proxy_core, load_core = sorted(os.sched_getaffinity(0))[:2]
+            pin(process_tree(upstream.popen.pid), {load_core})
+            for system in systems:
+                if system.proxy is not None:
+                    pin(process_tree(system.proxy.popen.pid), {proxy_core})
         plan = Plan(
             wrk=wrk,
             script=write_script(launcher.root),
             connections=args.connections,
             warmup_s=0 if args.quick else 1,
             latency_runs=not args.quick,
+            client_cores=frozenset({load_core}) if pinned else None,
             **plan_kw,
         )
         print(
@@ -350,6 +378,11 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "quick": args.quick,
             "latency_runs": not args.quick,
             "wrk_threads": 1,
+            "pinned": (
+                f"proxies on core {proxy_core}; upstream and wrk on core {load_core}"
+                if pinned
+                else None
+            ),
             "users": configs.USERS,
             "request_bytes": len(configs.REQUEST_BODY),
             "response_bytes": len(configs.RESPONSE_BODY),

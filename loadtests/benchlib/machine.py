@@ -8,6 +8,7 @@ well under 1% of the total.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -17,6 +18,18 @@ from collections import defaultdict
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pin(pids: list[int], cores: set[int]) -> None:
+    """Every thread of `pids` onto `cores` (threads they start later inherit it)."""
+    for pid in pids:
+        try:
+            tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue  # exited
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cores)
 
 
 def process_tree(pid: int) -> list[int]:

@@ -31,6 +31,7 @@ from benchlib import configs
 REPO = Path(__file__).resolve().parents[2]
 
 _LISTEN_GW = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)")
+_LISTEN_FLOOR = re.compile(r"floor listening on (http://\S+)")
 _LISTEN_SIM = re.compile(r"switchyard-sim \S+ listening on (http://\S+)")
 _PR_SET_PDEATHSIG = 1
 _DIR_PREFIX = "switchyard-bench-"
@@ -261,6 +262,16 @@ class Launcher:
                 return
             time.sleep(0.05)
         raise BenchError(f"{service.name} did not listen on port {port}:\n{service.log_tail()}")
+
+    def start_floor(self, python: str, upstream_url: str) -> Service:
+        """The Python floor (floor.py): the least a proxy on this runtime does."""
+        floor = Path(__file__).resolve().parent / "floor.py"
+        args = [python, str(floor), "--port", "0", "--upstream", upstream_url]
+        popen, log = self._spawn("floor", args)
+        service = self._track(Service("floor", popen, "", log))
+        service.url = self._wait_line(service, _LISTEN_FLOOR, 30.0).group(1)
+        self._wait_http(service, log)  # listening is not answering: one real request
+        return service
 
     def start_simulator(self, python: str, *options: str) -> Service:
         args = [python, "-m", "gateway", "simulate", "openai", "--port", "0"]

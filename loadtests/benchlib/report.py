@@ -76,6 +76,13 @@ def throughput_table(result: Mapping[str, Any], markdown: bool = False) -> str:
             f", compiled/Python path req/s {_ratio(ratios['gateway_vs_python_rps'])}"
             f" and CPU {_ratio(ratios['gateway_vs_python_cpu'])}"
         )
+    if "gateway_vs_floor_rps" in ratios:
+        ratio_line += (
+            f", gateway/floor req/s {_ratio(ratios['gateway_vs_floor_rps'])}"
+            f" and CPU {_ratio(ratios['gateway_vs_floor_cpu'])}"
+            f", floor/nginx req/s {_ratio(ratios['floor_vs_nginx_rps'])}"
+            f" and CPU {_ratio(ratios['floor_vs_nginx_cpu'])}"
+        )
     if "gateway_vs_litellm_rps" in ratios:
         ratio_line += f", gateway/litellm req/s {_ratio(ratios['gateway_vs_litellm_rps'])}"
     for name in systems:

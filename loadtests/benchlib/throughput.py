@@ -51,6 +51,8 @@ class Plan:
     repeat: int
     warmup_s: int
     latency_runs: bool
+    client_cores: frozenset[int] | None = None
+    """wrk's cores (--pin: the upstream's core, away from the proxy under test)."""
 
 
 def measure(system: System, upstream: Service, plan: Plan, connections: int) -> Sample:
@@ -59,7 +61,13 @@ def measure(system: System, upstream: Service, plan: Plan, connections: int) -> 
     upstream_pids = process_tree(upstream.popen.pid)
     proxy0, up0 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
     result = run_wrk(
-        plan.wrk, system.url, plan.script, connections, plan.duration_s, connections == 1
+        plan.wrk,
+        system.url,
+        plan.script,
+        connections,
+        plan.duration_s,
+        connections == 1,
+        plan.client_cores,
     )
     proxy1, up1 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
     return Sample(
@@ -73,7 +81,15 @@ def run_rounds(systems: list[System], upstream: Service, plan: Plan) -> None:
     """Warm up, then `plan.repeat` interleaved rounds; samples land on each System."""
     if plan.warmup_s > 0:
         for system in systems:
-            run_wrk(plan.wrk, system.url, plan.script, plan.connections, plan.warmup_s, False)
+            run_wrk(
+                plan.wrk,
+                system.url,
+                plan.script,
+                plan.connections,
+                plan.warmup_s,
+                False,
+                plan.client_cores,
+            )
     for round_no in range(1, plan.repeat + 1):
         for system in systems:
             sample = measure(system, upstream, plan, plan.connections)
@@ -220,6 +236,11 @@ def add_comparisons(
             ratios[f"{key}_rps"] = rps(name, other)
             ratios[f"{key}_cpu"] = cpu(name, other)
             ratios[f"{key}_added_cpu_us"] = cpu_added(name, other)
+    if "floor" in by_name:  # how far the full path is from what the runtime allows
+        ratios["gateway_vs_floor_rps"] = rps("gateway", "floor")
+        ratios["gateway_vs_floor_cpu"] = cpu("gateway", "floor")
+        ratios["floor_vs_nginx_rps"] = rps("floor", "nginx")
+        ratios["floor_vs_nginx_cpu"] = cpu("floor", "nginx")
     if "litellm" in by_name:
         ratios["gateway_vs_litellm_rps"] = rps("gateway", "litellm")
         ratios["litellm_vs_gateway_cpu"] = cpu("litellm", "gateway")

@@ -9,8 +9,10 @@ more work per request than some of the systems it measures.
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,10 +82,25 @@ class WrkResult:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
 
 
+def _pinned(cores: frozenset[int]) -> Callable[[], None]:
+    def start() -> None:
+        die_with_parent()
+        os.sched_setaffinity(0, cores)
+
+    return start
+
+
 def run_wrk(
-    wrk: str, url: str, script: Path, connections: int, duration_s: int, latency: bool
+    wrk: str,
+    url: str,
+    script: Path,
+    connections: int,
+    duration_s: int,
+    latency: bool,
+    cores: frozenset[int] | None = None,
 ) -> WrkResult:
-    """Run wrk to completion; raises BenchError if it fails or prints no result."""
+    """Run wrk to completion (on `cores` when given); raises BenchError if it fails or
+    prints no result."""
     args = [wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "10s"]
     if latency:
         args.append("--latency")
@@ -95,7 +112,7 @@ def run_wrk(
             capture_output=True,
             text=True,
             timeout=duration_s + 60,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent if cores is None else _pinned(cores),
         )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"wrk did not finish: {' '.join(args)}") from exc

@@ -23,7 +23,7 @@ BENCH = REPO / "loadtests" / "bench"
 
 
 @pytest.mark.timeout(60)
-def test_quick_bench_measures_three_systems(tmp_path: Path) -> None:
+def test_quick_bench_measures_four_systems(tmp_path: Path) -> None:
     require_program("nginx", "apt-get install nginx")
     require_program("wrk", "apt-get install wrk")
     output = tmp_path / "bench.json"
@@ -43,7 +43,8 @@ def test_quick_bench_measures_three_systems(tmp_path: Path) -> None:
 
     result = json.loads(output.read_text())
     systems = result["systems"]
-    assert set(systems) == {"direct", "nginx", "gateway"}
+    # The Python floor row (benchlib/floor.py) is on by default.
+    assert set(systems) == {"direct", "nginx", "gateway", "floor"}
     for name, entry in systems.items():
         assert entry["rps_median"] > 0, name
         assert entry["requests_total"] > 0, name
@@ -51,6 +52,8 @@ def test_quick_bench_measures_three_systems(tmp_path: Path) -> None:
     assert systems["gateway"]["cpu_us_per_req"] > 0
     assert systems["gateway"]["rss_mb"] > 0
     assert result["ratios"]["gateway_vs_nginx_rps"] > 0
+    assert result["ratios"]["gateway_vs_floor_rps"] > 0
+    assert systems["floor"]["non2xx_total"] == 0
     # The canary really split: both variants served requests.
     assert set(result["gateway"]["variant_requests"]) == {"champion", "challenger"}
     assert result["machine"]["nproc"] >= 1
