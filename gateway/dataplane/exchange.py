@@ -589,6 +589,8 @@ class Exchange(ResponseSource):
         endpoint_lines = self.variant.header_lines[self.ep_index]
         if self.tracked:
             endpoint_lines += self.feedback_line
+        if self.ask is not None and self.ask.issued:
+            endpoint_lines += self.ask.issued  # the session token (session_tokens)
         self.out = [
             wire.status_line(status),
             block,

@@ -35,6 +35,10 @@ class EndpointState:
         "in_flight",
         "kv_usage",
         "load_at",
+        "lora_free",
+        "lora_running",
+        "lora_waiting",
+        "max_loras",
         "probes_down",
         "queued",
         "running",
@@ -52,6 +56,14 @@ class EndpointState:
         self.running = 0
         self.kv_usage = 0.0
         self.load_at = 0.0  # when that report was read; 0 = never
+        # LoRA adapters the backend reports in its batch and queued for it (vLLM with
+        # --enable-lora), how many one batch holds (0: no report), and whether one more
+        # adapter fits without swapping another out (true when nothing is reported:
+        # unknown is not full). The picker's lora scorer reads them.
+        self.lora_running: tuple[str, ...] = ()
+        self.lora_waiting: tuple[str, ...] = ()
+        self.max_loras = 0
+        self.lora_free = True
         # queued + running: everything the backend has on its hands, this gateway's
         # requests included (so pick() takes max(in_flight, backlog), not the sum).
         self.backlog = 0

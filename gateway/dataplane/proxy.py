@@ -18,6 +18,7 @@ from gateway.dataplane.decide import Decision
 from gateway.dataplane.exchange import Exchange, ResponseFilter
 from gateway.dataplane.http.server import ClientConnection, RequestHandler
 from gateway.dataplane.http.wire import Request
+from gateway.dataplane.session_tokens import header_line, pin
 from gateway.dataplane.shadow.mirror import ShadowMirror
 from gateway.dataplane.snapshot import SnapshotRef
 from gateway.dataplane.styles import ErrorStyle
@@ -65,10 +66,19 @@ class ProxyPlane(RequestHandler):
             raise Unavailable("the gateway is shutting down; retry on another replica")
         ask = None
         picker = decision.variant.picker
+        pinned = None
+        if picker is not None and picker.session_issue:
+            # The session token the gateway issues pins the variant (session_tokens).
+            pinned = pin(decision, request.fields, self.feedback_ids)
+            decision = pinned.decision
+            picker = decision.variant.picker
         if picker is not None:
             # What the pool's scorers need of the request; a request no endpoint of the
             # pool has the context for is refused here (400), before quotas charge it.
             ask = picker.ask(request.body, parsed, request.fields)
+            if pinned is not None:
+                ask.session, ask.rejected = pinned.token, pinned.rejected
+                ask.issued = header_line(pinned.token)
             picker.check_fit(ask, parsed)
         charge = None
         key = request.key

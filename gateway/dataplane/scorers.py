@@ -11,9 +11,16 @@ endpoint with the highest weighted sum of scores, each in 0..1:
 - prefix_cache: the share of the prompt's leading blocks the endpoint is estimated to
   hold in its prefix cache, because this process sent it that prefix before;
 - session: 1 for the endpoint that served the request's session last (within the TTL);
-- random: a uniform draw per endpoint (a baseline for comparisons).
+  the session key is a header, a body field, or a token the gateway issues (see
+  `dataplane.session_tokens`, which also pins the session's variant);
+- random: a uniform draw per endpoint (a baseline for comparisons);
+- lora: what the endpoint reports (vLLM's `vllm:lora_requests_info`, scraped with
+  `load_metrics: vllm`) of the LoRA adapter the variant sends upstream (`adapter`: its
+  model name): 1 in its running batch, 0.5 not loaded but a slot free (fewer distinct
+  adapters running or waiting than --max-loras, or no report), 0.25 queued for a slot,
+  0 absent with every slot taken (vLLM would swap an adapter out for it).
 
-The affinity scorers (prefix_cache, session) count only on endpoints whose load is at
+The affinity scorers (prefix_cache, session, lora) count only on endpoints whose load is at
 most `spread_above` over the pool's least: an overloaded endpoint loses its affinity
 and the load scorers decide (SGLang's cache-aware router balances the same way).
 Equal scores go to the rotation, like `pick.pick`. Endpoints that are ejected, or whose
@@ -52,8 +59,14 @@ from gateway.dataplane.health import EndpointState
 from gateway.dataplane.picker_state import PoolState
 from gateway.errors import ContextTooLong
 from gateway.observability.picker_metrics import (
+    LORA_FREE,
+    LORA_RESULTS,
+    LORA_RUNNING,
+    LORA_SWAP,
+    LORA_WAITING,
     SESSION_EXPIRED,
     SESSION_HIT,
+    SESSION_INVALID,
     SESSION_MISS,
     SESSION_MOVED,
     WIN_SINGLE,
@@ -68,7 +81,10 @@ KV_CACHE: Final = 1
 PREFIX_CACHE: Final = 2
 SESSION: Final = 3
 RANDOM: Final = 4
-SCORERS: Final = ("queue", "kv_cache", "prefix_cache", "session", "random")
+LORA: Final = 5
+SCORERS: Final = ("queue", "kv_cache", "prefix_cache", "session", "random", "lora")
+# The lora scorer's score per picker_metrics.LORA_RESULTS (running, free, waiting, swap).
+LORA_SCORES: Final = (1.0, 0.5, 0.25, 0.0)
 _MESSAGES: Final = b'"messages"'
 _PROMPT: Final = b'"prompt"'
 
@@ -153,10 +169,30 @@ def max_tokens_of(parsed: Mapping[str, Any] | None) -> int:
     return 0
 
 
+def lora_result(state: EndpointState, adapter: str) -> int:
+    """What endpoint `state` reports of `adapter` (picker_metrics.LORA_RESULTS index)."""
+    if adapter in state.lora_running:
+        return LORA_RUNNING
+    if state.lora_free:
+        return LORA_FREE
+    if adapter in state.lora_waiting:
+        return LORA_WAITING
+    return LORA_SWAP
+
+
 class Ask:
     """What the scorers need of one request: computed once, before its first pick."""
 
-    __slots__ = ("chars", "exact", "hashes", "max_tokens", "session", "tokens")
+    __slots__ = (
+        "chars",
+        "exact",
+        "hashes",
+        "issued",
+        "max_tokens",
+        "rejected",
+        "session",
+        "tokens",
+    )
 
     def __init__(self, hashes: list[int], session: bytes, tokens: int, max_tokens: int) -> None:
         self.hashes = hashes  # chained prefix block hashes (prefix_cache only)
@@ -165,6 +201,10 @@ class Ask:
         self.max_tokens = max_tokens
         self.exact = False  # tokens counted from the prompt's text, not the body's size
         self.chars = 0  # the text's characters, when exact
+        # Issued sessions (session_tokens.pin sets them): the response header line that
+        # hands the client its token, and whether the token it sent did not verify.
+        self.issued = b""
+        self.rejected = False
 
 
 class Picker:
@@ -174,7 +214,7 @@ class Picker:
         self,
         route: str,
         variant: str,
-        weights: tuple[float, float, float, float, float],
+        weights: tuple[float, float, float, float, float, float],
         states: tuple[EndpointState, ...],
         slots: tuple[int, ...],
         series: tuple[PickerSeries, ...],
@@ -185,16 +225,25 @@ class Picker:
         max_blocks: int = 16,
         session_header: bytes = b"",
         session_field: str = "",
+        session_issue: bool = False,
         session_ttl: float = 1800.0,
         spread_above: int = 8,
         fit: bool = True,
         max_model_len: int = 0,
         chars_per_token: float = 4.0,
         reported: dict[str, int] | None = None,
+        adapter: str = "",
     ) -> None:
         self.route = route
         self.variant = variant
-        self.w_queue, self.w_kv, self.w_prefix, self.w_session, self.w_random = weights
+        (
+            self.w_queue,
+            self.w_kv,
+            self.w_prefix,
+            self.w_session,
+            self.w_random,
+            self.w_lora,
+        ) = weights
         self.states = states
         self.slots = slots
         self.series = series
@@ -204,6 +253,7 @@ class Picker:
         self.max_blocks = max_blocks
         self.session_header = session_header
         self.session_field = session_field
+        self.session_issue = session_issue  # the key is a token this gateway issues
         self.session_ttl = session_ttl
         self.spread_above = spread_above
         self.fit = fit
@@ -211,9 +261,18 @@ class Picker:
         self.chars_per_token = chars_per_token
         # backend -> context length it reported, for /metrics (the context watcher's).
         self.reported: dict[str, int] = reported if reported is not None else {}
+        # The model name the variant sends upstream: the LoRA adapter its requests want.
+        self.adapter = adapter
 
-    def weights(self) -> tuple[float, float, float, float, float]:
-        return (self.w_queue, self.w_kv, self.w_prefix, self.w_session, self.w_random)
+    def weights(self) -> tuple[float, float, float, float, float, float]:
+        return (
+            self.w_queue,
+            self.w_kv,
+            self.w_prefix,
+            self.w_session,
+            self.w_random,
+            self.w_lora,
+        )
 
     def describe(self) -> dict[str, Any]:
         """The picker's settings, for `policy explain` and the admin API."""
@@ -229,16 +288,19 @@ class Picker:
                 "blocks_known": self.pool.blocks(),
             }
         if self.w_session:
-            key = (
-                "header:" + self.session_header.decode("latin-1")
-                if self.session_header
-                else "body:" + self.session_field
-            )
+            if self.session_issue:
+                key = "issued (x-switchyard-session)"
+            elif self.session_header:
+                key = "header:" + self.session_header.decode("latin-1")
+            else:
+                key = "body:" + self.session_field
             view["session"] = {
                 "key": key,
                 "ttl": self.session_ttl,
                 "sessions_known": len(self.pool.sessions),
             }
+        if self.w_lora:
+            view["lora"] = {"adapter": self.adapter}
         view["context"] = {
             "fit": self.fit,
             "max_model_len": self.max_model_len or None,  # None: what each endpoint reports
@@ -258,7 +320,7 @@ class Picker:
             prefix_hashes(body, self.block_bytes, self.max_blocks) if self.w_prefix else []
         )
         session = b""
-        if self.w_session:
+        if self.w_session and not self.session_issue:  # issued: session_tokens.pin sets it
             if self.session_header:
                 if fields is not None:
                     session = fields.get(self.session_header, b"")
@@ -380,6 +442,8 @@ class Picker:
         if self.w_random:
             draws = [pool.rng.random() for _ in range(n)]
         spread = least + self.spread_above
+        w_lora = self.w_lora
+        adapter = self.adapter
         best = -1
         best_score = 0.0
         second = -1
@@ -397,6 +461,8 @@ class Picker:
                     score += self.w_prefix * depths.get(slot, 0) / nblocks
                 if slot == session_slot:
                     score += self.w_session
+                if w_lora:
+                    score += w_lora * LORA_SCORES[lora_result(state, adapter)]
             if draws is not None:
                 score += self.w_random * draws[i]
             if best < 0 or score > best_score:
@@ -419,9 +485,13 @@ class Picker:
             series.prefix_miss_blocks += nblocks - held
             if held < nblocks:
                 pool.record(hashes, chosen, held)
+        if w_lora:
+            series.lora[lora_result(states[best], adapter)] += 1
         if session_result >= 0:
             if session_result == SESSION_HIT and session_slot != chosen:
                 session_result = SESSION_MOVED
+            elif ask.rejected:
+                session_result = SESSION_INVALID
             series.sessions[session_result] += 1
             sessions = pool.sessions
             sessions[ask.session] = (chosen, now + self.session_ttl)
@@ -446,12 +516,16 @@ class Picker:
         prefix = 0.0
         if affinity and depths is not None and nblocks:
             prefix = self.w_prefix * depths.get(slot, 0) / nblocks
+        lora = 0.0
+        if affinity and self.w_lora:
+            lora = self.w_lora * LORA_SCORES[lora_result(self.states[i], self.adapter)]
         return [
             self.w_queue / (1 + load - least),
             self.w_kv * (1.0 - self.states[i].kv_usage),
             prefix,
             self.w_session if affinity and slot == session_slot else 0.0,
             self.w_random * draws[i] if draws is not None else 0.0,
+            lora,
         ]
 
     def _winner(
@@ -514,8 +588,18 @@ class Picker:
                 parts = self._parts(i, loads[i], least, depths, len(ask.hashes), session_slot, None)
                 row["load"] = loads[i]
                 row["prefix_blocks"] = depths.get(self.slots[i], 0) if depths else 0
+                if self.w_lora:
+                    state = states[i]
+                    row["lora"] = {
+                        "adapter": LORA_RESULTS[lora_result(state, self.adapter)],
+                        "running": list(state.lora_running),
+                        "waiting": list(state.lora_waiting),
+                        "max_loras": state.max_loras,
+                    }
                 row["scores"] = {
-                    name: round(parts[k], 4) for k, name in enumerate(SCORERS) if k != RANDOM
+                    name: round(parts[k], 4)
+                    for k, name in enumerate(SCORERS)
+                    if k != RANDOM and (k != LORA or self.w_lora)
                 }
                 row["total"] = round(sum(parts), 4)
             rows.append(row)

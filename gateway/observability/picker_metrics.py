@@ -18,18 +18,39 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 # ahead of the runner-up (the best endpoint that scored less); `tie` when every candidate
 # scored the same (the rotation chose), `single` when it was the only endpoint in
 # rotation that fits the request.
-WINNERS: Final = ("queue", "kv_cache", "prefix_cache", "session", "random", "tie", "single")
-WIN_TIE: Final = 5
-WIN_SINGLE: Final = 6
+WINNERS: Final = (
+    "queue",
+    "kv_cache",
+    "prefix_cache",
+    "session",
+    "random",
+    "lora",
+    "tie",
+    "single",
+)
+WIN_TIE: Final = 6
+WIN_SINGLE: Final = 7
 # What became of a request's session key: hit (it went to the session's endpoint),
 # moved (that endpoint was out of rotation, overloaded or too small: it went elsewhere
 # and the session follows it), miss (a key not seen, or forgotten), expired (seen, but
-# longer ago than the TTL).
-SESSION_RESULTS: Final = ("hit", "moved", "miss", "expired")
+# longer ago than the TTL), invalid (a session token the gateway issues that it cannot
+# verify: forged, damaged, of another route or another fleet secret; a new session
+# starts).
+SESSION_RESULTS: Final = ("hit", "moved", "miss", "expired", "invalid")
 SESSION_HIT: Final = 0
 SESSION_MOVED: Final = 1
 SESSION_MISS: Final = 2
 SESSION_EXPIRED: Final = 3
+SESSION_INVALID: Final = 4
+# What the endpoint a lora-scored pick chose reported of the request's adapter: running
+# (in its batch), free (not loaded, a slot free: loaded without swapping one out, or no
+# report), waiting (queued for a slot), swap (not there, every slot taken: another
+# adapter has to go first).
+LORA_RESULTS: Final = ("running", "free", "waiting", "swap")
+LORA_RUNNING: Final = 0
+LORA_FREE: Final = 1
+LORA_WAITING: Final = 2
+LORA_SWAP: Final = 3
 
 
 @dataclass(eq=False, slots=True)
@@ -43,6 +64,7 @@ class PickerSeries:
     prefix_miss_blocks: int = 0  # the request's other blocks
     sessions: list[int] = field(default_factory=lambda: [0] * len(SESSION_RESULTS))
     context_skips: int = 0  # picks that passed this endpoint over: the prompt cannot fit
+    lora: list[int] = field(default_factory=lambda: [0] * len(LORA_RESULTS))  # by result
 
 
 @dataclass(eq=False, slots=True)
@@ -84,7 +106,7 @@ def picker_families(c: PickerCounters) -> Iterator[object]:
         "Scored endpoint picks (pools with a `picker`), by route, backend and the scorer "
         "that decided: the one whose weighted score put the endpoint furthest ahead of the "
         "runner-up, the best endpoint that scored less (queue, kv_cache, prefix_cache, "
-        "session, random); tie (every candidate scored the same: the rotation chose) or "
+        "session, random, lora); tie (every candidate scored the same: the rotation chose) or "
         "single (the only endpoint in rotation that fits).",
         labels=["route", "backend", "scorer"],
     )
@@ -100,7 +122,16 @@ def picker_families(c: PickerCounters) -> Iterator[object]:
         "Requests with a session key (session scorer), by route, the backend that took "
         "them and result: hit (the session's endpoint), moved (that endpoint was out of "
         "rotation, overloaded or too small; the session follows the new one), miss (a key "
-        "not known here), expired (known, but idle longer than the TTL).",
+        "not known here), expired (known, but idle longer than the TTL), invalid (a "
+        "gateway-issued session token that does not verify: a new session starts).",
+        labels=["route", "backend", "result"],
+    )
+    lora = CounterMetricFamily(
+        "switchyard_picker_lora",
+        "Picks of pools with the lora scorer, by route, the backend picked and what it "
+        "reported of the request's LoRA adapter: running (in its batch), free (not "
+        "loaded, a slot free, or no report), waiting (queued for a slot), swap (absent "
+        "and every slot taken: vLLM swaps an adapter out).",
         labels=["route", "backend", "result"],
     )
     skips = CounterMetricFamily(
@@ -132,10 +163,13 @@ def picker_families(c: PickerCounters) -> Iterator[object]:
         for i, count in enumerate(s.sessions):
             if count:
                 sessions.add_metric([*labels, SESSION_RESULTS[i]], count)
+        for i, count in enumerate(s.lora):
+            if count:
+                lora.add_metric([*labels, LORA_RESULTS[i]], count)
         if s.context_skips:
             skips.add_metric(labels, s.context_skips)
     for r in sorted(list(c.routes.values()), key=lambda r: r.route):
         refusals.add_metric([r.route], r.context_refusals)
     for backend, tokens in sorted(list(c.context_lengths.items())):
         lengths.add_metric([backend], tokens)
-    yield from (picks, prefix, sessions, skips, refusals, lengths)
+    yield from (picks, prefix, sessions, lora, skips, refusals, lengths)

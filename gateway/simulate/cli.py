@@ -69,6 +69,21 @@ def add_backends(backends: Subparsers) -> None:
         help="capacity /metrics reports running vs waiting against (default 256)",
     )
     openai.add_argument(
+        "--max-loras",
+        type=count_number,
+        default=0,
+        help="LoRA adapters one batch holds, as vLLM's --max-loras; above 0 /metrics reports "
+        "vllm:lora_requests_info for the --lora-module adapters (default 0: no LoRA)",
+    )
+    openai.add_argument(
+        "--lora-module",
+        action="append",
+        dest="lora_modules",
+        default=[],
+        metavar="NAME",
+        help="a model name that is a LoRA adapter (repeatable; vLLM's --lora-modules)",
+    )
+    openai.add_argument(
         "--max-model-len",
         type=positive_number,
         default=4096,
@@ -133,6 +148,8 @@ def run_openai(args: argparse.Namespace) -> int:
         options = OpenAIOptions(
             **_llm_options(args),
             max_num_seqs=args.max_num_seqs,
+            max_loras=args.max_loras,
+            lora_modules=tuple(args.lora_modules),
             max_model_len=args.max_model_len,
             prefill_tokens_per_s=args.prefill_tokens_per_s,
             prefix_cache_blocks=args.prefix_cache_blocks,

@@ -79,6 +79,12 @@ class OpenAIOptions:
     """Tokens (words) per cached block, as vLLM's default block size."""
     prefill_tokens_per_s: float = 0.0
     """Prefill rate of uncached prompt tokens, one request at a time; 0: prefill is free."""
+    max_loras: int = 0
+    """vLLM's --max-loras with --enable-lora: adapters one batch holds. Above 0, /metrics
+    reports vllm:lora_requests_info: the adapters (`lora_modules`) of requests not yet
+    answered, the first `max_loras` distinct ones running, the others waiting."""
+    lora_modules: tuple[str, ...] = ()
+    """Model names that are LoRA adapters (vLLM's --lora-modules NAME=PATH)."""
 
     def __post_init__(self) -> None:
         if not self.served_models or not all(self.served_models):
@@ -99,6 +105,8 @@ class OpenAIOptions:
             raise ValueError("prefix cache: blocks must not be negative, block tokens >= 1")
         if self.prefill_tokens_per_s < 0:
             raise ValueError("prefill_tokens_per_s must not be negative")
+        if self.max_loras < 0:
+            raise ValueError("max_loras must not be negative")
 
     def fault_rules(self) -> list[FaultRule]:
         """`faults`, with `error_rate` as the first rule."""
@@ -145,6 +153,9 @@ class OpenAISimulator:
         self._chunk_delay_s = options.chunk_delay_ms / 1000.0
         self._served = frozenset(options.served_models)
         self._usage = _Usage()
+        self._adapters = frozenset(options.lora_modules)
+        # (answered at, adapter) of adapter requests: what /metrics reports as in the batch.
+        self._lora_live: list[tuple[float, str]] = []
         self._prefix = PrefixCache(
             options.prefix_cache_blocks, options.prefix_block_tokens, options.prefill_tokens_per_s
         )
@@ -205,7 +216,23 @@ class OpenAISimulator:
             generation_tokens=self._usage.generation_tokens,
             finished=self._usage.finished,
         )
-        return Response(200, wire.vllm_metrics(load), content_type=wire.METRICS_CONTENT_TYPE)
+        text = wire.vllm_metrics(load)
+        if self._options.max_loras:
+            adapters, queued = self._lora_batch(time.monotonic())
+            text += wire.lora_info(self._options.max_loras, adapters, queued, time.time())
+        return Response(200, text, content_type=wire.METRICS_CONTENT_TYPE)
+
+    def _lora_batch(self, now: float) -> tuple[list[str], list[str]]:
+        """Adapters of the requests not answered yet: the first max_loras distinct ones
+        (in arrival order) run, the others wait for a slot, as in vLLM's scheduler."""
+        self._lora_live = [(end, name) for end, name in self._lora_live if end > now]
+        distinct = list(dict.fromkeys(name for _, name in self._lora_live))
+        cut = self._options.max_loras
+        return distinct[:cut], distinct[cut:]
+
+    def _lora_request(self, model: str, latency: float) -> None:
+        if model in self._adapters and self._options.max_loras:
+            self._lora_live.append((time.monotonic() + latency, model))
 
     # -- shared inference path ---------------------------------------------------------
 
@@ -246,6 +273,7 @@ class OpenAISimulator:
         prompt_tokens = sum(count_words(text) for text in texts)
         self._check_context(prompt_tokens, limit, "messages")
         latency += self._prefix.admit(texts, time.monotonic())
+        self._lora_request(model, latency)
         choice = self._complete(self._text.key(texts), limit, plan)
         self._usage.add(prompt_tokens, [choice])
         env = self._envelope("chatcmpl-", model)

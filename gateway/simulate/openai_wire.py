@@ -280,5 +280,19 @@ def vllm_metrics(load: EngineLoad) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def lora_info(max_loras: int, running: list[str], waiting: list[str], at: float) -> bytes:
+    """vLLM's `vllm:lora_requests_info` (with --enable-lora): the adapters in the batch
+    and queued, comma-joined, a gauge set to the time of the update."""
+    labels = (
+        f'max_lora="{max_loras}",running_lora_adapters="{_escape_label(",".join(running))}",'
+        f'waiting_lora_adapters="{_escape_label(",".join(waiting))}"'
+    )
+    return (
+        "# HELP vllm:lora_requests_info Running stats on lora requests.\n"
+        "# TYPE vllm:lora_requests_info gauge\n"
+        f"vllm:lora_requests_info{{{labels}}} {at}\n"
+    ).encode()
+
+
 def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

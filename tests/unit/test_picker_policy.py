@@ -120,10 +120,10 @@ picker:
     )
     a, b = snap.routes["chat"].variants
     assert a.picker is not None and b.picker is not None
-    assert a.picker.weights() == (1.0, 0.0, 2.0, 0.0, 0.0)
+    assert a.picker.weights() == (1.0, 0.0, 2.0, 0.0, 0.0, 0.0)
     assert (a.picker.block_bytes, a.picker.max_blocks, a.picker.max_model_len) == (128, 8, 8192)
     assert a.picker.spread_above == 8 and a.picker.fit
-    assert b.picker.weights() == (0.0, 0.0, 0.0, 0.0, 1.0)  # its own replaces the route's
+    assert b.picker.weights() == (0.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # its own replaces the route's
     assert a.picker.states == tuple(e.state for e in a.endpoints)
 
 

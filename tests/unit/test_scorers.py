@@ -8,6 +8,7 @@ import random
 import orjson
 import pytest
 
+from gateway.controlplane.backends.load import set_lora
 from gateway.dataplane.health import EndpointState
 from gateway.dataplane.picker_state import MAX_SLOTS, PoolState
 from gateway.dataplane.scorers import (
@@ -25,6 +26,7 @@ from gateway.observability.picker_metrics import (
     SESSION_MOVED,
     WINNERS,
     PickerCounters,
+    picker_families,
 )
 
 SYSTEM_A = "You are the billing assistant of Example Corp. " * 40
@@ -42,7 +44,7 @@ def chat(system: str, turn: str, **extra: object) -> bytes:
 
 def make_picker(
     n: int = 3,
-    weights: tuple[float, float, float, float, float] = (1, 1, 2, 0, 0),
+    weights: tuple[float, float, float, float, float, float] = (1, 1, 2, 0, 0, 0),
     pool: PoolState | None = None,
     **options: object,
 ) -> tuple[Picker, list[EndpointState], PickerCounters]:
@@ -172,7 +174,7 @@ def test_an_overloaded_holder_loses_its_affinity() -> None:
 
 
 def test_queue_alone_is_least_loaded_and_ties_rotate() -> None:
-    picker, states, _ = make_picker(weights=(1, 0, 0, 0, 0))
+    picker, states, _ = make_picker(weights=(1, 0, 0, 0, 0, 0))
     states[0].in_flight, states[1].in_flight, states[2].in_flight = 3, 1, 2
     body = chat("s", "u")
     assert picker.choose(ask(picker, body), 1.0, 0) == 1
@@ -182,7 +184,7 @@ def test_queue_alone_is_least_loaded_and_ties_rotate() -> None:
 
 
 def test_kv_cache_weighs_against_queue() -> None:
-    picker, states, _ = make_picker(weights=(1, 3, 0, 0, 0))
+    picker, states, _ = make_picker(weights=(1, 3, 0, 0, 0, 0))
     states[0].in_flight = 1
     states[1].kv_usage = 0.9
     states[2].kv_usage = 0.8
@@ -191,7 +193,7 @@ def test_kv_cache_weighs_against_queue() -> None:
 
 
 def test_random_alone_spreads_over_the_pool() -> None:
-    picker, _, _ = make_picker(n=4, weights=(0, 0, 0, 0, 1))
+    picker, _, _ = make_picker(n=4, weights=(0, 0, 0, 0, 1, 0))
     picker.pool.rng.seed(7)
     got = [picker.choose(ask(picker, chat(SYSTEM_A, "q")), 1.0, 0) for _ in range(400)]
     assert all(60 < got.count(i) < 140 for i in range(4))
@@ -209,16 +211,22 @@ def test_ejected_endpoints_are_never_picked() -> None:
 def test_choose_adds_up_the_parts_it_explains() -> None:
     rng = random.Random(3)
     for trial in range(200):
-        weights = (*(float(rng.choice([0, 0.5, 1, 2, 3])) for _ in range(4)), 0.0)
+        w = [float(rng.choice([0, 0.5, 1, 2, 3])) for _ in range(5)]
+        weights = (w[0], w[1], w[2], w[3], 0.0, w[4])
         if not any(weights):
             continue
-        picker, states, _ = make_picker(n=5, weights=weights, session_header=b"x-session-id")  # type: ignore[arg-type]
+        picker, states, _ = make_picker(
+            n=5, weights=weights, session_header=b"x-session-id", adapter="sql"
+        )
         for _ in range(rng.randrange(4)):
             system = rng.choice([SYSTEM_A, SYSTEM_B])
             picker.choose(ask(picker, chat(system, "warm"), {b"x-session-id": b"s1"}), 1.0, 0)
         for state in states:
             state.in_flight = rng.randrange(8)
             state.kv_usage = rng.random()
+            running = tuple(rng.sample(["sql", "law", "med"], rng.randrange(3)))
+            waiting = tuple(rng.sample(["sql", "law", "med"], rng.randrange(2)))
+            set_lora(state, running, waiting, rng.choice([0, 1, 2, 3]))
         found = ask(picker, chat(rng.choice([SYSTEM_A, SYSTEM_B]), "q"), {b"x-session-id": b"s1"})
         rows = picker.explain(found, 1.0)
         top = max(row["total"] for row in rows)
@@ -231,7 +239,7 @@ def test_choose_adds_up_the_parts_it_explains() -> None:
 
 def test_a_session_stays_on_its_endpoint_until_the_ttl() -> None:
     picker, states, counters = make_picker(
-        weights=(1, 0, 0, 3, 0), session_header=b"x-session-id", session_ttl=60.0
+        weights=(1, 0, 0, 3, 0, 0), session_header=b"x-session-id", session_ttl=60.0
     )
     head = {b"x-session-id": b"conv-1"}
     first = picker.choose(ask(picker, chat("s", "u"), head), 0.0, 0)
@@ -248,7 +256,7 @@ def test_a_session_stays_on_its_endpoint_until_the_ttl() -> None:
 
 def test_a_session_moves_with_an_ejected_endpoint_and_stays_moved() -> None:
     picker, states, counters = make_picker(
-        n=2, weights=(1, 0, 0, 3, 0), session_field="user", session_ttl=60.0
+        n=2, weights=(1, 0, 0, 3, 0, 0), session_field="user", session_ttl=60.0
     )
     body = chat("s", "u", user="alice")
     first = picker.choose(ask(picker, body), 0.0, 0)
@@ -263,7 +271,7 @@ def test_a_session_moves_with_an_ejected_endpoint_and_stays_moved() -> None:
 def test_the_session_table_is_bounded() -> None:
     pool = PoolState(max_sessions=50)
     picker, _, _ = make_picker(
-        weights=(1, 0, 0, 1, 0), pool=pool, session_header=b"x-session-id", session_ttl=60.0
+        weights=(1, 0, 0, 1, 0, 0), pool=pool, session_header=b"x-session-id", session_ttl=60.0
     )
     for i in range(500):
         picker.choose(ask(picker, chat("s", "u"), {b"x-session-id": b"s%d" % i}), 1.0, i)
@@ -296,7 +304,7 @@ def test_token_estimates_and_max_tokens() -> None:
 
 
 def test_context_fit_skips_small_endpoints_and_refuses_when_none_fits() -> None:
-    picker, states, counters = make_picker(n=3, weights=(1, 0, 0, 0, 0))
+    picker, states, counters = make_picker(n=3, weights=(1, 0, 0, 0, 0, 0))
     picker.pool.lengths[:] = [1000, 4000, 2000]
     small = chat("x" * 400, "y", max_tokens=100)  # ~100 + 100 tokens: fits all
     found = ask(picker, small)
@@ -317,17 +325,77 @@ def test_context_fit_skips_small_endpoints_and_refuses_when_none_fits() -> None:
 
 
 def test_unknown_context_lengths_check_nothing_and_the_policy_length_wins() -> None:
-    picker, _, _ = make_picker(n=2, weights=(1, 0, 0, 0, 0))
+    picker, _, _ = make_picker(n=2, weights=(1, 0, 0, 0, 0, 0))
     picker.pool.lengths[:] = [1000, 0]
     assert ask(picker, chat("x" * 40000, "y")).tokens == 0
-    fixed, _, _ = make_picker(n=2, weights=(1, 0, 0, 0, 0), max_model_len=100)
+    fixed, _, _ = make_picker(n=2, weights=(1, 0, 0, 0, 0, 0), max_model_len=100)
     with pytest.raises(ContextTooLong):
         ask(fixed, chat("x" * 4000, "y"))
-    off, _, _ = make_picker(n=2, weights=(1, 0, 0, 0, 0), max_model_len=100, fit=False)
+    off, _, _ = make_picker(n=2, weights=(1, 0, 0, 0, 0, 0), max_model_len=100, fit=False)
     assert ask(off, chat("x" * 4000, "y")).tokens == 0
 
 
 def test_only_what_the_weights_use_is_computed() -> None:
-    picker, _, _ = make_picker(weights=(1, 1, 0, 0, 0), fit=False)
+    picker, _, _ = make_picker(weights=(1, 1, 0, 0, 0, 0), fit=False)
     found = picker.ask(chat(SYSTEM_A, "u"), None, {b"x-session-id": b"s"})
     assert (found.hashes, found.session, found.tokens) == ([], b"", 0)
+
+
+# LoRA adapter affinity ---------------------------------------------------------------
+
+
+def lora_picker(n: int = 4) -> tuple[Picker, list[EndpointState], PickerCounters]:
+    return make_picker(n=n, weights=(1, 0, 0, 0, 0, 2), adapter="sql", fit=False)
+
+
+def test_lora_scores_running_then_free_then_waiting_then_swap() -> None:
+    picker, states, counters = lora_picker()
+    set_lora(states[0], ("law", "med"), ("sql",), 2)  # queued for a slot: 0.25
+    set_lora(states[1], ("law", "med"), (), 2)  # full, absent: a swap, 0
+    set_lora(states[2], ("sql",), (), 2)  # running: 1
+    set_lora(states[3], ("law",), (), 2)  # a slot free: 0.5
+    rows = picker.explain(ask(picker, chat(SYSTEM_A, "q")), 1.0)
+    assert [row["scores"]["lora"] for row in rows] == [0.5, 0.0, 2.0, 1.0]
+    assert [row["lora"]["adapter"] for row in rows] == ["waiting", "swap", "running", "free"]
+    assert picker.choose(ask(picker, chat(SYSTEM_A, "q")), 1.0, 0) == 2
+    assert counters.series[("chat", states[2].backend)].lora == [1, 0, 0, 0]
+    assert counters.series[("chat", states[2].backend)].picks[WINNERS.index("lora")] == 1
+    # The runner: busier by two requests, it still wins (2 * 1 + 1/3 > 2 * 0.5 + 1).
+    states[2].in_flight = 2
+    assert picker.choose(ask(picker, chat(SYSTEM_A, "q")), 1.0, 0) == 2
+    # Past spread_above, the adapter's endpoint loses its affinity to the load scorer.
+    states[2].in_flight = 20
+    assert picker.choose(ask(picker, chat(SYSTEM_A, "q")), 1.0, 0) == 3
+    assert counters.series[("chat", states[3].backend)].lora == [0, 1, 0, 0]
+
+
+def test_waiting_adapters_take_the_free_slots_first() -> None:
+    picker, states, _ = lora_picker(2)
+    set_lora(states[0], ("law",), ("med",), 2)  # law running, med waiting: both slots
+    set_lora(states[1], (), (), 0)  # no report (no LoRA request yet, or stale): free
+    rows = picker.explain(ask(picker, chat(SYSTEM_A, "q")), 1.0)
+    assert [row["lora"]["adapter"] for row in rows] == ["swap", "free"]
+    assert not states[0].lora_free and states[1].lora_free
+
+
+def test_without_a_lora_weight_nothing_about_adapters_is_read_or_shown() -> None:
+    picker, states, counters = make_picker(weights=(1, 0, 0, 0, 0, 0), adapter="sql")
+    set_lora(states[0], ("law",), (), 1)
+    rows = picker.explain(ask(picker, chat(SYSTEM_A, "q")), 1.0)
+    assert "lora" not in rows[0]["scores"] and "lora" not in rows[0]
+    picker.choose(ask(picker, chat(SYSTEM_A, "q")), 1.0, 0)
+    assert all(s.lora == [0, 0, 0, 0] for s in counters.series.values())
+    assert "lora" not in picker.describe()
+
+
+def test_lora_picks_are_exported() -> None:
+    picker, states, counters = lora_picker(2)
+    set_lora(states[0], ("sql",), (), 4)
+    set_lora(states[1], ("a", "b", "c", "d"), (), 4)
+    for _ in range(3):
+        picker.choose(ask(picker, chat(SYSTEM_A, "q")), 1.0, 0)
+    families = {f.name: f for f in picker_families(counters)}  # type: ignore[attr-defined]
+    samples = [(s.labels, s.value) for s in families["switchyard_picker_lora"].samples]
+    assert samples == [({"route": "chat", "backend": states[0].backend, "result": "running"}, 3.0)]
+    wins = [s for s in families["switchyard_picker_picks"].samples if s.value]
+    assert [s.labels["scorer"] for s in wins] == ["lora"]

@@ -14,7 +14,8 @@ ones are never removed), so the newest series (largest value) is the current sta
 `parse_vllm_metrics` reads it into `BackendLoad.lora_running`, `lora_waiting` and
 `max_loras` (vLLM's `--max-loras`: adapters one batch can hold), the facts an
 adapter-affinity picker needs: an endpoint already running an adapter serves its next
-request without swapping one in.
+request without swapping one in. The watcher stores them on the endpoint's live state
+(`set_lora`), where the picker's `lora` scorer reads them (dataplane/scorers.py).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class LoadWatcher:
                     load.kv_usage,
                 )
                 state.backlog = load.waiting + load.running
+                set_lora(state, load.lora_running, load.lora_waiting, load.max_loras)
                 state.load_at = now
                 self.failures.pop(state.backend, None)
                 continue
@@ -175,6 +177,7 @@ class LoadWatcher:
             if now - state.load_at > self.stale_after:
                 state.queued = state.running = state.backlog = 0  # unknown is not busy
                 state.kv_usage = 0.0
+                set_lora(state, (), (), 0)
 
     async def run(self) -> None:
         try:
@@ -185,6 +188,19 @@ class LoadWatcher:
                 await asyncio.sleep(self.interval)
         finally:
             await self._client.aclose()
+
+
+def set_lora(
+    state: EndpointState, running: tuple[str, ...], waiting: tuple[str, ...], max_loras: int
+) -> None:
+    """Store an endpoint's LoRA report where the lora scorer reads it, with whether one
+    more adapter fits in its batch without swapping one out: fewer distinct adapters
+    running or waiting than --max-loras (waiting ones take a freed slot first). No report
+    (max_loras 0) counts as free: unknown is not full."""
+    state.lora_running = running
+    state.lora_waiting = waiting
+    state.max_loras = max_loras
+    state.lora_free = max_loras == 0 or len(set(running) | set(waiting)) < max_loras
 
 
 def describe_failure(result: object) -> str:

@@ -401,6 +401,7 @@ def _variant(
             tuple(e.state for e in endpoints),
             health.pickers,
             metrics.picker,
+            upstream_model or route,
         ),
     )
 

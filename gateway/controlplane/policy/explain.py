@@ -21,6 +21,7 @@ from gateway.controlplane.policy.rollouts import tracks_feedback
 from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.decide import RequestHead, decide, header_value, sticky_point
 from gateway.dataplane.flow import priority_name
+from gateway.dataplane.session_tokens import SESSION_HEADER
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot, Variant
 from gateway.errors import GatewayError
 from gateway.settings import Settings
@@ -179,11 +180,16 @@ def _picker(variant: Variant, head: RequestHead, now: float) -> dict[str, Any]:
     body = orjson.dumps(head.body) if head.body is not None else b""
     fields = dict(head.fields) if head.fields is not None else dict(head.headers)
     ask = picker.ask(body, head.body, fields)
+    if picker.session_issue:
+        # Unverified here (explain holds no fleet secret): the serving gateway checks it.
+        ask.session = fields.get(SESSION_HEADER, b"")
     view["request"] = {
         "prefix_blocks": len(ask.hashes),
         "session": ask.session.decode("utf-8", "replace") or None,
         "max_tokens": ask.max_tokens,
     }
+    if picker.session_issue and not ask.session:
+        view["request"]["session_issued"] = "none sent: the gateway issues a new token"
     try:
         picker.check_fit(ask, head.body, count=False)
     except GatewayError as err:

@@ -21,6 +21,7 @@ from gateway.observability.picker_metrics import PickerCounters
 Loc = tuple[str | int, ...]
 # Routes whose bodies the scorers read (messages / prompt, max_tokens).
 PICKER_PROTOCOLS = ("openai", "ollama")
+ISSUED = "issued"  # session.key: the gateway issues session tokens (session_tokens)
 
 
 class _Model(BaseModel):
@@ -54,14 +55,23 @@ class ScorersSpec(_Model):
     random: float | None = _weight(
         "A uniform draw per endpoint and request: a baseline for comparisons."
     )
+    lora: float | None = _weight(
+        "LoRA adapter affinity, for a variant that targets an adapter of a vLLM base "
+        "model (`--enable-lora`; the adapter is the model name the variant sends "
+        "upstream) with `load_metrics: vllm`: 1 when the endpoint runs the adapter now, "
+        "0.5 when it is not loaded but a slot is free (fewer distinct adapters running or "
+        "waiting than --max-loras, or no report yet), 0.25 when requests for it wait for "
+        "a slot, 0 when it is absent and every slot is taken (vLLM would swap one out)."
+    )
 
-    def weights(self) -> tuple[float, float, float, float, float]:
+    def weights(self) -> tuple[float, float, float, float, float, float]:
         return (
             self.queue or 0.0,
             self.kv_cache or 0.0,
             self.prefix_cache or 0.0,
             self.session or 0.0,
             self.random or 0.0,
+            self.lora or 0.0,
         )
 
 
@@ -97,9 +107,15 @@ class SessionSpec(_Model):
     """Where a request's session key comes from, and how long a session stays put."""
 
     key: str = Field(
-        pattern=r"^(header|body):.+$",
+        pattern=r"^((header|body):.+|issued)$",
         description="`header:NAME` (for example header:x-session-id) or `body:FIELD` (a "
-        "top-level JSON field, such as body:user). Requests without it have no session.",
+        "top-level JSON field, such as body:user): requests without it have no session. "
+        "`issued`: the gateway issues the session: a request without a valid "
+        "`x-switchyard-session` header gets a token, signed with the fleet secret, in "
+        "that response header; sent back on the next turns it keeps the conversation on "
+        "its endpoint (within `ttl`) and on its variant (while that variant has a weight "
+        "above 0), on any replica that shares the fleet secret. A token that does not "
+        "verify starts a new session (never an error).",
     )
     ttl: Duration = Field(
         default=1800.0,
@@ -116,7 +132,7 @@ class SessionSpec(_Model):
     @field_validator("key")
     @classmethod
     def _parse(cls, value: str) -> str:
-        return request_key(value, "session_key")
+        return value if value == ISSUED else request_key(value, "session_key")
 
 
 class ContextSpec(_Model):
@@ -178,13 +194,13 @@ class PickerSpec(_Model):
             raise problem(
                 "picker_scorers",
                 "picker.scorers needs a weight above 0 (queue, kv_cache, prefix_cache, "
-                "session, random)",
+                "session, random, lora)",
             )
         if w.session and self.session is None:
             raise problem(
                 "picker_session",
-                "scorers.session needs `session: {key: header:NAME}` (or body:FIELD): "
-                "where the session key comes from",
+                "scorers.session needs `session: {key: header:NAME}` (or body:FIELD, or "
+                "issued): where the session key comes from",
             )
         if self.session is not None and not w.session:
             raise problem(
@@ -225,9 +241,11 @@ def compile_picker(
     states: tuple[EndpointState, ...],
     pools: PickerPools,
     counters: PickerCounters,
+    adapter: str = "",
 ) -> Picker | None:
     """The compiled picker of one variant's pool (None: pick as without a picker); its
-    learnt state is the registry's, kept across snapshots."""
+    learnt state is the registry's, kept across snapshots. `adapter`: the model name the
+    variant sends upstream (the lora scorer's LoRA adapter)."""
     if spec is None:
         return None
     prefix = spec.prefix_cache or PrefixCacheSpec()
@@ -237,7 +255,7 @@ def compile_picker(
     backends = tuple(s.backend for s in states)
     header = b""
     field = ""
-    if session is not None:
+    if session is not None and session.key != ISSUED:
         source, _, name = session.key.partition(":")
         if source == "header":
             header = name.encode("latin-1")
@@ -256,10 +274,12 @@ def compile_picker(
         max_blocks=prefix.max_blocks,
         session_header=header,
         session_field=field,
+        session_issue=session is not None and session.key == ISSUED,
         session_ttl=session.ttl if session is not None else 0.0,
         spread_above=spec.spread_above,
         fit=spec.context.fit,
         max_model_len=spec.context.max_model_len or 0,
         chars_per_token=spec.context.chars_per_token,
         reported=counters.context_lengths,
+        adapter=adapter,
     )

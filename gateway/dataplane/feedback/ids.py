@@ -75,6 +75,12 @@ class FeedbackIds:
         outer.update(inner.digest())
         return outer.digest()[:_MAC_BYTES]
 
+    def sign(self, text: bytes) -> bytes:
+        """The fleet's 16-byte MAC of `text`, for the gateway's other signed tokens
+        (session tokens, `dataplane.session_tokens`): their texts start with their own
+        prefix, never "fb1.", so no token of one kind verifies as another."""
+        return self._mac(text)
+
     def mint(self, route: str, variant: str, version: str) -> bytes:
         """A signed id for a request of `route` served now by `variant` at `version`,
         or b"" when a name is too long to encode (the request keeps a plain id)."""
