@@ -9,6 +9,11 @@ A retraining run is never started without its data: while the window is not save
 the Kubeflow action is `skipped` (counted, logged with the reason) and tried again,
 with the window, at the next evaluation. The webhook, a notification, goes out anyway,
 its `window_uri` null and `window_error` saying why.
+
+The retrain triggers (`triggers.py`: schedule, concept drift, data threshold, accuracy
+SLO) run the same actions once per episode of theirs, with the labeled window as the
+saved window; `ActionContext.reason` names the trigger in the Kubeflow run's name and
+parameters (`reason`) and in the webhook event (`event: retrain`, `reason`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class ActionContext:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     transport: httpx.AsyncBaseTransport | None = None  # test seam for Kubeflow/webhook
     sleep: Sleep = asyncio.sleep
+    # Why the actions run: "drift" (data drift), or a retrain trigger's reason
+    # (concept_drift, schedule, labeled_samples, accuracy; see `triggers.py`).
+    reason: str = "drift"
 
 
 def configured(spec: DriftSpec) -> list[str]:
@@ -108,7 +116,7 @@ async def send_webhook(
     timestamp = str(int(time.time()))
     headers = {
         "content-type": "application/json",
-        "x-switchyard-event": "drift",
+        "x-switchyard-event": str(event.get("event", "drift")),
         "x-switchyard-timestamp": timestamp,
         "idempotency-key": key,  # receivers dedupe retries by it
     }
@@ -134,7 +142,8 @@ def drift_event(
 ) -> dict[str, Any]:
     """The JSON event the webhook receives (and the Kubeflow run's description)."""
     return {
-        "event": "drift",
+        "event": "drift" if ctx.reason == "drift" else "retrain",
+        "reason": ctx.reason,
         "route": ctx.route,
         "model_version": version,
         "variants": sorted(variants),
@@ -217,18 +226,29 @@ async def _kubeflow(ctx: ActionContext, version: str, episode: Episode, model_na
     assert spec is not None
     client = KubeflowClient(spec, ctx.env, transport=ctx.transport, sleep=ctx.sleep)
     try:
-        name = f"switchyard-drift-{ctx.route}-{version or 'unversioned'}-{episode.id}"
+        kind = ctx.reason.replace("_", "-")
+        name = f"switchyard-{kind}-{ctx.route}-{version or 'unversioned'}-{episode.id}"
         parameters = {
             "model_name": model_name,
             "model_version": version,
             "window_uri": episode.window_uri,  # never empty: see run_actions
+            "reason": ctx.reason,
+            # The episode's summary under one name whatever the reason, so one pipeline
+            # signature takes every trigger's runs.
             "drift_summary": orjson.dumps(episode.summary).decode(),
         }
-        description = (
-            f"Switchyard drift episode {episode.id} on route {ctx.route}, model version "
-            f"{version or '-'}: {len(episode.summary.get('drifted_columns', []))} column(s) "
-            f"drifted (share {episode.summary.get('share')})."
-        )
+        if ctx.reason == "drift":
+            description = (
+                f"Switchyard drift episode {episode.id} on route {ctx.route}, model version "
+                f"{version or '-'}: {len(episode.summary.get('drifted_columns', []))} "
+                f"column(s) drifted (share {episode.summary.get('share')})."
+            )
+        else:
+            description = (
+                f"Switchyard retrain trigger {ctx.reason}, episode {episode.id} on route "
+                f"{ctx.route}, model version {version or '-'}: "
+                f"{orjson.dumps(episode.summary).decode()}"
+            )
         run = await client.create_run(name, parameters, description)
     finally:
         await client.aclose()

@@ -51,17 +51,22 @@ class _State:
     count: int = 0  # episodes begun
 
 
-def episode_id(route: str, version: str, started_at: float) -> str:
-    """A stable key for one episode (the idempotency key of its actions)."""
+def episode_id(route: str, version: str, started_at: float, kind: str = "") -> str:
+    """A stable key for one episode (the idempotency key of its actions); `kind` tells
+    apart the episodes of the retrain triggers begun at the same time as a drift one."""
     raw = f"{route}\n{version}\n{started_at:.3f}".encode()
+    if kind:
+        raw += f"\n{kind}".encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 class Episodes:
-    """Episode state of every window, persisted in `path` (None: memory only)."""
+    """Episode state of every window, persisted in `path` (None: memory only); `kind`
+    names what the episodes are of (empty: data drift; else a retrain trigger)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, kind: str = "") -> None:
         self.path = path
+        self.kind = kind
         self._states: dict[Key, _State] = {}
         if path is not None:
             self._load(path)
@@ -83,7 +88,7 @@ class Episodes:
             self._save()
             return "hold", episode
         if episode is None:
-            episode = state.episode = Episode(episode_id(*key, now), now)
+            episode = state.episode = Episode(episode_id(*key, now, self.kind), now)
             state.count += 1
         episode.calm = 0
         cooling = state.last_acted_at is not None and now - state.last_acted_at < cooldown

@@ -26,6 +26,11 @@ from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from gateway.observability.labeled_window_metrics import (
+    WORKER_SOURCED_LABELS,
+    labeled_window_families,
+)
+
 # The worker writes its status every second; a status older than this means it is gone.
 WORKER_STALE_AFTER = 10.0
 
@@ -49,6 +54,7 @@ WORKER_SOURCED = frozenset(
         "switchyard_drift_worker_datagrams_received_total",
         "switchyard_drift_worker_datagrams_lost_total",
         "switchyard_drift_worker_senders",
+        *WORKER_SOURCED_LABELS,  # the labeled windows' (same worker status)
     }
 )
 
@@ -264,3 +270,4 @@ def worker_families(status: Mapping[str, Any] | None) -> Iterator[object]:
     yield from (share, detected, score, column_drifted, window, evaluated, duration)
     yield from (evaluations, received, worker_dropped, episodes, actions, up, restarts)
     yield from (datagrams, lost, senders)
+    yield from labeled_window_families(status)

@@ -28,6 +28,7 @@ from gateway.controlplane.policy.fields import (
     problem,
     split_target,
 )
+from gateway.controlplane.policy.triggerspec import LabelsSpec, TriggersSpec
 
 TextDescriptor = Literal[
     "message_count",
@@ -256,7 +257,18 @@ class DriftSpec(_Model):
         description="Evaluations in a row without drift that end an episode.",
     )
     on_drift: OnDriftSpec = Field(
-        default=OnDriftSpec(), description="What happens once per drift episode."
+        default=OnDriftSpec(),
+        description="What happens once per drift episode, and once per episode of each "
+        "retrain trigger (`triggers`).",
+    )
+    labels: LabelsSpec = Field(
+        default=LabelsSpec(),
+        description="Labeled windows from `POST /v1/feedback` labels: accuracy, precision, "
+        "recall, F1, AUC and concept drift per model version.",
+    )
+    triggers: TriggersSpec = Field(
+        default=TriggersSpec(),
+        description="Retrain triggers: schedule, drift alert, data threshold, accuracy SLO.",
     )
 
 

@@ -1,0 +1,200 @@
+"""Labeled windows and their metrics against hand computations; the cron schedules of
+the time-based trigger; the trigger spec's validation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.controlplane.policy.driftspec import DriftSpec
+from gateway.controlplane.policy.triggerspec import AccuracyTrigger
+from gateway.drift.cron import Cron, CronError
+from gateway.drift.labeled import LabeledRecord
+from gateway.drift.labels import FeatureJoin, LabelWindow, auc, labeled_frame, window_metrics
+from gateway.drift.triggers import Triggers, accuracy_breached, concept_drifted
+
+
+def rec(predicted: str, label: str, score: float | None = None, key: str = "", at: float = 0.0):
+    return LabeledRecord("fraud", "champion", "7", predicted, score, label, at, at, key)
+
+
+# Ten labels, worked by hand (positive class "1"):
+#   predicted: 1 1 1 1 0 0 0 0 1 0
+#   label:     1 1 0 1 0 1 0 0 1 0
+#   TP = 4 (rows 0, 1, 3, 8), FP = 1 (row 2), FN = 1 (row 5), TN = 4
+#   accuracy 8/10, precision 4/5, recall 4/5, F1 0.8
+PREDICTED = "1111000010"
+LABELS = "1101010010"
+# Scores: the positives (label 1) get 0.9 0.8 0.7 0.6 0.4, the negatives 0.6 0.3 0.2
+# 0.1 0.05 (the AUC is worked out in the test).
+SCORES = [0.9, 0.8, 0.6, 0.7, 0.3, 0.6, 0.2, 0.1, 0.4, 0.05]
+
+
+def ten() -> list[LabeledRecord]:
+    return [rec(p, t, s) for p, t, s in zip(PREDICTED, LABELS, SCORES, strict=True)]
+
+
+def test_window_metrics_equal_the_hand_computation() -> None:
+    m = window_metrics(ten(), "1")
+    assert m is not None
+    assert (m.samples, m.correct) == (10, 8)
+    assert m.accuracy == pytest.approx(0.8)
+    assert m.precision == pytest.approx(0.8)
+    assert m.recall == pytest.approx(0.8)
+    assert m.f1 == pytest.approx(0.8)
+    # Positives: 0.9 0.8 0.7 0.6 0.4; negatives: 0.6 0.3 0.2 0.1 0.05.
+    # 0.9, 0.8, 0.7 beat all 5 (15); 0.6 beats 4, ties 1 (4.5); 0.4 beats 4 (4).
+    assert m.auc == pytest.approx((15 + 4.5 + 4) / 25)
+    assert m.scored == 10
+
+
+def test_undefined_metrics_are_none_not_zero() -> None:
+    only_negatives = [rec("0", "0", 0.2), rec("0", "0", 0.3)]
+    m = window_metrics(only_negatives, "1")
+    assert m is not None and m.accuracy == 1.0
+    assert m.precision is None and m.recall is None and m.f1 is None and m.auc is None
+    assert window_metrics([], "1") is None
+    # Predicted positive, never right: precision 0, recall 0, F1 0 (defined).
+    wrong = window_metrics([rec("1", "0"), rec("0", "1")], "1")
+    assert wrong is not None and (wrong.precision, wrong.recall, wrong.f1) == (0.0, 0.0, 0.0)
+    assert wrong.auc is None and wrong.scored == 0  # no scores: no AUC
+
+
+def test_auc_counts_ties_as_half() -> None:
+    assert auc([0.5, 0.5], [True, False]) == 0.5
+    assert auc([0.1, 0.9], [False, True]) == 1.0
+    assert auc([0.9, 0.1], [False, True]) == 0.0
+
+
+def test_a_label_window_keeps_the_newest_and_freezes_its_first_full_window() -> None:
+    window = LabelWindow(size=10, duration=60.0)
+    for i, r in enumerate(ten()):
+        window.add(rec(r.predicted, r.label, at=float(i)), float(i))
+    assert window.reference is not None and len(window.reference) == 10
+    first = window.reference
+    for i in range(5):
+        window.add(rec("0", "1", at=100.0 + i), 100.0 + i)  # wrong ones
+    assert len(window) == 10 and window.received == 15
+    assert window.reference is first  # frozen
+    window.trim(now=150.0)  # labels accepted before 90 leave
+    assert len(window) == 5
+    m = window_metrics(window.snapshot(), "1")
+    assert m is not None and m.accuracy == 0.0
+
+
+def test_labels_join_their_requests_features_bounded() -> None:
+    join = FeatureJoin(limit=2)
+    join.add(
+        [{"key": "a", "amount": 1.0}, {"key": "b", "amount": 2.0}, {"key": "c", "amount": 3.0}]
+    )
+    assert join.get("a") is None and len(join) == 2  # the oldest left
+    rows = labeled_frame([rec("1", "1", key="c"), rec("0", "1", key="zzz")], join)
+    assert rows[0]["amount"] == 3.0 and rows[0]["correct"] is True and "key" in rows[0]
+    assert "amount" not in rows[1] and rows[1]["correct"] is False
+
+
+def test_the_accuracy_slo_and_concept_drift_need_evidence() -> None:
+    slo = AccuracyTrigger(min=0.85, min_samples=10)
+    m = window_metrics(ten(), "1")
+    assert accuracy_breached(m, slo) is True  # 0.8 < 0.85
+    assert accuracy_breached(window_metrics(ten()[:9], "1"), slo) is None  # 9 < 10 labels
+    assert accuracy_breached(m, AccuracyTrigger(min=0.8, min_samples=10)) is False
+    perfect = window_metrics([rec("1", "1"), rec("0", "0")], "1")
+    assert concept_drifted(m, None, 0.1) is None  # no reference yet
+    assert concept_drifted(m, perfect, 0.2) is True  # 1.0 - 0.8 >= 0.2
+    assert concept_drifted(m, perfect, 0.25) is False
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def iso(ts: float | None) -> str:
+    assert ts is not None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "after", "expected"),
+    [
+        ("*/5 * * * *", "2026-12-07 13:03:20", "2026-12-07 13:05:00"),
+        ("*/5 * * * *", "2026-12-07 13:05:00", "2026-12-07 13:10:00"),  # strictly after
+        ("0 3 * * 1", "2026-12-07 13:00:00", "2026-12-14 03:00:00"),  # Mondays 03:00
+        ("30 23 31 * *", "2026-11-01 00:00:00", "2026-12-31 23:30:00"),  # Nov has no 31st
+        ("0 0 29 2 *", "2026-03-01 00:00:00", "2028-02-29 00:00:00"),  # the next leap day
+        ("0 12 1 * 0", "2026-12-02 00:00:00", "2026-12-06 12:00:00"),  # day OR weekday
+        ("0 0 * * 7", "2026-12-07 00:00:00", "2026-12-13 00:00:00"),  # 7 is Sunday
+        ("15-45/15 9 * 1,6 *", "2026-12-07 00:00:00", "2027-01-01 09:15:00"),
+        ("*/10 * * * * *", "2026-12-07 13:03:21", "2026-12-07 13:03:30"),  # seconds first
+        ("0 0 0 * * *", "2026-12-31 23:59:59", "2027-01-01 00:00:00"),
+    ],
+)
+def test_cron_next_fire(schedule: str, after: str, expected: str) -> None:
+    assert iso(Cron.parse(schedule).next_after(at(after))) == expected
+
+
+def test_a_cron_that_never_fires_says_so() -> None:
+    assert Cron.parse("0 0 31 2 *").next_after(at("2026-01-01 00:00:00")) is None
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("* * * *", "5 fields"),
+        ("60 * * * *", "minute: '60' is outside 0-59"),
+        ("*/0 * * * *", "step '0'"),
+        ("* * * jan *", "month: 'jan' is not"),
+        ("5-1 * * * *", "outside"),
+    ],
+)
+def test_bad_schedules_are_named(schedule: str, message: str) -> None:
+    with pytest.raises(CronError, match=message):
+        Cron.parse(schedule)
+
+
+def test_the_trigger_block_validates_and_documents_its_errors() -> None:
+    spec = DriftSpec.model_validate(
+        {
+            "reference": "r.csv",
+            "triggers": {"schedule": "0  3 * * 1", "labeled_samples": 500},
+            "labels": {"size": 200},
+        }
+    )
+    assert spec.triggers.schedule == "0 3 * * 1" and spec.triggers.drift is True
+    with pytest.raises(ValidationError, match="invalid schedule: minute"):
+        DriftSpec.model_validate({"reference": "r.csv", "triggers": {"schedule": "61 * * * *"}})
+    with pytest.raises(ValidationError, match="min"):
+        DriftSpec.model_validate({"reference": "r.csv", "triggers": {"accuracy": {"min": 1.5}}})
+
+
+def test_schedules_come_due_once_per_time_and_stay_due_until_done() -> None:
+    triggers = Triggers()
+    spec = DriftSpec.model_validate(
+        {"reference": "r.csv", "triggers": {"schedule": "*/10 * * * * *"}}
+    ).triggers
+    t0 = at("2026-12-07 13:00:01")
+    triggers.configure("fraud", spec, t0)
+    assert triggers.next_schedule("fraud") == at("2026-12-07 13:00:10")
+    assert triggers.due_schedules(t0 + 5) == []
+    assert triggers.due_schedules(t0 + 9) == ["fraud"]  # 13:00:10
+    assert triggers.due_schedules(t0 + 10) == ["fraud"]  # not done yet: still due
+    triggers.schedule_done("fraud")
+    assert triggers.due_schedules(t0 + 11) == []
+    assert triggers.due_schedules(t0 + 19) == ["fraud"]  # 13:00:20
+    triggers.configure("fraud", spec, t0 + 100)  # the same schedule keeps its time
+    assert triggers.next_schedule("fraud") == at("2026-12-07 13:00:30")
+
+
+def test_the_data_threshold_counts_every_label_once() -> None:
+    triggers = Triggers()
+    key = ("fraud", "7")
+    triggers.labeled(key, 499)
+    assert not triggers.threshold_due(key, 500)
+    triggers.labeled(key, 502)
+    assert triggers.threshold_due(key, 500)
+    triggers.threshold_done(key, 500)
+    assert triggers.threshold_due(key, 500)  # 501 left: a second fire
+    triggers.threshold_done(key, 500)
+    assert triggers.since(key) == 1 and not triggers.threshold_due(key, 500)
