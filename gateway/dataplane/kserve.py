@@ -360,6 +360,9 @@ class KServeFront:
         decision = decide(
             snap, RequestHead(name, request.headers, parsed, request.fields), plane.rng
         )
+        check = decision.variant.signature
+        if check is not None and parsed is not None:
+            check.check_v2(parsed)  # the version it was routed to: 400 naming the input
         targets = model_targets(route, version, action + request.query)
         if parsed is not None:
             body = request.body

@@ -97,6 +97,12 @@ class ServicesFront:
         decision = decide(
             snap, RequestHead(name, request.headers, parsed, request.fields), plane.rng
         )
+        check = decision.variant.signature
+        if check is not None and check.applies(api):
+            # The version it was routed to: 400 naming the input that does not fit.
+            if parsed is None:
+                raise check.fail("the request body must be a JSON object of model inputs")
+            check.check_json(parsed)
         if parsed is not None:
             plane.tap.offer(decision, parsed)
         target = api + request.query

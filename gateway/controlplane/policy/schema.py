@@ -34,6 +34,7 @@ from gateway.controlplane.policy.flowspec import FlowSpec
 from gateway.controlplane.policy.pickerspec import PickerSpec
 from gateway.controlplane.policy.rolloutspec import ExperimentSpec, RolloutSpec
 from gateway.controlplane.policy.shadowspec import ShadowSpec
+from gateway.controlplane.policy.signaturespec import SignatureSpec
 from gateway.dataplane.snapshot import (
     HealthCheck,
     OutlierPolicy,
@@ -434,6 +435,14 @@ class RoutingPolicy(_Model):
         description="Sample live inputs into rolling windows per model version, compare "
         "them with reference data (Evidently, in the drift worker process) and act on "
         "drift: save the window, start a Kubeflow retraining run, call a webhook.",
+    )
+    signature: SignatureSpec | None = Field(
+        default=None,
+        description="MLflow signatures and semantic versions of the route's registry "
+        "versions: check requests against the signature of the version they are routed "
+        "to (validate_requests), and keep versions whose switchyard.semver MAJOR or "
+        "inputs are incompatible with the champion's off the route unless listed in "
+        "allow_incompatible (see docs/registry.md).",
     )
     rollout: RolloutSpec | None = Field(
         default=None,

@@ -10,6 +10,8 @@ version's tags in the registry:
 - `switchyard.protocol`: the protocol the backend speaks; must be the variant's
   `backend_protocol` if it has one (the gateway translates), else the route's protocol
 - `switchyard.model`: the model name the backend expects (optional)
+- `switchyard.semver`: the version's semantic version, whose MAJOR changes with an
+  incompatible input schema (`gateway.controlplane.registry.signatures`)
 
 Anything wrong with those facts is a problem for the one route that needs them, as a
 sentence an ML engineer can act on; it never affects other routes.
@@ -25,6 +27,8 @@ from gateway.controlplane.policy.fields import format_endpoint, split_endpoint, 
 from gateway.controlplane.policy.loader import LoadedPolicy
 from gateway.controlplane.policy.schema import BackendSpec, RoutingPolicy
 from gateway.controlplane.registry.client import ModelVersion
+from gateway.controlplane.registry.signatures import SEMVER_TAG
+from gateway.dataplane.signature import Signature, SignatureCheck
 
 ENDPOINT_TAG = "switchyard.endpoint"
 PROTOCOL_TAG = "switchyard.protocol"
@@ -55,6 +59,12 @@ class Need:
     protocol: str  # what its backends must speak: backend_protocol, else the route's
     backends: Mapping[str, BackendSpec] = field(default_factory=dict)  # version -> entry
     translated: bool = False  # `protocol` is the variant's backend_protocol, not the route's
+    # Signatures and compatibility (the route's `signature` block): read this version's
+    # signature; this is the route's champion (the reference the others are checked
+    # against); the policy lets this one be incompatible with the champion.
+    signatures: bool = False
+    champion: bool = False
+    allow_incompatible: bool = False
 
     @property
     def key(self) -> VariantKey:
@@ -80,6 +90,17 @@ class Resolved:
     endpoints: tuple[str, ...]
     upstream_model: str | None = None
     source: str = "tags"  # "tags" (registry) or "backends" (the policy's map)
+    semver: str = ""  # the version's switchyard.semver tag
+    signature: Signature | None = None  # its MLflow signature, when read
+    signature_problem: str | None = None  # why `signature` is None, when asked for
+
+
+class Refused(str):
+    """A version the resolver will not serve for this variant: incompatible with the
+    route's champion (the sentence says why). Unlike other problems, a refused weighted
+    variant does not take its route down: it compiles with weight 0."""
+
+    __slots__ = ()
 
 
 Binding = Resolved | str  # a resolution, or why there is none (a problem sentence)
@@ -100,10 +121,14 @@ def needs_of(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Need]:
         served += [
             (SHADOW_PREFIX + s.label, s.target, s.endpoints, policy.protocol) for s in policy.shadow
         ]
+        spec = policy.signature
+        champion = champion_of(policy)
+        allowed = set(spec.allow_incompatible) if spec is not None else set()
         for name, target, endpoints, protocol in served:
             if target is None or endpoints is not None:
                 continue
             model, alias, version = split_target(target)
+            label = name.removeprefix(SHADOW_PREFIX)
             prefix = model + "/"
             backends = {
                 key[len(prefix) :]: spec
@@ -121,9 +146,22 @@ def needs_of(policies: Iterable[LoadedPolicy | RoutingPolicy]) -> list[Need]:
                     protocol,
                     backends,
                     protocol != policy.protocol,
+                    signatures=spec is not None,
+                    champion=name == champion,
+                    allow_incompatible=label in allowed,
                 )
             )
     return out
+
+
+def champion_of(policy: RoutingPolicy) -> str | None:
+    """The variant the route's other versions must be compatible with: the one whose
+    target is an `@champion` alias, else the first variant with a registry target."""
+    targeted = [v for v in policy.variants if v.target is not None]
+    for variant in targeted:
+        if variant.target is not None and split_target(variant.target)[1] == "champion":
+            return variant.name
+    return targeted[0].name if targeted else None
 
 
 def bind(need: Need, found: ModelVersion | None) -> Binding:
@@ -153,8 +191,9 @@ def bind(need: Need, found: ModelVersion | None) -> Binding:
             f"{where} serves {protocol} ({PROTOCOL_TAG}) but route {need.route!r} speaks "
             f"{need.protocol}"
         )
+    semver = found.tags.get(SEMVER_TAG, "").strip()
     if entry is not None:
-        return Resolved(found.version, tuple(entry.endpoints), entry.model, "backends")
+        return Resolved(found.version, tuple(entry.endpoints), entry.model, "backends", semver)
     raw = found.tags.get(ENDPOINT_TAG, "")
     endpoints: list[str] = []
     for part in raw.split(","):
@@ -173,4 +212,23 @@ def bind(need: Need, found: ModelVersion | None) -> Binding:
             "to the policy"
         )
     model = found.tags.get(MODEL_TAG, "").strip() or None
-    return Resolved(found.version, tuple(endpoints), model, "tags")
+    return Resolved(found.version, tuple(endpoints), model, "tags", semver)
+
+
+def signature_check(
+    policy: RoutingPolicy, target: str | None, binding: Binding | None
+) -> SignatureCheck | None:
+    """The request check of a variant served by `binding`: None unless the route
+    validates requests and the version's signature was read."""
+    spec = policy.signature
+    if spec is None or not spec.validate_requests or not isinstance(binding, Resolved):
+        return None
+    if binding.signature is None:
+        return None
+    model = split_target(target)[0] if target is not None else policy.route
+    return SignatureCheck(
+        binding.signature,
+        policy.protocol,
+        where=f"{model} version {binding.version}",
+        apis=frozenset(api.encode() for api in spec.apis),
+    )

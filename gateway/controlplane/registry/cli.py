@@ -8,6 +8,11 @@ ran the command: any operator, or a controller, can roll back later.
 With `--lease NAMESPACE/NAME` (in a cluster, or with `--kubeconfig`), a move happens
 only while this process holds that `coordination.k8s.io/v1` Lease, so two promotions
 (a person and a rollout controller, say) never interleave their read-then-write.
+
+`promote` refuses a version whose `switchyard.semver` MAJOR or MLflow signature is
+incompatible with the version the alias points at now (clients would be refused or
+misread), unless `--allow-incompatible` is given or a policy passed with `--policies`
+lists the promoted variant in its route's `signature.allow_incompatible`.
 """
 
 from __future__ import annotations
@@ -23,13 +28,26 @@ from typing import Any
 
 from gateway.controlplane.k8s.client import KubeAccess, KubeUnavailable, identity
 from gateway.controlplane.k8s.lease import LeaseLock, LeaseUnavailable
-from gateway.controlplane.registry.binding import ENDPOINT_TAG, MODEL_TAG, PROTOCOL_TAG
+from gateway.controlplane.policy.compile import load_checked
+from gateway.controlplane.policy.loader import PolicyError
+from gateway.controlplane.registry.binding import (
+    ENDPOINT_TAG,
+    MODEL_TAG,
+    PROTOCOL_TAG,
+    needs_of,
+)
 from gateway.controlplane.registry.client import (
     MlflowRegistry,
     ModelVersion,
     RegistryConfig,
     RegistryError,
     RegistryNotFound,
+)
+from gateway.controlplane.registry.signatures import (
+    SEMVER_TAG,
+    VersionFacts,
+    fetch_signature,
+    incompatibility,
 )
 from gateway.settings import from_env
 
@@ -60,6 +78,20 @@ def add_commands(subparsers: Any) -> None:
     promote.add_argument("name", metavar="NAME", help="registered model name")
     promote.add_argument("source", metavar="FROM_ALIAS", help="alias to promote, e.g. challenger")
     promote.add_argument("--to", default="champion", metavar="ALIAS", help="default: champion")
+    promote.add_argument(
+        "--allow-incompatible",
+        action="store_true",
+        help="promote even if the version's switchyard.semver MAJOR or signature is "
+        "incompatible with the current one's",
+    )
+    promote.add_argument(
+        "--policies",
+        action="append",
+        metavar="PATH",
+        help="policy files or directories (repeatable): an incompatible version is "
+        "promoted if a route lists the variant targeting NAME@FROM_ALIAS in "
+        "signature.allow_incompatible",
+    )
     _common(promote)
     _lease_options(promote)
     promote.set_defaults(handler=lambda a: _run(_promote(a)))
@@ -176,6 +208,20 @@ async def _promote(args: argparse.Namespace) -> int:
         if old == new:
             print(f"{name}@{target} is already version {new} (= @{source}); nothing to do")
             return 0
+        if old is not None:
+            why = await promotion_refusal(registry, name, new, old)
+            if why is not None and not (args.allow_incompatible or _policy_allows(args)):
+                print(f"refused: {why}", file=sys.stderr)
+                print(
+                    f"  {name}@{target} stays version {old}. Promote anyway with "
+                    "--allow-incompatible (clients must move to the new inputs), or list "
+                    f"the variant targeting models:/{name}@{source} in its route's "
+                    "signature.allow_incompatible and pass --policies",
+                    file=sys.stderr,
+                )
+                return 1
+            if why is not None:
+                print(f"incompatible, promoted as allowed: {why}")
         await move_alias(registry, name, target, new)
     print(f"{name}@{target}: version {old or 'none'} -> {new} (promoted from @{source})")
     if old is not None:
@@ -185,6 +231,35 @@ async def _promote(args: argparse.Namespace) -> int:
             + f"  (tag {previous_tag(target)}={old})"
         )
     return 0
+
+
+async def version_facts(registry: MlflowRegistry, name: str, version: str) -> VersionFacts:
+    """A version's semver tag and signature (None when it cannot be read)."""
+    found = await registry.get_version(name, version)
+    signature, _problem = await fetch_signature(registry, name, version)
+    return VersionFacts(name, version, found.tags.get(SEMVER_TAG, "").strip(), signature)
+
+
+async def promotion_refusal(registry: MlflowRegistry, name: str, new: str, old: str) -> str | None:
+    """Why moving an alias from version `old` to `new` would break its clients."""
+    candidate, current = await asyncio.gather(
+        version_facts(registry, name, new), version_facts(registry, name, old)
+    )
+    return incompatibility(candidate, current)
+
+
+def _policy_allows(args: argparse.Namespace) -> bool:
+    """Whether a policy of `--policies` allows NAME@FROM_ALIAS to be incompatible."""
+    if not args.policies:
+        return False
+    try:
+        policies = load_checked(args.policies, registry=True, file_roots=None)
+    except PolicyError as exc:
+        raise ValueError(f"--policies: {exc}") from None
+    return any(
+        n.model == args.name and n.alias == args.source and n.allow_incompatible
+        for n in needs_of(policies)
+    )
 
 
 async def _rollback(args: argparse.Namespace) -> int:

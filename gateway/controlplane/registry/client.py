@@ -225,6 +225,27 @@ class MlflowRegistry:
             data = None
         raise _error(self.uri, response, data)
 
+    async def get_version_artifact(self, name: str, version: str, path: str) -> bytes:
+        """The bytes of one file of a model version's artifacts (its `MLmodel`, say),
+        wherever they are stored: the server resolves the version's download URI."""
+        url = f"{self.uri}/model-versions/get-artifact"
+        params = {"name": name, "version": version, "path": path}
+        try:
+            response = await self._client.get(url, params=params)
+        except httpx.TimeoutException:
+            raise RegistryError(
+                f"registry {self.uri} did not answer within {self.config.timeout:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"registry {self.uri} unreachable: {exc}") from None
+        if response.status_code == 200:
+            return response.content
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        raise _error(self.uri, response, data)
+
     # Writes ---------------------------------------------------------------------
 
     async def set_alias(self, name: str, alias: str, version: str) -> None:

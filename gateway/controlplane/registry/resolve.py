@@ -9,6 +9,11 @@ Two layers of state, both owned by one `RegistryResolver` per gateway process:
 - *Bindings*: each variant's target bound to endpoints (`binding.bind`). When a new
   fact cannot be bound (bad tags on the version an alias moved to), the variant keeps
   its last good binding and the problem is reported, again without failing requests.
+- *Signatures* (routes with a `signature` block): each version's MLflow signature, read
+  once per version off the request path. A version incompatible with its route's
+  champion (`signatures.incompatibility`) is bound like a version with bad tags: the
+  variant keeps its last compatible version, or with none is `Refused` (no traffic),
+  unless the policy's `signature.allow_incompatible` names it.
 
 Facts can be saved to a small JSON cache file, so a gateway restarted while the
 registry is down still serves the versions it served before.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,16 +33,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.controlplane.registry.binding import Binding, Need, Resolved, VariantKey, bind
+from gateway.controlplane.registry.binding import (
+    Binding,
+    Need,
+    Refused,
+    Resolved,
+    VariantKey,
+    bind,
+)
 from gateway.controlplane.registry.client import (
     MlflowRegistry,
     ModelVersion,
     RegistryError,
     RegistryNotFound,
 )
+from gateway.controlplane.registry.signatures import (
+    VersionFacts,
+    fetch_signature,
+    incompatibility,
+)
+from gateway.dataplane.signature import Signature
 from gateway.observability.metrics import AliasGauge, GatewayMetrics
 
 CACHE_FORMAT = 1
+# A signature that could not be read is asked for again after this many seconds (one
+# that was read never changes: model version artifacts are immutable).
+SIGNATURE_RETRY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureFact:
+    """What reading one version's signature gave: the signature or why there is none."""
+
+    signature: Signature | None
+    problem: str | None
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +106,7 @@ class RegistryResolver:
         self._problems: dict[VariantKey, str] = {}
         self._needs: tuple[Need, ...] = ()
         self._poked = asyncio.Event()
+        self._signatures: dict[tuple[str, str], SignatureFact] = {}  # (model, version)
 
     # Looking up -----------------------------------------------------------------
 
@@ -93,7 +125,50 @@ class RegistryResolver:
             changed |= self._record(lookup, result)
         if changed:
             self._save_cache()
+        changed |= await self._read_signatures(needs)
         return changed
+
+    async def _read_signatures(self, needs: Sequence[Need]) -> bool:
+        """Read the signature of every version a route with a `signature` block serves
+        (or is about to), once per version; returns whether any was read."""
+        now = self._clock()
+        wanted: dict[tuple[str, str], None] = {}
+        for need in needs:
+            if not need.signatures:
+                continue
+            fact = self._facts.get(need.lookup)
+            version = fact.found.version if fact is not None and fact.found else need.version
+            if not version:
+                continue
+            known = self._signatures.get((need.model, version))
+            if known is None or (known.problem and now - known.at >= SIGNATURE_RETRY):
+                wanted[(need.model, version)] = None
+        if not wanted:
+            return False
+        results = await asyncio.gather(
+            *(fetch_signature(self.registry, model, version) for model, version in wanted)
+        )
+        changed = False
+        for key, (signature, problem) in zip(wanted, results, strict=True):
+            old = self._signatures.get(key)
+            if problem is not None and (old is None or old.problem != problem):
+                # Served all the same, unvalidated: an unreadable artifact must never
+                # take a version out of traffic.
+                self._logger.warning("registry: %s; served without signature checks", problem)
+            self._signatures[key] = SignatureFact(signature, problem, now)
+            changed |= old is None or old.signature != signature or old.problem != problem
+        return changed
+
+    def _with_signature(self, need: Need, resolved: Resolved) -> Resolved:
+        if not need.signatures:
+            return resolved
+        fact = self._signatures.get((need.model, resolved.version))
+        if fact is None:
+            problem = f"{need.model} version {resolved.version}: signature not read yet"
+            return dataclasses.replace(resolved, signature=None, signature_problem=problem)
+        return dataclasses.replace(
+            resolved, signature=fact.signature, signature_problem=fact.problem
+        )
 
     async def _lookup(self, need: Need) -> ModelVersion | RegistryError:
         try:
@@ -151,6 +226,8 @@ class RegistryResolver:
             fact = self._facts.get(need.lookup)
             found = fact.found if fact is not None else None
             result = bind(need, found)
+            if isinstance(result, Resolved):
+                result = self._with_signature(need, result)
             last = self._served.get((need.key, need.target))
             if isinstance(result, Resolved):
                 served[(need.key, need.target)] = out[need.key] = result
@@ -172,9 +249,56 @@ class RegistryResolver:
                 served[(need.key, need.target)] = out[need.key] = last
             else:
                 out[need.key] = result
+        self._check_compatible(needs, out, served, problems)
         self._served, self._problems, self._needs = served, problems, tuple(needs)
         self._update_gauges()
         return out
+
+    def _check_compatible(
+        self,
+        needs: Sequence[Need],
+        out: dict[VariantKey, Binding],
+        served: dict[tuple[VariantKey, str], Resolved],
+        problems: dict[VariantKey, str],
+    ) -> None:
+        """Keep versions incompatible with their route's champion off the route: the
+        variant keeps its last compatible version, else it is `Refused` (no traffic)."""
+        champions: dict[str, VersionFacts] = {}
+        for need in needs:
+            found = out.get(need.key)
+            if need.champion and isinstance(found, Resolved):
+                champions[need.route] = _facts(need.model, found)
+        for need in needs:
+            found = out.get(need.key)
+            champion = champions.get(need.route)
+            if need.champion or champion is None or not isinstance(found, Resolved):
+                continue
+            why = incompatibility(_facts(need.model, found), champion)
+            if why is None:
+                continue
+            name = need.variant.removeprefix("shadow:")
+            if need.allow_incompatible:
+                # Allowed by the policy: served, and still said (admin, explain).
+                problems.setdefault(need.key, f"{why}; served (signature.allow_incompatible)")
+                continue
+            reason = (
+                f"{why}: not served on route {need.route!r} (list {name!r} in "
+                "signature.allow_incompatible to allow it)"
+            )
+            last = self._served.get((need.key, need.target))
+            if (
+                last is not None
+                and last.version != found.version
+                and incompatibility(_facts(need.model, last), champion) is None
+            ):
+                served[(need.key, need.target)] = out[need.key] = last
+                reason += f"; keeping version {last.version}"
+            else:
+                served.pop((need.key, need.target), None)
+                out[need.key] = Refused(reason)
+            if reason != self._problems.get(need.key):
+                self._logger.error("registry target of %s/%s: %s", need.route, need.variant, reason)
+            problems[need.key] = reason
 
     def _update_gauges(self) -> None:
         gauges: dict[tuple[str, str], AliasGauge] = {}
@@ -227,6 +351,13 @@ class RegistryResolver:
                 "stale": fact is None or fact.stale or need.key in self._problems,
                 "problem": self._problems.get(need.key),
             }
+            if need.signatures:
+                out[need.key].update(
+                    semver=served.semver if served else None,
+                    signature=served.signature.describe() if served and served.signature else None,
+                    signature_problem=served.signature_problem if served else None,
+                    champion=need.champion,
+                )
         return out
 
     async def aclose(self) -> None:
@@ -274,3 +405,7 @@ class RegistryResolver:
             os.replace(tmp, self._cache)
         except OSError as exc:
             self._logger.warning("registry cache %s not written: %s", self._cache, exc)
+
+
+def _facts(model: str, resolved: Resolved) -> VersionFacts:
+    return VersionFacts(model, resolved.version, resolved.semver, resolved.signature)
