@@ -933,6 +933,7 @@ def declared_metrics() -> list[MetricDoc]:
 
 
 METRIC_GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("Ground truth", ("switchyard_ground_truth_", "switchyard_model_")),
     ("Drift", ("switchyard_drift_",)),
     ("Shadow traffic", ("switchyard_shadow_",)),
     ("Rollouts and experiments", ("switchyard_rollout_", "switchyard_experiment_")),

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.admin.drift import drift_handlers
 from gateway.admin.endpoints import Handler, build_app, features
+from gateway.admin.ground_truth import ground_truth_handlers
 from gateway.admin.keys import key_handlers
 from gateway.admin.rollouts import rollout_handlers
 from gateway.admin.shadow import shadow_handlers
@@ -163,6 +164,7 @@ def build_admin_app(
         **shadow_handlers(lambda: plane.ref.current, plane.metrics.shadow, source),
         **(rollout_handlers(rollouts) if rollouts is not None else {}),
         **key_handlers(lambda: plane.auth),
+        **ground_truth_handlers(lambda: plane.ref.current, source),
     }
     enabled = features(drift_dir=drift_dir, rollouts=rollouts is not None)
     return build_app(handlers, token, enabled=enabled)

@@ -72,6 +72,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("rollout", "/admin/rollouts/{route:path}", fleet="writer", feature="rollouts"),
     Endpoint("experiments", "/admin/experiments", feature="rollouts"),
     Endpoint("experiment", "/admin/experiments/{route:path}", feature="rollouts"),
+    # Counts from the statistics source (any worker reads all).
+    Endpoint("ground_truth", "/admin/ground-truth/{route:path}"),
     # API keys, their limits and usage: the fleet's from the quota store (any worker).
     Endpoint("keys", "/admin/keys"),
     Endpoint("key", "/admin/keys/{name:str}"),

@@ -53,6 +53,7 @@ import httptools
 import orjson
 
 from gateway.dataplane.decide import Decision
+from gateway.dataplane.feedback.groundtruth import MAX_CAPTURE_BYTES
 from gateway.dataplane.flow import FlowGate, Waiter
 from gateway.dataplane.http import wire
 from gateway.dataplane.http.server import ClientConnection, ResponseSource
@@ -178,6 +179,11 @@ class Exchange(ResponseSource):
     signed_for: Variant | None = None
     feedback_id = b""
     feedback_line = b""
+    # Ground truth (routes with a `ground_truth` block, buffered responses): the body so
+    # far while the response is held until whole, to read its prediction and put the
+    # prediction-carrying id in its head (`_capture`); None: relayed as it comes.
+    captured: list[bytes] | None = None
+    captured_bytes = 0
     # Flow control (routes with a `flow` block), while the request waits in its pool's
     # queue: its place there and the gate it waits at; `refusal` is the Retry-After line
     # of a queue's refusal.
@@ -211,8 +217,9 @@ class Exchange(ResponseSource):
         self.target = request.path + request.query if request.query else request.path
         self.fwd_headers = _forward_headers(request)
         self.variant: Variant = decision.variant
-        if decision.route.name in plane.exposures.routes:  # untracked routes: this test
-            self.tracked = self.remember = True
+        route = decision.route
+        if route.name in plane.exposures.routes or route.ground_truth is not None:
+            self.tracked = self.remember = True  # untracked routes: these two tests
         self.out: list[bytes] = []
         self.keep_alive = request.keep_alive and not plane.draining
         self.total_deadline = plane.now + decision.route.timeouts.total
@@ -522,7 +529,7 @@ class Exchange(ResponseSource):
                     UpstreamProtocolError(f"backend {self._backend()} sent {what}")
                 )
                 return
-        if self.out:
+        if self.out and self.captured is None:
             self._flush()
         if self.phase == COMPLETE:
             self._finish_ok()
@@ -602,6 +609,8 @@ class Exchange(ResponseSource):
             b"" if self.keep_alive else b"connection: close\r\n",
             b"\r\n",
         ]
+        if self.decision.route.ground_truth is not None and status < 300:
+            self._hold()
 
     def on_body(self, data: bytes) -> None:
         if self.phase != RELAYING:
@@ -617,11 +626,63 @@ class Exchange(ResponseSource):
             data = self.translator.feed(data)
             if not data:
                 return
+        captured = self.captured
+        if captured is not None:
+            captured.append(data)
+            self.captured_bytes += len(data)
+            if self.captured_bytes > MAX_CAPTURE_BYTES:
+                self._release("too_large")
         if self.chunked_out:
             self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
             self.out.append(data)
         self.last_activity = self.plane.now
+
+    # Ground truth ---------------------------------------------------------------------
+
+    def _hold(self) -> None:
+        """A success of a ground-truth route: hold the response until it is whole (a
+        buffered JSON answer), so its head can carry the prediction's id."""
+        if self.streaming:
+            self._capture_failed("streamed")
+        elif not self.feedback_id:
+            self._capture_failed("unsigned")
+        else:
+            self.captured = []
+            self.captured_bytes = 0
+
+    def _release(self, reason: str) -> None:
+        """Give up capturing: relay what is held and the rest as it comes."""
+        self.captured = None
+        self._capture_failed(reason)
+
+    def _capture_failed(self, reason: str) -> None:
+        self.plane.metrics.ground_truth.failed(self.decision.route.name, reason)
+
+    def _capture(self, captured: list[bytes]) -> None:
+        """The whole response is here: read the prediction, mint the version 2 id and
+        put it in the held head (`out[5]`: the endpoint's header lines)."""
+        self.captured = None
+        truth = self.decision.route.ground_truth
+        if truth is None:
+            return
+        found = truth.extract(b"".join(captured))
+        if isinstance(found, str):
+            self._capture_failed(found)
+            return
+        predicted, score = found
+        fid = self.plane.feedback_ids.with_prediction(self.feedback_id, predicted, score)
+        if not fid:
+            self._capture_failed("too_long")
+            return
+        self.feedback_id = fid  # a plain id's log entry (and its claim) use it too
+        variant = self.variant
+        self.out[5] = (
+            variant.header_lines[self.ep_index] + b"x-switchyard-feedback-id: " + fid + b"\r\n"
+        )
+        self.plane.metrics.ground_truth.captured(
+            self.decision.route.name, variant.name, variant.version
+        )
 
     def _observe_tokens(self, data: bytes) -> bytes:
         """TTFT and chunk gaps of streams; token counts from the usage report."""
@@ -660,6 +721,9 @@ class Exchange(ResponseSource):
                 self.out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self.chunked_out else tail)
         if self.chunked_out:
             self.out.append(wire.LAST_CHUNK)
+        captured = self.captured
+        if captured is not None:
+            self._capture(captured)
         # Completion waits until `feed` has flushed what this read produced: completing
         # may start the client's next pipelined request, whose bytes must come after.
         self.phase = COMPLETE

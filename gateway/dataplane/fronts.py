@@ -15,8 +15,10 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.dataplane.decide import Decision, RequestHead, decide
-from gateway.dataplane.feedback.ids import SIGNED_PREFIX, SignedFeedback
-from gateway.dataplane.feedback.log import FEEDBACK_PATH, parse_feedback, result_of
+from gateway.dataplane.feedback import labels
+from gateway.dataplane.feedback.groundtruth import GroundTruth
+from gateway.dataplane.feedback.ids import SignedFeedback, is_signed
+from gateway.dataplane.feedback.log import FEEDBACK_PATH, read_feedback, result_of
 from gateway.dataplane.http.server import ClientConnection, ResponseSource
 from gateway.dataplane.http.wire import Request
 from gateway.dataplane.proxy import ProxyPlane
@@ -93,12 +95,26 @@ def handle_feedback(
         raise MethodNotAllowed("/v1/feedback accepts POST only")
     exposures = plane.exposures
     try:
-        rid, outcome, reward = parse_feedback(request.body)
+        feedback = read_feedback(request.body)
+        rid, outcome, reward = feedback.request_id, feedback.outcome, feedback.reward
         fid = rid
-        if not rid.startswith(SIGNED_PREFIX) or exposures.holds(rid):
+        if not is_signed(rid) or exposures.holds(rid):
             # A plain id (a client's own x-request-id, one that merely looks signed):
             # claimed under the signed id its response also carried, if it had one.
             fid = exposures.signed_id_of(rid)
+        if feedback.label is not None:
+            # Labels come late (ground_truth.max_label_delay): the route's limit applies.
+            if not fid:
+                raise labels.no_signed_id(rid)
+            now = time.time()
+            signed = plane.feedback_ids.verify(fid, now, float("inf"))
+            truth = labels.check(plane.ref.current, signed, rid, now)
+            if outcome is not None or reward is not None:
+                plane.feedback_ids.verify(fid, now, exposures.window)  # their window
+            claim = FeedbackClaim(plane, conn, style, rid, signed, outcome, reward)
+            claim.label, claim.truth = feedback.label, truth
+            conn.start_exchange(claim)
+            return
         if fid:
             signed = plane.feedback_ids.verify(fid, time.time(), exposures.window)
             conn.start_exchange(FeedbackClaim(plane, conn, style, rid, signed, outcome, reward))
@@ -140,6 +156,10 @@ class FeedbackClaim(ResponseSource):
     retry would be 409, so not counting would lose it).
     """
 
+    # A true label (routes with a `ground_truth` block; see feedback.labels).
+    label: str | None = None
+    truth: GroundTruth | None = None
+
     def __init__(
         self,
         plane: SharedState,
@@ -172,7 +192,10 @@ class FeedbackClaim(ResponseSource):
         exposures = plane.exposures
         signed = self.signed
         try:
-            first = await plane.claims.claim(signed.key, exposures.window)
+            ttl = exposures.window
+            if self.truth is not None:  # held as long as a late label may still come
+                ttl = max(ttl, self.truth.max_label_delay)
+            first = await plane.claims.claim(signed.key, ttl)
         except FeedbackStoreUnavailable as err:
             self._refuse(err, RETRY_AFTER)
             return
@@ -192,7 +215,15 @@ class FeedbackClaim(ResponseSource):
                 )
             )
             return
-        exposures.count_for(signed.route, signed.variant, signed.version, self.outcome, self.reward)
+        if self.outcome is not None or self.reward is not None:
+            exposures.count_for(
+                signed.route, signed.variant, signed.version, self.outcome, self.reward
+            )
+        joined: dict[str, Any] = {}
+        if self.label is not None and self.truth is not None:
+            joined = labels.record(
+                plane.metrics.ground_truth, plane.tap, self.truth, signed, self.label
+            )
         if self.answered:
             return  # the deadline answered 503; counted all the same (see the class)
         exposures.counted("recorded")
@@ -202,6 +233,8 @@ class FeedbackClaim(ResponseSource):
             body = _recorded(
                 self.rid, signed.route, signed.variant, signed.version, self.outcome, self.reward
             )
+            if joined:
+                body = orjson.dumps({**orjson.loads(body), **joined})
             self.conn.respond(200, body)
 
     def _refuse(self, err: GatewayError, extra: bytes = b"") -> None:

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zlib import crc32
 
+from gateway.dataplane.feedback.groundtruth import GroundTruth
 from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import EndpointState, RetryBudget
 from gateway.dataplane.scorers import Picker
 from gateway.dataplane.shadow.verdict import Tolerance
-from gateway.dataplane.signature import SignatureCheck
 from gateway.observability.metrics import RequestSeries, RouteCounters
 from gateway.observability.shadow_metrics import ShadowSeries
 
@@ -87,9 +87,6 @@ class Variant:
     # Scored picking (the policy's `picker`: weighted scorers, prefix and session
     # affinity, context fit); None = the least loaded endpoint (`pick.pick`).
     picker: Picker | None = None
-    # The version's MLflow signature, compiled for the route's protocol, when the route
-    # validates requests (`signature.validate_requests`) and it could be read.
-    signature: SignatureCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +188,9 @@ class Route:
     # checks only this).
     shadows: tuple[Shadow, ...] = ()
     shadow_sample: float = 0.0  # the largest `sample` of the shadows (one draw for all)
+    # Where responses say what was predicted (a `ground_truth` block; None: the request
+    # path checks only this).
+    ground_truth: GroundTruth | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "salt_crc", crc32(self.salt))

@@ -22,9 +22,13 @@ So that nothing is lost uncounted over either, every datagram carries its sender
 random id, its number in that sender's stream and the rows the sender sent before it
 (`Stream`); the worker counts the gaps per sender (`gateway.drift.senders`).
 
-Two kinds of message: rows of samples, and (every few seconds, and on every policy
+Three kinds of message: rows of samples; (every few seconds, and on every policy
 change) the drift blocks of the policies the sending gateway serves, so the worker
-needs no access to the policy files or ConfigMap itself.
+needs no access to the policy files or ConfigMap itself; and `labels`: true labels the
+gateway joined with their predictions (`gateway.drift.labeled.LabeledRecord`, one per
+accepted `POST /v1/feedback` with a `label` on a route with a drift block). A labels
+datagram is numbered like any other but carries no rows (`Stream.sent(0)`): the
+ledger counts a lost one as a lost datagram.
 
 Signed datagrams. With a fleet secret (`SWITCHYARD_FLEET_SECRET` or
 `--fleet-secret-file`, as for feedback ids) every datagram carries a tag: a datagram
@@ -69,6 +73,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import orjson
+
+from gateway.drift.labeled import LabeledRecord, LabeledRecordError
 
 log = logging.getLogger("switchyard.drift")
 
@@ -490,6 +496,28 @@ def encode_config(routes: Sequence[Mapping[str, Any]]) -> bytes:
     return b'"kind":"config","digest":"%s","routes":%s}' % (digest.encode(), body)
 
 
+def encode_labels(
+    records: Sequence[LabeledRecord], limit: int = MAX_DATAGRAM
+) -> Iterator[tuple[bytes, int]]:
+    """(payload, records in it) of `labels` messages carrying `records`, each framed
+    (`Stream.frame`) within `limit`; a single record too large is left out."""
+    prefix = b'"kind":"labels","labels":['
+    budget = limit - HEAD_MAX - len(prefix) - 2
+    chunk: list[bytes] = []
+    size = 0
+    for record in records:
+        encoded = orjson.dumps(record.to_json())
+        if len(encoded) > budget:
+            continue
+        if chunk and size + len(encoded) + 1 > budget:
+            yield prefix + b",".join(chunk) + b"]}", len(chunk)
+            chunk, size = [], 0
+        chunk.append(encoded)
+        size += len(encoded) + 1
+    if chunk:
+        yield prefix + b",".join(chunk) + b"]}", len(chunk)
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     """Who sent a datagram, its number, and the rows its sender sent before it."""
@@ -519,6 +547,16 @@ class Config:
     routes: list[dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """True labels joined with their predictions (any routes, variants, versions).
+    `malformed` counts records of the datagram that did not parse (left out)."""
+
+    head: Head
+    records: list[LabeledRecord]
+    malformed: int = 0
+
+
 class Unreadable:
     """Why a datagram was not taken: `malformed`, `wire_version` (another release),
     `unauthenticated` (no tag, at a worker that has the fleet secret) or `bad_tag`."""
@@ -544,7 +582,7 @@ def _head(message: Mapping[str, Any]) -> Head | None:
     return Head(sender, seq, before)
 
 
-def decode(datagram: bytes) -> Rows | Config | Unreadable:
+def decode(datagram: bytes) -> Rows | Config | Labels | Unreadable:
     """The message in a datagram, or why it is not one of ours."""
     try:
         message = orjson.loads(datagram)
@@ -562,6 +600,17 @@ def decode(datagram: bytes) -> Rows | Config | Unreadable:
         if not isinstance(routes, list) or not isinstance(digest, str):
             return MALFORMED
         return Config(head, digest, [r for r in routes if isinstance(r, dict)])
+    if message.get("kind") == "labels":
+        items = message.get("labels")
+        if not isinstance(items, list):
+            return MALFORMED
+        records: list[LabeledRecord] = []
+        for item in items:
+            try:
+                records.append(LabeledRecord.from_json(item))
+            except LabeledRecordError:
+                continue
+        return Labels(head, records, len(items) - len(records))
     route, variant, version = message.get("route"), message.get("variant"), message.get("version")
     rows = message.get("rows")
     if not (isinstance(route, str) and isinstance(variant, str) and isinstance(version, str)):
@@ -571,7 +620,7 @@ def decode(datagram: bytes) -> Rows | Config | Unreadable:
     return Rows(head, route, variant, version, [r for r in rows if isinstance(r, dict)])
 
 
-def read(datagram: bytes, key: ChannelKey | None) -> Rows | Config | Unreadable:
+def read(datagram: bytes, key: ChannelKey | None) -> Rows | Config | Labels | Unreadable:
     """The message in a datagram, as a worker holding `key` (None: no fleet secret)
     takes it: with a key, only a datagram whose tag checks out is parsed; one without a
     tag is `unauthenticated` (or, if it is another release's or no message of ours,

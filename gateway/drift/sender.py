@@ -19,6 +19,10 @@ Every sample that never leaves this process is counted here with its reason:
 - `send_failed`: the OS refused the datagram for another reason (not retried);
 - `shutdown`: still waiting in the backlog when the gateway stopped.
 
+True labels (`DriftTap.offer_label`) go out in `labels` datagrams after the rows, from a
+backlog of their own (BACKLOG_LABELS); labels lost on this side are counted with the
+reasons above prefixed `labels_` (labels_backlog_full, labels_send_failed, ...).
+
 What leaves and never arrives (UDP loss, a full receive queue the sender cannot see,
 a worker killed with datagrams in its queue) the worker counts from the numbers every
 datagram carries (`channel.Stream`, `senders.py`): a datagram is numbered when the
@@ -46,6 +50,7 @@ from gateway.drift.channel import (
     Stream,
     encode,
     encode_config,
+    encode_labels,
     link_to,
 )
 from gateway.drift.config import config_entries
@@ -59,6 +64,7 @@ CONFIG_EVERY = 2.0  # seconds between config datagrams (a restarted worker learn
 # bounds the memory at a few MB while covering a worker start (Python, pandas: seconds)
 # at a thousand samples per second.
 BACKLOG_ROWS = 10_000
+BACKLOG_LABELS = 10_000  # labels kept for a worker that cannot take them yet
 # The worker is not there (not bound yet, restarting: ECONNREFUSED, or ENOENT for a
 # socket file; over UDP also an unreachable or unresolved host) or behind (its queue is
 # full: EAGAIN; ENOBUFS on some systems): the datagram is worth sending again later.
@@ -84,6 +90,7 @@ class _Datagram:
     route: str
     version: str
     rows: int
+    labels: int = 0  # a labels datagram: records in it (it carries no rows)
 
 
 class DriftSender:
@@ -111,6 +118,8 @@ class DriftSender:
         self._config: bytes | None = None
         self._backlog: deque[_Datagram] = deque()
         self._backlog_rows = 0
+        self._labels: deque[_Datagram] = deque()
+        self._backlog_labels = 0
         # Whether the worker may lack our config: at start, and after any datagram it
         # did not take (it may be a new worker). Then the config goes before any rows.
         self._config_owed = True
@@ -200,9 +209,50 @@ class DriftSender:
                 encoded += n
             if encoded < len(rows):
                 self._drop(route, version, "too_large", len(rows) - encoded)
+        records = self.tap.take_labels()
+        if records:
+            # One datagram names no single route: its first record's stands for it in
+            # the drop counts (labels of one flush are mostly one route's).
+            first = records[0]
+            encoded = 0
+            for payload, n in encode_labels(records, self.link.rows_limit):
+                self._labels.append(_Datagram(payload, first.route, first.version, 0, n))
+                self._backlog_labels += n
+                encoded += n
+            if encoded < len(records):
+                self._drop(first.route, first.version, "labels_too_large", len(records) - encoded)
         sent = self._drain()
+        if not self._backlog:
+            self._drain_labels()
         self._trim()
         return sent
+
+    def _drain_labels(self) -> None:
+        """Send the labels' backlog (after the rows), oldest first."""
+        labels = self._labels
+        if labels and self._config_owed and not self.send_config():
+            return
+        while labels:
+            item = labels[0]
+            try:
+                self.link.send(self.stream.frame(item.payload))
+            except OSError as exc:
+                self._warn(exc)
+                if exc.errno in _RETRY_LATER:
+                    self._config_owed = self._refused = True
+                    return
+                labels.popleft()
+                self._backlog_labels -= item.labels
+                self._drop(item.route, item.version, "labels_send_failed", item.labels)
+                continue
+            self.stream.sent(0)
+            labels.popleft()
+            self._backlog_labels -= item.labels
+
+    @property
+    def backlog_labels(self) -> int:
+        """Labels encoded and waiting for the worker to take them."""
+        return self._backlog_labels
 
     def _drain(self) -> int:
         """Send the backlog, oldest first, until the worker stops taking datagrams."""
@@ -245,6 +295,11 @@ class DriftSender:
             item = backlog.popleft()
             self._backlog_rows -= item.rows
             self._drop(item.route, item.version, "backlog_full", item.rows)
+        labels = self._labels
+        while self._backlog_labels > BACKLOG_LABELS and labels:
+            item = labels.popleft()
+            self._backlog_labels -= item.labels
+            self._drop(item.route, item.version, "labels_backlog_full", item.labels)
 
     def _drop(self, route: str, version: str, reason: str, rows: int) -> None:
         key = (route, version, reason)
@@ -258,6 +313,10 @@ class DriftSender:
             item = self._backlog.popleft()
             self._drop(item.route, item.version, "shutdown", item.rows)
         self._backlog_rows = 0
+        while self._labels:
+            item = self._labels.popleft()
+            self._drop(item.route, item.version, "labels_shutdown", item.labels)
+        self._backlog_labels = 0
         self.link.close()
 
     def _warn(self, exc: OSError) -> None:

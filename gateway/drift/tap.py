@@ -8,6 +8,10 @@ path, by `DriftSender`. A full buffer drops the sample and counts it.
 
 The body is held by reference until the next flush (about 200 ms), so whoever offers it
 must not mutate it afterwards; the data plane only reads the parsed body.
+
+True labels (`offer_label`, from `POST /v1/feedback` with a `label`, never from an
+inference request) wait in a second bounded buffer for the same flush; only routes the
+tap samples (a drift block) keep them, since only their windows use them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gateway.dataplane.decide import Decision
+    from gateway.drift.labeled import LabeledRecord
 
 Sample = tuple["Decision", dict[str, Any]]
 
@@ -28,6 +33,9 @@ class Tap(Protocol):
     def offer(self, decision: Decision, body: dict[str, Any]) -> None:
         """Consider this request for the drift windows; never raises, never blocks."""
 
+    def offer_label(self, record: LabeledRecord) -> None:
+        """Keep a joined label for the drift worker; never raises, never blocks."""
+
 
 class NoTap:
     """The tap of a data plane without drift: returns at once."""
@@ -35,6 +43,9 @@ class NoTap:
     __slots__ = ()
 
     def offer(self, decision: Decision, body: dict[str, Any]) -> None:
+        return None
+
+    def offer_label(self, record: LabeledRecord) -> None:
         return None
 
 
@@ -46,7 +57,7 @@ class DriftTap:
     (route, version); pass the metrics' dict so `/metrics` shows it without a copy.
     """
 
-    __slots__ = ("_buffer", "_random", "_rates", "capacity", "dropped")
+    __slots__ = ("_buffer", "_labels", "_random", "_rates", "capacity", "dropped")
 
     def __init__(
         self,
@@ -61,6 +72,7 @@ class DriftTap:
         self.dropped = dropped if dropped is not None else {}
         self._rates: dict[str, float] = {}
         self._buffer: list[Sample] = []
+        self._labels: list[LabeledRecord] = []
         # Its own generator: sampling must not shift the routing RNG's sequence (a seeded
         # gateway keeps making the same canary draws with drift on or off).
         self._random = (rng or random.Random()).random
@@ -86,6 +98,20 @@ class DriftTap:
             self.dropped[key] = self.dropped.get(key, 0) + 1
             return
         buffer.append((decision, body))
+
+    def offer_label(self, record: LabeledRecord) -> None:
+        if record.route not in self._rates:
+            return  # no drift block: the worker keeps no window for it
+        if len(self._labels) >= self.capacity:
+            key = (record.route, record.version)
+            self.dropped[key] = self.dropped.get(key, 0) + 1
+            return
+        self._labels.append(record)
+
+    def take_labels(self) -> list[LabeledRecord]:
+        """Every label kept since the last call."""
+        taken, self._labels = self._labels, []
+        return taken
 
     def take(self) -> list[Sample]:
         """Everything buffered since the last call (the buffer starts empty again)."""

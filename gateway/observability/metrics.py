@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway.observability.drift_metrics import DriftCounters, drift_families
 from gateway.observability.flow_metrics import FlowCounters, flow_families
+from gateway.observability.ground_truth_metrics import GroundTruthMetrics, ground_truth_families
 from gateway.observability.histogram import Histogram
 from gateway.observability.picker_metrics import PickerCounters, picker_families
 from gateway.observability.quota_metrics import QuotaMetrics, quota_families
@@ -201,6 +202,8 @@ class GatewayMetrics:
         self.drift = DriftCounters()
         # Shadow copies, their comparisons and the comparison log (shadow_metrics).
         self.shadow = ShadowMetrics()
+        # Predictions captured and true labels joined with them (ground_truth_metrics).
+        self.ground_truth = GroundTruthMetrics()
         # Progressive rollouts and A/B feedback (rollout_metrics; gateway.rollout).
         self.rollout = RolloutCounters()
         # Tracing and the access log (trace_metrics; gateway.observability.tracing).
@@ -486,6 +489,7 @@ class GatewayMetrics:
         yield from self._registry_families()
         yield from drift_families(self.drift)
         yield from shadow_families(self.shadow)
+        yield from ground_truth_families(self.ground_truth)
         yield from rollout_families(self.rollout)
         yield from trace_families(self.tracing)
         yield from self._kubernetes_families()

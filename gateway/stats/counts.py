@@ -41,6 +41,14 @@ SHADOW_SKIPPED = "switchyard_shadow_skipped_total"
 SHADOW_DROPPED = "switchyard_shadow_dropped_total"
 SHADOW_COMPARISONS = "switchyard_shadow_comparisons_total"
 SHADOW_IN_FLIGHT = "switchyard_shadow_in_flight"
+# Ground truth (gateway.admin.ground_truth reads them; route_stats ignores them).
+GROUND_TRUTH_SAMPLES = (
+    "switchyard_ground_truth_labels_total",
+    "switchyard_ground_truth_score_bucket",
+    "switchyard_ground_truth_label_delay_seconds_bucket",
+    "switchyard_ground_truth_predictions_captured_total",
+    "switchyard_ground_truth_capture_failures_total",
+)
 # Every sample name a route's statistics read (each carries a `route` label).
 ROUTE_SAMPLES = (
     REQUESTS,
@@ -56,6 +64,7 @@ ROUTE_SAMPLES = (
     SHADOW_DROPPED,
     SHADOW_COMPARISONS,
     SHADOW_IN_FLIGHT,
+    *GROUND_TRUTH_SAMPLES,
 )
 # The labels that tell those samples apart; a fleet query sums over every other one.
 KEY_LABELS = (
@@ -69,6 +78,8 @@ KEY_LABELS = (
     "outcome",
     "reason",
     "result",
+    "predicted",
+    "label",
 )
 # Shadow copies that got no answer to compare: they count as `failed` in agreement.
 FAILED_COPIES = frozenset({"connect_error", "timeout", "reset", "invalid_response"})

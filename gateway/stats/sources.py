@@ -84,6 +84,7 @@ class Evidence:
 
     stats: RouteStats
     origin: Origin
+    samples: tuple[Sample, ...] = ()  # the samples read (ground truth sums its own)
 
 
 class StatsUnavailable(Exception):
@@ -149,7 +150,8 @@ class StatsSource:
             oldest_scrape_age_s=None if got.as_of is None else max(0.0, now - got.as_of),
             processes=got.count,
         )
-        return Evidence(route_stats(route, got.samples, got.processes), origin)
+        stats = route_stats(route, got.samples, got.processes)
+        return Evidence(stats, origin, tuple(got.samples))
 
     def _failed(self, now: float, error: str) -> NoReturn:
         self.up, self.last_read_at = False, now

@@ -94,7 +94,8 @@ def test_expired_ids_say_how_old() -> None:
         (lambda f: f + b"A" * MAX_SIGNED_ID, "at most 512"),
         (lambda f: f[:10] + "é".encode() + f[12:], "characters other than base64url"),
         (lambda f: f[:10] + b"+" + f[11:], "characters other than base64url"),
-        (lambda f: b"fb2." + f[4:], "does not start with 'fb1.'"),
+        (lambda f: b"fb3." + f[4:], "does not start with 'fb1.' or 'fb2.'"),
+        (lambda f: b"fb2." + f[4:], "it is not 'fb2.<payload>.<prediction>.<mac>'"),
     ],
 )
 def test_malformed_ids_are_400_saying_what_is_wrong(mutate: object, message: str) -> None:

@@ -14,6 +14,22 @@ ASCII, 60 to 512 characters):
   where K = HMAC-SHA256(fleet secret, "switchyard feedback id v1"): the secret is
   never used as-is, so it may sign other things under other labels.
 
+Version 2 (routes with a `ground_truth` block): the same request's id once its response
+is whole, also carrying what the version predicted, so a label can be joined with the
+prediction by any process, with no store:
+
+    fb2.<payload>.<prediction>.<mac>
+
+- payload: exactly the version 1 payload of the request (the same base64url text);
+- prediction: base64url, unpadded, of
+    1 byte    flags: bit 0 set when a score follows
+    8 bytes   score (only with bit 0): IEEE 754 double, big-endian, in [0, 1]
+    class: one length byte, then that many bytes of UTF-8 (at most 64)
+- mac: as for version 1, over "fb2." + payload + "." + prediction.
+
+Both versions of one request share one claim key: the version 1 MAC (base64url) of its
+payload, so feedback by either id counts once. A verifier recomputes it for a fb2 id.
+
 A name longer than 255 bytes cannot be encoded: that request gets no signed id and falls
 back to the per-process log (`log.ExposureLog`). The MAC is checked (in constant time)
 before any byte of the payload is parsed. Its canonical text is the key under which the
@@ -26,13 +42,17 @@ import binascii
 import hashlib
 import hmac
 import os
+import struct
 import time
 from typing import Final
 
 from gateway.errors import BadRequest, RequestExpired, UnknownRequest
 
 SIGNED_PREFIX: Final = b"fb1."
+PREDICTION_PREFIX: Final = b"fb2."
 MAX_SIGNED_ID: Final = 512
+MAX_PREDICTION_ID: Final = 640  # a version 1 id plus at most 100 characters
+MAX_PREDICTED_BYTES: Final = 64
 _LABEL: Final = b"switchyard feedback id v1"
 _MAC_BYTES: Final = 16
 _MAC_TEXT: Final = 22  # base64url characters of 16 bytes, unpadded
@@ -47,12 +67,29 @@ _MAX_NAMES: Final = 4096  # cached (route, variant, version) encodings; cleared 
 class SignedFeedback:
     """What a verified id says: who served it and when; `key` is its claim key."""
 
-    def __init__(self, route: str, variant: str, version: str, served_at: float, key: bytes):
+    def __init__(
+        self,
+        route: str,
+        variant: str,
+        version: str,
+        served_at: float,
+        key: bytes,
+        predicted: str | None = None,
+        score: float | None = None,
+    ):
         self.route = route
         self.variant = variant
         self.version = version
         self.served_at = served_at  # Unix time, seconds
         self.key = key
+        # What the version predicted (a fb2 id; None for fb1) and its positive score.
+        self.predicted = predicted
+        self.score = score
+
+
+def is_signed(rid: bytes) -> bool:
+    """Whether `rid` looks like a signed id of either version."""
+    return rid.startswith(SIGNED_PREFIX) or rid.startswith(PREDICTION_PREFIX)
 
 
 class FeedbackIds:
@@ -105,15 +142,32 @@ class FeedbackIds:
         text = SIGNED_PREFIX + _b64(payload)
         return text + b"." + _b64(self._mac(text))
 
+    def with_prediction(self, fid: bytes, predicted: str, score: float | None) -> bytes:
+        """The version 2 id of the request whose version 1 id is `fid`, carrying
+        `predicted` (at most 64 bytes of UTF-8) and `score`; b"" when it cannot be
+        (no fid, a class too long). Called once per captured response."""
+        raw = predicted.encode()
+        if not fid or len(raw) > MAX_PREDICTED_BYTES:
+            return b""
+        if score is None:
+            extension = b"\0" + bytes((len(raw),)) + raw
+        else:
+            extension = b"\x01" + struct.pack(">d", score) + bytes((len(raw),)) + raw
+        payload = fid[len(SIGNED_PREFIX) : fid.rfind(b".")]
+        text = PREDICTION_PREFIX + payload + b"." + _b64(extension)
+        return text + b"." + _b64(self._mac(text))
+
     def verify(self, fid: bytes, now: float, window: float) -> SignedFeedback:
         """What `fid` says, if this fleet signed it and it is younger than `window`
         seconds at Unix time `now`. Raises BadRequest (malformed), UnknownRequest
         (signature) or RequestExpired."""
+        if fid.startswith(PREDICTION_PREFIX):
+            return self._verify_prediction(fid, now, window)
         shown = _shown(fid)
         if len(fid) > MAX_SIGNED_ID:
             raise _malformed(shown, f"it is {len(fid)} characters long, at most {MAX_SIGNED_ID}")
         if not fid.startswith(SIGNED_PREFIX):
-            raise _malformed(shown, "it does not start with 'fb1.'")
+            raise _malformed(shown, "it does not start with 'fb1.' or 'fb2.'")
         parts = fid[len(SIGNED_PREFIX) :].split(b".")
         if len(parts) != 2:
             raise _malformed(shown, "it is not 'fb1.<payload>.<mac>'")
@@ -148,6 +202,48 @@ class FeedbackIds:
                 param="request_id",
             )
         return SignedFeedback(route, variant, version, served_at, _b64(expected))
+
+    def _verify_prediction(self, fid: bytes, now: float, window: float) -> SignedFeedback:
+        shown = _shown(fid)
+        if len(fid) > MAX_PREDICTION_ID:
+            raise _malformed(
+                shown, f"it is {len(fid)} characters long, at most {MAX_PREDICTION_ID}"
+            )
+        parts = fid[len(PREDICTION_PREFIX) :].split(b".")
+        if len(parts) != 3:
+            raise _malformed(shown, "it is not 'fb2.<payload>.<prediction>.<mac>'")
+        payload_text, extension_text, mac_text = parts
+        if not payload_text or not extension_text:
+            raise _malformed(shown, "its payload or prediction is empty")
+        if not all(_B64URL.issuperset(p) for p in parts):
+            raise _malformed(shown, "it holds characters other than base64url")
+        if len(mac_text) != _MAC_TEXT:
+            raise _malformed(shown, f"its signature is {len(mac_text)} characters, not 22")
+        expected = self._mac(fid[: -len(mac_text) - 1])
+        if not hmac.compare_digest(expected, _unb64(mac_text)):
+            raise UnknownRequest(
+                f"request {shown!r} is unknown: its signature does not match: not issued by "
+                "this fleet, or the replicas do not share the fleet secret "
+                "(--fleet-secret-file or SWITCHYARD_FLEET_SECRET)",
+                param="request_id",
+            )
+        try:
+            payload = _unb64(payload_text)
+            route, variant, version = _decode_names(payload)
+            predicted, score = _decode_prediction(_unb64(extension_text))
+        except (ValueError, binascii.Error, struct.error) as exc:
+            raise _malformed(shown, f"its payload does not decode ({exc})") from None
+        served_at = int.from_bytes(payload[:6], "big") / 1000.0
+        age = now - served_at
+        if age > window:
+            raise RequestExpired(
+                f"request {shown!r} expired: it was served {age:.0f}s ago and feedback is "
+                f"accepted for {window:g}s",
+                param="request_id",
+            )
+        # The claim key of the request's version 1 id: either id claims the same.
+        key = _b64(self._mac(SIGNED_PREFIX + payload_text))
+        return SignedFeedback(route, variant, version, served_at, key, predicted, score)
 
 
 def _b64(data: bytes) -> bytes:
@@ -188,6 +284,19 @@ def _decode_names(payload: bytes) -> tuple[str, str, str]:
     if at != len(payload):
         raise ValueError(f"{len(payload) - at} bytes after the version")
     return names[0], names[1], names[2]
+
+
+def _decode_prediction(data: bytes) -> tuple[str, float | None]:
+    if not data:
+        raise ValueError("empty prediction")
+    flags, at = data[0], 1
+    score: float | None = None
+    if flags & 1:
+        (score,) = struct.unpack(">d", data[1:9])
+        at = 9
+    if at >= len(data) or at + 1 + data[at] != len(data):
+        raise ValueError("truncated prediction")
+    return data[at + 1 :].decode(), score
 
 
 def _shown(fid: bytes) -> str:

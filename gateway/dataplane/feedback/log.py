@@ -24,7 +24,13 @@ from typing import Any
 
 import orjson
 
-from gateway.dataplane.feedback.ids import MAX_SIGNED_ID, SIGNED_PREFIX
+from gateway.dataplane.feedback.groundtruth import normalise_label
+from gateway.dataplane.feedback.ids import (
+    MAX_PREDICTION_ID,
+    MAX_SIGNED_ID,
+    PREDICTION_PREFIX,
+    SIGNED_PREFIX,
+)
 from gateway.errors import (
     BadRequest,
     FeedbackConflict,
@@ -37,9 +43,11 @@ from gateway.errors import (
 from gateway.observability.metrics import RequestSeries
 
 FEEDBACK_PATH = b"/v1/feedback"
-_FIELDS = ("request_id", "outcome", "reward")
+_FIELDS = ("request_id", "outcome", "reward", "label")
+_MAX_LABEL = 255  # bytes of UTF-8 of a label's text (classes beyond the route's: other)
 _MAX_REQUEST_ID = 128  # a plain id, as the HTTP server accepts a client's x-request-id
 _SIGNED = SIGNED_PREFIX.decode()
+_PREDICTION = PREDICTION_PREFIX.decode()
 # (who served it, plane.now when it completed, its signed id or b"")
 Entry = tuple[RequestSeries, float, bytes]
 
@@ -179,8 +187,24 @@ class ExposureLog:
         self.results[result] = self.results.get(result, 0) + 1
 
 
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One parsed feedback body: at least one of outcome, reward and label is set."""
+
+    request_id: bytes
+    outcome: bool | None
+    reward: float | None
+    label: str | None  # the true class as text ("fraud", "1", "true"); see groundtruth
+
+
 def parse_feedback(body: bytes) -> tuple[bytes, bool | None, float | None]:
     """(request id, outcome, reward) of a feedback body, or a 400 saying what is wrong."""
+    found = read_feedback(body)
+    return found.request_id, found.outcome, found.reward
+
+
+def read_feedback(body: bytes) -> Feedback:
+    """A feedback body, or a 400 saying what is wrong."""
     if not body:
         raise InvalidJSON(
             'feedback body is empty; expected {"request_id": "...", "outcome": true} '
@@ -199,15 +223,12 @@ def parse_feedback(body: bytes) -> tuple[bytes, bool | None, float | None]:
             param=unknown[0],
         )
     rid = data.get("request_id")
-    if (
-        not isinstance(rid, str)
-        or not rid
-        or len(rid) > (MAX_SIGNED_ID if rid.startswith(_SIGNED) else _MAX_REQUEST_ID)
-    ):
+    if not isinstance(rid, str) or not rid or len(rid) > _longest(rid):
         raise BadRequest(
             "'request_id' is required: the x-request-id or x-switchyard-feedback-id header "
             f"of the response (a string of 1 to {_MAX_REQUEST_ID} characters, or a signed "
-            f"id 'fb1.<payload>.<mac>' of up to {MAX_SIGNED_ID})",
+            f"id 'fb1.<payload>.<mac>' of up to {MAX_SIGNED_ID}, 'fb2.<payload>."
+            f"<prediction>.<mac>' of up to {MAX_PREDICTION_ID})",
             param="request_id",
         )
     outcome = data.get("outcome")
@@ -218,12 +239,29 @@ def parse_feedback(body: bytes) -> tuple[bytes, bool | None, float | None]:
         if isinstance(reward, bool) or not isinstance(reward, (int, float)):
             raise BadRequest("'reward' must be a number", param="reward")
         reward = float(reward)  # finite: orjson refuses NaN and Infinity when parsing
-    if outcome is None and reward is None:
+    raw_label = data.get("label")
+    label: str | None = None
+    if raw_label is not None:
+        label = normalise_label(raw_label)
+        if label is None or not label or len(label.encode()) > _MAX_LABEL:
+            raise BadRequest(
+                "'label' must be the true class: a non-empty string (at most "
+                f"{_MAX_LABEL} bytes), an integer or true/false",
+                param="label",
+            )
+    if outcome is None and reward is None and label is None:
         raise BadRequest(
-            "feedback needs 'outcome' (true/false) or 'reward' (a number), or both",
+            "feedback needs 'outcome' (true/false), 'reward' (a number) or 'label' (the "
+            "true class), or several",
             param="outcome",
         )
-    return rid.encode(), outcome, reward
+    return Feedback(rid.encode(), outcome, reward, label)
+
+
+def _longest(rid: str) -> int:
+    if rid.startswith(_SIGNED):
+        return MAX_SIGNED_ID
+    return MAX_PREDICTION_ID if rid.startswith(_PREDICTION) else _MAX_REQUEST_ID
 
 
 def result_of(err: GatewayError) -> str:
