@@ -39,6 +39,13 @@ def safe_name(name: str) -> str:
     return f"{_UNSAFE.sub('_', name) or 'none'}-{digest}"
 
 
+def label_version(version: str, variant: str) -> str:
+    """The version a labeled window is kept under: the registry version, or, for an
+    endpoint variant (it has none), `variant:NAME`, so that a rollout between two
+    endpoint variants still has one labeled window per side."""
+    return version or f"variant:{variant}"
+
+
 def report_path(drift_dir: str | Path, route: str, version: str) -> Path:
     """Where the latest HTML report of one window lives."""
     return Path(drift_dir) / "reports" / safe_name(route) / f"{safe_name(version)}.html"

@@ -21,6 +21,13 @@ the same windows and one drift makes one episode. Its loop:
   gateway process sends one every 2 s, so they are merged idempotently (see
   `config.merge_routes`): a route's windows, episodes and reference data stay as they
   are unless its drift block really changed;
+- labels (`LabeledRecord`s, one per accepted `POST /v1/feedback` label) join the
+  labeled window of their (route, version) (`labels.py`); every `labels.every` a
+  window with new labels gets its metrics (accuracy, precision, recall, F1, AUC),
+  concept drift against the version's first full window (with Evidently's
+  ClassificationPreset report, `concept.py`) and the accuracy SLO; the retrain
+  triggers (`triggers.py`: schedule, drift alert, data threshold, accuracy SLO) run
+  the same actions once per episode, with the labeled window and their reason;
 - every second the status file (and the senders' ledger) is rewritten;
 - with `http`, the status, the metrics and the reports are served over HTTP
   (`api.py`), for gateways and Prometheus on other machines.
@@ -41,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 
 from gateway.controlplane.registry.client import RegistryConfig
 from gateway.drift.actions import ACTIONS, ActionContext, configured, run_actions
@@ -53,6 +61,7 @@ from gateway.drift.channel import (
     Address,
     ChannelKey,
     Config,
+    Labels,
     Rows,
     UdpAddress,
     Unreadable,
@@ -65,10 +74,26 @@ from gateway.drift.channel import (
     worker_address,
 )
 from gateway.drift.config import RouteDrift, SeenConfig, merge_routes, route_drifts
-from gateway.drift.episodes import Episodes
+from gateway.drift.episodes import Episode, Episodes
+from gateway.drift.labeled import LabeledRecord
+from gateway.drift.labels import (
+    FeatureJoin,
+    LabelWindow,
+    LabelWindows,
+    WindowMetrics,
+    labeled_frame,
+    window_metrics,
+)
 from gateway.drift.refdata import REFRESH_REGISTRY, Reference, ReferenceError, load_reference
 from gateway.drift.senders import SENDERS_FILE, Ledger
-from gateway.drift.status import STATUS_FILE, report_path, write_json
+from gateway.drift.status import STATUS_FILE, label_version, report_path, write_json
+from gateway.drift.triggers import (
+    ONE_SHOT,
+    REASONS,
+    Triggers,
+    accuracy_breached,
+    concept_drifted,
+)
 from gateway.drift.window import Key, Windows
 
 log = logging.getLogger("switchyard.drift")
@@ -96,6 +121,16 @@ MAX_DROP_KEYS = 1000
 # a datagram that was not checked is anyone's to make up; the counters count them all).
 NOTICE_EVERY = 60.0
 MAX_NOTICES = 64
+# Labels waiting for the config datagram that names their route, and how long one
+# waits (configs come every 2 s from each gateway): then it is dropped as no_config.
+HOLD_LABELS = 10_000
+HOLD_LABELS_FOR = 10.0
+# Sampled rows kept per route to join labels with their request's features (by the
+# claim key the rows of ground-truth routes carry): a label later than this many
+# sampled requests of its route is saved without its features.
+JOIN_ROWS = 10_000
+# The columns of an empty labeled window (a schedule that fires before any label).
+LABEL_COLUMNS = (*LabeledRecord.__dataclass_fields__, "correct")
 # The variable that holds the fleet secret: never handed to actions (a policy's
 # token_env or secret_env naming it would send the secret to that endpoint).
 _SECRET_ENV = "SWITCHYARD_FLEET_SECRET"
@@ -133,6 +168,19 @@ class _WindowState:
     evaluated_received: int = -1  # window.received at the last evaluation
 
 
+@dataclass(slots=True)
+class _LabelState:
+    due: float = 0.0
+    evaluated_received: int = -1
+    metrics: WindowMetrics | None = None
+    reference: WindowMetrics | None = None  # the version's first full window
+    concept_drift: bool | None = None
+    accuracy_breached: bool | None = None
+    evaluated_at: float | None = None
+    report: str | None = None  # the concept-drift report, relative to the drift dir
+    error: str | None = None
+
+
 class DriftWorker:
     """The state and loops of one drift worker process."""
 
@@ -166,6 +214,18 @@ class DriftWorker:
         self._detect_ready = asyncio.Event()
         self._warm: asyncio.Task[None] | None = None
         self.unverified = 0  # signed datagrams taken unchecked (no fleet secret here)
+        # Ground truth: labeled windows, the features to join them with, the triggers.
+        self.labels = LabelWindows()
+        self.label_states: dict[Key, _LabelState] = {}
+        self.joins: dict[str, FeatureJoin] = {}
+        self.triggers = Triggers()
+        self.trigger_episodes = {
+            r: Episodes(self.dir / f"episodes-{r}.json", kind=r) for r in REASONS if r != "drift"
+        }
+        # (route, version, reason) -> episodes whose actions ran (a retrain started).
+        self.fires: dict[tuple[str, str, str], int] = {}
+        self._retry_at: dict[tuple[str, Key], float] = {}  # one-shot episodes unfinished
+        self._held_labels: deque[tuple[LabeledRecord, float]] = deque()
         self._noticed: dict[tuple[str, str], float] = {}  # (kind, sender) -> logged at
 
     # Configuration ------------------------------------------------------------------
@@ -185,6 +245,8 @@ class DriftWorker:
         if changed or config.digest not in self._merged_from:
             self.refresh_routes(now)
         self._release_held(config.head.sender)
+        if self._held_labels:
+            self._release_labels(now)
 
     def refresh_routes(self, now: float) -> None:
         """Merge the configs of the senders heard lately into the watched routes, if
@@ -231,6 +293,10 @@ class DriftWorker:
                 log.info("drift worker: route %s has new features; its windows restart", name)
         for name in self.routes.keys() - routes.keys():
             self._forget_windows(name)
+            self._forget_labels(name)
+        now = time.time()
+        for name, route in routes.items():
+            self.triggers.configure(name, route.spec.triggers, now)
         self.routes = routes
         if routes and self._warm is None:
             self._warm = asyncio.get_running_loop().create_task(self.warm_up())
@@ -241,6 +307,15 @@ class DriftWorker:
             if key[0] == route:
                 self.windows.forget(key)
                 self.states.pop(key, None)
+
+    def _forget_labels(self, route: str) -> None:
+        for key, _ in self.labels.items():
+            if key[0] == route:
+                self.labels.forget(key)
+        for key in [k for k in self.label_states if k[0] == route]:
+            del self.label_states[key]
+        self.joins.pop(route, None)
+        self.triggers.forget_route(route)
 
     # Receiving ------------------------------------------------------------------------
 
@@ -286,6 +361,10 @@ class DriftWorker:
             return  # counted as lost before, or taken before: its rows count once
         if isinstance(message, Config):
             self.configure(message, now)
+        elif isinstance(message, Labels):
+            if message.malformed:
+                self.drop("", "", "labels_malformed", message.malformed)
+            self.take_labels(message.records, now)
         elif message.route in self.routes:
             self._add(message, now)
         else:
@@ -307,6 +386,43 @@ class DriftWorker:
             config.spec.window.duration,
         )
         window.add(message.rows, message.variant, now)
+        if message.rows and "key" in message.rows[0]:  # a ground-truth route's rows
+            join = self.joins.get(message.route)
+            if join is None:
+                join = self.joins[message.route] = FeatureJoin(JOIN_ROWS)
+            join.add(message.rows)
+
+    def take_labels(self, records: Sequence[LabeledRecord], now: float | None = None) -> None:
+        """Labels for their labeled windows; those of a route with no drift block here
+        (yet) wait for the next config, bounded (see HOLD_LABELS)."""
+        now = time.time() if now is None else now
+        for record in records:
+            if record.route in self.routes:
+                self._add_label(record, now)
+                continue
+            self._held_labels.append((record, now))
+            if len(self._held_labels) > HOLD_LABELS:
+                old, _ = self._held_labels.popleft()
+                self.drop(old.route, old.version, "labels_no_config", 1)
+
+    def _add_label(self, record: LabeledRecord, now: float) -> None:
+        spec = self.routes[record.route].spec.labels
+        key = (record.route, label_version(record.version, record.variant))
+        self.labels.get(key, spec.size, spec.duration).add(record, now)
+        self.triggers.labeled(key)
+
+    def _release_labels(self, now: float) -> None:
+        """Held labels whose route is watched now join their window; those that waited
+        longer than HOLD_LABELS_FOR are dropped (no drift block names their route)."""
+        kept: deque[tuple[LabeledRecord, float]] = deque()
+        for record, arrived in self._held_labels:
+            if record.route in self.routes:
+                self._add_label(record, arrived)
+            elif now - arrived > HOLD_LABELS_FOR:
+                self.drop(record.route, record.version, "labels_no_config", 1)
+            else:
+                kept.append((record, arrived))
+        self._held_labels = kept
 
     def _release_held(self, sender: str) -> None:
         """Rows whose route is watched now join their window; those of `sender`, whose
@@ -492,10 +608,12 @@ class DriftWorker:
                 bucket = counts.setdefault(action, {})
                 bucket["suppressed"] = bucket.get("suppressed", 0) + 1
             log.info("drift %s/%s: new episode within the cooldown; no action", *key)
-        if verdict != "act" or episode is None:
-            return
+        if verdict != "act" or episode is None or not spec.triggers.drift:
+            return  # with `triggers.drift: false`, drift episodes are reported only
         if not episode.summary:
             episode.summary = result.summary()
+        if episode.acted_at is None:
+            self._fired(key, "drift")
         ctx = ActionContext(
             route=config.route,
             spec=spec,
@@ -513,6 +631,279 @@ class DriftWorker:
             bucket[outcome] = bucket.get(outcome, 0) + 1
         self.episodes.acted(key, episode, now)
 
+    # Ground truth ---------------------------------------------------------------------
+
+    async def evaluate_labels(self, now: float) -> None:
+        """Metrics, concept drift and the accuracy SLO of every labeled window whose
+        interval came up and that got labels since its last evaluation."""
+        for key, window in self.labels.items():
+            config = self.routes.get(key[0])
+            if config is None:
+                continue
+            spec = config.spec.labels
+            state = self.label_states.setdefault(key, _LabelState(due=now))
+            if now < state.due:
+                continue
+            state.due = now + spec.every
+            window.trim(now)
+            if window.received == state.evaluated_received:
+                continue  # no new label: same window, same verdicts
+            state.evaluated_received = window.received
+            await self._evaluate_labels(key, config, window, state, now)
+
+    async def _evaluate_labels(
+        self, key: Key, config: RouteDrift, window: LabelWindow, state: _LabelState, now: float
+    ) -> None:
+        spec = config.spec
+        records = window.snapshot()
+        state.metrics = window_metrics(records, spec.labels.positive)
+        if state.reference is None and window.reference is not None:
+            state.reference = window_metrics(window.reference, spec.labels.positive)
+        state.evaluated_at = now
+        enough = len(records) >= spec.labels.min_samples
+        state.concept_drift = (
+            concept_drifted(state.metrics, state.reference, spec.labels.max_accuracy_drop)
+            if enough
+            else None
+        )
+        trigger = spec.triggers.accuracy
+        state.accuracy_breached = (
+            accuracy_breached(state.metrics, trigger) if trigger is not None else None
+        )
+        if (
+            state.concept_drift is not None
+            and window.reference is not None
+            and self._detect_ready.is_set()
+        ):
+            await self._concept_report(key, config, records, window.reference, state)
+        metrics = state.metrics.to_json() if state.metrics is not None else {}
+        if state.concept_drift is not None:
+            summary = {
+                "accuracy": metrics.get("accuracy"),
+                "reference_accuracy": state.reference.accuracy if state.reference else None,
+                "max_accuracy_drop": spec.labels.max_accuracy_drop,
+                "labels": len(records),
+            }
+            await self._episode("concept_drift", key, config, state.concept_drift, now, summary)
+        if state.accuracy_breached is not None and trigger is not None:
+            summary = {
+                "accuracy": metrics.get("accuracy"),
+                "min_accuracy": trigger.min,
+                "labels": len(records),
+                "correct": metrics.get("correct"),
+            }
+            await self._episode("accuracy", key, config, state.accuracy_breached, now, summary)
+
+    async def _concept_report(
+        self,
+        key: Key,
+        config: RouteDrift,
+        records: Sequence[LabeledRecord],
+        reference: Sequence[LabeledRecord],
+        state: _LabelState,
+    ) -> None:
+        from gateway.drift import concept
+
+        html = report_path(self.dir, *key).with_suffix(".labels.html")
+        try:
+            await asyncio.to_thread(
+                concept.report, records, reference, config.spec.labels.positive, html
+            )
+        except Exception as exc:  # Evidently's failures are many; the metrics stand
+            state.error = f"concept drift report failed: {type(exc).__name__}: {exc}"
+            log.exception("drift %s/%s: concept drift report failed", *key)
+            return
+        state.error = None
+        state.report = str(html.relative_to(self.dir))
+
+    async def _episode(
+        self,
+        reason: str,
+        key: Key,
+        config: RouteDrift,
+        flagged: bool,
+        now: float,
+        summary: dict[str, Any],
+    ) -> None:
+        """One verdict of a trigger with episodes (concept drift, accuracy SLO): the
+        episode's actions run once, with the drift block's cooldown."""
+        spec = config.spec
+        episodes = self.trigger_episodes[reason]
+        verdict, episode = episodes.observe(
+            key, flagged, now, cooldown=spec.cooldown, clear_after=spec.clear_after
+        )
+        if verdict == "cooldown" and episode is not None and not episode.suppressed:
+            episode.suppressed = True
+            self._count(config, dict.fromkeys(configured(spec), "suppressed"))
+            log.info("drift %s/%s: new %s episode within the cooldown; no action", *key, reason)
+        if verdict != "act" or episode is None:
+            return
+        if reason == "concept_drift" and not spec.triggers.drift:
+            return  # reported only, as data drift
+        if not episode.summary:
+            episode.summary = summary
+        await self._act(reason, key, config, episodes, episode, now)
+
+    async def check_triggers(self, now: float) -> None:
+        """Run the one-shot triggers that are due: schedules and data thresholds."""
+        for route in self.triggers.due_schedules(now):
+            config = self.routes.get(route)
+            if config is None or config.spec.triggers.schedule is None:
+                self.triggers.schedule_done(route)
+                continue
+            key = self._newest_labeled(route)
+            summary = {"schedule": config.spec.triggers.schedule, "labels": self._labels_of(key)}
+            if await self._one_shot("schedule", key, config, now, summary):
+                self.triggers.schedule_done(route)
+        for key, _ in self.labels.items():
+            config = self.routes.get(key[0])
+            every = config.spec.triggers.labeled_samples if config is not None else None
+            if config is None or every is None or not self.triggers.threshold_due(key, every):
+                continue
+            summary = {"labeled_samples": every, "labels": self._labels_of(key)}
+            if await self._one_shot("labeled_samples", key, config, now, summary):
+                self.triggers.threshold_done(key, every)
+
+    def _newest_labeled(self, route: str) -> Key:
+        """The (route, version) a schedule retrains from: the version labeled last, else
+        the one sampled last, else no version."""
+        labeled = [(w.last_added, k) for k, w in self.labels.items() if k[0] == route]
+        if labeled:
+            return max(labeled)[1]
+        sampled = [(w.last_added, k) for k, w in self.windows.items() if k[0] == route]
+        return max(sampled)[1] if sampled else (route, "")
+
+    def _labels_of(self, key: Key) -> int:
+        window = self.labels.find(key)
+        return len(window) if window is not None else 0
+
+    async def _one_shot(
+        self, reason: str, key: Key, config: RouteDrift, now: float, summary: dict[str, Any]
+    ) -> bool:
+        """One episode of a one-shot trigger; True once all its actions succeeded (it
+        is over then). Unfinished, it is tried again after `labels.every`."""
+        if now < self._retry_at.get((reason, key), 0.0):
+            return False
+        episodes = self.trigger_episodes[reason]
+        verdict, episode = episodes.observe(key, True, now, cooldown=0.0, clear_after=1)
+        if verdict != "act" or episode is None:
+            return False
+        if not episode.summary:
+            episode.summary = summary
+        if await self._act(reason, key, config, episodes, episode, now):
+            episodes.observe(key, False, now, cooldown=0.0, clear_after=1)  # ends it
+            self._retry_at.pop((reason, key), None)
+            return True
+        self._retry_at[(reason, key)] = now + config.spec.labels.every
+        return False
+
+    async def _act(
+        self,
+        reason: str,
+        key: Key,
+        config: RouteDrift,
+        episodes: Episodes,
+        episode: Episode,
+        now: float,
+    ) -> bool:
+        """Run the pending actions of a trigger's episode with the labeled window of
+        `key`; True when every configured action has succeeded."""
+        window = self.labels.find(key)
+        records = window.snapshot() if window is not None else []
+        rows = labeled_frame(records, self.joins.get(key[0]))
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(LABEL_COLUMNS))
+        variants = sorted(window.variants) if window is not None else []
+        if episode.acted_at is None:
+            self._fired(key, reason)
+            log.info("drift %s/%s: retrain trigger %s fired: %s", *key, reason, episode.summary)
+        ctx = ActionContext(
+            route=config.route,
+            spec=config.spec,
+            base=config.base,
+            roots=self.options.file_roots,
+            windows_dir=self.dir / "windows",
+            env=self.options.env,
+            transport=self.options.transport,
+            reason=reason,
+        )
+        outcomes = await run_actions(
+            ctx, key[1], variants, episode, frame, config.model_name(variants)
+        )
+        self._count(config, outcomes)
+        episodes.acted(key, episode, now)
+        return all(a in episode.done for a in configured(config.spec))
+
+    def _count(self, config: RouteDrift, outcomes: Mapping[str, str]) -> None:
+        counts = self.actions.setdefault(config.route, {})
+        for action, outcome in outcomes.items():
+            bucket = counts.setdefault(action, {})
+            bucket[outcome] = bucket.get(outcome, 0) + 1
+
+    def _fired(self, key: Key, reason: str) -> None:
+        fired = (key[0], key[1], reason)
+        self.fires[fired] = self.fires.get(fired, 0) + 1
+
+    def _labels_status(self, route: str, config: RouteDrift) -> dict[str, Any]:
+        """The route's labeled windows and triggers, for the status."""
+        triggers = config.spec.triggers
+        versions: dict[str, Any] = {}
+        for key, window in self.labels.items():
+            if key[0] != route:
+                continue
+            state = self.label_states.get(key, _LabelState())
+            episodes: dict[str, Any] = {}
+            for reason in ("concept_drift", "accuracy", *ONE_SHOT):
+                store = self.trigger_episodes[reason]
+                current = store.current(key)
+                episodes[reason] = {
+                    "count": store.count(key),
+                    "current": None
+                    if current is None
+                    else {
+                        "id": current.id,
+                        "started_at": current.started_at,
+                        "acted_at": current.acted_at,
+                        "done": list(current.done),
+                        "window_uri": current.window_uri,
+                        "run_id": current.run_id,
+                    },
+                }
+            versions[key[1]] = {
+                "variants": sorted(window.variants),
+                "window": len(window),
+                "received": window.received,
+                "last_label_at": window.last_added,
+                "evaluated_at": state.evaluated_at,
+                "metrics": None if state.metrics is None else state.metrics.to_json(),
+                "reference": None if state.reference is None else state.reference.to_json(),
+                "concept_drift": state.concept_drift,
+                "accuracy_breached": state.accuracy_breached,
+                "labels_since_threshold": self.triggers.since(key),
+                "report": state.report,
+                "error": state.error,
+                "episodes": episodes,
+            }
+        fires: dict[str, int] = {}
+        for (r, _, reason), n in self.fires.items():
+            if r == route:
+                fires[reason] = fires.get(reason, 0) + n
+        return {
+            "labels": versions,
+            "triggers": {
+                "schedule": triggers.schedule,
+                "next_schedule_at": self.triggers.next_schedule(route),
+                "drift": triggers.drift,
+                "labeled_samples": triggers.labeled_samples,
+                "min_accuracy": None if triggers.accuracy is None else triggers.accuracy.min,
+                "fires": fires,
+                "fires_by_version": {
+                    v: {rs: n for (r2, v2, rs), n in self.fires.items() if r2 == route and v2 == v}
+                    for (r, v, _) in self.fires
+                    if r == route
+                },
+            },
+        }
+
     # Publishing -----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -525,6 +916,7 @@ class DriftWorker:
                 "error": self.reference_errors.get(name),
                 "actions": {a: dict(o) for a, o in self.actions.get(name, {}).items()},
                 "versions": {},
+                **self._labels_status(name, config),
             }
         for key, window in self.windows.items():
             entry = routes.get(key[0])
@@ -674,6 +1066,8 @@ class DriftWorker:
                 now = time.time()
                 self.refresh_routes(now)  # senders that went quiet stop deciding routes
                 await self.evaluate_due(now)
+                await self.evaluate_labels(now)
+                await self.check_triggers(now)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), TICK)
         finally:
@@ -689,6 +1083,9 @@ class DriftWorker:
                 message, _ = self._held.popleft()
                 self.drop(message.route, message.version, "shutdown", len(message.rows))
             self._held_rows = 0
+            while self._held_labels:
+                record, _ = self._held_labels.popleft()
+                self.drop(record.route, record.version, "labels_shutdown", 1)
             self.publish()
         return 0
 

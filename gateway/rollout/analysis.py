@@ -6,7 +6,9 @@ every replica. The controller subtracts the totals read when the step began from
 totals now (`gateway.stats.counts.window`) and hands the difference here: responses and
 failed upstream attempts of challenger and champion, their request-duration histograms
 (p99 from the buckets the way Prometheus' `histogram_quantile` computes it), and the
-shadow comparisons of the challenger's version.
+shadow comparisons of the challenger's version. The accuracy gate reads the drift
+worker's rolling labeled window of the challenger's version instead (`accuracy.py`):
+ground truth, fleet-wide, over every label of that version so far (not only the step).
 
 A verdict is `pass` (step up), `fail` (roll back, with the gate that failed) or `wait`
 (not enough traffic yet, or a gate that has no data yet): gates are judged only once
@@ -22,7 +24,7 @@ from typing import Literal
 from gateway.controlplane.policy.rolloutspec import AnalysisSpec
 from gateway.stats.counts import Counts, quantile
 
-__all__ = ["Counts", "Gate", "Outcome", "Verdict", "judge", "quantile"]
+__all__ = ["Counts", "Gate", "LabeledAccuracy", "Outcome", "Verdict", "judge", "quantile"]
 
 Outcome = Literal["pass", "fail", "wait"]
 
@@ -45,6 +47,14 @@ class Gate:
             "limit": self.limit,
             "detail": self.detail,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledAccuracy:
+    """The challenger's version's labeled window: correct predictions of `labeled`."""
+
+    correct: int
+    labeled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +88,13 @@ def judge(
     *,
     champion_p99: float | None = None,
     shadow: tuple[int, int] | None = None,
+    accuracy: LabeledAccuracy | None = None,
 ) -> Verdict:
     """Apply the gates to a step's window.
 
     `champion_p99` stands in when the champion served nothing in the window (at 100%
-    it gets no traffic): the last p99 it showed. `shadow` is (agreed, compared).
+    it gets no traffic): the last p99 it showed. `shadow` is (agreed, compared);
+    `accuracy` the challenger version's labeled window (None: not known, the gate waits).
     """
     if challenger.responses < spec.min_requests:
         reason = (
@@ -107,6 +119,8 @@ def judge(
         gates.append(_p99_gate(spec.max_p99_latency, challenger))
     if spec.min_shadow_agreement is not None:
         gates.append(_shadow_gate(spec.min_shadow_agreement, shadow))
+    if spec.min_accuracy is not None:
+        gates.append(_accuracy_gate(spec.min_accuracy, spec.min_labels, accuracy))
     failed = next((g for g in gates if g.outcome == "fail"), None)
     if failed is not None:
         return Verdict(
@@ -175,4 +189,25 @@ def _shadow_gate(limit: float, shadow: tuple[int, int] | None) -> Gate:
         share,
         limit,
         f"{agreed} of {compared} mirrored answers agreed",
+    )
+
+
+def _accuracy_gate(limit: float, min_labels: int, accuracy: LabeledAccuracy | None) -> Gate:
+    if accuracy is None or accuracy.labeled < min_labels:
+        have = 0 if accuracy is None else accuracy.labeled
+        return Gate(
+            "accuracy",
+            "wait",
+            None,
+            limit,
+            f"{have} of the {min_labels} labels of the challenger's version the gate needs "
+            "(the drift worker's labeled window; labels come from POST /v1/feedback)",
+        )
+    share = accuracy.correct / accuracy.labeled
+    return Gate(
+        "accuracy",
+        "pass" if share >= limit else "fail",
+        share,
+        limit,
+        f"{accuracy.correct} of {accuracy.labeled} labeled predictions correct",
     )

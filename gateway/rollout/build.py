@@ -8,6 +8,7 @@ from gateway.controlplane.k8s.client import KubeAccess, identity
 from gateway.controlplane.registry.resolve import RegistryResolver
 from gateway.dataplane.feedback import ExposureLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.rollout.accuracy import worker_accuracy
 from gateway.rollout.controller import RolloutController, WeightTarget
 from gateway.rollout.writer import writer_lock
 from gateway.settings import Settings
@@ -38,4 +39,5 @@ def build_controller(
         poke=resolver.poke if resolver is not None else None,
         logger=log,
         identity=identity(),
+        accuracy=worker_accuracy(metrics.drift),
     )

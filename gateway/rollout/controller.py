@@ -48,6 +48,7 @@ from gateway.observability.rollout_metrics import (
     VariantFeedback,
 )
 from gateway.rollout import experiments
+from gateway.rollout.accuracy import AccuracySource
 from gateway.rollout.analysis import Counts, judge, quantile
 from gateway.rollout.events import EventSink
 from gateway.rollout.promote import promote
@@ -108,6 +109,7 @@ class RolloutController:
         identity: str = "",
         clock: Callable[[], float] = time.time,
         events: EventSink | None = None,
+        accuracy: AccuracySource | None = None,
     ) -> None:
         self._target = target
         self._counters = counters
@@ -121,6 +123,7 @@ class RolloutController:
         self._identity = identity
         self._clock = clock
         self._events = events or EventSink(counters, self._log)
+        self._accuracy = accuracy  # the drift worker's labeled windows (accuracy gate)
         self._mutex = asyncio.Lock()
         self._runs: dict[str, _Run] = {}
         self._rolling: dict[str, RoutingPolicy] = {}
@@ -344,7 +347,12 @@ class RolloutController:
         if spec.min_shadow_agreement is not None:
             # Endpoint variants have no version: every shadow of the route counts.
             shadow = delta.agreement(challenger.version or None)
-        verdict = judge(spec, mine, theirs, champion_p99=run.champion_p99, shadow=shadow)
+        accuracy = None
+        if spec.min_accuracy is not None and self._accuracy is not None:
+            accuracy = await self._accuracy(route.name, challenger.version or "", challenger.name)
+        verdict = judge(
+            spec, mine, theirs, champion_p99=run.champion_p99, shadow=shadow, accuracy=accuracy
+        )
         summary = verdict.summary()
         run.analysis = {
             "at": now,

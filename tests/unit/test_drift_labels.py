@@ -16,7 +16,9 @@ from gateway.drift.labels import FeatureJoin, LabelWindow, auc, labeled_frame, w
 from gateway.drift.triggers import Triggers, accuracy_breached, concept_drifted
 
 
-def rec(predicted: str, label: str, score: float | None = None, key: str = "", at: float = 0.0):
+def rec(
+    predicted: str, label: str, score: float | None = None, key: str = "", at: float = 0.0
+) -> LabeledRecord:
     return LabeledRecord("fraud", "champion", "7", predicted, score, label, at, at, key)
 
 

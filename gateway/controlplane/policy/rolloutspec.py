@@ -92,6 +92,20 @@ class AnalysisSpec(_Model):
         description="Smallest agreement (0..1) between the challenger's version, mirrored "
         "as a shadow, and the primary's answers. Leave out: no shadow gate.",
     )
+    min_accuracy: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Smallest accuracy of the challenger's version over its rolling labeled "
+        "window (labels from POST /v1/feedback, kept by the drift worker: the route needs "
+        "a `drift` block); under it, the rollout rolls back. Waits while the window has "
+        "fewer than `min_labels` labels or the worker cannot be read. Leave out: no gate.",
+    )
+    min_labels: int = Field(
+        default=50,
+        ge=1,
+        description="Labels of the challenger's version the accuracy gate needs before it judges.",
+    )
     require_significance: SignificanceSpec | None = Field(
         default=None,
         description="Before promotion, require outcome feedback (POST /v1/feedback) to "
