@@ -218,11 +218,64 @@ def _json_name(value: object) -> str:
     return _JSON_NAME.get(type(value), type(value).__name__)
 
 
+class _Input:
+    """One input, compiled: what the per-request loops read (no property, no lookup)."""
+
+    __slots__ = ("json", "name", "shape", "spec", "v2")
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.name = spec.name or ""
+        self.shape = spec.shape
+        self.json = JSON_TYPES.get(spec.column_type)  # None: not checked (array, map...)
+        self.v2 = V2_TYPES.get(spec.column_type)
+
+
+def _fits(value: Any, shape: tuple[int, ...], accepted: frozenset[type]) -> bool | None:
+    """Whether nested lists `value` have `shape` and `accepted` leaves: the fast path of
+    the one- and two-dimensional tensors requests carry; None for other ranks."""
+    rank = len(shape)
+    if type(value) is not list:
+        return False
+    if rank == 1:
+        if shape[0] != -1 and len(value) != shape[0]:
+            return False
+        for x in value:  # noqa: SIM110 - a loop, not all(): no generator per request
+            if type(x) not in accepted:
+                return False
+        return True
+    if rank != 2:
+        return None
+    if shape[0] != -1 and len(value) != shape[0]:
+        return False
+    width = shape[1]
+    for row in value:
+        if type(row) is not list:
+            return False
+        if width == -1:
+            width = len(row)
+        elif len(row) != width:
+            return False
+        for x in row:
+            if type(x) not in accepted:
+                return False
+    return True
+
+
 class SignatureCheck:
     """A signature compiled for one route's protocol: `check(body, api)` raises
     `SignatureMismatch` naming the first input that does not fit."""
 
-    __slots__ = ("_required", "_specs", "apis", "protocol", "signature", "where")
+    __slots__ = (
+        "_inputs",
+        "_required",
+        "_specs",
+        "_unnamed",
+        "apis",
+        "protocol",
+        "signature",
+        "where",
+    )
 
     def __init__(
         self,
@@ -238,6 +291,10 @@ class SignatureCheck:
         self.where = where  # "fraud-detector version 4", for the error text
         self._specs: dict[str, InputSpec] = {s.name: s for s in signature.inputs if s.name}
         self._required = tuple(s for s in signature.inputs if s.required and s.name)
+        self._inputs = {s.name: _Input(s) for s in signature.inputs if s.name}
+        only = signature.inputs[0]
+        unnamed = signature.tensors and len(signature.inputs) == 1 and only.name is None
+        self._unnamed = _Input(only) if unnamed else None
 
     def applies(self, api: bytes) -> bool:
         """Whether requests to `api` (json routes) are checked."""
@@ -253,24 +310,21 @@ class SignatureCheck:
 
     def check_v2(self, body: Mapping[str, Any]) -> None:
         """Names, datatypes and shapes of a checked v2 inference request's inputs."""
-        sig = self.signature
-        specs = self._specs
+        compiled = self._inputs
         inputs: list[dict[str, Any]] = body["inputs"]
         for tensor in inputs:
             name: str = tensor["name"]
-            spec = specs.get(name)
-            if spec is None:
-                spec = sig.input(name)
-                if spec is None:
-                    names = ", ".join(f"'{n}'" for n in specs) or "one unnamed tensor"
-                    raise self.fail(
-                        f"input '{name[:64]}' is not an input of the model (inputs: {names})",
-                        name,
-                    )
+            item = compiled.get(name) or self._unnamed
+            if item is None:
+                names = ", ".join(f"'{n}'" for n in compiled)
+                raise self.fail(
+                    f"input '{name[:64]}' is not an input of the model (inputs: {names})", name
+                )
             datatype: str = tensor["datatype"]
-            column = spec.column_type
-            accepted = V2_TYPES.get(column)
+            accepted = item.v2
             if accepted is not None and datatype not in accepted:
+                spec = item.spec
+                column = spec.column_type
                 exact = (
                     V2_OF_DTYPE.get(spec.type, "?")
                     if spec.shape is not None
@@ -280,21 +334,32 @@ class SignatureCheck:
                     f"input '{name[:64]}': expected {exact} ({spec.type}), got {datatype}", name
                 )
             shape: list[int] = tensor["shape"]
-            want = spec.shape
+            want = item.shape
+            rank = len(shape)
             if want is None:
                 # A column: one value per row, [n] or [n, 1].
-                if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+                if not (rank == 1 or (rank == 2 and shape[1] == 1)):
                     raise self.fail(
                         f"input '{name[:64]}': expected shape [-1] (a column), got {shape}", name
                     )
-            elif len(shape) != len(want) or any(
-                w != -1 and w != d for w, d in zip(want, shape, strict=True)
-            ):
+                continue
+            if rank != len(want):
                 raise self.fail(
                     f"input '{name[:64]}': expected shape {list(want)}, got {shape}", name
                 )
+            for i in range(rank):
+                if want[i] != -1 and want[i] != shape[i]:
+                    raise self.fail(
+                        f"input '{name[:64]}': expected shape {list(want)}, got {shape}", name
+                    )
         required = self._required
-        if required:
+        if len(required) == 1 and len(inputs) == 1:
+            if inputs[0]["name"] != required[0].name:
+                spec = required[0]
+                raise self.fail(
+                    f"input '{spec.name}' is missing: expected {spec.describe()}", spec.name
+                )
+        elif required:
             given = {t["name"] for t in inputs}
             for spec in required:
                 if spec.name not in given:
@@ -337,15 +402,23 @@ class SignatureCheck:
             raise self.fail(
                 f"{where} must hold records (objects of inputs), got {_json_name(record)}", form
             )
-        for spec in self._required:
-            name: str = spec.name or ""
-            if name not in record:
-                raise self.fail(f"input '{name}' is missing: expected {spec.describe()}", name)
-        for name, spec in self._specs.items():
+        for name, item in self._inputs.items():
             value = record.get(name)
             if value is None:
-                continue  # an optional input left out (required ones were checked)
-            self._values(spec, value)
+                if item.spec.required:
+                    spec = item.spec
+                    raise self.fail(f"input '{name}' is missing: expected {spec.describe()}", name)
+                continue  # an optional input left out
+            accepted = item.json
+            if accepted is None:
+                continue  # array, object, map, any: not checked here
+            kind = type(value)
+            if kind is list:
+                for x in value:
+                    if type(x) not in accepted:
+                        raise self._type_error(item.spec, x)
+            elif kind not in accepted:
+                raise self._type_error(item.spec, value)
 
     def _values(self, spec: InputSpec, value: Any) -> None:
         accepted = JSON_TYPES.get(spec.type)
@@ -399,7 +472,7 @@ class SignatureCheck:
         sig = self.signature
         holder: Mapping[str, Any] = body
         for form in ("inputs", "instances"):
-            if form in body:
+            if form in body and form not in self._inputs:
                 value = body[form]
                 if type(value) is dict:
                     holder = value
@@ -410,17 +483,24 @@ class SignatureCheck:
                 raise self.fail(
                     f"'{form}' must be an object of named tensors ({sig.describe()})", form
                 )
-        if len(sig.inputs) == 1 and sig.inputs[0].name is None:
+        if self._unnamed is not None:
             raise self.fail(f"expected 'inputs': a tensor {sig.inputs[0].describe()}", "inputs")
-        for spec in sig.inputs:
-            name = spec.name or ""
-            if name not in holder:
+        for name, item in self._inputs.items():
+            value = holder.get(name)
+            if value is None:
+                spec = item.spec
                 raise self.fail(f"input '{name}' is missing: expected {spec.describe()}", name)
-            self._tensor(spec, holder[name])
+            shape = item.shape
+            if shape and _fits(value, shape, item.json or _FLOAT):
+                continue
+            self._tensor(item.spec, value)
 
     def _tensor(self, spec: InputSpec, value: Any) -> None:
         shape = spec.shape or ()
         accepted = JSON_TYPES.get(spec.column_type, _FLOAT)
+        if shape and _fits(value, shape, accepted):
+            return
+        # Not the fast path's (or wrong): walk it again to say where it goes wrong.
         lengths: list[int] = [-1] * len(shape)
         # Walk the nested lists level by level: every list at depth d has the same length
         # (the shape's, or the first one seen where the shape says -1).

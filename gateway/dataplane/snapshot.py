@@ -20,6 +20,7 @@ from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import EndpointState, RetryBudget
 from gateway.dataplane.scorers import Picker
 from gateway.dataplane.shadow.verdict import Tolerance
+from gateway.dataplane.signature import SignatureCheck
 from gateway.observability.metrics import RequestSeries, RouteCounters
 from gateway.observability.shadow_metrics import ShadowSeries
 
@@ -87,6 +88,9 @@ class Variant:
     # Scored picking (the policy's `picker`: weighted scorers, prefix and session
     # affinity, context fit); None = the least loaded endpoint (`pick.pick`).
     picker: Picker | None = None
+    # The version's MLflow signature, compiled for the route's protocol, when the route
+    # validates requests (`signature.validate_requests`) and it could be read.
+    signature: SignatureCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,15 @@ from gateway.controlplane.policy.pickerspec import PickerSpec, compile_picker, p
 from gateway.controlplane.policy.rollouts import rollout_problems
 from gateway.controlplane.policy.schema import HealthCheckSpec, RoutingPolicy, VariantSpec
 from gateway.controlplane.policy.shadows import compile_shadows, shadow_problems
-from gateway.controlplane.registry.binding import Binding, Resolved, VariantKey, needs_of
+from gateway.controlplane.policy.signaturespec import signature_problems
+from gateway.controlplane.registry.binding import (
+    Binding,
+    Refused,
+    Resolved,
+    VariantKey,
+    needs_of,
+    signature_check,
+)
 from gateway.dataplane.flow import FlowGate
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.snapshot import (
@@ -123,6 +131,9 @@ def check_policies(
         problems.extend(source.problem(loc, message) for loc, message in found_picker)
         found_shadow = shadow_problems(policy, registry, NO_REGISTRY)
         problems.extend(source.problem(loc, message) for loc, message in found_shadow)
+        names = [v.name for v in policy.variants] + [s.label for s in policy.shadow]
+        found_sig = signature_problems(policy.signature, policy.protocol, names)
+        problems.extend(source.problem(loc, message) for loc, message in found_sig)
         found_truth = ground_truth_problems(policy.ground_truth, policy.protocol)
         problems.extend(source.problem(loc, message) for loc, message in found_truth)
     return problems
@@ -284,6 +295,7 @@ def _route(
             route_check=policy.health_check,
             flow=flow_gate(policy.route, spec.name, policy.flow, health),
             picker=spec.picker or policy.picker,
+            policy=policy,
         )
         for i, spec in enumerate(policy.variants)
     )
@@ -293,7 +305,10 @@ def _route(
     missing = [
         found
         for spec in policy.variants
-        if spec.weight > 0 and isinstance(found := bindings.get((policy.route, spec.name)), str)
+        if spec.weight > 0
+        and isinstance(found := bindings.get((policy.route, spec.name)), str)
+        # A version refused as incompatible gets no traffic; the route serves on.
+        and not isinstance(found, Refused)
     ]
     unavailable = None
     if missing:
@@ -366,6 +381,7 @@ def _variant(
     route_check: HealthCheckSpec | None = None,
     flow: FlowGate | None = None,
     picker: PickerSpec | None = None,
+    policy: RoutingPolicy | None = None,
 ) -> Variant:
     # A pinned target (models:/NAME/3) names its version without a registry; alias
     # targets get theirs from the resolver's binding.
@@ -388,7 +404,7 @@ def _variant(
     return Variant(
         name=spec.name,
         index=index,
-        weight=spec.weight,
+        weight=0.0 if isinstance(binding, Refused) else spec.weight,
         endpoints=endpoints,
         series=tuple(metrics.series(route, spec.name, version, e.backend) for e in endpoints),
         version=version,
@@ -401,6 +417,7 @@ def _variant(
         model_version=spec.model_version or "",
         health_check=health_check(protocol, route_check, spec.health_check, model_path),
         flow=flow,
+        signature=signature_check(policy, spec.target, binding) if policy else None,
         picker=compile_picker(
             route,
             spec.name,

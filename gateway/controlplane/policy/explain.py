@@ -21,6 +21,7 @@ from gateway.controlplane.policy.rollouts import tracks_feedback
 from gateway.controlplane.policy.schema import RoutingPolicy
 from gateway.dataplane.decide import RequestHead, decide, header_value, sticky_point
 from gateway.dataplane.flow import priority_name
+from gateway.dataplane.kserve import check_infer_request
 from gateway.dataplane.session_tokens import SESSION_HEADER
 from gateway.dataplane.snapshot import Route, RuntimeSnapshot, Variant
 from gateway.errors import GatewayError
@@ -105,6 +106,8 @@ def _explain(
         result["flow"] = _flow(chosen, head)
     if chosen.picker is not None:
         result["picker"] = _picker(chosen, head, at)
+    if chosen.signature is not None:
+        result["signature"] = _signature(chosen, head)
     if decision.reason == "override":
         index, matched = _matched_override(route, head, chosen)
         shown = ", ".join(f"{k}={v}" for k, v in matched.items())
@@ -152,6 +155,25 @@ def _unavailable(snapshot: RuntimeSnapshot, route: Route) -> dict[str, Any]:
         "fallback": [route.variants[i].name for i in route.fallback],
         "order": [],
     }
+
+
+def _signature(variant: Variant, head: RequestHead) -> dict[str, Any]:
+    """The signature requests to this variant are checked against, and whether the
+    explained body (if any) fits it, or the 400 it would get."""
+    check = variant.signature
+    assert check is not None
+    view: dict[str, Any] = {"of": check.where, "inputs": check.signature.describe()}
+    if head.body is None:
+        view["request"] = None
+        return view
+    try:
+        if check.protocol == "kserve-v2":
+            check_infer_request(dict(head.body))  # what the front checks first
+        check.check(head.body)
+        view["request"] = "fits"
+    except GatewayError as err:
+        view["request"] = err.message
+    return view
 
 
 def _flow(variant: Variant, head: RequestHead) -> dict[str, Any]:
@@ -320,6 +342,11 @@ def render_text(result: dict[str, Any]) -> str:
     picker = result.get("picker")
     if picker:
         lines.extend(_picker_lines(picker))
+    signature = result.get("signature")
+    if signature:
+        lines.append(f"signature: {signature['inputs']} ({signature['of']})")
+        if signature["request"] is not None:
+            lines.append(f"request:   {signature['request']}")
     lines.append(f"fallback:  {', '.join(result['fallback']) or 'none'}")
     lines.append(f"order:     {' -> '.join(result['order'])}")
     statistics = result.get("statistics")

@@ -35,6 +35,7 @@ from gateway.controlplane.policy.groundtruthspec import GroundTruthSpec
 from gateway.controlplane.policy.pickerspec import PickerSpec
 from gateway.controlplane.policy.rolloutspec import ExperimentSpec, RolloutSpec
 from gateway.controlplane.policy.shadowspec import ShadowSpec
+from gateway.controlplane.policy.signaturespec import SignatureSpec
 from gateway.dataplane.snapshot import (
     HealthCheck,
     OutlierPolicy,
@@ -442,6 +443,14 @@ class RoutingPolicy(_Model):
         "x-switchyard-feedback-id) with what each version predicted: accuracy, "
         "precision/recall/F1 and AUC per variant and version (GET "
         "/admin/ground-truth/{route}, the switchyard_ground_truth_* metrics).",
+    )
+    signature: SignatureSpec | None = Field(
+        default=None,
+        description="MLflow signatures and semantic versions of the route's registry "
+        "versions: check requests against the signature of the version they are routed "
+        "to (validate_requests), and keep versions whose switchyard.semver MAJOR or "
+        "inputs are incompatible with the champion's off the route unless listed in "
+        "allow_incompatible (see docs/registry.md).",
     )
     rollout: RolloutSpec | None = Field(
         default=None,

@@ -107,6 +107,9 @@ class RegistryResolver:
         self._needs: tuple[Need, ...] = ()
         self._poked = asyncio.Event()
         self._signatures: dict[tuple[str, str], SignatureFact] = {}  # (model, version)
+        # Incompatible versions served because the policy allows them (admin view only:
+        # traffic follows the alias, so neither a problem nor stale).
+        self._allowed: dict[VariantKey, str] = {}
 
     # Looking up -----------------------------------------------------------------
 
@@ -264,6 +267,7 @@ class RegistryResolver:
         """Keep versions incompatible with their route's champion off the route: the
         variant keeps its last compatible version, else it is `Refused` (no traffic)."""
         champions: dict[str, VersionFacts] = {}
+        self._allowed = {}
         for need in needs:
             found = out.get(need.key)
             if need.champion and isinstance(found, Resolved):
@@ -278,8 +282,7 @@ class RegistryResolver:
                 continue
             name = need.variant.removeprefix("shadow:")
             if need.allow_incompatible:
-                # Allowed by the policy: served, and still said (admin, explain).
-                problems.setdefault(need.key, f"{why}; served (signature.allow_incompatible)")
+                self._allowed[need.key] = f"{why}; served (signature.allow_incompatible)"
                 continue
             reason = (
                 f"{why}: not served on route {need.route!r} (list {name!r} in "
@@ -357,6 +360,7 @@ class RegistryResolver:
                     signature=served.signature.describe() if served and served.signature else None,
                     signature_problem=served.signature_problem if served else None,
                     champion=need.champion,
+                    incompatible_allowed=self._allowed.get(need.key),
                 )
         return out
 
