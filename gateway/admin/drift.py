@@ -84,6 +84,9 @@ def route_view(
         "error": entry.get("error"),
         "actions": entry.get("actions") or {},
         "versions": versions,
+        # Ground truth: the worker's labeled windows and retrain triggers, as it has them.
+        "labels": entry.get("labels") or {},
+        "triggers": entry.get("triggers"),
         "this_process": {"sent": sampled, "dropped": dropped},
     }
 

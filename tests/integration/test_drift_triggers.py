@@ -381,6 +381,14 @@ def test_a_challenger_whose_labels_go_wrong_is_rolled_back_and_retrained_once(
         assert status["labels"]["variant:champion"]["metrics"]["accuracy"] == 0.9
         assert status["labels"]["variant:champion"]["accuracy_breached"] is False
         assert status["triggers"]["fires"] == {"accuracy": 1}
+        # The gateway's admin API shows the worker's numbers (--drift-status-url).
+        admin = httpx.get(f"{gw.admin}/admin/drift/fraud", timeout=5).json()
+        challenger_window = admin["labels"]["variant:challenger"]
+        assert challenger_window["metrics"]["accuracy"] == 0.3
+        assert challenger_window["metrics"]["correct"] == 3
+        assert challenger_window["metrics"]["samples"] == 10
+        assert admin["labels"]["variant:champion"]["metrics"]["precision"] == 10 / 11
+        assert admin["triggers"]["fires"] == {"accuracy": 1}
     finally:
         worker.close()
         for sim in (kfp, champion, challenger):
