@@ -9,8 +9,11 @@ random loads on the endpoints: the pool's default pick (`pick.pick`, least loade
 KV cache) and scored pickers with more and more scorers, interleaved round by round (a
 shared machine's noise falls on all alike); the medians and the best round's total.
 The scored cost is split into `ask` (what the request gives the scorers: prefix block
-hashes, session key, token estimate; once per request) and `choose` (scores, pick, and
-recording the pick).
+hashes, session key, token estimate; once per request; for issued sessions also the
+token's verification and the variant pin, `session_tokens.pin`) and `choose` (scores,
+pick, and recording the pick). The lora cases give the endpoints LoRA reports in turn
+(running the variant's adapter, another one with a slot free, full with it queued, full
+without it, no report).
 Runs the compiled request path when `switchyard compile` is fresh (the status is in
 the output), else Python; docs/gen.py renders the numbers into docs/picking.md.
 """
@@ -33,11 +36,15 @@ if __package__ in (None, ""):  # `python loadtests/micro_picker.py` works too
 import orjson
 
 from gateway import COMPILED
+from gateway.controlplane.backends.load import set_lora
 from gateway.controlplane.policy.compile import compile_snapshot
 from gateway.controlplane.policy.loader import parse_policies
+from gateway.dataplane.decide import Decision
+from gateway.dataplane.feedback.ids import FeedbackIds
 from gateway.dataplane.health import HealthRegistry
 from gateway.dataplane.pick import pick
-from gateway.dataplane.snapshot import Variant
+from gateway.dataplane.session_tokens import SESSION_HEADER, header_line, mint, pin
+from gateway.dataplane.snapshot import Route, Variant
 from gateway.observability.metrics import GatewayMetrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +59,24 @@ CASES = {
         "{scorers: {prefix_cache: 2, queue: 1, kv_cache: 1, session: 3}, "
         "session: {key: 'header:x-session-id'}, context: {max_model_len: 32768}}"
     ),
+    "queue + kv_cache + lora": "{scorers: {queue: 1, kv_cache: 1, lora: 2}, context: {fit: false}}",
+    "prefix + queue + kv + session + lora + fit": (
+        "{scorers: {prefix_cache: 2, queue: 1, kv_cache: 1, session: 3, lora: 2}, "
+        "session: {key: 'header:x-session-id'}, context: {max_model_len: 32768}}"
+    ),
+    "queue + issued session (token verified)": (
+        "{scorers: {queue: 1, session: 3}, session: {key: issued}, context: {fit: false}}"
+    ),
 }
+# The LoRA reports the endpoints take turns at (running, waiting, max_loras): the
+# variant's adapter is the route's name, `chat`.
+LORA_REPORTS = (
+    (("chat",), (), 2),
+    (("law",), (), 2),
+    (("law", "med"), ("chat",), 2),
+    (("law", "med"), (), 2),
+    ((), (), 0),
+)
 
 
 def policy(block: str) -> str:
@@ -91,21 +115,24 @@ def bodies(system_bytes: int, count: int, seed: int) -> list[tuple[bytes, dict[s
     return out
 
 
-def variant_for(block: str) -> Variant:
+def variant_for(block: str) -> tuple[Route, Variant]:
     metrics = GatewayMetrics()
     policies, problems = parse_policies(policy(block), "micro.yaml")
     assert not problems, problems
     snapshot = compile_snapshot(policies, metrics=metrics, health=HealthRegistry(metrics))
-    return snapshot.routes["chat"].variants[0]
+    route = snapshot.routes["chat"]
+    return route, route.variants[0]
 
 
 def time_round(
-    variant: Variant, requests: list[tuple[bytes, dict[str, Any]]]
+    route: Route, variant: Variant, requests: list[tuple[bytes, dict[str, Any]]]
 ) -> tuple[float, float]:
     """One pass over `requests`: microseconds per request of ask (with the fit check)
     and of choose; for the default pick, (0, pick)."""
     picker = variant.picker
     states = [e.state for e in variant.endpoints]
+    for k, state in enumerate(states):
+        set_lora(state, *LORA_REPORTS[k % len(LORA_REPORTS)])
     rng = random.Random(1)
     loads = [[rng.randrange(6) for _ in states] for _ in range(64)]
     clock = time.perf_counter_ns
@@ -120,14 +147,28 @@ def time_round(
             pick(variant, 1.0, i)
             spent += clock() - start
         return 0.0, spent / n / 1000
-    headers = [{b"x-session-id": b"session-%d" % (i % 500)} for i in range(n)]
     made = []
-    start = clock()
-    for (body, parsed), fields in zip(requests, headers, strict=True):
-        found = picker.ask(body, parsed, fields)
-        picker.check_fit(found, parsed)
-        made.append(found)
-    ask = (clock() - start) / n / 1000
+    if picker.session_issue:  # turns of 500 conversations, each with its token
+        signer = FeedbackIds(b"micro_picker fleet secret")
+        tokens = [mint(signer, "chat", variant.name) for _ in range(500)]
+        headers = [{SESSION_HEADER: tokens[i % 500]} for i in range(n)]
+        start = clock()
+        for (body, parsed), fields in zip(requests, headers, strict=True):
+            pinned = pin(Decision(route, variant, "single", (variant,)), fields, signer)
+            found = picker.ask(body, parsed, fields)
+            found.session, found.rejected = pinned.token, pinned.rejected
+            found.issued = header_line(pinned.token)
+            picker.check_fit(found, parsed)
+            made.append(found)
+        ask = (clock() - start) / n / 1000
+    else:
+        headers = [{b"x-session-id": b"session-%d" % (i % 500)} for i in range(n)]
+        start = clock()
+        for (body, parsed), fields in zip(requests, headers, strict=True):
+            found = picker.ask(body, parsed, fields)
+            picker.check_fit(found, parsed)
+            made.append(found)
+        ask = (clock() - start) / n / 1000
     spent = 0
     for i, found in enumerate(made):
         if i % 64 == 0:
@@ -165,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in CASES}
         for _ in range(args.rounds):  # the cases interleaved, round by round
             for name, variant in variants.items():
-                times[name].append(time_round(variant, requests))
+                times[name].append(time_round(*variant, requests))
         for name, got in times.items():
             totals = [a + c for a, c in got]
             row = {

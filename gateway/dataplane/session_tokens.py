@@ -4,14 +4,14 @@ endpoint, on any replica of the fleet.
 
 A request of such a route without a token gets one, minted for the variant that serves
 it, in the `x-switchyard-session` response header; the client sends it back in that
-request header on its next turns (every response of the route carries the token in
-force, so echoing the last one received is always right). A valid token keeps its
-variant for as long as that variant is in the route with a weight above 0 (a rollback
-that zeroes or removes a canary moves its sessions: they get a new token for the variant
-that serves them), whatever the weights do otherwise: unlike a sticky cohort's hash,
-raising a canary's weight moves no conversation mid-way. A header override still wins
-(it names a variant on purpose). The endpoint pin is the session table's (the session
-key is the token), with its idle `ttl`.
+request header on its next turns (every response the route relays from a backend
+carries the token in force, so echoing the last one received is always right). A valid
+token keeps its variant for as long as that variant is in the route with a weight above
+0 (a rollback that zeroes or removes a canary moves its sessions: they get a new token
+for the variant that serves them), whatever the weights do otherwise: unlike a sticky
+cohort's hash, raising a canary's weight moves no conversation mid-way. A header
+override still wins (it names a variant on purpose). The endpoint pin is the session
+table's (the session key is the token), with its idle `ttl`.
 
 A token that does not verify (forged, damaged, of another route, signed with another
 fleet secret) is not an error: the request is served as a new session, with a new token,

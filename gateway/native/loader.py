@@ -45,6 +45,7 @@ HOT_MODULES: Final = (
     "gateway.dataplane.picker_state",
     "gateway.dataplane.quota",
     "gateway.dataplane.scorers",
+    "gateway.dataplane.session_tokens",
     "gateway.dataplane.http.server",
     "gateway.dataplane.shadow.mirror",
     "gateway.dataplane.shadow.call",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.controlplane.backends.load import set_lora
 from gateway.controlplane.policy.compile import compile_snapshot, load_checked
 from gateway.controlplane.policy.explain import explain, render_text
 from gateway.controlplane.policy.loader import PolicyError, parse_policies
@@ -202,3 +203,47 @@ picker:
         "the largest context length (max_model_len) of route 'chat'" in result["picker"]["refused"]
     )
     assert "4096" in result["picker"]["refused"]
+
+
+def test_explain_shows_the_lora_adapter_and_issued_sessions() -> None:
+    health = HealthRegistry(GatewayMetrics())
+    snap = compiled(
+        HEAD
+        + """variants:
+  - name: a
+    model: sql-lora
+    endpoints: ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+    load_metrics: vllm
+picker:
+  scorers: {lora: 2, queue: 1, session: 3}
+  session: {key: issued}
+""",
+        health,
+    )
+    a = snap.routes["chat"].variants[0]
+    assert a.picker is not None and a.picker.adapter == "sql-lora" and a.picker.session_issue
+    set_lora(a.endpoints[0].state, ("law",), (), 1)  # full without it: a swap
+    set_lora(a.endpoints[1].state, ("sql-lora",), (), 1)  # running it
+    head = RequestHead("chat", (), {"model": "chat", "messages": [{"content": "hi"}]})
+    result = explain(snap, head, random.Random(0), now=1.0)
+    picker = result["picker"]
+    assert picker["lora"] == {"adapter": "sql-lora"}
+    assert picker["session"]["key"] == "issued (x-switchyard-session)"
+    assert picker["request"]["session_issued"] == "none sent: the gateway issues a new token"
+    rows = picker["endpoints"]
+    assert [r["lora"]["adapter"] for r in rows] == ["swap", "running"]
+    assert [r["scores"]["lora"] for r in rows] == [0.0, 2.0]
+    lines = render_text(result)
+    assert "lora:      adapter sql-lora" in lines
+    assert "session:   key issued (x-switchyard-session), ttl 1800s" in lines
+    assert "           http://127.0.0.1:9002 3 (queue 1, lora 2; adapter running) <- best" in lines
+    assert "scores:    http://127.0.0.1:9001 1 (queue 1; adapter swap)" in lines
+    # A token sent is shown as the session (the serving gateway verifies it).
+    sent = RequestHead(
+        "chat",
+        ((b"x-switchyard-session", b"ss1.abc.def"),),
+        {"model": "chat", "messages": [{"content": "hi"}]},
+    )
+    assert explain(snap, sent, random.Random(0), now=1.0)["picker"]["request"]["session"] == (
+        "ss1.abc.def"
+    )

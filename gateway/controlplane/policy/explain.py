@@ -370,6 +370,11 @@ def _picker_lines(picker: dict[str, Any]) -> list[str]:
     else:
         fit = "context fit, max_model_len from /v1/models"
     lines = [f"picker:    {weights}; spread_above {picker['spread_above']}; {fit}"]
+    if picker.get("session"):
+        session = picker["session"]
+        lines.append(f"session:   key {session['key']}, ttl {session['ttl']:g}s")
+    if picker.get("lora"):
+        lines.append(f"lora:      adapter {picker['lora']['adapter']}")
     if picker.get("refused"):
         lines.append(f"refused:   400 {picker['refused']}")
         return lines
@@ -379,6 +384,8 @@ def _picker_lines(picker: dict[str, Any]) -> list[str]:
             lines.append(f"{label:<11}{row['url']} skipped: {row['skipped']}")
             continue
         parts = ", ".join(f"{k} {v:g}" for k, v in row["scores"].items() if v)
+        if "lora" in row:  # what the endpoint reports of the adapter: running, free, ...
+            parts = f"{parts or 'all 0'}; adapter {row['lora']['adapter']}"
         mark = " <- best" if row["best"] else ""
         lines.append(f"{label:<11}{row['url']} {row['total']:g} ({parts or 'all 0'}){mark}")
     return lines
