@@ -129,6 +129,9 @@ HOLD_LABELS_FOR = 10.0
 # claim key the rows of ground-truth routes carry): a label later than this many
 # sampled requests of its route is saved without its features.
 JOIN_ROWS = 10_000
+# A labeled window that got no label for this long is forgotten (its version left the
+# route long ago; labels come late, so this is days, not the data windows' hour).
+IDLE_LABEL_WINDOW = 7 * 86400.0
 # The columns of an empty labeled window (a schedule that fires before any label).
 LABEL_COLUMNS = (*LabeledRecord.__dataclass_fields__, "correct")
 # The variable that holds the fleet secret: never handed to actions (a policy's
@@ -645,6 +648,10 @@ class DriftWorker:
             if now < state.due:
                 continue
             state.due = now + spec.every
+            if now - window.last_added > max(IDLE_LABEL_WINDOW, 2 * (spec.duration or 0)):
+                self.labels.forget(key)
+                self.label_states.pop(key, None)
+                continue
             window.trim(now)
             if window.received == state.evaluated_received:
                 continue  # no new label: same window, same verdicts

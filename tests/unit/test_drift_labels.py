@@ -3,17 +3,29 @@ the time-based trigger; the trigger spec's validation."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from gateway.controlplane.policy.driftspec import DriftSpec
 from gateway.controlplane.policy.triggerspec import AccuracyTrigger
+from gateway.drift.channel import (
+    Stream,
+    encode_config,
+    encode_labels,
+    receiver_socket,
+    sender_socket,
+    worker_address,
+)
 from gateway.drift.cron import Cron, CronError
 from gateway.drift.labeled import LabeledRecord
 from gateway.drift.labels import FeatureJoin, LabelWindow, auc, labeled_frame, window_metrics
 from gateway.drift.triggers import Triggers, accuracy_breached, concept_drifted
+from gateway.drift.worker import DriftWorker, WorkerOptions
 
 
 def rec(
@@ -200,3 +212,68 @@ def test_the_data_threshold_counts_every_label_once() -> None:
     assert triggers.threshold_due(key, 500)  # 501 left: a second fire
     triggers.threshold_done(key, 500)
     assert triggers.since(key) == 1 and not triggers.threshold_due(key, 500)
+
+
+class WorkerRig:
+    """A worker and its bound socket (as the gateways reach it), in this process."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.worker = DriftWorker(WorkerOptions(drift_dir=tmp_path / "drift"))
+        self.address = worker_address(tmp_path / "drift")
+        self.sock = receiver_socket(self.address)
+        self.out = sender_socket()
+        self.stream = Stream()
+        self.base = tmp_path
+
+    def send(self, payload: bytes) -> None:
+        self.out.sendto(self.stream.datagram(payload, 0), self.address)
+        self.worker.receive(self.sock)
+
+    def config(self, **drift: object) -> None:
+        block = {"reference": "r.csv", "labels": {"size": 10, "every": "1s"}, **drift}
+        entry = {"route": "fraud", "protocol": "json", "base": str(self.base), "drift": block}
+        self.send(encode_config([entry]))
+
+    def labels(self, records: list[LabeledRecord]) -> None:
+        for payload, _ in encode_labels(records):
+            self.send(payload)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.out.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[WorkerRig]:
+    made = WorkerRig(tmp_path)
+    yield made
+    made.close()
+
+
+async def test_labels_before_their_config_wait_for_it_and_idle_windows_go(rig: WorkerRig) -> None:
+    now = time.time()
+    rig.labels([rec(p, t, at=now) for p, t in zip(PREDICTED, LABELS, strict=True)])
+    assert rig.worker.labels.items() == []  # no drift block heard yet: held
+    rig.config()
+    ((key, window),) = rig.worker.labels.items()
+    assert key == ("fraud", "7") and len(window) == 10
+    await rig.worker.evaluate_labels(now)
+    status = rig.worker.status()["routes"]["fraud"]["labels"]["7"]
+    assert status["metrics"]["accuracy"] == 0.8 and status["metrics"]["correct"] == 8
+    # Endpoint variants (no version) get a window per variant.
+    rig.labels([LabeledRecord("fraud", "canary", "", "1", None, "0", now, now, "k")])
+    assert ("fraud", "variant:canary") in dict(rig.worker.labels.items())
+    # A week without labels: the version left the route; its window is forgotten.
+    await rig.worker.evaluate_labels(now + 8 * 86400)
+    assert rig.worker.labels.items() == []
+
+
+async def test_labels_of_a_route_without_drift_are_dropped_and_counted(rig: WorkerRig) -> None:
+    rig.config()
+    now = time.time()
+    other = LabeledRecord("other", "champion", "1", "1", None, "1", now, now, "k")
+    rig.labels([other])
+    rig.config()  # the next config: the label waits (a config naming it may come)
+    assert ("other", "1", "labels_no_config") not in rig.worker.dropped
+    rig.worker._release_labels(now + 11)  # as a config 11 s later releases it
+    assert ("other", "1", "labels_no_config") in rig.worker.dropped
