@@ -178,3 +178,33 @@ async def test_explain_says_whether_a_body_fits_the_signature() -> None:
     assert signature["inputs"] == "tensors 'x' float32 [-1, 4]"
     assert signature["request"].startswith("input 'x': expected shape [-1, 4], got [1, 5]")
     assert "request:   input 'x'" in render_text(result)
+
+
+async def test_an_incompatible_shadow_sends_no_copies() -> None:
+    fake, clock = FakeMlflow(), [100.0]
+    fake.versions = {"1": ("1.0.0", FOUR), "2": ("2.0.0", FIVE)}
+    fake.aliases = {"champion": "1", "candidate": "2"}
+    res, metrics = resolver(fake, clock)
+    text = """\
+apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: fraud
+protocol: kserve-v2
+variants:
+  - {name: champion, target: "models:/fraud@champion"}
+shadow:
+  - {target: "models:/fraud@candidate", sample: 1.0}
+signature: {}
+"""
+    loaded, problems = parse_policies(text, "p.yaml")
+    assert not problems, problems
+    needs = needs_of(loaded)
+    await res.refresh(needs)
+    bound = res.bind(needs)
+    refused = bound[("fraud", "shadow:candidate")]
+    assert isinstance(refused, Refused) and "MAJOR differs" in refused
+    assert "list 'candidate' in signature.allow_incompatible" in refused
+    snap = compile_snapshot(loaded, metrics=metrics, health=HealthRegistry(metrics), resolved=bound)
+    route = snap.routes["fraud"]
+    assert route.unavailable is None
+    assert route.shadows[0].unavailable == refused

@@ -31,7 +31,13 @@ from gateway.controlplane.policy.loader import (
 )
 from gateway.controlplane.policy.reference import render_markdown
 from gateway.controlplane.policy.schema import render_json_schema
-from gateway.controlplane.registry.binding import Binding, Need, VariantKey, needs_of
+from gateway.controlplane.registry.binding import (
+    SHADOW_PREFIX,
+    Binding,
+    Need,
+    VariantKey,
+    needs_of,
+)
 from gateway.controlplane.registry.client import MlflowRegistry, RegistryConfig
 from gateway.controlplane.registry.resolve import RegistryResolver
 from gateway.dataplane.decide import RequestHead
@@ -124,7 +130,7 @@ def _build(paths: list[str], registry_uri: str | None = None) -> tuple[RuntimeSn
         config = RegistryConfig.from_settings(settings, registry_uri)
         resolved = asyncio.run(_resolve(config, needs, metrics))
         problems = [
-            PolicyProblem(_source_of(policies, key[0]), 0, 0, f"variants[{key[1]}].target", found)
+            PolicyProblem(_source_of(policies, key[0]), 0, 0, _target_field(key[1]), found)
             for key, found in resolved.items()
             if isinstance(found, str)
         ]
@@ -153,6 +159,13 @@ async def _resolve(
         resolver = RegistryResolver(registry, metrics, quiet)
         await resolver.refresh(needs)
         return resolver.bind(needs)
+
+
+def _target_field(name: str) -> str:
+    """Where a binding's problem is in the policy: a variant's or a shadow's target."""
+    if name.startswith(SHADOW_PREFIX):
+        return f"shadow[{name.removeprefix(SHADOW_PREFIX)}].target"
+    return f"variants[{name}].target"
 
 
 def _source_of(policies: list[LoadedPolicy], route: str) -> str:
