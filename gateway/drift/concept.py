@@ -9,7 +9,10 @@ matrices, per-class metrics) for a person looking into an episode.
 
 Written against Evidently 0.7: `DataDefinition(classification=[BinaryClassification(
 target, prediction_labels, pos_label)])` for two classes, `MulticlassClassification`
-for more; `Report([ClassificationPreset()]).run(current, reference)`.
+for more; `Report([ClassificationPreset()]).run(current, reference)`. The preset's
+per-class part fails (KeyError) when a class occurs in one frame and not the other, as
+when a version's reference saw only one class: then the report has the aggregate part
+alone (`ClassificationQuality`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ with warnings.catch_warnings():
         MulticlassClassification,
         Report,
     )
-    from evidently.presets import ClassificationPreset
+    from evidently.presets import ClassificationPreset, ClassificationQuality
 
 
 def _frame(records: Sequence[LabeledRecord]) -> pd.DataFrame:
@@ -51,8 +54,9 @@ def report(
     """Write the ClassificationPreset report of `current` against `reference` to `html`
     (atomically: a reader never gets half a report)."""
     cur, ref = _frame(current), _frame(reference)
-    classes = set(cur["target"]) | set(cur["prediction"]) | set(ref["target"])
-    classes |= set(ref["prediction"])
+    in_current = set(cur["target"]) | set(cur["prediction"])
+    in_reference = set(ref["target"]) | set(ref["prediction"])
+    classes = in_current | in_reference
     task: BinaryClassification | MulticlassClassification
     if len(classes) <= 2:
         task = BinaryClassification(
@@ -63,7 +67,8 @@ def report(
     definition = DataDefinition(classification=[task], categorical_columns=["target", "prediction"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        snapshot = Report([ClassificationPreset()]).run(
+        preset = ClassificationPreset() if in_current == in_reference else ClassificationQuality()
+        snapshot = Report([preset]).run(
             Dataset.from_pandas(cur, data_definition=definition),
             Dataset.from_pandas(ref, data_definition=definition),
         )

@@ -717,8 +717,11 @@ class DriftWorker:
                 concept.report, records, reference, config.spec.labels.positive, html
             )
         except Exception as exc:  # Evidently's failures are many; the metrics stand
-            state.error = f"concept drift report failed: {type(exc).__name__}: {exc}"
-            log.exception("drift %s/%s: concept drift report failed", *key)
+            # (It fails on degenerate windows, such as one class only: logged once.)
+            error = f"concept drift report failed: {type(exc).__name__}: {exc}"
+            if state.error != error:
+                log.warning("drift %s/%s: %s", *key, error)
+            state.error = error
             return
         state.error = None
         state.report = str(html.relative_to(self.dir))

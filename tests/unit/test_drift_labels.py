@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -26,6 +27,7 @@ from gateway.drift.labeled import LabeledRecord
 from gateway.drift.labels import FeatureJoin, LabelWindow, auc, labeled_frame, window_metrics
 from gateway.drift.triggers import Triggers, accuracy_breached, concept_drifted
 from gateway.drift.worker import DriftWorker, WorkerOptions
+from gateway.simulate.kubeflow import KubeflowOptions, start_kubeflow
 
 
 def rec(
@@ -277,3 +279,61 @@ async def test_labels_of_a_route_without_drift_are_dropped_and_counted(rig: Work
     assert ("other", "1", "labels_no_config") not in rig.worker.dropped
     rig.worker._release_labels(now + 11)  # as a config 11 s later releases it
     assert ("other", "1", "labels_no_config") in rig.worker.dropped
+
+
+async def test_concept_drift_is_one_episode_with_its_report_and_one_run(
+    rig: WorkerRig, tmp_path: Path
+) -> None:
+    server, sim = await start_kubeflow(KubeflowOptions())
+    try:
+        kubeflow = {"endpoint": server.url, "pipeline_id": "p", "pipeline_version_id": "v"}
+        rig.config(
+            labels={"size": 10, "every": "1s", "min_samples": 10, "max_accuracy_drop": 0.2},
+            on_drift={"kubeflow": kubeflow},
+        )
+        await rig.worker.warm_up()  # Evidently, for the report
+        t = time.time()
+        # The reference: 10 of 10 right, both classes.
+        rig.labels([rec(c, c, at=t) for c in "1010101010"])
+        await rig.worker.evaluate_labels(t)
+        state = rig.worker.status()["routes"]["fraud"]["labels"]["7"]
+        assert state["reference"]["accuracy"] == 1.0 and state["concept_drift"] is False
+        # Half of the next ten wrong: 0.5 is 0.5 under the reference (>= 0.2): drift.
+        rig.labels([rec(p, t_, at=t + 1) for p, t_ in zip("1010101010", "1001100111", strict=True)])
+        await rig.worker.evaluate_labels(t + 2)
+        rig.labels([rec("1", "0", at=t + 3)])  # worse still: the same episode
+        await rig.worker.evaluate_labels(t + 4)
+        state = rig.worker.status()["routes"]["fraud"]["labels"]["7"]
+        assert state["concept_drift"] is True and state["metrics"]["accuracy"] == 0.4
+        assert state["episodes"]["concept_drift"]["count"] == 1
+        assert (rig.worker.dir / state["report"]).is_file()
+        assert state["report"].endswith("7.labels.html") and state["error"] is None
+        assert len(sim.runs) == 1
+        params = sim.runs[0]["runtime_config"]["parameters"]
+        assert params["reason"] == "concept_drift"
+        assert orjson.loads(params["drift_summary"]) == {
+            "accuracy": 0.5,
+            "reference_accuracy": 1.0,
+            "max_accuracy_drop": 0.2,
+            "labels": 10,
+        }
+    finally:
+        await server.close()
+
+
+async def test_a_report_evidently_cannot_make_leaves_the_metrics_and_episodes(
+    rig: WorkerRig,
+) -> None:
+    rig.config(labels={"size": 10, "every": "1s", "min_samples": 10, "max_accuracy_drop": 0.2})
+    await rig.worker.warm_up()
+    # The report cannot be written: a file stands where the route's folder goes.
+    (rig.worker.dir / "reports").mkdir(parents=True)
+    (rig.worker.dir / "reports" / "fraud").write_text("in the way")
+    t = time.time()
+    rig.labels([rec(c, c, at=t) for c in "1010101010"])
+    rig.labels([rec("1", "1" if i % 2 else "0", at=t) for i in range(10)])
+    await rig.worker.evaluate_labels(t)
+    state = rig.worker.status()["routes"]["fraud"]["labels"]["7"]
+    assert state["error"].startswith("concept drift report failed")
+    assert state["concept_drift"] is True and state["metrics"]["accuracy"] == 0.5
+    assert state["episodes"]["concept_drift"]["count"] == 1
