@@ -315,3 +315,10 @@ def test_a_major_incompatible_version_is_refused_with_the_reason(
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert f"incompatible, promoted as allowed: {reason}" in forced.stdout
     assert mlflow_client.get_model_version_by_alias(model, "champion").version == v2
+    # The gateway follows: version 2 is the champion (both variants serve it now), and
+    # requests are checked against its signature.
+    poll(
+        "requests to be checked against version 2's signature",
+        lambda: "expected shape [-1, 5]" in infer(gw, "fraud-compat", "FP32", [1, 4]).text,
+    )
+    assert registry_view(gw, "fraud-compat", "challenger")["problem"] is None
