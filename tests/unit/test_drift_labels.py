@@ -12,7 +12,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from gateway.controlplane.policy.compile import load_checked
 from gateway.controlplane.policy.driftspec import DriftSpec
+from gateway.controlplane.policy.loader import PolicyError
 from gateway.controlplane.policy.triggerspec import AccuracyTrigger
 from gateway.drift.channel import (
     Stream,
@@ -337,3 +339,45 @@ async def test_a_report_evidently_cannot_make_leaves_the_metrics_and_episodes(
     assert state["error"].startswith("concept drift report failed")
     assert state["concept_drift"] is True and state["metrics"]["accuracy"] == 0.5
     assert state["episodes"]["concept_drift"]["count"] == 1
+
+
+def test_policy_errors_of_triggers_and_the_gate_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        """apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: fraud
+variants:
+  - {name: champion, weight: 90, endpoints: ["http://127.0.0.1:9"]}
+  - {name: challenger, weight: 10, endpoints: ["http://127.0.0.1:8"]}
+drift:
+  reference: r.csv
+  triggers:
+    schedule: "61 * * * *"
+    accuracy: {min: 1.5}
+"""
+    )
+    with pytest.raises(PolicyError) as raised:
+        load_checked(bad)
+    found = [str(p) for p in raised.value.problems]
+    assert f"{bad}:10:5: drift.triggers.schedule: invalid schedule: minute: '61'" in found[0]
+    assert found[1].startswith(f"{bad}:11:16: drift.triggers.accuracy.min:")
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(
+        """apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: fraud
+variants:
+  - {name: champion, weight: 90, endpoints: ["http://127.0.0.1:9"]}
+  - {name: challenger, weight: 10, endpoints: ["http://127.0.0.1:8"]}
+rollout:
+  steps: [20, 100]
+  on_success: hold
+  analysis: {min_accuracy: 0.85}
+"""
+    )
+    with pytest.raises(PolicyError) as raised:
+        load_checked(gate)
+    (problem,) = [str(p) for p in raised.value.problems]
+    assert problem.startswith(f"{gate}:10:14: rollout.analysis.min_accuracy: the accuracy gate")
+    assert "needs a `drift` block" in problem

@@ -50,6 +50,12 @@ def rollout_problems(policy: RoutingPolicy) -> list[tuple[Loc, str]]:
     rollout = policy.rollout
     if rollout is None:
         return out
+    if rollout.analysis.min_accuracy is not None and policy.drift is None:
+        message = (
+            "the accuracy gate reads the drift worker's labeled windows: the route needs a "
+            "`drift` block (and labels: a `ground_truth` block)"
+        )
+        out.append((("rollout", "analysis", "min_accuracy"), message))
     challenger = challenger_of(policy)
     if challenger is None:
         out.append((("rollout",), "a rollout needs at least two variants"))
