@@ -809,6 +809,40 @@ def micro_flow() -> str:
     )
 
 
+def micro_ground_truth() -> str:
+    """Prediction capture's cost per request (ground_truth), from micro_requestpath."""
+    result = _load("micro-ground-truth-latest.json")
+    rows = {r["block"]: r for r in result["rows"]}
+    config = result["config"]
+    names = {
+        "none": "no block",
+        "experiment": f"`{config['experiment']}` (signed fb1 id)",
+        "ground_truth": f"`{config['ground_truth']}` (fb1 id + capture + fb2 id)",
+    }
+    base, truth = rows["none"], rows["ground_truth"]
+    return (
+        _header("loadtests/results/micro-ground-truth-latest.json")
+        + f"Run: {run_text(result['machine'])}; {config['dataplane']} data plane, "
+        f"{config['rounds']} interleaved rounds of {config['requests']:,} requests, "
+        f"{config['response_bytes']}-byte JSON responses.\n\n"
+        + _table(
+            ["route", "best us/request", "median us/request"],
+            [
+                [
+                    names[r["block"]],
+                    _num(r["path_best_us"], ".2f"),
+                    _num(r["path_median_us"], ".2f"),
+                ]
+                for r in result["rows"]
+            ],
+        )
+        + f"\nCapture on vs off: {_num(truth['path_best_us'] - base['path_best_us'], '+.2f')} us "
+        f"(best), {_num(truth['path_median_us'] - base['path_median_us'], '+.2f')} us "
+        f"(median); of which capture alone (vs the signed id): "
+        f"{_num(truth['path_best_us'] - rows['experiment']['path_best_us'], '+.2f')} us (best).\n"
+    )
+
+
 def prefix_routing() -> str:
     """Least-loaded vs prefix-aware vs random picking on simulators with a prefix cache."""
     result = _load("prefix-routing-latest.json")
@@ -1036,6 +1070,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "soak.md": soak,
     "overload.md": overload,
     "micro-flow.md": micro_flow,
+    "micro-ground-truth.md": micro_ground_truth,
     "prefix-routing.md": prefix_routing,
     "micro-picker.md": micro_picker,
     "policy-reference.md": policy_reference,

@@ -15,6 +15,12 @@ With --compare-flow, rounds alternate the route without and with a `flow` block 
 limit is never reached (flow control's cost to a request that does not wait: the
 priority and tenant lookup, one comparison of counters per endpoint, one counter).
 
+With --compare-ground-truth, rounds alternate the route without a block, with an
+`experiment` block (each response carries a signed fb1 feedback id: the signing alone)
+and with a `ground_truth` block (the fb1 id, the response held until whole, its
+prediction read from the JSON and the fb2 id minted into its head): the request-path
+cost of prediction capture.
+
 With --compare-tracing, rounds alternate tracing off (no tracer), on at a 1% ratio and
 on for every request (parentbased_traceidratio; the requests bring no traceparent), in
 one process; the spans of each round are then OTLP-encoded, as the exporter's
@@ -128,16 +134,22 @@ class SpanList:
 
 
 FLOW = "flow: {max_in_flight: 1000000, reserve: {high: 1}}\n"
+EXPERIMENT = "experiment: {confidence: 0.9}\n"
+GROUND_TRUTH = 'ground_truth: {prediction: "choices[0].message.content", classes: [hello, bye]}\n'
 
 
 async def measure(
-    n: int, drift_sample: float | None = None, trace_rate: float | None = None, flow: bool = False
+    n: int,
+    drift_sample: float | None = None,
+    trace_rate: float | None = None,
+    flow: bool = False,
+    block: str = "",
 ) -> tuple[float, float]:
     """Microseconds per request on the request path, and (tracing) to encode its spans."""
     loop = asyncio.get_running_loop()
     metrics = GatewayMetrics()
     health = HealthRegistry(metrics)
-    policies, problems = parse_policies(POLICY + (FLOW if flow else ""), "bench.yaml")
+    policies, problems = parse_policies(POLICY + (FLOW if flow else "") + block, "bench.yaml")
     assert not problems, problems
     snap = compile_snapshot(policies, metrics=metrics, health=health)
     assert (snap.routes["chat"].variants[0].flow is not None) == flow
@@ -161,6 +173,8 @@ async def measure(
         tap=tap,
         tracer=tracer,
     )
+    if block == EXPERIMENT:
+        plane.exposures.routes = frozenset({"chat"})  # what the rollout controller sets
     client = ClientConnection(plane)
     client.connection_made(MemoryTransport())
     endpoint = snap.routes["chat"].variants[0].endpoints[0]
@@ -201,6 +215,9 @@ async def measure(
             rows[1][0] for pool in metrics.flow.series.values() for rows in pool.counts.values()
         )
         assert admitted == n, f"flow control admitted {admitted} of {n}"
+    if block == GROUND_TRUTH:
+        captured = sum(metrics.ground_truth.predictions.values())
+        assert captured == n, f"captured {captured} of {n} predictions"
     if trace_rate:
         assert spans, "tracing on, but no spans were recorded"
     return elapsed / n * 1e6, encoding / n * 1e6
@@ -273,13 +290,20 @@ def main() -> None:
         "--output",
         type=Path,
         metavar="FILE",
-        help="with --compare-tracing or --compare-flow: also write the results as JSON (the "
-        "docs render loadtests/results/micro-tracing-latest.json, micro-flow-latest.json)",
+        help="with --compare-tracing, --compare-flow or --compare-ground-truth: also write the "
+        "results as JSON (the docs render loadtests/results/micro-tracing-latest.json, "
+        "micro-flow-latest.json, micro-ground-truth-latest.json)",
     )
     parser.add_argument(
         "--compare-flow",
         action="store_true",
         help="alternate rounds without and with a never-reached flow limit, in one process",
+    )
+    parser.add_argument(
+        "--compare-ground-truth",
+        action="store_true",
+        help="alternate rounds with no block, an experiment block (signed ids) and a "
+        "ground_truth block (signed ids and prediction capture), in one process",
     )
     parser.add_argument(
         "--compare-drift",
@@ -358,6 +382,40 @@ def main() -> None:
                 "dataplane": gateway.COMPILED.label,
             }
             write_rounds(args, "micro-flow", flow_config, flow_rows)
+        return
+
+    if args.compare_ground_truth:
+        blocks = {"none": "", "experiment": EXPERIMENT, "ground_truth": GROUND_TRUTH}
+        timed: dict[str, list[float]] = {name: [] for name in blocks}
+        for _ in range(args.rounds):
+            for name, block in blocks.items():
+                timed[name].append(uvloop.run(measure(args.requests, block=block))[0])
+        truth_rows = []
+        for name in blocks:
+            found = sorted(timed[name])
+            print(
+                f"{name:>16}: best {found[0]:.2f} us, median {found[len(found) // 2]:.2f} us "
+                f"per request ({args.rounds} rounds of {args.requests})"
+            )
+            truth_rows.append(
+                {
+                    "block": name,
+                    "path_best_us": found[0],
+                    "path_median_us": found[len(found) // 2],
+                    "path_samples_us": [round(x, 3) for x in timed[name]],
+                }
+            )
+        if args.output:
+            import gateway
+
+            truth_config = {
+                "policy": "route chat, champion 90 / challenger 10, sticky header:x-user-id",
+                "experiment": EXPERIMENT.strip(),
+                "ground_truth": GROUND_TRUTH.strip(),
+                "response_bytes": len(RESPONSE_BODY),
+                "dataplane": gateway.COMPILED.label,
+            }
+            write_rounds(args, "micro-ground-truth", truth_config, truth_rows)
         return
 
     if args.compare_drift:

@@ -54,6 +54,7 @@ import orjson
 
 from gateway.dataplane.decide import Decision
 from gateway.dataplane.feedback.groundtruth import MAX_CAPTURE_BYTES
+from gateway.dataplane.feedback.ids import MAC_TEXT
 from gateway.dataplane.flow import FlowGate, Waiter
 from gateway.dataplane.http import wire
 from gateway.dataplane.http.server import ClientConnection, ResponseSource
@@ -325,6 +326,9 @@ class Exchange(ResponseSource):
             self.feedback_line = b""
             return
         self.feedback_line = b"x-switchyard-feedback-id: " + fid + b"\r\n"
+        if self.decision.route.ground_truth is not None:
+            # The claim key (the id's MAC) on the request's drift row, if it was sampled.
+            self.plane.tap.keyed(self.decision, fid[-MAC_TEXT:].decode())
         request = self.request
         if request.minted:
             request.request_id = fid

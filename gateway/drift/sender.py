@@ -185,9 +185,9 @@ class DriftSender:
 
     def flush(self) -> int:
         """Send everything buffered (after the backlog); returns the rows sent."""
-        samples = self.tap.take()
+        samples, keys = self.tap.take_keyed()
         groups: dict[tuple[str, str, str], list[Row]] = {}
-        for decision, body in samples:
+        for index, (decision, body) in enumerate(samples):
             route, variant = decision.route.name, decision.variant
             extract = self._extractors.get(route)
             if extract is None:  # the route's drift block went away since the offer
@@ -199,6 +199,10 @@ class DriftSender:
                 self._drop(route, variant.version, "extract_failed", 1)
                 log.exception("drift feature extraction failed for route %s", route)
                 continue
+            key = keys.get(index)
+            if key is not None:  # a ground-truth route's request: labels join by it
+                for row in rows:
+                    row["key"] = key
             groups.setdefault((route, variant.name, variant.version), []).extend(rows)
         for (route, variant_name, version), rows in groups.items():
             encoded = 0

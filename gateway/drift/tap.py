@@ -9,6 +9,13 @@ path, by `DriftSender`. A full buffer drops the sample and counts it.
 The body is held by reference until the next flush (about 200 ms), so whoever offers it
 must not mutate it afterwards; the data plane only reads the parsed body.
 
+On routes with a `ground_truth` block the exchange then names the request's feedback
+claim key (`keyed`, right after it mints the signed id, on the same loop turn as the
+offer): the sender puts it on the request's rows as `key`, so the drift worker can join
+a label (whose `LabeledRecord.key` is the same text) with the request's features. A
+request that waited in a flow-control queue before its first attempt is usually not
+the last sample by then: its rows carry no key.
+
 True labels (`offer_label`, from `POST /v1/feedback` with a `label`, never from an
 inference request) wait in a second bounded buffer for the same flush; only routes the
 tap samples (a drift block) keep them, since only their windows use them.
@@ -36,6 +43,9 @@ class Tap(Protocol):
     def offer_label(self, record: LabeledRecord) -> None:
         """Keep a joined label for the drift worker; never raises, never blocks."""
 
+    def keyed(self, decision: Decision, key: str) -> None:
+        """The claim key of the request just offered with `decision`, if it was sampled."""
+
 
 class NoTap:
     """The tap of a data plane without drift: returns at once."""
@@ -48,6 +58,9 @@ class NoTap:
     def offer_label(self, record: LabeledRecord) -> None:
         return None
 
+    def keyed(self, decision: Decision, key: str) -> None:
+        return None
+
 
 class DriftTap:
     """Samples requests of routes with a drift block into a bounded buffer.
@@ -57,7 +70,7 @@ class DriftTap:
     (route, version); pass the metrics' dict so `/metrics` shows it without a copy.
     """
 
-    __slots__ = ("_buffer", "_labels", "_random", "_rates", "capacity", "dropped")
+    __slots__ = ("_buffer", "_keys", "_labels", "_random", "_rates", "capacity", "dropped")
 
     def __init__(
         self,
@@ -73,6 +86,7 @@ class DriftTap:
         self._rates: dict[str, float] = {}
         self._buffer: list[Sample] = []
         self._labels: list[LabeledRecord] = []
+        self._keys: dict[int, str] = {}  # buffer index -> the sample's claim key
         # Its own generator: sampling must not shift the routing RNG's sequence (a seeded
         # gateway keeps making the same canary draws with drift on or off).
         self._random = (rng or random.Random()).random
@@ -108,6 +122,11 @@ class DriftTap:
             return
         self._labels.append(record)
 
+    def keyed(self, decision: Decision, key: str) -> None:
+        buffer = self._buffer
+        if buffer and buffer[-1][0] is decision:  # this request's sample, just offered
+            self._keys[len(buffer) - 1] = key
+
     def take_labels(self) -> list[LabeledRecord]:
         """Every label kept since the last call."""
         taken, self._labels = self._labels, []
@@ -116,7 +135,13 @@ class DriftTap:
     def take(self) -> list[Sample]:
         """Everything buffered since the last call (the buffer starts empty again)."""
         taken, self._buffer = self._buffer, []
+        self._keys = {}
         return taken
+
+    def take_keyed(self) -> tuple[list[Sample], dict[int, str]]:
+        """`take`, with the claim keys of the samples that have one (by index)."""
+        keys = self._keys
+        return self.take(), keys
 
     def __len__(self) -> int:
         return len(self._buffer)

@@ -10,6 +10,8 @@ sum) and a hand computation over the labels must agree.
 from __future__ import annotations
 
 import random
+import socket
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.admin.ground_truth import summarize
 from gateway.dataplane.feedback.groundtruth import GroundTruth
+from gateway.drift.channel import Labels, Rows, decode
+from gateway.drift.labeled import LabeledRecord
 from gateway.observability.ground_truth_metrics import SCORE_BUCKETS
 from gateway.stats.counts import Sample
 from tests.procs import GatewayProc, Simulator, start_simulator
@@ -239,3 +243,55 @@ def test_labels_join_predictions_on_any_replica_and_match_a_hand_computation(
         "switchyard_ground_truth_label_delay_seconds_count"
     )
     assert delays == N
+
+
+def test_labels_and_keyed_rows_reach_the_drift_worker_address(
+    gateway: Callable[..., GatewayProc], bento: tuple[Simulator, Simulator]
+) -> None:
+    # The test is the fleet's drift worker: it binds the UDP address the gateway sends to.
+    worker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    worker.bind(("127.0.0.1", 0))
+    worker.settimeout(0.5)
+    port = worker.getsockname()[1]
+    text = policy(*bento).replace(
+        "  max_label_delay: 1h\n",
+        "  max_label_delay: 1h\n"
+        "drift:\n"
+        "  reference: reference.csv\n"
+        "  sample: 1.0\n"
+        "  features: [{name: f0, path: 'features[0]'}, {name: f1, path: 'features[1]'}]\n",
+    )
+    gw = gateway(text, extra=("--drift-worker-address", f"udp://127.0.0.1:{port}"))
+    served = {}
+    for i in range(10):
+        r = classify(gw, [i / 10, 1.0, 0.0, -1.0])
+        served[r.headers["x-request-id"][-22:]] = (r.headers["x-switchyard-feedback-id"], r.json())
+    for fid, body in served.values():
+        truth = "fraud" if body["label"] == "legit" else "legit"  # every one wrong
+        assert label(gw, fid, truth).status_code == 200
+    rows: dict[str, dict[str, Any]] = {}
+    records: dict[str, LabeledRecord] = {}
+    deadline = time.monotonic() + 20
+    try:
+        while (len(rows) < 10 or len(records) < 10) and time.monotonic() < deadline:
+            try:
+                data = worker.recv(1 << 17)
+            except TimeoutError:
+                continue
+            message = decode(data) if data else None
+            if isinstance(message, Rows) and message.route == "fraud":
+                rows.update({row["key"]: row for row in message.rows if "key" in row})
+            elif isinstance(message, Labels):
+                records.update({r.key: r for r in message.records})
+    finally:
+        worker.close()
+    assert set(rows) == set(served), "every sampled row carries its request's claim key"
+    assert set(records) == set(served), "every label reaches the worker, by the same key"
+    for key, (_, body) in served.items():
+        record = records[key]
+        assert (record.route, record.predicted) == ("fraud", body["label"])
+        assert record.label != record.predicted and record.score == pytest.approx(
+            body["probability"]
+        )
+        assert {"f0", "f1"} <= set(rows[key])  # the features the label joins with
+        assert record.labeled_at >= record.served_at

@@ -4,6 +4,7 @@ label parsing, and the metric math against a hand computation."""
 from __future__ import annotations
 
 import base64
+import random
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from gateway.admin.ground_truth import binned_auc, classification, summarize
 from gateway.controlplane.policy.compile import compile_snapshot, load_checked
 from gateway.controlplane.policy.loader import PolicyError, parse_policies
+from gateway.dataplane.decide import RequestHead, decide
 from gateway.dataplane.feedback.groundtruth import GroundTruth, as_text, normalise_label
 from gateway.dataplane.feedback.ids import (
     MAX_PREDICTION_ID,
@@ -20,10 +22,20 @@ from gateway.dataplane.feedback.ids import (
 )
 from gateway.dataplane.feedback.log import read_feedback
 from gateway.dataplane.health import HealthRegistry
-from gateway.drift.channel import Labels, Stream, decode, encode_labels
+from gateway.drift.channel import (
+    Labels,
+    Rows,
+    Stream,
+    decode,
+    encode_labels,
+    receiver_socket,
+    worker_address,
+)
 from gateway.drift.labeled import LabeledRecord
+from gateway.drift.sender import DriftSender
 from gateway.drift.tap import DriftTap
 from gateway.errors import BadRequest, RequestExpired, UnknownRequest
+from gateway.observability.drift_metrics import DriftCounters
 from gateway.observability.ground_truth_metrics import GroundTruthMetrics, ground_truth_families
 from gateway.observability.metrics import GatewayMetrics
 from gateway.stats.counts import Sample
@@ -340,3 +352,50 @@ def test_the_tap_keeps_labels_of_drift_routes_only() -> None:
     assert [r.key for r in tap.take_labels()] == ["k0", "k1"]
     assert tap.dropped == {("fraud", "1"): 1}
     assert tap.take_labels() == []
+
+
+DRIFT_POLICY = HEAD + (
+    "ground_truth: {prediction: label, classes: [legit, fraud]}\n"
+    "drift: {reference: ref.csv, features: [{name: amount, path: amount}]}\n"
+)
+
+
+def test_the_sender_puts_claim_keys_on_rows_and_sends_labels(tmp_path: Path) -> None:
+    policies, problems = parse_policies(DRIFT_POLICY, "fraud.yaml")
+    assert problems == []
+    metrics = GatewayMetrics()
+    snap = compile_snapshot(policies, metrics=metrics, health=HealthRegistry(metrics))
+    rng = random.Random(1)
+    first, second, third = (decide(snap, RequestHead("fraud"), rng) for _ in range(3))
+    address = worker_address(tmp_path)
+    receiver = receiver_socket(address)
+    tap = DriftTap(100)
+    sender = DriftSender(tap, address, DriftCounters())
+    try:
+        sender.configure(policies)
+        tap.offer(first, {"amount": 1.0})
+        tap.keyed(first, "key-1")
+        tap.keyed(second, "never-offered")  # not the last sample: ignored
+        tap.offer(second, {"amount": 2.0})
+        tap.offer(third, {"amount": 3.0})
+        tap.keyed(third, "key-3")
+        tap.offer_label(record(1))
+        assert sender.flush() == 3
+        messages = []
+        while True:
+            try:
+                messages.append(decode(receiver.recv(1 << 17)))
+            except BlockingIOError:
+                break
+    finally:
+        sender.close()
+        receiver.close()
+    [rows] = [m for m in messages if isinstance(m, Rows)]
+    assert [(r["amount"], r.get("key")) for r in rows.rows] == [
+        (1.0, "key-1"),
+        (2.0, None),
+        (3.0, "key-3"),
+    ]
+    [labels] = [m for m in messages if isinstance(m, Labels)]
+    assert labels.records == [record(1)]
+    assert labels.head.rows_before == 3  # numbered after the rows, carrying none

@@ -18,6 +18,10 @@ process):
   answer makes that feedback 503 (send it again), never an inference request slower.
 - Plain ids (`log`): a client's own `x-request-id` is remembered by the process that
   served it, for a bounded window, as before; it works on that process only.
+- Labels (`labels`, `groundtruth`): routes with a `ground_truth` block answer an
+  `fb2.` id that also carries what was predicted (read from the buffered response), so a
+  true label sent with it is joined with the prediction by any process; counted in the
+  `switchyard_ground_truth_*` series and sent to the drift worker.
 - Counting stays per process (`log.ExposureLog.outcomes`), exported as the
   `switchyard_experiment_*` series that Prometheus or the supervisor sum over the fleet.
 
