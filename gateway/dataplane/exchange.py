@@ -183,8 +183,8 @@ class Exchange(ResponseSource):
     # Ground truth (routes with a `ground_truth` block, buffered responses): the body so
     # far while the response is held until whole, to read its prediction and put the
     # prediction-carrying id in its head (`_capture`); None: relayed as it comes.
-    captured: list[bytes] | None = None
-    captured_bytes = 0
+    held_body: list[bytes] | None = None
+    held_bytes = 0
     # Flow control (routes with a `flow` block), while the request waits in its pool's
     # queue: its place there and the gate it waits at; `refusal` is the Retry-After line
     # of a queue's refusal.
@@ -533,7 +533,7 @@ class Exchange(ResponseSource):
                     UpstreamProtocolError(f"backend {self._backend()} sent {what}")
                 )
                 return
-        if self.out and self.captured is None:
+        if self.out and self.held_body is None:
             self._flush()
         if self.phase == COMPLETE:
             self._finish_ok()
@@ -630,11 +630,11 @@ class Exchange(ResponseSource):
             data = self.translator.feed(data)
             if not data:
                 return
-        captured = self.captured
-        if captured is not None:
-            captured.append(data)
-            self.captured_bytes += len(data)
-            if self.captured_bytes > MAX_CAPTURE_BYTES:
+        held = self.held_body
+        if held is not None:
+            held.append(data)
+            self.held_bytes += len(data)
+            if self.held_bytes > MAX_CAPTURE_BYTES:
                 self._release("too_large")
         if self.chunked_out:
             self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
@@ -652,25 +652,25 @@ class Exchange(ResponseSource):
         elif not self.feedback_id:
             self._capture_failed("unsigned")
         else:
-            self.captured = []
-            self.captured_bytes = 0
+            self.held_body = []
+            self.held_bytes = 0
 
     def _release(self, reason: str) -> None:
         """Give up capturing: relay what is held and the rest as it comes."""
-        self.captured = None
+        self.held_body = None
         self._capture_failed(reason)
 
     def _capture_failed(self, reason: str) -> None:
         self.plane.metrics.ground_truth.failed(self.decision.route.name, reason)
 
-    def _capture(self, captured: list[bytes]) -> None:
+    def _capture(self, held: list[bytes]) -> None:
         """The whole response is here: read the prediction, mint the version 2 id and
         put it in the held head (`out[5]`: the endpoint's header lines)."""
-        self.captured = None
+        self.held_body = None
         truth = self.decision.route.ground_truth
         if truth is None:
             return
-        found = truth.extract(b"".join(captured))
+        found = truth.extract(b"".join(held))
         if isinstance(found, str):
             self._capture_failed(found)
             return
@@ -725,9 +725,9 @@ class Exchange(ResponseSource):
                 self.out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self.chunked_out else tail)
         if self.chunked_out:
             self.out.append(wire.LAST_CHUNK)
-        captured = self.captured
-        if captured is not None:
-            self._capture(captured)
+        held = self.held_body
+        if held is not None:
+            self._capture(held)
         # Completion waits until `feed` has flushed what this read produced: completing
         # may start the client's next pipelined request, whose bytes must come after.
         self.phase = COMPLETE

@@ -44,6 +44,7 @@ variants:
 backends:
   fraud/1: {{endpoints: ["{champion.url}"]}}
   fraud/2: {{endpoints: ["{challenger.url}"]}}
+shadow: [{{name: cand, endpoints: ["{challenger.url}"], sample: 1.0}}]
 ground_truth:
   prediction: label
   score: probability
@@ -227,6 +228,9 @@ def test_labels_join_predictions_on_any_replica_and_match_a_hand_computation(
     assert view_a["capture_failures"] == {"missing": 1}
     assert sum(v["predictions_captured"] for v in view_a["versions"]) == N + 1
     assert httpx.get(f"{gw_a.admin}/admin/ground-truth/fraud-ab", timeout=10).status_code == 404
+    # Held responses and shadow copies of one request (both keep the primary's body).
+    compared = gw_a.metric("switchyard_shadow_comparisons_total", route="fraud")
+    assert compared >= N
 
     # The fleet: both processes' /metrics summed, as Prometheus or the supervisor would.
     everything = accepted["a"] + accepted["b"]
