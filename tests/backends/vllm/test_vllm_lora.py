@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from tests.backends.vllm.vllm_proc import (
     VllmServer,
     build_tiny_lora,
 )
-from tests.procs import REPO, GatewayProc
+from tests.procs import REPO, GatewayProc, start_gateway, start_simulator
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 
@@ -329,3 +330,85 @@ def test_load_watcher_reads_the_adapters_vllm_is_running(vllm_lora: VllmServer) 
         assert wait_until(running, timeout=30), seen
     load = parse_vllm_metrics(httpx.get(f"{vllm_lora.url}/metrics", timeout=5).text)
     assert load.max_loras == 2  # --max-loras: one adapter and the empty slot (vllm_proc)
+
+
+def test_the_lora_scorer_prefers_the_vllm_running_the_adapter(
+    vllm_lora: VllmServer, tmp_path: Path
+) -> None:
+    """The picker's lora scorer on vLLM's real report: a pool of this vLLM (kept running
+    the adapter by other clients) and an idle simulator (no LoRA report: a free slot).
+    By load alone the simulator would take every request; the endpoint running the
+    adapter takes them (4 x 1 + 1/(1 + its load) against 4 x 0.5 + 1), counted running."""
+    sim = start_simulator("lora-idle")
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(
+        f"""apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: lora-pick
+variants:
+  - name: main
+    model: {ADAPTER}
+    endpoints: ["{vllm_lora.url}", "{sim.url}"]
+    load_metrics: vllm
+picker: {{scorers: {{lora: 4, queue: 1}}, spread_above: 100000, context: {{fit: false}}}}
+timeouts: {{first_byte: 120s, total: 300s}}
+"""
+    )
+    gw = start_gateway(folder)
+    stop = threading.Event()
+
+    def keep_the_adapter_running(max_tokens: int) -> None:
+        # Other clients of this vLLM: staggered lengths, so its batch is never empty.
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set():
+                client.post(
+                    f"{vllm_lora.url}/v1/completions",
+                    json={
+                        "model": ADAPTER,
+                        "prompt": "x",
+                        "max_tokens": max_tokens,
+                        "ignore_eos": True,
+                    },
+                )
+
+    holders = [
+        threading.Thread(target=keep_the_adapter_running, args=(MAX_MODEL_LEN - 16 - 60 * i,))
+        for i in range(4)
+    ]
+    backend = vllm_lora.hostport
+    try:
+        for thread in holders:
+            thread.start()
+
+        def gateway_sees_it_running() -> bool:
+            try:  # the gateway's scrape (what the picker reads), not the server's report
+                return gw.metric("switchyard_backend_running", backend=backend) > 0
+            except httpx.TimeoutException:
+                return False
+
+        assert wait_until(gateway_sees_it_running, timeout=90), vllm_lora.log_tail()
+        served: Counter[str] = Counter()
+        with httpx.Client(timeout=120) as client:
+            for _ in range(6):
+                r = client.post(
+                    f"{gw.url}/v1/chat/completions",
+                    json={"model": "lora-pick", "messages": MESSAGES, "max_tokens": 2},
+                )
+                assert r.status_code == 200, r.text
+                served[r.headers["x-switchyard-backend"]] += 1
+                if r.headers["x-switchyard-backend"] == backend:
+                    assert r.json()["model"] == ADAPTER
+        # A scrape may catch the batch in the instant between one holder's generation and
+        # its next request (the adapter then reads as free, like the simulator's): allow
+        # one such pick.
+        assert served[backend] >= 5, served
+        running = gw.metric("switchyard_picker_lora_total", backend=backend, result="running")
+        assert running >= 5
+        assert gw.metric("switchyard_picker_picks_total", route="lora-pick", scorer="lora") >= 5
+    finally:
+        stop.set()
+        for thread in holders:
+            thread.join(timeout=150)
+        gw.proc.stop()
+        sim.proc.stop()
