@@ -389,7 +389,7 @@ class DriftWorker:
             config.spec.window.duration,
         )
         window.add(message.rows, message.variant, now)
-        if message.rows and "key" in message.rows[0]:  # a ground-truth route's rows
+        if any("key" in row for row in message.rows):  # a ground-truth route's rows
             join = self.joins.get(message.route)
             if join is None:
                 join = self.joins[message.route] = FeatureJoin(JOIN_ROWS)

@@ -7,7 +7,9 @@ Kubeflow fake on loopback.
 - a schedule of every 2 seconds fires on time, each time with its window;
 - the worker's /metrics and /status equal a hand computation on the test's labels;
 - a rollout whose challenger's labels go wrong rolls back on the accuracy gate (which
-  waits while there are no labels), and the accuracy SLO starts one retraining run.
+  waits while there are no labels), and the accuracy SLO starts one retraining run;
+- the whole loop through a real gateway: labels posted to /v1/feedback, the rollback,
+  one run whose window is joined with the requests' features.
 """
 
 from __future__ import annotations
@@ -389,6 +391,133 @@ def test_a_challenger_whose_labels_go_wrong_is_rolled_back_and_retrained_once(
         assert challenger_window["metrics"]["samples"] == 10
         assert admin["labels"]["variant:champion"]["metrics"]["precision"] == 10 / 11
         assert admin["triggers"]["fires"] == {"accuracy": 1}
+    finally:
+        worker.close()
+        for sim in (kfp, champion, challenger):
+            sim.proc.stop()
+
+
+def loop_policy(champion: str, challenger: str, kfp_url: str) -> str:
+    return f"""apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: fraud
+protocol: json
+variants:
+  - {{name: champion, weight: 90, target: "models:/fraud/1"}}
+  - {{name: challenger, weight: 10, target: "models:/fraud/2"}}
+backends:
+  fraud/1: {{endpoints: ["{champion}"]}}
+  fraud/2: {{endpoints: ["{challenger}"]}}
+ground_truth:
+  prediction: label
+  score: probability
+  positive: fraud
+  classes: [legit, fraud]
+  max_label_delay: 1h
+drift:
+  reference: reference.csv
+  features: [{{name: f0, path: 'features[0]'}}, {{name: f1, path: 'features[1]'}}]
+  cooldown: 1h
+  labels: {{size: 20, every: 200ms, min_samples: 10, positive: fraud}}
+  triggers: {{accuracy: {{min: 0.85, min_samples: 10}}}}
+  on_drift:
+    kubeflow: {{endpoint: "{kfp_url}", pipeline_id: fraud-retraining, pipeline_version_id: v1}}
+rollout:
+  steps: [20, 100]
+  analysis: {{interval: 0.5s, min_requests: 10, max_error_rate: 0.05, min_accuracy: 0.85,
+              min_labels: 10}}
+  on_success: hold
+"""
+
+
+def test_the_loop_closes_from_feedback_labels_to_rollback_and_one_retraining_run(
+    gateway: Callable[..., GatewayProc], tmp_path: Path
+) -> None:
+    """The whole loop through a real gateway: predictions served, their true labels
+    posted to /v1/feedback (the challenger's all wrong), the worker's windows, the
+    rollout's accuracy gate, the accuracy SLO's one Kubeflow run with the labeled
+    window joined to the requests' features."""
+    kfp = start_simulator("loop-kfp", kind="kubeflow")
+    champion = start_simulator("loop-champion", kind="bentoml")
+    challenger = start_simulator("loop-challenger", "--model-version", "2", kind="bentoml")
+    worker = Worker(tmp_path / "drift")
+    try:
+        gw = gateway(
+            loop_policy(champion.url, challenger.url, kfp.url),
+            extra=(
+                "--rollout-dir",
+                str(tmp_path / "rollouts"),
+                "--drift-worker-address",
+                f"udp://127.0.0.1:{worker.port}",
+                "--drift-status-url",
+                worker.url,
+                "--drift-dir",
+                str(tmp_path / "gateway-drift"),
+            ),
+        )
+        poll(
+            "the gateway configures the worker",
+            lambda: "fraud" in httpx.get(f"{worker.url}/status", timeout=5).json()["routes"],
+        )
+        sent: dict[str, list[tuple[str, str]]] = {"1": [], "2": []}  # (predicted, label)
+        deadline = time.monotonic() + 90
+        with httpx.Client(timeout=10) as client:
+            for i in range(2000):
+                state = rollout_state(gw, "fraud")["state"]
+                if state["status"] != "progressing" or time.monotonic() > deadline:
+                    break
+                features = [(i % 10) / 10, 1.0, 0.0, -1.0]
+                r = client.post(f"{gw.url}/services/fraud/classify", json={"features": features})
+                assert r.status_code == 200, r.text
+                predicted, version = r.json()["label"], r.headers["x-switchyard-version"]
+                truth = predicted
+                if version == "2":  # the challenger: its labels all go wrong
+                    truth = "legit" if predicted == "fraud" else "fraud"
+                fid = r.headers["x-switchyard-feedback-id"]
+                answer = client.post(
+                    f"{gw.url}/v1/feedback", json={"request_id": fid, "label": truth}
+                )
+                assert answer.status_code == 200, answer.text
+                sent[version].append((predicted, truth))
+        assert state["status"] == "rolled_back", state
+        assert "gate accuracy failed: 0 of " in state["history"][-1]["reason"]
+
+        def accuracy_runs() -> list[dict[str, Any]]:
+            found = httpx.get(f"{kfp.url}/kfp-sim/requests", timeout=5).json()["runs"]
+            return [r for r in found if r["runtime_config"]["parameters"]["reason"] == "accuracy"]
+
+        poll("the accuracy run", accuracy_runs)
+        time.sleep(1.0)  # more evaluations: the same episode starts nothing more
+        (run,) = accuracy_runs()
+        assert run["runtime_config"]["parameters"]["model_version"] == "2"
+        window = window_of(run)
+        assert 10 <= len(window) <= 20 and not window["correct"].any()
+        assert {"f0", "f1"} <= set(window.columns)  # joined with the requests' features
+        assert window["f0"].notna().all() and window["f1"].eq(1.0).all()
+
+        # The worker's numbers against the test's own labels (the newest 20 a version).
+        def hand(version: str) -> float:
+            newest = sent[version][-20:]
+            return sum(p == t for p, t in newest) / len(newest)
+
+        def settled() -> bool:
+            labels = httpx.get(f"{worker.url}/status", timeout=5).json()["routes"]["fraud"]
+            windows = labels["labels"]
+            return all(
+                windows.get(v, {}).get("received") == len(sent[v])
+                and windows[v]["evaluated_at"] is not None
+                and windows[v]["metrics"]["samples"] == min(20, len(sent[v]))
+                for v in ("1", "2")
+            )
+
+        poll("every label at the worker", settled)
+        time.sleep(0.5)  # one more evaluation after the last label
+        text = httpx.get(f"{worker.url}/metrics", timeout=5).text
+        assert metric(text, "switchyard_model_accuracy", route="fraud", version="1") == hand("1")
+        assert metric(text, "switchyard_model_accuracy", route="fraud", version="2") == hand("2")
+        admin = httpx.get(f"{gw.admin}/admin/drift/fraud", timeout=5).json()
+        assert admin["labels"]["2"]["metrics"]["accuracy"] == hand("2") == 0.0
+        assert admin["labels"]["1"]["metrics"]["accuracy"] == hand("1") == 1.0
     finally:
         worker.close()
         for sim in (kfp, champion, challenger):
