@@ -817,12 +817,17 @@ class DriftWorker:
         now: float,
     ) -> bool:
         """Run the pending actions of a trigger's episode with the labeled window of
-        `key`; True when every configured action has succeeded."""
+        `key` (a route without labels: its data window, the live features); True when
+        every configured action has succeeded."""
         window = self.labels.find(key)
         records = window.snapshot() if window is not None else []
         rows = labeled_frame(records, self.joins.get(key[0]))
-        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(LABEL_COLUMNS))
         variants = sorted(window.variants) if window is not None else []
+        data = None if rows else dict(self.windows.items()).get(key)
+        if data is not None and len(data):
+            rows = [{k: v for k, v in row.items() if k != "key"} for row in data.snapshot()]
+            variants = sorted(data.variants)
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(LABEL_COLUMNS))
         if episode.acted_at is None:
             self._fired(key, reason)
             log.info("drift %s/%s: retrain trigger %s fired: %s", *key, reason, episode.summary)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
@@ -18,6 +19,7 @@ from gateway.controlplane.policy.loader import PolicyError
 from gateway.controlplane.policy.triggerspec import AccuracyTrigger
 from gateway.drift.channel import (
     Stream,
+    encode,
     encode_config,
     encode_labels,
     receiver_socket,
@@ -381,3 +383,31 @@ rollout:
     (problem,) = [str(p) for p in raised.value.problems]
     assert problem.startswith(f"{gate}:10:14: rollout.analysis.min_accuracy: the accuracy gate")
     assert "needs a `drift` block" in problem
+
+
+async def test_a_schedule_without_labels_passes_the_live_features_on(rig: WorkerRig) -> None:
+    server, sim = await start_kubeflow(KubeflowOptions())
+    try:
+        kubeflow = {"endpoint": server.url, "pipeline_id": "p", "pipeline_version_id": "v"}
+        rig.config(triggers={"schedule": "0 3 * * 1"}, on_drift={"kubeflow": kubeflow})
+        for payload, n in encode(
+            "fraud", "champion", "7", [{"amount": float(i)} for i in range(5)]
+        ):
+            rig.out.sendto(rig.stream.datagram(payload, n), rig.address)
+        rig.worker.receive(rig.sock)
+        due = rig.worker.triggers.next_schedule("fraud")
+        assert (
+            due is not None and datetime.fromtimestamp(due, UTC).strftime("%a %H:%M") == "Mon 03:00"
+        )
+        await rig.worker.check_triggers(due - 1)
+        assert sim.runs == []
+        await rig.worker.check_triggers(due)  # the clock reaches Monday 03:00
+        await rig.worker.check_triggers(due + 1)  # done: nothing more until next week
+        (run,) = sim.runs
+        params = run["runtime_config"]["parameters"]
+        assert params["reason"] == "schedule" and params["model_version"] == "7"
+        saved = pd.read_parquet(Path(params["window_uri"].removeprefix("file://")))
+        assert list(saved["amount"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert rig.worker.triggers.next_schedule("fraud") == due + 7 * 86400
+    finally:
+        await server.close()
