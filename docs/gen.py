@@ -523,6 +523,39 @@ def bench_admission() -> str:
     )
 
 
+def bench_ground_truth() -> str:
+    """Prediction capture's cost end to end: the gateway without and with a
+    `ground_truth` block, in one bench run."""
+    result = _load("bench-ground-truth-latest.json")
+    systems, ratios, gateway = result["systems"], result["ratios"], result["gateway"]
+    shown = [(name, systems[name]["label"]) for name in ("gateway", "gateway-ground-truth")]
+    table = _cpu_rounds_table(result, "gateway", shown, rss=False)
+    added = _num(ratios.get("gateway_ground_truth_vs_gateway_added_cpu_us"), ".1f", signed=True)
+    rps = _num(ratios.get("gateway_ground_truth_vs_gateway_rps"), ".2f")
+    counts = gateway.get("ground_truth_counts") or {}
+    return "\n".join(
+        [
+            _header("loadtests/results/bench-ground-truth-latest.json"),
+            f"`loadtests/bench --ground-truth`, commit `{gateway.get('commit')}`, "
+            f"{gateway.get('dataplane')} data plane. Run: {run_text(result['machine'])}.",
+            "",
+            f"The ground-truth row's route has `{gateway.get('ground_truth')}`: it captured "
+            f"{_num(counts.get('captured'), ',.0f')} predictions; capture failures: "
+            + (
+                ", ".join(f"{n:,.0f} {r}" for r, n in sorted(counts["failed"].items()))
+                if counts.get("failed")
+                else "none"
+            )
+            + ".",
+            "",
+            table,
+            f"In this run capture costs **{added} us** of CPU per request (median of "
+            f"per-round differences; req/s ratio {rps}).",
+            "",
+        ]
+    )
+
+
 def bench_fleet() -> str:
     return _before_after(
         "bench-fleet-latest.json",
@@ -1139,6 +1172,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "bench-tracing-off.md": bench_tracing_off,
     "bench-fleet.md": bench_fleet,
     "bench-admission.md": bench_admission,
+    "bench-ground-truth.md": bench_ground_truth,
     "kserve-latency.md": kserve_latency,
     "chaos.md": chaos,
     "soak.md": soak,

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from benchlib import configs, report
 from benchlib.machine import machine_info, pin, process_tree
 from benchlib.procs import (
@@ -190,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reached (what admission costs a request it admits)",
     )
     parser.add_argument(
+        "--ground-truth",
+        action="store_true",
+        help="add a row for the same gateway with a `ground_truth:` block: every response "
+        "held until whole, its prediction read and an fb2 feedback id minted (capture on "
+        "vs off). Results go to bench-ground-truth-latest.json unless --output says so",
+    )
+    parser.add_argument(
         "--compare-tree",
         type=Path,
         metavar="DIR",
@@ -313,6 +322,19 @@ def throughput_mode(args: argparse.Namespace) -> int:
             ):
                 admitted = _start_admission_gateway(launcher, args, policy, limits=limits)
                 systems.append(System(admitted.name, label, admitted.url + path, admitted))
+        truth: Service | None = None
+        if args.ground_truth:
+            truth = launcher.start_gateway(
+                policy + configs.GROUND_TRUTH_YAML,
+                args.python,
+                _worker_args(args.workers),
+                name="gateway-ground-truth",
+                compiled=_compiled_mode(args),
+                tree=args.tree,
+            )
+            _check_gateway(truth)
+            label = "gateway, ground truth capture"
+            systems.append(System(truth.name, label, truth.url + path, truth))
         if args.compare_tree is not None:
             base = launcher.start_gateway(
                 policy,
@@ -367,6 +389,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
         status, metrics = get(gateway.admin_url or "", "/metrics")
         split = variant_split(metrics.decode(), configs.ROUTE) if status == 200 else {}
         dataplane = _dataplane(metrics.decode()) if status == 200 else "?"
+        captured = _ground_truth_counts(truth) if truth is not None else None
     total = sum(split.values())
     result: dict[str, Any] = {
         "kind": "throughput",
@@ -392,6 +415,8 @@ def throughput_mode(args: argparse.Namespace) -> int:
             "experiment": args.experiment,
             "fleet": _FLEET_SUMMARY if args.fleet else None,
             "admission": _ADMISSION_SUMMARY if args.admission else None,
+            "ground_truth": configs.GROUND_TRUTH_YAML.strip() if args.ground_truth else None,
+            "ground_truth_counts": captured,
             "compare_tree": _commit_of(args.compare_tree) if args.compare_tree else None,
             "tracing": _tracing_summary(args.tracing),
             "policy": policy,
@@ -411,6 +436,8 @@ def throughput_mode(args: argparse.Namespace) -> int:
         if args.tracing
         else "bench-admission-latest.json"
         if args.admission
+        else "bench-ground-truth-latest.json"
+        if args.ground_truth
         else "bench-fleet-latest.json"
         if args.fleet or args.compare_tree
         else "bench-latest.json"
@@ -514,6 +541,23 @@ def _start_admission_gateway(
     )
     _check_gateway(admitted)
     return admitted
+
+
+def _ground_truth_counts(service: Service) -> dict[str, Any]:
+    """Predictions the ground-truth row captured, and capture failures by reason (the
+    first should be every 2xx it served, the second empty)."""
+    status, metrics = get(service.admin_url or "", "/metrics")
+    counts: dict[str, Any] = {"captured": 0.0, "failed": {}}
+    if status != 200:
+        return counts
+    for family in text_string_to_metric_families(metrics.decode()):
+        for sample in family.samples:
+            if sample.name == "switchyard_ground_truth_predictions_captured_total":
+                counts["captured"] += sample.value
+            elif sample.name == "switchyard_ground_truth_capture_failures_total":
+                reason = sample.labels.get("reason", "?")
+                counts["failed"][reason] = counts["failed"].get(reason, 0.0) + sample.value
+    return counts
 
 
 def _commit_of(tree: Path) -> str:

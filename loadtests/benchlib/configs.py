@@ -208,6 +208,11 @@ def shadow_and_drift_hook(
 
 EXPERIMENT_YAML = "experiment: {baseline: champion}\n"
 """An A/B experiment on the bench route: every response is attributed for feedback."""
+GROUND_TRUTH_YAML = (
+    'ground_truth: {prediction: "choices[0].finish_reason", classes: [stop, length]}\n'
+)
+"""Ground truth on the bench route: every response is held until whole, its predicted
+class read (`stop`) and a prediction-carrying fb2 feedback id minted into its head."""
 
 
 def prometheus_conf(targets: list[str], interval: str = "5s") -> str:

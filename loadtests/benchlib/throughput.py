@@ -229,6 +229,7 @@ def add_comparisons(
         ("gateway-fleet", "gateway"),
         ("gateway-keys", "gateway"),
         ("gateway-admission", "gateway-keys"),
+        ("gateway-ground-truth", "gateway"),
     )
     for name, other in pairs:
         if name in by_name and other in by_name:

@@ -14,6 +14,7 @@ from gateway.admin.ground_truth import binned_auc, classification, summarize
 from gateway.controlplane.policy.compile import compile_snapshot, load_checked
 from gateway.controlplane.policy.loader import PolicyError, parse_policies
 from gateway.dataplane.decide import RequestHead, decide
+from gateway.dataplane.feedback import labels
 from gateway.dataplane.feedback.groundtruth import GroundTruth, as_text, normalise_label
 from gateway.dataplane.feedback.ids import (
     MAX_PREDICTION_ID,
@@ -399,3 +400,24 @@ def test_the_sender_puts_claim_keys_on_rows_and_sends_labels(tmp_path: Path) -> 
     [labels] = [m for m in messages if isinstance(m, Labels)]
     assert labels.records == [record(1)]
     assert labels.head.rows_before == 3  # numbered after the rows, carrying none
+
+
+def test_labels_are_refused_saying_why() -> None:
+    text = (
+        HEAD + "ground_truth: {prediction: label, classes: [legit, fraud], max_label_delay: 1h}\n"
+    )
+    policies, _ = parse_policies(text, "fraud.yaml")
+    metrics = GatewayMetrics()
+    snap = compile_snapshot(policies, metrics=metrics, health=HealthRegistry(metrics))
+    ids = FeedbackIds(SECRET)
+    fid = ids.mint("fraud", "a", "")
+    now = time.time()
+    signed = ids.verify(ids.with_prediction(fid, "fraud", None), now, float("inf"))
+    assert labels.check(snap, signed, b"rid", now).classes == ("legit", "fraud")
+    with pytest.raises(RequestExpired, match=r"too late.*takes labels for 3600s"):
+        labels.check(snap, signed, b"rid", now + 3601)
+    with pytest.raises(BadRequest, match="carries no prediction"):
+        labels.check(snap, ids.verify(fid, now, 60), b"rid", now)
+    other = ids.verify(ids.with_prediction(ids.mint("chat", "a", ""), "x", None), now, 60)
+    with pytest.raises(BadRequest, match="route 'chat' of request 'rid' takes no labels"):
+        labels.check(snap, other, b"rid", now)

@@ -35,7 +35,7 @@ def no_signed_id(rid: bytes) -> UnknownRequest:
 
 def check(snap: RuntimeSnapshot, signed: SignedFeedback, rid: bytes, now: float) -> GroundTruth:
     """The ground truth block the label of `signed` is for; 400 when the route takes no
-    labels or the id carries no prediction, 410 when the label is too late."""
+    labels or the id carries no prediction, 404 (RequestExpired) when the label is too late."""
     shown = rid.decode("utf-8", "replace")
     route = snap.routes.get(signed.route)
     truth = route.ground_truth if route is not None else None
