@@ -87,7 +87,8 @@ kind: RoutingPolicy
 route: chat
 variants:
   - name: pool
-    endpoints: [{urls}]{picker}
+    endpoints: [{urls}]
+    load_metrics: vllm{picker}
 """
 
 

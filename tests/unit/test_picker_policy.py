@@ -247,3 +247,20 @@ picker:
     assert explain(snap, sent, random.Random(0), now=1.0)["picker"]["request"]["session"] == (
         "ss1.abc.def"
     )
+
+
+def test_a_lora_scorer_needs_the_backends_lora_reports(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        HEAD
+        + """variants:
+  - {name: a, model: sql-lora, endpoints: ["http://127.0.0.1:9001"], load_metrics: vllm}
+  - {name: b, model: law-lora, endpoints: ["http://127.0.0.1:9002"]}
+picker: {scorers: {lora: 2, queue: 1}}
+""",
+    )
+    assert found == [
+        f"{tmp_path / 'chat.yaml'}:6:5: variants[1].load_metrics: scorers.lora needs "
+        "`load_metrics: vllm` on the variant (the LoRA adapters each endpoint runs are read "
+        "from vLLM's /metrics)"
+    ]

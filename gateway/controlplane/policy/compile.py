@@ -126,7 +126,7 @@ def check_policies(
         found_flow = flow_problems(policy.flow, load)
         problems.extend(source.problem(loc, message) for loc, message in found_flow)
         found_picker = picker_problems(
-            policy.protocol, policy.picker, [v.picker for v in policy.variants]
+            policy.protocol, policy.picker, [v.picker for v in policy.variants], load
         )
         problems.extend(source.problem(loc, message) for loc, message in found_picker)
         found_shadow = shadow_problems(policy, registry, NO_REGISTRY)

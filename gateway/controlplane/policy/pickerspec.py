@@ -10,6 +10,8 @@ has: the least loaded endpoint, then the lower KV-cache use (`dataplane.pick.pic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.controlplane.policy.fields import Duration, problem, request_key
@@ -218,19 +220,33 @@ class PickerSpec(_Model):
 
 
 def picker_problems(
-    protocol: str, route_picker: PickerSpec | None, variants: list[PickerSpec | None]
+    protocol: str,
+    route_picker: PickerSpec | None,
+    variants: list[PickerSpec | None],
+    load_metrics: Sequence[str | None] = (),
 ) -> list[tuple[Loc, str]]:
-    """A picker on a route whose clients do not speak an LLM API."""
-    if protocol in PICKER_PROTOCOLS:
-        return []
-    message = (
-        f"picker applies to openai and ollama routes (it reads the messages, prompt and "
-        f"max_tokens of the body), not {protocol}"
-    )
+    """A picker on a route whose clients do not speak an LLM API; a lora scorer on a
+    variant whose backends' LoRA reports are not read (no `load_metrics: vllm`)."""
     out: list[tuple[Loc, str]] = []
-    if route_picker is not None:
-        out.append((("picker",), message))
-    out.extend((("variants", i, "picker"), message) for i, p in enumerate(variants) if p)
+    if protocol not in PICKER_PROTOCOLS:
+        message = (
+            f"picker applies to openai and ollama routes (it reads the messages, prompt "
+            f"and max_tokens of the body), not {protocol}"
+        )
+        if route_picker is not None:
+            out.append((("picker",), message))
+        out.extend((("variants", i, "picker"), message) for i, p in enumerate(variants) if p)
+        return out
+    for i, found in enumerate(load_metrics):
+        picker = variants[i] if i < len(variants) and variants[i] is not None else route_picker
+        if picker is not None and picker.scorers.lora and found is None:
+            out.append(
+                (
+                    ("variants", i, "load_metrics"),
+                    "scorers.lora needs `load_metrics: vllm` on the variant (the LoRA "
+                    "adapters each endpoint runs are read from vLLM's /metrics)",
+                )
+            )
     return out
 
 
