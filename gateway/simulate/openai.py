@@ -232,7 +232,10 @@ class OpenAISimulator:
 
     def _lora_request(self, model: str, latency: float) -> None:
         if model in self._adapters and self._options.max_loras:
-            self._lora_live.append((time.monotonic() + latency, model))
+            now = time.monotonic()
+            if len(self._lora_live) >= 1024:  # nobody scrapes: answered ones go here too
+                self._lora_batch(now)
+            self._lora_live.append((now + latency, model))
 
     # -- shared inference path ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ import openai.types.chat as oai_chat
 import orjson
 import pytest
 
+from gateway.controlplane.backends.load import parse_vllm_metrics
 from gateway.simulate.exchange import Request, Response
 from gateway.simulate.faults import FaultInjector, FaultRule
 from gateway.simulate.openai import OpenAIOptions, OpenAISimulator
@@ -300,3 +301,24 @@ def test_prefix_cache_is_bounded_lru() -> None:
         call(sim, CHAT, {"model": "m", "messages": [{"role": "user", "content": words}]})
         section = stats.snapshot()["prefix_cache"]
         assert isinstance(section, dict) and section["cached_blocks"] <= 8
+
+
+def test_lora_report_names_the_adapters_of_unanswered_requests() -> None:
+    """With --max-loras, /metrics reports vLLM's vllm:lora_requests_info: the adapters of
+    requests not answered yet, the first max_loras distinct ones running, others waiting;
+    the gateway's parser reads it back."""
+    sim, _, _ = make(max_loras=1, lora_modules=("sql", "law"))
+    slow = {"x-sim-latency-ms": "60000"}  # answered in a minute: still in the batch
+    for model in ("sql", "base", "law", "sql"):
+        call(sim, CHAT, {"model": model, "messages": MESSAGES}, headers=slow)
+    call(sim, CHAT, {"model": "law", "messages": MESSAGES})  # answered at once: gone
+    text = call(sim, "/metrics", method="GET").body.decode()
+    load = parse_vllm_metrics(text)
+    assert (load.lora_running, load.lora_waiting, load.max_loras) == (("sql",), ("law",), 1)
+    assert 'running_lora_adapters="sql",waiting_lora_adapters="law"' in text
+    # Without --max-loras (LoRA not enabled) there is no such series.
+    plain, _, _ = make(lora_modules=("sql",))
+    call(plain, CHAT, {"model": "sql", "messages": MESSAGES}, headers=slow)
+    assert "lora_requests_info" not in call(plain, "/metrics", method="GET").body.decode()
+    with pytest.raises(ValueError, match="max_loras"):
+        OpenAIOptions(max_loras=-1)
