@@ -118,3 +118,46 @@ async def test_unreachable_metrics_fall_back_to_in_flight() -> None:
     assert variant.endpoints[0].state.queued == 0
     assert watcher.failures == {"127.0.0.1:9001": 1, "127.0.0.1:9002": 1}
     await watcher._client.aclose()
+
+
+async def test_scraped_lora_adapters_reach_the_endpoint_state_and_go_stale() -> None:
+    metrics = GatewayMetrics()
+    health = HealthRegistry(metrics)
+    policies, _ = parse_policies(POLICY, "t.yaml")
+    snap = compile_snapshot(policies, metrics=metrics, health=health)
+    states = [e.state for e in snap.routes["chat"].variants[0].endpoints]
+    lora = (
+        'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="{r}",'
+        'waiting_lora_adapters="{w}"}} 5.0\n'
+    )
+    reports = {
+        "127.0.0.1:9001": lora.format(r="sql,law", w=""),  # both slots taken
+        "127.0.0.1:9002": lora.format(r="sql", w=""),  # a slot free
+    }
+    up = True
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        if not up:
+            raise httpx.ConnectError("refused")
+        host = f"{request.url.host}:{request.url.port}"
+        text = VLLM_METRICS.format(running=1, waiting=0, kv=0.1) + reports[host]
+        return httpx.Response(200, text=text)
+
+    watcher = LoadWatcher(
+        SnapshotRef(snap),
+        interval=0.01,
+        timeout=0.01,
+        client=httpx.AsyncClient(transport=httpx.MockTransport(backend)),
+    )
+    await watcher.scrape_once(watcher.targets().values())
+    assert [(s.lora_running, s.max_loras, s.lora_free) for s in states] == [
+        (("law", "sql"), 2, False),
+        (("sql",), 2, True),
+    ]
+    # Unreachable past three rounds: no report, which the lora scorer reads as free.
+    up = False
+    for state in states:
+        state.load_at -= 1.0
+    await watcher.scrape_once(watcher.targets().values())
+    assert [(s.lora_running, s.max_loras, s.lora_free) for s in states] == [((), 0, True)] * 2
+    await watcher._client.aclose()
