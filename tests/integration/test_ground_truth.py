@@ -299,3 +299,32 @@ def test_labels_and_keyed_rows_reach_the_drift_worker_address(
         )
         assert {"f0", "f1"} <= set(rows[key])  # the features the label joins with
         assert record.labeled_at >= record.served_at
+
+
+def test_workers_answer_the_fleet_numbers_through_the_supervisor(
+    gateway: Callable[..., GatewayProc], bento: tuple[Simulator, Simulator]
+) -> None:
+    # Every request and label on a new connection: the kernel spreads them over both
+    # workers; the admin answer (any worker, reading the supervisor's merged /metrics)
+    # covers them all.
+    gw = gateway(policy(*bento), extra=("--workers", "2"))
+    rng = random.Random(11)
+    rows = []
+    for _ in range(30):
+        r = classify(gw, [round(rng.uniform(-2, 2), 2) for _ in range(4)])
+        body = r.json()
+        truth = body["label"] if rng.random() < 0.6 else rng.choice(["fraud", "legit"])
+        answer = label(gw, r.headers["x-switchyard-feedback-id"], truth)
+        assert answer.status_code == 200, answer.text
+        rows.append(
+            {
+                "variant": r.headers["x-switchyard-variant"],
+                "version": r.headers["x-switchyard-version"],
+                "predicted": body["label"],
+                "score": body["probability"],
+                "label": truth,
+            }
+        )
+    view = httpx.get(f"{gw.admin}/admin/ground-truth/fraud", timeout=10).json()
+    assert view["source"]["kind"] == "supervisor"
+    assert_equal(view, hand(rows))
