@@ -264,3 +264,24 @@ picker: {scorers: {lora: 2, queue: 1}}
         "`load_metrics: vllm` on the variant (the LoRA adapters each endpoint runs are read "
         "from vLLM's /metrics)"
     ]
+
+
+def test_issued_sessions_are_for_every_variant_of_the_route(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        HEAD
+        + """variants:
+  - {name: a, endpoints: ["http://127.0.0.1:9001"]}
+  - name: b
+    endpoints: ["http://127.0.0.1:9002"]
+    picker: {scorers: {queue: 1}}
+picker:
+  scorers: {queue: 1, session: 3}
+  session: {key: issued}
+""",
+    )
+    assert found == [
+        f"{tmp_path / 'chat.yaml'}:8:5: variants[1].picker: `session: {{key: issued}}` pins a "
+        "conversation's variant, so every variant of the route must issue sessions: put it "
+        "in the route's `picker` (and in each variant's own picker, if any)"
+    ]

@@ -237,8 +237,23 @@ def picker_problems(
             out.append((("picker",), message))
         out.extend((("variants", i, "picker"), message) for i, p in enumerate(variants) if p)
         return out
+    effective = [p if p is not None else route_picker for p in variants]
+    issuing = [_issues(p) for p in effective]
+    if any(issuing) and not all(issuing):
+        # A token pins its variant only where the decided variant's picker issues them:
+        # a variant that does not would drop the conversation's pin.
+        out.extend(
+            (
+                ("variants", i, "picker") if variants[i] is not None else ("variants", i),
+                "`session: {key: issued}` pins a conversation's variant, so every variant "
+                "of the route must issue sessions: put it in the route's `picker` (and in "
+                "each variant's own picker, if any)",
+            )
+            for i, issues in enumerate(issuing)
+            if not issues
+        )
     for i, found in enumerate(load_metrics):
-        picker = variants[i] if i < len(variants) and variants[i] is not None else route_picker
+        picker = effective[i] if i < len(effective) else route_picker
         if picker is not None and picker.scorers.lora and found is None:
             out.append(
                 (
@@ -248,6 +263,10 @@ def picker_problems(
                 )
             )
     return out
+
+
+def _issues(picker: PickerSpec | None) -> bool:
+    return picker is not None and picker.session is not None and picker.session.key == ISSUED
 
 
 def compile_picker(
