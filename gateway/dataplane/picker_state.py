@@ -33,6 +33,10 @@ class PoolState:
         self.half = max(1, table_blocks // 2)
         self.sessions: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
         self.max_sessions = max_sessions
+        # Issued session tokens this pool's requests brought that verified, and the
+        # variant each names: a conversation's later turns skip the HMAC (a dict read
+        # instead of ~2 us). Exact bytes: only a token once verified can match.
+        self.verified: dict[bytes, str] = {}
         self.rng = random.Random()
 
     def configure(self, table_blocks: int, max_sessions: int) -> None:

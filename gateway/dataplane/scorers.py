@@ -461,8 +461,13 @@ class Picker:
                     score += self.w_prefix * depths.get(slot, 0) / nblocks
                 if slot == session_slot:
                     score += self.w_session
-                if w_lora:
-                    score += w_lora * LORA_SCORES[lora_result(state, adapter)]
+                if w_lora:  # lora_result and LORA_SCORES, inline (per endpoint)
+                    if adapter in state.lora_running:
+                        score += w_lora
+                    elif state.lora_free:
+                        score += w_lora * 0.5
+                    elif adapter in state.lora_waiting:
+                        score += w_lora * 0.25
             if draws is not None:
                 score += self.w_random * draws[i]
             if best < 0 or score > best_score:

@@ -29,8 +29,9 @@ Format, version 1 (URL-safe ASCII): `ss1.<payload>.<mac>`
   configured secret signs with a random one: its tokens hold on that process only.
 
 The MAC is checked (in constant time) before the payload is read. Cost: a verify or a
-mint is one HMAC (~1 us) and a base64 pass; a request of a route without issued sessions
-pays nothing.
+mint is one HMAC (~1 us) and a base64 pass; a token verified once is remembered in the
+decided pool's `PoolState.verified` (bounded by max_sessions), so a conversation's later
+turns cost a dict read; a request of a route without issued sessions pays nothing.
 """
 
 from __future__ import annotations
@@ -133,7 +134,16 @@ def pin(decision: Decision, fields: Mapping[bytes, bytes] | None, signer: Feedba
     route = decision.route
     sent = fields.get(SESSION_HEADER, b"") if fields is not None else b""
     if sent:
-        name = verify(signer, sent, route.name)
+        picker = decision.variant.picker
+        assert picker is not None  # pin is called for variants that issue
+        pool = picker.pool
+        name = pool.verified.get(sent)
+        if name is None:
+            name = verify(signer, sent, route.name)
+            if name is not None:
+                if len(pool.verified) >= pool.max_sessions:
+                    pool.verified.clear()  # bounded; the tokens in use come back at once
+                pool.verified[sent] = name
         if name is None:
             token = mint(signer, route.name, decision.variant.name)
             return Pinned(decision, token, True)

@@ -161,3 +161,22 @@ def test_the_token_pins_the_endpoint_and_counts_hits_misses_and_invalid() -> Non
     lines = [line for line in text.splitlines() if 'result="invalid"' in line]
     assert len(lines) == 1 and lines[0].endswith(" 1.0"), lines
     assert 'route="chat"' in lines[0] and 'backend="127.0.0.1:900' in lines[0]
+
+
+def test_verified_tokens_are_remembered_per_pool_and_bounded() -> None:
+    snap, _ = snapshot(POLICY.replace("ttl: 60s", "ttl: 60s, max_sessions: 2"))
+    signer = FeedbackIds(SECRET)
+    stable = next(v for v in snap.routes["chat"].variants if v.name == "stable")
+    pool = stable.picker.pool  # type: ignore[union-attr]
+    tokens = [mint(signer, "chat", "canary") for _ in range(3)]
+    forged = mint(FeedbackIds(b"someone else's secret value"), "chat", "canary")
+    for seed in range(60):  # draws that decide stable look the token up in its pool
+        token = tokens[seed % 3]
+        fields = {SESSION_HEADER: token}
+        decision = decided(snap, fields, seed)
+        got = pin(decision, fields, signer)  # type: ignore[arg-type]
+        assert got.decision.variant.name == "canary" and got.token == token
+        assert pin(decision, {SESSION_HEADER: forged}, signer).rejected  # type: ignore[arg-type]
+        assert forged not in pool.verified
+    assert 0 < len(pool.verified) <= 2 and set(pool.verified.values()) == {"canary"}
+    assert set(pool.verified) <= set(tokens)
