@@ -171,8 +171,7 @@ def test_an_issued_session_keeps_its_variant_and_endpoint_on_any_replica(
     # Per conversation: a miss on each replica's first sight of its token, then hits.
     for result, count in (("miss", 2 * CONVERSATIONS), ("hit", 3 * CONVERSATIONS)):
         got = sum(
-            gw.metric("switchyard_picker_sessions_total", route="conv", result=result)
-            for gw in gws
+            gw.metric("switchyard_picker_sessions_total", route="conv", result=result) for gw in gws
         )
         assert got == count, (result, got)
 

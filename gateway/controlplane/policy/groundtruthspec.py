@@ -66,8 +66,9 @@ class GroundTruthSpec(BaseModel):
     max_label_delay: Duration = Field(
         default=86400.0,
         description="Labels later than this after the prediction are refused (404 "
-        "request_not_found, saying the label is too late). Duplicate labels are refused by the feedback claims store "
-        "for as long (Redis and SQLite stores; the memory store for --feedback-window).",
+        "request_not_found, saying the label is too late). Duplicate labels are refused "
+        "by the feedback claims store for as long (Redis and SQLite stores; the memory "
+        "store for --feedback-window).",
     )
 
     @model_validator(mode="after")
