@@ -255,6 +255,15 @@ def settled(worker: Worker, version: str, count: int) -> Callable[[], bool]:
     return check
 
 
+def exact_auc(rows: list[dict[str, Any]]) -> float | None:
+    pos = [r["score"] for r in rows if r["label"] == "fraud"]
+    neg = [r["score"] for r in rows if r["label"] != "fraud"]
+    if not pos or not neg:
+        return None
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
@@ -465,6 +474,14 @@ def story(
                 assert got is None, (version, name, got)
             else:
                 assert got == pytest.approx(numbers[name]), (version, name, got)
+        # The worker's AUC is exact (the rank statistic on the scores, ties one half),
+        # not binned like the admin API's.
+        auc = metric(text, "switchyard_model_auc", route=ROUTE, version=version)
+        want = exact_auc(mine)
+        if want is None:
+            assert auc is None, (version, auc)
+        else:
+            assert auc == pytest.approx(want), (version, auc, want)
     for version, reason_, count in (("2", "accuracy", 1), ("1", "labeled_samples", 1)):
         fired = metric(
             text, "switchyard_retrain_triggers_total", route=ROUTE, version=version, reason=reason_
