@@ -54,7 +54,10 @@ def concept_drifted(
 class _Schedule:
     cron: Cron
     next_at: float | None
-    due: bool = False  # came due, its episode's actions not all done yet
+    # The time that came due, while its episode's actions are not all done: the
+    # episode is stamped with it (its window file, its id), not with when the worker
+    # got to it, so a late tick never moves a run off its schedule's time.
+    due_at: float | None = None
 
 
 class Triggers:
@@ -94,18 +97,21 @@ class Triggers:
         """One data-threshold episode passed `every` labels on (more may be waiting)."""
         self._since[key] = max(0, self._since.get(key, 0) - every)
 
-    def due_schedules(self, now: float) -> list[str]:
-        """Routes whose schedule is due now (came due, or its episode is unfinished)."""
+    def due_schedules(self, now: float) -> list[tuple[str, float]]:
+        """Routes whose schedule is due now (came due, or its episode is unfinished),
+        each with the scheduled time its episode is for. Times missed while an earlier
+        one was unfinished, or between two ticks, are not run twice: one per tick."""
         for schedule in self._schedules.values():
             if schedule.next_at is not None and now >= schedule.next_at:
-                schedule.due = True
+                if schedule.due_at is None:
+                    schedule.due_at = schedule.next_at
                 schedule.next_at = schedule.cron.next_after(now)
-        return sorted(r for r, s in self._schedules.items() if s.due)
+        return sorted((r, s.due_at) for r, s in self._schedules.items() if s.due_at is not None)
 
     def schedule_done(self, route: str) -> None:
         schedule = self._schedules.get(route)
         if schedule is not None:
-            schedule.due = False
+            schedule.due_at = None
 
     def next_schedule(self, route: str) -> float | None:
         schedule = self._schedules.get(route)

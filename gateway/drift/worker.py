@@ -756,14 +756,18 @@ class DriftWorker:
 
     async def check_triggers(self, now: float) -> None:
         """Run the one-shot triggers that are due: schedules and data thresholds."""
-        for route in self.triggers.due_schedules(now):
+        for route, scheduled_at in self.triggers.due_schedules(now):
             config = self.routes.get(route)
             if config is None or config.spec.triggers.schedule is None:
                 self.triggers.schedule_done(route)
                 continue
             key = self._newest_labeled(route)
-            summary = {"schedule": config.spec.triggers.schedule, "labels": self._labels_of(key)}
-            if await self._one_shot("schedule", key, config, now, summary):
+            summary = {
+                "schedule": config.spec.triggers.schedule,
+                "scheduled_at": scheduled_at,
+                "labels": self._labels_of(key),
+            }
+            if await self._one_shot("schedule", key, config, now, summary, scheduled_at):
                 self.triggers.schedule_done(route)
         for key, _ in self.labels.items():
             config = self.routes.get(key[0])
@@ -788,14 +792,22 @@ class DriftWorker:
         return len(window) if window is not None else 0
 
     async def _one_shot(
-        self, reason: str, key: Key, config: RouteDrift, now: float, summary: dict[str, Any]
+        self,
+        reason: str,
+        key: Key,
+        config: RouteDrift,
+        now: float,
+        summary: dict[str, Any],
+        started_at: float | None = None,
     ) -> bool:
-        """One episode of a one-shot trigger; True once all its actions succeeded (it
-        is over then). Unfinished, it is tried again after `labels.every`."""
+        """One episode of a one-shot trigger, begun at `started_at` (a schedule's time;
+        default now); True once all its actions succeeded (it is over then).
+        Unfinished, it is tried again after `labels.every`."""
         if now < self._retry_at.get((reason, key), 0.0):
             return False
         episodes = self.trigger_episodes[reason]
-        verdict, episode = episodes.observe(key, True, now, cooldown=0.0, clear_after=1)
+        begun = now if started_at is None else started_at
+        verdict, episode = episodes.observe(key, True, begun, cooldown=0.0, clear_after=1)
         if verdict != "act" or episode is None:
             return False
         if not episode.summary:

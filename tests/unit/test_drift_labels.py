@@ -197,14 +197,20 @@ def test_schedules_come_due_once_per_time_and_stay_due_until_done() -> None:
     t0 = at("2026-12-07 13:00:01")
     triggers.configure("fraud", spec, t0)
     assert triggers.next_schedule("fraud") == at("2026-12-07 13:00:10")
+    ten, twenty = at("2026-12-07 13:00:10"), at("2026-12-07 13:00:20")
     assert triggers.due_schedules(t0 + 5) == []
-    assert triggers.due_schedules(t0 + 9) == ["fraud"]  # 13:00:10
-    assert triggers.due_schedules(t0 + 10) == ["fraud"]  # not done yet: still due
+    assert triggers.due_schedules(t0 + 9) == [("fraud", ten)]
+    assert triggers.due_schedules(t0 + 10) == [("fraud", ten)]  # not done yet: still due
     triggers.schedule_done("fraud")
     assert triggers.due_schedules(t0 + 11) == []
-    assert triggers.due_schedules(t0 + 19) == ["fraud"]  # 13:00:20
+    # A late tick (a busy worker) still runs the episode for the time that came due, not
+    # for the moment the worker got to it; a time passed meanwhile is not run twice.
+    assert triggers.due_schedules(t0 + 31.7) == [("fraud", twenty)]
+    assert triggers.next_schedule("fraud") == at("2026-12-07 13:00:40")
+    triggers.schedule_done("fraud")
+    assert triggers.due_schedules(t0 + 32) == []
     triggers.configure("fraud", spec, t0 + 100)  # the same schedule keeps its time
-    assert triggers.next_schedule("fraud") == at("2026-12-07 13:00:30")
+    assert triggers.next_schedule("fraud") == at("2026-12-07 13:00:40")
 
 
 def test_the_data_threshold_counts_every_label_once() -> None:

@@ -426,8 +426,8 @@ def story(
     assert int(window["correct"].sum()) == LABELED_SAMPLES - len(CHAMPION_WRONG)
     assert len(runs(kfp, "accuracy")) == 1  # the champion (28/30) is within its SLO
 
-    # 4. The schedule: every 5 s since the worker heard the route, each run named for
-    # the second it began, on a multiple of 5.
+    # 4. The schedule: every 5 s since the worker heard the route, each run's window
+    # named for the schedule's time it ran for (a multiple of 5, however late the tick).
     poll("two scheduled runs", lambda: len(runs(kfp, "schedule")) >= 2, timeout=15)
     scheduled = runs(kfp, "schedule")
     stamps = []
