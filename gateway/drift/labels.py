@@ -156,35 +156,6 @@ class LabelWindow:
         return len(self.records)
 
 
-class LabelWindows:
-    """Every labeled window of the worker, created on the first label of a version."""
-
-    def __init__(self) -> None:
-        self._windows: dict[Key, LabelWindow] = {}
-
-    def get(self, key: Key, size: int, duration: float | None) -> LabelWindow:
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = LabelWindow(size, duration)
-        elif (window.size, window.duration) != (size, duration):
-            window.resize(size, duration)
-        return window
-
-    def items(self) -> list[tuple[Key, LabelWindow]]:
-        return sorted(self._windows.items())
-
-    def find(self, key: Key) -> LabelWindow | None:
-        return self._windows.get(key)
-
-    def forget(self, key: Key) -> None:
-        self._windows.pop(key, None)
-
-    def keep_routes(self, routes: Iterable[str]) -> None:
-        keep = set(routes)
-        for key in [k for k in self._windows if k[0] not in keep]:
-            del self._windows[key]
-
-
 class FeatureJoin:
     """The features of recent sampled requests by claim key, to join labels with.
 

@@ -9,9 +9,9 @@ and the old one ages out.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 Row = Mapping[str, Any]
 Key = tuple[str, str]  # (route, version)
@@ -63,22 +63,39 @@ class Window:
         return len(self.rows)
 
 
-class Windows:
-    """Every window of the worker, created on the first sample of a new version."""
+class Bounded(Protocol):
+    """A window `Windows` can hold: bounds it can be told to change."""
 
-    def __init__(self) -> None:
-        self._windows: dict[Key, Window] = {}
+    size: int
+    duration: float | None
 
-    def get(self, key: Key, size: int, duration: float | None) -> Window:
+    def resize(self, size: int, duration: float | None) -> None: ...
+
+
+W = TypeVar("W", bound=Bounded)
+
+
+class Windows(Generic[W]):
+    """Every window of the worker, per (route, version), made by `make` on first use:
+    the live samples' (`Window`) and the labeled predictions' (`labels.LabelWindow`)."""
+
+    def __init__(self, make: Callable[[int, float | None], W]) -> None:
+        self._make = make
+        self._windows: dict[Key, W] = {}
+
+    def get(self, key: Key, size: int, duration: float | None) -> W:
         window = self._windows.get(key)
         if window is None:
-            window = self._windows[key] = Window(size, duration)
+            window = self._windows[key] = self._make(size, duration)
         elif (window.size, window.duration) != (size, duration):
             window.resize(size, duration)
         return window
 
-    def items(self) -> list[tuple[Key, Window]]:
-        return sorted(self._windows.items())
+    def items(self) -> list[tuple[Key, W]]:
+        return sorted(self._windows.items(), key=lambda item: item[0])
+
+    def find(self, key: Key) -> W | None:
+        return self._windows.get(key)
 
     def forget(self, key: Key) -> None:
         """Drop one window (its version stopped receiving traffic)."""

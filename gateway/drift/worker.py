@@ -79,7 +79,6 @@ from gateway.drift.labeled import LabeledRecord
 from gateway.drift.labels import (
     FeatureJoin,
     LabelWindow,
-    LabelWindows,
     WindowMetrics,
     labeled_frame,
     window_metrics,
@@ -94,7 +93,7 @@ from gateway.drift.triggers import (
     accuracy_breached,
     concept_drifted,
 )
-from gateway.drift.window import Key, Windows
+from gateway.drift.window import Key, Window, Windows
 
 log = logging.getLogger("switchyard.drift")
 TICK = 0.5  # seconds between checks for due evaluations
@@ -192,7 +191,7 @@ class DriftWorker:
         # Absolute: saved windows become file:// URIs (a relative path has none) that
         # a pipeline elsewhere reads, and the status names files under it.
         self.dir = options.drift_dir.resolve()
-        self.windows = Windows()
+        self.windows = Windows(Window)
         self.episodes = Episodes(self.dir / "episodes.json")
         self.ledger = Ledger(self.dir / SENDERS_FILE)
         self.routes: dict[str, RouteDrift] = {}
@@ -218,7 +217,7 @@ class DriftWorker:
         self._warm: asyncio.Task[None] | None = None
         self.unverified = 0  # signed datagrams taken unchecked (no fleet secret here)
         # Ground truth: labeled windows, the features to join them with, the triggers.
-        self.labels = LabelWindows()
+        self.labels = Windows(LabelWindow)
         self.label_states: dict[Key, _LabelState] = {}
         self.joins: dict[str, FeatureJoin] = {}
         self.triggers = Triggers()
