@@ -208,30 +208,18 @@ class MlflowRegistry:
     async def get_artifact(self, run_id: str, path: str) -> bytes:
         """The bytes of one artifact file of a run (for example a model version's
         `reference.parquet`), through the tracking server's artifact proxy."""
-        url = f"{self.uri}/get-artifact"
-        try:
-            response = await self._client.get(url, params={"run_id": run_id, "path": path})
-        except httpx.TimeoutException:
-            raise RegistryError(
-                f"registry {self.uri} did not answer within {self.config.timeout:g}s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise RegistryError(f"registry {self.uri} unreachable: {exc}") from None
-        if response.status_code == 200:
-            return response.content
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        raise _error(self.uri, response, data)
+        return await self._get_bytes("get-artifact", {"run_id": run_id, "path": path})
 
     async def get_version_artifact(self, name: str, version: str, path: str) -> bytes:
         """The bytes of one file of a model version's artifacts (its `MLmodel`, say),
         wherever they are stored: the server resolves the version's download URI."""
-        url = f"{self.uri}/model-versions/get-artifact"
         params = {"name": name, "version": version, "path": path}
+        return await self._get_bytes("model-versions/get-artifact", params)
+
+    async def _get_bytes(self, endpoint: str, params: dict[str, str]) -> bytes:
+        """A file's bytes from the tracking server (200), or RegistryError saying why."""
         try:
-            response = await self._client.get(url, params=params)
+            response = await self._client.get(f"{self.uri}/{endpoint}", params=params)
         except httpx.TimeoutException:
             raise RegistryError(
                 f"registry {self.uri} did not answer within {self.config.timeout:g}s"

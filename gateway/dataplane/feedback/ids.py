@@ -177,9 +177,20 @@ class FeedbackIds:
             raise _malformed(shown, "its payload is empty")
         if not _B64URL.issuperset(payload_text) or not _B64URL.issuperset(mac_text):
             raise _malformed(shown, "it holds characters other than base64url")
+        expected = self._check_mac(shown, fid[: len(SIGNED_PREFIX) + len(payload_text)], mac_text)
+        try:
+            payload = _unb64(payload_text)
+            route, variant, version = _decode_names(payload)
+        except (ValueError, binascii.Error) as exc:
+            # Signed by the fleet yet unreadable: only a gateway bug gets here.
+            raise _malformed(shown, f"its payload does not decode ({exc})") from None
+        served_at = _served_at(shown, payload, now, window)
+        return SignedFeedback(route, variant, version, served_at, _b64(expected))
+
+    def _check_mac(self, shown: str, text: bytes, mac_text: bytes) -> bytes:
+        """The MAC of `text`, if `mac_text` is it (in constant time); else the error."""
         if len(mac_text) != _MAC_TEXT:
             raise _malformed(shown, f"its signature is {len(mac_text)} characters, not 22")
-        text = fid[: len(SIGNED_PREFIX) + len(payload_text)]
         expected = self._mac(text)
         if not hmac.compare_digest(expected, _unb64(mac_text)):
             raise UnknownRequest(
@@ -188,21 +199,7 @@ class FeedbackIds:
                 "(--fleet-secret-file or SWITCHYARD_FLEET_SECRET)",
                 param="request_id",
             )
-        try:
-            payload = _unb64(payload_text)
-            route, variant, version = _decode_names(payload)
-        except (ValueError, binascii.Error) as exc:
-            # Signed by the fleet yet unreadable: only a gateway bug gets here.
-            raise _malformed(shown, f"its payload does not decode ({exc})") from None
-        served_at = int.from_bytes(payload[:6], "big") / 1000.0
-        age = now - served_at
-        if age > window:
-            raise RequestExpired(
-                f"request {shown!r} expired: it was served {age:.0f}s ago and feedback is "
-                f"accepted for {window:g}s",
-                param="request_id",
-            )
-        return SignedFeedback(route, variant, version, served_at, _b64(expected))
+        return expected
 
     def _verify_prediction(self, fid: bytes, now: float, window: float) -> SignedFeedback:
         shown = _shown(fid)
@@ -218,33 +215,30 @@ class FeedbackIds:
             raise _malformed(shown, "its payload or prediction is empty")
         if not all(_B64URL.issuperset(p) for p in parts):
             raise _malformed(shown, "it holds characters other than base64url")
-        if len(mac_text) != _MAC_TEXT:
-            raise _malformed(shown, f"its signature is {len(mac_text)} characters, not 22")
-        expected = self._mac(fid[: -len(mac_text) - 1])
-        if not hmac.compare_digest(expected, _unb64(mac_text)):
-            raise UnknownRequest(
-                f"request {shown!r} is unknown: its signature does not match: not issued by "
-                "this fleet, or the replicas do not share the fleet secret "
-                "(--fleet-secret-file or SWITCHYARD_FLEET_SECRET)",
-                param="request_id",
-            )
+        self._check_mac(shown, fid[: -len(mac_text) - 1], mac_text)
         try:
             payload = _unb64(payload_text)
             route, variant, version = _decode_names(payload)
             predicted, score = _decode_prediction(_unb64(extension_text))
         except (ValueError, binascii.Error, struct.error) as exc:
             raise _malformed(shown, f"its payload does not decode ({exc})") from None
-        served_at = int.from_bytes(payload[:6], "big") / 1000.0
-        age = now - served_at
-        if age > window:
-            raise RequestExpired(
-                f"request {shown!r} expired: it was served {age:.0f}s ago and feedback is "
-                f"accepted for {window:g}s",
-                param="request_id",
-            )
+        served_at = _served_at(shown, payload, now, window)
         # The claim key of the request's version 1 id: either id claims the same.
         key = _b64(self._mac(SIGNED_PREFIX + payload_text))
         return SignedFeedback(route, variant, version, served_at, key, predicted, score)
+
+
+def _served_at(shown: str, payload: bytes, now: float, window: float) -> float:
+    """When the request was served (Unix time), if within `window` of `now`."""
+    served_at = int.from_bytes(payload[:6], "big") / 1000.0
+    age = now - served_at
+    if age > window:
+        raise RequestExpired(
+            f"request {shown!r} expired: it was served {age:.0f}s ago and feedback is "
+            f"accepted for {window:g}s",
+            param="request_id",
+        )
+    return served_at
 
 
 def _b64(data: bytes) -> bytes:
