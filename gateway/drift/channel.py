@@ -66,7 +66,7 @@ import re
 import secrets
 import socket
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -472,21 +472,7 @@ def encode(
     """(payload, rows in it) carrying `rows` of one (route, variant, version), each
     framed (`Stream.frame`) within `limit`; a single row too large is left out."""
     head = orjson.dumps({"route": route, "variant": variant, "version": version})
-    prefix = head[1:-1] + b',"rows":['
-    budget = limit - HEAD_MAX - len(prefix) - 2
-    chunk: list[bytes] = []
-    size = 0
-    for row in rows:
-        encoded = orjson.dumps(row)
-        if len(encoded) > budget:
-            continue
-        if chunk and size + len(encoded) + 1 > budget:
-            yield prefix + b",".join(chunk) + b"]}", len(chunk)
-            chunk, size = [], 0
-        chunk.append(encoded)
-        size += len(encoded) + 1
-    if chunk:
-        yield prefix + b",".join(chunk) + b"]}", len(chunk)
+    return _chunked(head[1:-1] + b',"rows":[', (orjson.dumps(row) for row in rows), limit)
 
 
 def encode_config(routes: Sequence[Mapping[str, Any]]) -> bytes:
@@ -501,12 +487,17 @@ def encode_labels(
 ) -> Iterator[tuple[bytes, int]]:
     """(payload, records in it) of `labels` messages carrying `records`, each framed
     (`Stream.frame`) within `limit`; a single record too large is left out."""
-    prefix = b'"kind":"labels","labels":['
+    encoded = (orjson.dumps(record.to_json()) for record in records)
+    return _chunked(b'"kind":"labels","labels":[', encoded, limit)
+
+
+def _chunked(prefix: bytes, items: Iterable[bytes], limit: int) -> Iterator[tuple[bytes, int]]:
+    """(payload, items in it): `prefix`, then as many JSON `items` as fit a datagram of
+    `limit` bytes with its head, then `]}`; an item too large for any is left out."""
     budget = limit - HEAD_MAX - len(prefix) - 2
     chunk: list[bytes] = []
     size = 0
-    for record in records:
-        encoded = orjson.dumps(record.to_json())
+    for encoded in items:
         if len(encoded) > budget:
             continue
         if chunk and size + len(encoded) + 1 > budget:
