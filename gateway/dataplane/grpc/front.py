@@ -53,7 +53,7 @@ from gateway.dataplane.grpc.call import (
     upstream_message,
 )
 from gateway.dataplane.grpc.stream import StreamRelay
-from gateway.dataplane.grpc.tensors import GrpcInferBody
+from gateway.dataplane.grpc.tensors import GrpcInferBody, infer_inputs
 from gateway.dataplane.grpc.wire import (
     Head,
     WireError,
@@ -297,6 +297,14 @@ class GrpcFront:
         received = time.perf_counter()
         try:
             head, decision, forward, who = self.route_call(method, data, context)
+            check = decision.variant.signature
+            if check is not None and method == "ModelInfer":
+                # The version it was routed to: INVALID_ARGUMENT naming the input.
+                try:
+                    inputs = infer_inputs(data)
+                except ValueError as exc:
+                    raise BadRequest(f"ModelInfer: {exc}") from None
+                check.check_v2(inputs)
             call = GrpcCall(decision, received, self.plane.turns)
             plane = self.plane
             if plane.tracer is not None or plane.access_log is not None:

@@ -40,6 +40,25 @@ class GrpcInferBody(dict[str, Any]):
         return super().get(key, default)
 
 
+def infer_inputs(data: bytes) -> dict[str, Any]:
+    """`{"inputs": [{"name", "datatype", "shape"}]}` of a ModelInferRequest, without
+    the values: what a signature check reads (`dataplane.signature`). Raises
+    `ValueError` when the bytes are not a ModelInferRequest."""
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from tritonclient.grpc import service_pb2
+
+    try:
+        request = service_pb2.ModelInferRequest.FromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"not a ModelInferRequest: {exc}") from None
+    return {
+        "inputs": [
+            {"name": str(t.name), "datatype": str(t.datatype), "shape": [int(d) for d in t.shape]}
+            for t in request.inputs
+        ]
+    }
+
+
 def kserve_json(data: bytes) -> dict[str, Any]:
     """`{"inputs": [{"name", "datatype", "shape", "data"}]}` of a ModelInferRequest.
 
@@ -48,7 +67,7 @@ def kserve_json(data: bytes) -> dict[str, Any]:
     """
     # Imported here: only processes serving a drift route on gRPC need the protobuf
     # classes (and tritonclient's import of numpy).
-    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from google.protobuf.message import DecodeError
     from tritonclient.grpc import service_pb2
 
     try:

@@ -322,3 +322,53 @@ def test_a_major_incompatible_version_is_refused_with_the_reason(
         lambda: "expected shape [-1, 5]" in infer(gw, "fraud-compat", "FP32", [1, 4]).text,
     )
     assert registry_view(gw, "fraud-compat", "challenger")["problem"] is None
+
+
+def test_grpc_model_infer_is_checked_against_the_routed_versions_signature(
+    mlflow_server: LocalMlflow,
+    mlflow_client: MlflowClient,
+    logged: dict[str, Logged],
+    gateway: Callable[..., GatewayProc],
+) -> None:
+    """tritonclient.grpc through the gateway's gRPC front: the same check as over HTTP,
+    refused with INVALID_ARGUMENT naming the input before the backend is called."""
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    sim = start_kserve("sig-kserve-grpc")  # with its gRPC port
+    try:
+        model = "sig-grpc-model"
+        v1 = add_version(mlflow_client, model, logged["four"], sim.url, "kserve-v2", "1.0.0")
+        mlflow_client.set_registered_model_alias(model, "champion", v1)
+        grpc_port = sim.grpc.rsplit(":", 1)[1]
+        variant = f"  - name: champion\n    target: models:/{model}@champion\n"
+        variant += f"    grpc_port: {grpc_port}\n"
+        gw = gateway(
+            policy("fraud-g", "kserve-v2", variant, "{validate_requests: true}"),
+            extra=(
+                "--registry-uri",
+                mlflow_server.uri,
+                "--registry-poll-interval",
+                POLL,
+                "--grpc-port",
+                "0",
+            ),
+        )
+        client = triton.InferenceServerClient(gw.grpc)
+
+        def call(shape: list[int]) -> triton.InferResult:
+            tensor = triton.InferInput("features", shape, "FP32")
+            tensor.set_data_from_numpy(np.full(shape, 0.25, dtype=np.float32))
+            return client.infer("fraud-g", [tensor])
+
+        assert call([2, 4]).get_response().model_name == "fraud-g"
+        with pytest.raises(InferenceServerException) as refused:
+            call([1, 5])
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert refused.value.message() == (
+            f"input 'features': expected shape [-1, 4], got [1, 5] "
+            f"(signature of {model} version {v1})"
+        )
+        client.close()
+    finally:
+        sim.proc.stop()
