@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from gateway.admin.endpoints import Handler
 from gateway.drift.remote import WorkerUnreachable
-from gateway.drift.status import report_path
+from gateway.drift.status import REPORT_KINDS, report_path
 from gateway.observability.drift_metrics import WORKER_STALE_AFTER, DriftCounters
 
 
@@ -85,7 +85,17 @@ def route_view(
         "actions": entry.get("actions") or {},
         "versions": versions,
         # Ground truth: the worker's labeled windows and retrain triggers, as it has them.
-        "labels": entry.get("labels") or {},
+        "labels": {
+            version: {
+                **data,
+                "report_url": (
+                    f"/admin/drift/{quote(route)}/report.html?version={quote(version)}&kind=labels"
+                    if data.get("report")
+                    else None
+                ),
+            }
+            for version, data in sorted((entry.get("labels") or {}).items())
+        },
         "triggers": entry.get("triggers"),
         "this_process": {"sent": sampled, "dropped": dropped},
     }
@@ -135,7 +145,13 @@ def drift_handlers(drift_dir: str | Path, counters: DriftCounters) -> dict[str, 
             status = await read()
         except WorkerUnreachable as exc:
             return unreachable(exc)
-        versions = (((status or {}).get("routes") or {}).get(route) or {}).get("versions") or {}
+        kind = request.query_params.get("kind", "data")
+        if kind not in REPORT_KINDS:
+            message = f"kind must be one of {', '.join(REPORT_KINDS)}, not {kind[:32]!r}"
+            return JSONResponse({"error": message}, status_code=400)
+        entry = ((status or {}).get("routes") or {}).get(route) or {}
+        # Data drift reports are per window of samples, concept drift's per labeled one.
+        versions = entry.get("labels" if kind == "labels" else "versions") or {}
         version = request.query_params.get("version")
         if version is None:
             evaluated = [(d.get("evaluated_at") or 0, v) for v, d in versions.items()]
@@ -145,19 +161,20 @@ def drift_handlers(drift_dir: str | Path, counters: DriftCounters) -> dict[str, 
                 f" version {version!r}" if version is not None else " yet"
             )
             return JSONResponse({"error": message}, status_code=404)
+        what = "concept drift report" if kind == "labels" else "report"
         missing = JSONResponse(
-            {"error": f"no report evaluated yet for {route!r} version {version!r}"},
+            {"error": f"no {what} evaluated yet for {route!r} version {version!r}"},
             status_code=404,
         )
         if counters.remote is not None:
             try:
-                html = await counters.remote.report(route, version)
+                html = await counters.remote.report(route, version, kind)
             except WorkerUnreachable as exc:
                 return unreachable(exc)
             if html is None:
                 return missing
             return Response(html, media_type="text/html; charset=utf-8")
-        path = report_path(drift_dir, route, version)
+        path = report_path(drift_dir, route, version, kind)
         if not path.is_file():
             return missing
         return FileResponse(path, media_type="text/html; charset=utf-8")

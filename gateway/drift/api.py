@@ -8,8 +8,9 @@ file and the report files give on one machine:
 - `GET /metrics`: the worker's drift metrics as Prometheus text (the families marked
   WORKER_SOURCED in `gateway.observability.drift_metrics`); gateways that read a remote
   worker leave them out of their own `/metrics`, so scrape the worker;
-- `GET /report?route=R&version=V`: the latest Evidently report of one window (HTML;
-  it shows the data's distributions, so it needs the admin token when one is set);
+- `GET /report?route=R&version=V[&kind=labels]`: the latest Evidently report of one
+  window (HTML; it shows the data's distributions, so it needs the admin token when
+  one is set): data drift, or with `kind=labels` concept drift (the labeled window);
 - `GET /livez`: the process answers.
 """
 
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.drift.status import report_path
+from gateway.drift.status import REPORT_KINDS, report_path
 from gateway.observability.drift_metrics import worker_families
 
 Status = Callable[[], Mapping[str, Any]]
@@ -74,12 +75,17 @@ def worker_app(status: Status, drift_dir: Path, token: str | None) -> Starlette:
                 )
         route = request.query_params.get("route")
         version = request.query_params.get("version")
+        kind = request.query_params.get("kind", "data")
         if not route or version is None:
             return JSONResponse({"error": "route and version are required"}, status_code=400)
-        path = report_path(drift_dir, route, version)
+        if kind not in REPORT_KINDS:
+            message = f"kind must be one of {', '.join(REPORT_KINDS)}, not {kind[:32]!r}"
+            return JSONResponse({"error": message}, status_code=400)
+        path = report_path(drift_dir, route, version, kind)
         if not path.is_file():
+            what = "concept drift report" if kind == "labels" else "report"
             return JSONResponse(
-                {"error": f"no report evaluated yet for {route!r} version {version!r}"},
+                {"error": f"no {what} evaluated yet for {route!r} version {version!r}"},
                 status_code=404,
             )
         return FileResponse(path, media_type="text/html; charset=utf-8")

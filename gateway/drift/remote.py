@@ -96,8 +96,8 @@ class HttpWorker:
         # would be the alternative).
         return {**data, "routes": kept, "heartbeat": time.time()}
 
-    async def report(self, route: str, version: str) -> bytes | None:
-        reply = await self._get("/report", {"route": route, "version": version})
+    async def report(self, route: str, version: str, kind: str = "data") -> bytes | None:
+        reply = await self._get("/report", {"route": route, "version": version, "kind": kind})
         if reply.status_code == 404:
             return None
         if reply.status_code != 200:

@@ -46,9 +46,14 @@ def label_version(version: str, variant: str) -> str:
     return version or f"variant:{variant}"
 
 
-def report_path(drift_dir: str | Path, route: str, version: str) -> Path:
-    """Where the latest HTML report of one window lives."""
-    return Path(drift_dir) / "reports" / safe_name(route) / f"{safe_name(version)}.html"
+REPORT_KINDS = ("data", "labels")  # data drift; concept drift (the labeled window)
+
+
+def report_path(drift_dir: str | Path, route: str, version: str, kind: str = "data") -> Path:
+    """Where the latest HTML report of one window lives: `kind` data (data drift) or
+    labels (concept drift, the labeled window against the version's reference)."""
+    suffix = ".labels.html" if kind == "labels" else ".html"
+    return Path(drift_dir) / "reports" / safe_name(route) / f"{safe_name(version)}{suffix}"
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

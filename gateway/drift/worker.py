@@ -180,6 +180,9 @@ class _LabelState:
     accuracy_breached: bool | None = None
     evaluated_at: float | None = None
     report: str | None = None  # the concept-drift report, relative to the drift dir
+    # A report skipped because Evidently was still loading: made at a later tick even
+    # if no new label comes (the window's verdicts are not evaluated again for it).
+    report_owed: bool = False
     error: str | None = None
 
 
@@ -653,7 +656,13 @@ class DriftWorker:
                 continue
             window.trim(now)
             if window.received == state.evaluated_received:
-                continue  # no new label: same window, same verdicts
+                # No new label: same window, same verdicts (only an owed report).
+                reference = window.reference
+                if state.report_owed and reference is not None and self._detect_ready.is_set():
+                    state.report_owed = False
+                    records = window.snapshot()
+                    await self._concept_report(key, config, records, reference, state)
+                continue
             state.evaluated_received = window.received
             await self._evaluate_labels(key, config, window, state, now)
 
@@ -676,12 +685,10 @@ class DriftWorker:
         state.accuracy_breached = (
             accuracy_breached(state.metrics, trigger) if trigger is not None else None
         )
-        if (
-            state.concept_drift is not None
-            and window.reference is not None
-            and self._detect_ready.is_set()
-        ):
-            await self._concept_report(key, config, records, window.reference, state)
+        if state.concept_drift is not None and window.reference is not None:
+            state.report_owed = not self._detect_ready.is_set()
+            if not state.report_owed:
+                await self._concept_report(key, config, records, window.reference, state)
         metrics = state.metrics.to_json() if state.metrics is not None else {}
         if state.concept_drift is not None:
             summary = {
@@ -710,7 +717,7 @@ class DriftWorker:
     ) -> None:
         from gateway.drift import concept
 
-        html = report_path(self.dir, *key).with_suffix(".labels.html")
+        html = report_path(self.dir, *key, kind="labels")
         try:
             await asyncio.to_thread(
                 concept.report, records, reference, config.spec.labels.positive, html

@@ -69,8 +69,9 @@ class RemoteWorker(Protocol):
         """The worker's status now; raises `gateway.drift.remote.WorkerUnreachable`."""
         ...
 
-    async def report(self, route: str, version: str) -> bytes | None:
-        """A window's HTML report, None if there is none; raises as `status`."""
+    async def report(self, route: str, version: str, kind: str = "data") -> bytes | None:
+        """A window's HTML report (`kind` data or labels), None if there is none;
+        raises as `status`."""
         ...
 
 

@@ -258,8 +258,26 @@ async def test_threshold_and_accuracy_slo_start_one_run_each_with_the_labeled_wi
         assert challenger["metrics"]["correct"] == 6 and challenger["metrics"]["samples"] == 20
         assert challenger["episodes"]["accuracy"]["count"] == 1
         assert status["triggers"]["fires"] == {"labeled_samples": 2, "accuracy": 1}
+
+        # The full window's concept drift report (against the version's reference), over
+        # the worker's HTTP like the data drift reports.
+        await until("version 8's concept drift report", lambda: _has_report(worker, "8"))
+        report = await worker.get("/report?route=fraud&version=8&kind=labels")
+        assert report.status_code == 200, report.text
+        assert report.headers["content-type"].startswith("text/html")
+        assert b"<html" in report.content[:1000].lower()
+        bogus = await worker.get("/report?route=fraud&version=8&kind=bogus")
+        assert bogus.status_code == 400
+        assert bogus.json() == {"error": "kind must be one of data, labels, not 'bogus'"}
+        none = await worker.get("/report?route=fraud&version=8")  # no data drift report
+        assert none.status_code == 404
     finally:
         worker.close()
+
+
+async def _has_report(worker: Worker, version: str) -> bool:
+    labels = (await worker.status())["routes"].get("fraud", {}).get("labels", {})
+    return bool(labels.get(version, {}).get("report"))
 
 
 async def _received(worker: Worker, version: str, n: int) -> bool:

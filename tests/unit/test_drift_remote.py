@@ -57,6 +57,8 @@ def status() -> dict[str, Any]:
                         "report": "reports/support/1.html",
                     }
                 },
+                # The labeled window of version 1, with its concept drift report.
+                "labels": {"1": {"window": 50, "report": "reports/support/1.labels.html"}},
             },
             "elsewhere": {"versions": {}},  # another fleet's route on the same worker
         },
@@ -68,6 +70,7 @@ def drift_dir(tmp_path: Path) -> Path:
     report = report_path(tmp_path, "support", "1")
     report.parent.mkdir(parents=True)
     report.write_text("<html>the report</html>")
+    report_path(tmp_path, "support", "1", "labels").write_text("<html>concept drift</html>")
     return tmp_path
 
 
@@ -100,6 +103,11 @@ async def test_the_worker_serves_its_status_metrics_and_reports(
     assert reply.status_code == 200 and reply.text == "<html>the report</html>"
     missing = await worker.get("/report", params={**query, "version": "2"}, headers=bearer)
     assert missing.status_code == 404
+    labels = await worker.get("/report", params={**query, "kind": "labels"}, headers=bearer)
+    assert labels.status_code == 200 and labels.text == "<html>concept drift</html>"
+    bogus = await worker.get("/report", params={**query, "kind": "x"}, headers=bearer)
+    assert bogus.status_code == 400
+    assert bogus.json() == {"error": "kind must be one of data, labels, not 'x'"}
     assert (await worker.get("/livez")).json() == {"status": "alive"}
 
 
@@ -135,6 +143,13 @@ async def test_the_admin_api_reads_a_remote_worker(drift_dir: Path, tmp_path: Pa
         report = await admin.get(version["report_url"])
         assert report.status_code == 200 and report.text == "<html>the report</html>"
         assert report.headers["content-type"].startswith("text/html")
+        # The labeled window's concept drift report, through the same proxy.
+        labels_url = view["labels"]["1"]["report_url"]
+        assert labels_url == "/admin/drift/support/report.html?version=1&kind=labels"
+        concept = await admin.get(labels_url)
+        assert concept.status_code == 200 and concept.text == "<html>concept drift</html>"
+        unknown = await admin.get("/admin/drift/support/report.html?version=2&kind=labels")
+        assert unknown.status_code == 404
     await remote.aclose()
 
 
