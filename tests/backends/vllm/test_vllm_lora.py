@@ -360,17 +360,22 @@ timeouts: {{first_byte: 120s, total: 300s}}
 
     def keep_the_adapter_running(max_tokens: int) -> None:
         # Other clients of this vLLM: staggered lengths, so its batch is never empty.
+        # Background load, not what is tested: a dropped connection (the server closing
+        # a kept-alive one as the next request goes out, on a loaded machine) is retried.
         with httpx.Client(timeout=120) as client:
             while not stop.is_set():
-                client.post(
-                    f"{vllm_lora.url}/v1/completions",
-                    json={
-                        "model": ADAPTER,
-                        "prompt": "x",
-                        "max_tokens": max_tokens,
-                        "ignore_eos": True,
-                    },
-                )
+                try:
+                    client.post(
+                        f"{vllm_lora.url}/v1/completions",
+                        json={
+                            "model": ADAPTER,
+                            "prompt": "x",
+                            "max_tokens": max_tokens,
+                            "ignore_eos": True,
+                        },
+                    )
+                except httpx.TransportError:
+                    stop.wait(0.2)
 
     holders = [
         threading.Thread(target=keep_the_adapter_running, args=(MAX_MODEL_LEN - 16 - 60 * i,))
