@@ -680,10 +680,12 @@ class Exchange(ResponseSource):
             self._capture_failed("too_long")
             return
         self.feedback_id = fid  # a plain id's log entry (and its claim) use it too
+        # Swapped in place: the held head's endpoint lines (out[5]) may carry more than
+        # the id, such as an issued session's token.
+        line = b"x-switchyard-feedback-id: " + fid + b"\r\n"
+        self.out[5] = self.out[5].replace(self.feedback_line, line, 1)
+        self.feedback_line = line
         variant = self.variant
-        self.out[5] = (
-            variant.header_lines[self.ep_index] + b"x-switchyard-feedback-id: " + fid + b"\r\n"
-        )
         self.plane.metrics.ground_truth.captured(
             self.decision.route.name, variant.name, variant.version
         )

@@ -63,6 +63,16 @@ variants:
 picker:
   scorers: {{session: 3, queue: 1}}
   session: {{key: issued, ttl: 60s}}
+---
+apiVersion: switchyard/v1
+kind: RoutingPolicy
+route: conv-labeled
+variants:
+  - {{name: stable, endpoints: ["{a}", "{b}"]}}
+picker:
+  scorers: {{session: 3, queue: 1}}
+  session: {{key: issued, ttl: 60s}}
+ground_truth: {{prediction: model, classes: [yes, no]}}  # a short field to capture
 """
         + adapters
     )
@@ -193,3 +203,16 @@ def test_a_forged_or_foreign_token_starts_a_new_session(
     assert after == before + 3
     # Routes without issued sessions never send the header.
     assert "x-switchyard-session" not in chat(gw, "ask-sql", "q").headers
+
+
+def test_a_captured_prediction_keeps_the_issued_session_header(
+    gws: tuple[GatewayProc, GatewayProc],
+) -> None:
+    """A route with issued sessions and ground truth: the held head gets the
+    prediction's id and keeps the session token beside it."""
+    got = chat(gws[0], "conv-labeled", "is it?")
+    assert got.headers["x-switchyard-session"].startswith("ss1.")
+    assert got.headers["x-switchyard-feedback-id"].startswith("fb2.")
+    token = {"x-switchyard-session": got.headers["x-switchyard-session"]}
+    again = chat(gws[0], "conv-labeled", "and now?", token)
+    assert again.headers["x-switchyard-session"] == got.headers["x-switchyard-session"]
