@@ -8,9 +8,14 @@ from gateway.dataplane import exchange
 
 
 def _strip(block: bytes) -> bytes:
+    kept = exchange.scan_head(block)[0]
+    # The one-pass scan and the general path (`_without_dropped`, taken when a
+    # Connection names other fields) agree on every head.
     probe = b"\n" + block.lower()
     found = exchange._DROPPED_RESPONSE_HEADER.search(probe)
-    return block if found is None else exchange._without_dropped(block, probe, found.start())
+    general = block if found is None else exchange._without_dropped(block, probe, found.start())
+    assert kept == general
+    return kept
 
 
 @pytest.mark.parametrize(
@@ -38,10 +43,45 @@ def _strip(block: bytes) -> bytes:
         ),
         (b"X-Switchyard-Variant: a\r\nServer: s\r\n", b"Server: s\r\n"),
         (b"Server: s\r\nConnectionx: 1\r\n", b"Server: s\r\nConnectionx: 1\r\n"),
+        (
+            b"Transfer-Encoding: chunked\r\nTE: trailers\r\nTrailer: x\r\nUpgrade: h2c\r\n"
+            b"Proxy-Connection: keep-alive\r\nProxy-Authenticate: Basic\r\nServer: s\r\n",
+            b"Server: s\r\n",
+        ),
+        (
+            b"X-Switchyard-Odd_Name: 1\r\nX-Request-Idx: 2\r\n",
+            b"X-Switchyard-Odd_Name: 1\r\nX-Request-Idx: 2\r\n",
+        ),
+        (b"Date: d\r\nX-Request-Id: 1\r\nServer: s\r\n", b"Date: d\r\nServer: s\r\n"),
     ],
 )
 def test_hop_by_hop_and_internal_response_fields_are_dropped(block: bytes, kept: bytes) -> None:
     assert _strip(block) == kept
+
+
+@pytest.mark.parametrize(
+    ("block", "framed", "ctype", "chunked"),
+    [
+        (
+            b"Content-Type: Application/JSON\r\nContent-Length: 2\r\n",
+            True,
+            b"application/json",
+            False,
+        ),
+        (
+            b"Content-Type:text/event-stream\r\nTransfer-Encoding: chunked\r\n",
+            True,
+            b"text/event-stream",
+            True,
+        ),
+        (b"Transfer-Encoding: gzip\r\nContent-Type: a\r\nContent-Type: b\r\n", False, b"a", False),
+        (b"Server: s\r\n", False, b"", False),
+    ],
+)
+def test_the_head_scan_reads_framing_and_type(
+    block: bytes, framed: bool, ctype: bytes, chunked: bool
+) -> None:
+    assert exchange.scan_head(block)[1:] == (framed, ctype, chunked)
 
 
 @pytest.mark.parametrize(

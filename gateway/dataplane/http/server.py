@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections import deque
+from time import monotonic, perf_counter
+from typing import Final
 
 import httptools
 
@@ -42,6 +43,35 @@ from gateway.errors import (
 log = logging.getLogger("switchyard.server")
 
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
+# The lower-case form of the header names most requests carry, as clients spell them:
+# a dict lookup per header instead of a bytes.lower() call (about a tenth of the
+# instructions, compiled); any other name is lower-cased as it comes.
+_COMMON_NAMES = (
+    b"host",
+    b"content-type",
+    b"content-length",
+    b"authorization",
+    b"accept",
+    b"accept-encoding",
+    b"user-agent",
+    b"connection",
+    b"x-request-id",
+    b"x-api-key",
+    b"x-user-id",
+    b"traceparent",
+    b"tracestate",
+    b"expect",
+    b"transfer-encoding",
+)
+_LOWER_NAMES: dict[bytes, bytes] = {
+    spelling: name
+    for name in _COMMON_NAMES
+    for spelling in (name, name.title(), name.upper(), name.capitalize())
+}
+# Read per header: this module's constants (compiled, a static read), where `wire.X`
+# is a module attribute lookup each time (~17 a request measured ~4k instructions).
+_HOP_BY_HOP: Final = wire.HOP_BY_HOP_REQUEST
+_INTERNAL_PREFIX: Final = wire.INTERNAL_PREFIX
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -166,7 +196,7 @@ class ClientConnection:
         return True
 
     def data_received(self, data: bytes) -> None:
-        self.plane.now = time.monotonic()
+        self.plane.now = monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -229,9 +259,10 @@ class ClientConnection:
         # in on_headers_complete. llhttp itself rejects the request-smuggling framings:
         # Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold.
         headers = self._headers
-        name = name.lower()
+        low = _LOWER_NAMES.get(name)
+        name = low if low is not None else name.lower()
         headers.append((name, value))
-        if name not in wire.HOP_BY_HOP_REQUEST and not name.startswith(wire.INTERNAL_PREFIX):
+        if name not in _HOP_BY_HOP and not name.startswith(_INTERNAL_PREFIX):
             self._forward += (name, b": ", value, b"\r\n")  # joined once, upstream-bound
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > self._max_header_bytes or len(headers) > self._max_headers:
@@ -332,7 +363,7 @@ class ClientConnection:
             body=body,
             keep_alive=parser.should_keep_alive(),
             http_11=parser.get_http_version() == "1.1",
-            received_at=time.perf_counter(),
+            received_at=perf_counter(),
             request_id=rid,
             fields=self._fields,
             forward=b"".join(self._forward),
