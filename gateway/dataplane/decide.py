@@ -137,9 +137,5 @@ def decide(snapshot: RuntimeSnapshot, head: RequestHead, rng: random.Random) -> 
             else:
                 point, reason = rng.random() * route.total_weight, "weighted"
             chosen = min(bisect_right(route.cumulative, point), len(variants) - 1)
-    primary = variants[chosen]
-    if route.fallback:
-        order = (primary, *(variants[i] for i in route.fallback if i != chosen))
-    else:
-        order = (primary,)
-    return Decision(route, primary, reason, order, key)
+    order = route.orders[chosen]
+    return Decision(route, order[0], reason, order, key)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -76,6 +75,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.observability.flow_metrics import ADMITTED
+from gateway.observability.histogram import bucket
 from gateway.observability.metrics import RequestSeries
 from gateway.observability.tracing.context import (
     TRACEPARENT,
@@ -827,14 +827,14 @@ class Exchange(ResponseSource):
             series.by_class[self.status // 100 if self.status < 600 else 5] += 1
             # Histogram.observe, inlined: this runs once per request.
             h = series.duration
-            h.counts[bisect_left(h.bounds, total)] += 1
+            h.counts[bucket(h.bounds, total)] += 1
             h.total += total
             h = series.upstream
-            h.counts[bisect_left(h.bounds, upstream)] += 1
+            h.counts[bucket(h.bounds, upstream)] += 1
             h.total += upstream
             added = total - upstream if total > upstream else 0.0
             h = series.overhead
-            h.counts[bisect_left(h.bounds, added)] += 1
+            h.counts[bucket(h.bounds, added)] += 1
             h.total += added
             if self.remember:  # a plain id of a tracked route: this process attributes it
                 self.plane.exposures.record(
@@ -993,20 +993,25 @@ def _count_after(data: bytes, key: bytes, other: bytes, start: int = 0) -> int:
     else:
         at += len(key)
     n = len(data)
-    while at < n and data[at] in _JSON_SPACE:
+    # Byte by byte, compared as ints and the digits summed here: compiled, a frozenset
+    # test and int() of a slice per response measured ~3k instructions more.
+    while at < n and _json_space(data[at]):
         at += 1
     if at >= n or data[at] != 58:  # ":"
         return -1
     at += 1
-    while at < n and data[at] in _JSON_SPACE:
+    while at < n and _json_space(data[at]):
         at += 1
     start = at
+    count = 0
     while at < n and 48 <= data[at] <= 57:  # "0".."9"
+        count = count * 10 + data[at] - 48
         at += 1
-    return int(data[start:at]) if at > start else -1
+    return count if at > start else -1
 
 
-_JSON_SPACE = frozenset(b" \t\r\n")
+def _json_space(c: int) -> bool:
+    return c == 32 or c == 10 or c == 13 or c == 9
 
 
 def _without_usage_event(data: bytes) -> bytes:
@@ -1149,4 +1154,4 @@ def _nominated(probe: bytes) -> frozenset[bytes]:
 
 def _forward_headers(request: wire.Request) -> bytes:
     """The client's headers as they go upstream, plus the request id."""
-    return b"%sx-request-id: %s\r\n" % (request.forward, request.request_id)
+    return b"".join((request.forward, b"x-request-id: ", request.request_id, b"\r\n"))

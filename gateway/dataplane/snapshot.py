@@ -195,9 +195,21 @@ class Route:
     # Where responses say what was predicted (a `ground_truth` block; None: the request
     # path checks only this).
     ground_truth: GroundTruth | None = None
+    # For each variant index: that variant, then the fallbacks to try after it (what a
+    # decision carries), built once here instead of per request.
+    orders: tuple[tuple[Variant, ...], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "salt_crc", crc32(self.salt))
+        variants = self.variants
+        object.__setattr__(
+            self,
+            "orders",
+            tuple(
+                (variants[i], *(variants[j] for j in self.fallback if j != i))
+                for i in range(len(variants))
+            ),
+        )
         object.__setattr__(
             self, "shadow_sample", max((s.sample for s in self.shadows), default=0.0)
         )

@@ -27,7 +27,7 @@ class Histogram:
         self.exemplars: dict[int, tuple[str, float, float]] | None = None
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        self.counts[bucket(self.bounds, value)] += 1
         self.total += value
 
     def exemplar(self, value: float, trace_id: str, at: float) -> None:
@@ -51,6 +51,17 @@ class Histogram:
                 trace_id, value, at = found
                 out.append((bound, running, Exemplar({"trace_id": trace_id}, value, at)))
         return out
+
+
+def bucket(bounds: tuple[float, ...], value: float) -> int:
+    """`bisect_left(bounds, value)`, as a scan from the low end: request-path values fall
+    in the first few buckets, and compiled this is a few native float compares where a
+    bisect call measured ~1.5k instructions (interpreted it is ~0.1 us slower)."""
+    i = 0
+    n = len(bounds)
+    while i < n and bounds[i] < value:
+        i += 1
+    return i
 
 
 def _fmt(value: float) -> str:
