@@ -154,6 +154,7 @@ class ClientConnection:
         self._body: list[bytes] = []
         self._body_len = 0
         self._request_id = b""
+        self._plain_11 = False  # this message has no Connection field (on_headers_complete)
         self._max_header_bytes = self.limits.max_header_bytes
         self._max_headers = self.limits.max_header_count
         self._header_timeout = self.limits.header_timeout
@@ -286,6 +287,7 @@ class ClientConnection:
             )
         self._request_id = fields.get(b"x-request-id", b"")
         connection = fields.get(b"connection")
+        self._plain_11 = connection is None
         if connection is not None and connection.lower() not in wire.PLAIN_CONNECTION:
             self._drop_nominated()
         self._set_deadline(_BODY, self._body_timeout)
@@ -355,14 +357,18 @@ class ClientConnection:
         minted = not rid or len(rid) > 128 or not _REQUEST_ID_OK.issuperset(rid)
         if minted:
             rid = self.plane.new_request_id()  # a client id we cannot trust is replaced
+        keep_alive = parser.should_keep_alive()
         request = wire.Request(
             method=parser.get_method(),
             path=path,
             query=query,
             headers=self._headers,
             body=body,
-            keep_alive=parser.should_keep_alive(),
-            http_11=parser.get_http_version() == "1.1",
+            keep_alive=keep_alive,
+            # Kept alive with no Connection field can only be HTTP/1.1 (1.0 needs an
+            # explicit keep-alive): the version string, which httptools formats per
+            # call (~2k instructions), is asked for only otherwise.
+            http_11=(keep_alive and self._plain_11) or parser.get_http_version() == "1.1",
             received_at=perf_counter(),
             request_id=rid,
             fields=self._fields,
