@@ -14,13 +14,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import httpx
 import orjson
 
-from gateway.controlplane.backends.load import describe_failure
+from gateway.controlplane.backends.load import describe_failure, new_client
 from gateway.dataplane.scorers import Picker
 from gateway.dataplane.snapshot import RuntimeSnapshot, SnapshotRef
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("switchyard.contextwatch")
 
@@ -92,16 +95,27 @@ class ContextWatcher:
         self.ref = ref
         self.interval = interval
         self.tick = tick  # how soon an endpoint new to the snapshot is read
-        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self.timeout = timeout
+        # Made by the first read (`_http`): httpx (~10 MB of RSS with what it imports) is
+        # loaded only once a policy opts in, not by every gateway that runs this loop.
+        self._client = client
         self._due: dict[str, float] = {}  # backend -> when to read it next
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = new_client(timeout=self.timeout)
+        return self._client
 
     async def read_once(self, targets: dict[str, ContextTarget], now: float) -> int:
         """Read the targets that are due; returns how many were read."""
         due = {b: t for b, t in targets.items() if self._due.get(b, 0.0) <= now}
         if not due:
             return 0
+        import httpx  # what _http loads anyway; named here for isinstance
+
+        client = self._http()
         results = await asyncio.gather(
-            *(self._client.get(t.url) for t in due.values()), return_exceptions=True
+            *(client.get(t.url) for t in due.values()), return_exceptions=True
         )
         for (backend, target), result in zip(due.items(), results, strict=True):
             self._due[backend] = now + self.interval
@@ -127,4 +141,5 @@ class ContextWatcher:
                     await self.read_once(targets, time.monotonic())
                 await asyncio.sleep(self.tick)
         finally:
-            await self._client.aclose()
+            if self._client is not None:
+                await self._client.aclose()

@@ -21,12 +21,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
-
+from gateway.controlplane.backends.load import new_client
 from gateway.dataplane.health import EndpointState
 from gateway.dataplane.snapshot import HealthCheck, SnapshotRef
 from gateway.observability.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("switchyard.healthcheck")
 
@@ -62,10 +65,17 @@ class HealthChecker:
         self.ref = ref
         self.metrics = metrics
         self.clock = clock
-        # Redirects are not followed: a probe path answering 3xx is misconfigured.
-        self._client = client or httpx.AsyncClient(follow_redirects=False)
+        # Made by the first read (`_http`): httpx (~10 MB of RSS with what it imports) is
+        # loaded only once a policy opts in, not by every gateway that runs this loop.
+        self._client = client
         self.probes: dict[tuple[str, str], Probe] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # Redirects are not followed: a probe path answering 3xx is misconfigured.
+            self._client = new_client()
+        return self._client
 
     def wanted(self) -> dict[tuple[str, str], tuple[HealthCheck, EndpointState]]:
         """(backend, URL) -> (check, endpoint state) for every probed endpoint now."""
@@ -125,9 +135,11 @@ class HealthChecker:
 
     async def probe_once(self, probe: Probe) -> None:
         """GET the probe's URL and record the result."""
+        import httpx  # what _http loads anyway; named here for the except clause
+
         why = ""
         try:
-            response = await self._client.get(probe.url, timeout=probe.check.timeout)
+            response = await self._http().get(probe.url, timeout=probe.check.timeout)
             ok = response.is_success
             if not ok:
                 why = f"HTTP {response.status_code}"
@@ -169,4 +181,5 @@ class HealthChecker:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self._client.aclose()
+            if self._client is not None:
+                await self._client.aclose()

@@ -26,11 +26,13 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from gateway.dataplane.health import EndpointState
 from gateway.dataplane.snapshot import SnapshotRef
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("switchyard.loadwatch")
 
@@ -133,10 +135,17 @@ class LoadWatcher:
         self.ref = ref
         self.interval = interval
         self.timeout = timeout
-        self._client = client or httpx.AsyncClient(timeout=timeout)
+        # Made by the first read (`_http`): httpx (~10 MB of RSS with what it imports) is
+        # loaded only once a policy opts in, not by every gateway that runs this loop.
+        self._client = client
         self.failures: dict[str, int] = {}
         # A report outlives three rounds, each of which may wait `timeout` for a reply.
         self.stale_after = 3 * (interval + timeout)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = new_client(timeout=self.timeout)
+        return self._client
 
     def targets(self) -> dict[str, tuple[str, EndpointState]]:
         """backend -> (metrics URL, live state), for endpoints whose variant opts in."""
@@ -151,9 +160,12 @@ class LoadWatcher:
         return out
 
     async def scrape_once(self, targets: Iterable[tuple[str, EndpointState]]) -> None:
+        import httpx  # what _http loads anyway; named here for isinstance
+
         pairs = list(targets)
+        client = self._http()
         results = await asyncio.gather(
-            *(self._client.get(url) for url, _ in pairs), return_exceptions=True
+            *(client.get(url) for url, _ in pairs), return_exceptions=True
         )
         now = time.monotonic()
         for (url, state), result in zip(pairs, results, strict=True):
@@ -187,7 +199,8 @@ class LoadWatcher:
                     await self.scrape_once(targets.values())
                 await asyncio.sleep(self.interval)
         finally:
-            await self._client.aclose()
+            if self._client is not None:
+                await self._client.aclose()
 
 
 def set_lora(
@@ -205,6 +218,20 @@ def set_lora(
 
 def describe_failure(result: object) -> str:
     """Why a read of a backend failed: its HTTP status, or the exception."""
+    import httpx  # a lookup: only a client's answers or errors come here
+
     if isinstance(result, httpx.Response):
         return f"HTTP {result.status_code}"
     return type(result).__name__ + (f": {result}" if str(result) else "")
+
+
+def new_client(timeout: float | None = None) -> httpx.AsyncClient:
+    """An httpx client for reading backends (`timeout` seconds per request, else httpx's
+    default; redirects are not followed), importing httpx on the first call: the
+    watchers that read backends run in every gateway, but read nothing, and need no
+    client, until a policy asks for load metrics, context lengths or health probes."""
+    import httpx
+
+    if timeout is None:
+        return httpx.AsyncClient(follow_redirects=False)
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
