@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 API_PREFIX = "/api/2.0/mlflow"
 
@@ -145,19 +146,31 @@ class MlflowRegistry:
     ) -> None:
         self.config = config
         self.uri = config.uri.rstrip("/")
-        headers = {"accept": "application/json"}
-        auth: httpx.Auth | None = None
-        if config.token:
-            headers["authorization"] = f"Bearer {config.token}"
-        elif config.username is not None:
-            auth = httpx.BasicAuth(config.username, config.password or "")
-        self._client = httpx.AsyncClient(
-            base_url=self.uri + API_PREFIX,
-            headers=headers,
-            auth=auth,
-            timeout=config.timeout,
-            transport=transport,
-        )
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        """The connection pool, made by the first call. httpx (with the httpcore, anyio
+        and rich it brings, ~10 MB of RSS) is imported here, so a gateway whose policies
+        name no registry target never loads it, even with --registry-uri set."""
+        if self._client is None:
+            import httpx
+
+            config = self.config
+            headers = {"accept": "application/json"}
+            auth: httpx.Auth | None = None
+            if config.token:
+                headers["authorization"] = f"Bearer {config.token}"
+            elif config.username is not None:
+                auth = httpx.BasicAuth(config.username, config.password or "")
+            self._client = httpx.AsyncClient(
+                base_url=self.uri + API_PREFIX,
+                headers=headers,
+                auth=auth,
+                timeout=config.timeout,
+                transport=self._transport,
+            )
+        return self._client
 
     async def __aenter__(self) -> MlflowRegistry:
         return self
@@ -171,8 +184,9 @@ class MlflowRegistry:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Close the connection pool (if a call made one)."""
+        if self._client is not None:
+            await self._client.aclose()
 
     # Reads ----------------------------------------------------------------------
 
@@ -218,8 +232,10 @@ class MlflowRegistry:
 
     async def _get_bytes(self, endpoint: str, params: dict[str, str]) -> bytes:
         """A file's bytes from the tracking server (200), or RegistryError saying why."""
+        import httpx  # what _http loads anyway; named here for the except clauses
+
         try:
-            response = await self._client.get(f"{self.uri}/{endpoint}", params=params)
+            response = await self._http().get(f"{self.uri}/{endpoint}", params=params)
         except httpx.TimeoutException:
             raise RegistryError(
                 f"registry {self.uri} did not answer within {self.config.timeout:g}s"
@@ -284,8 +300,10 @@ class MlflowRegistry:
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        import httpx  # what _http loads anyway; named here for the except clauses
+
         try:
-            response = await self._client.request(method, path, params=params, json=body)
+            response = await self._http().request(method, path, params=params, json=body)
         except httpx.TimeoutException:
             raise RegistryError(
                 f"registry {self.uri} did not answer within {self.config.timeout:g}s"
