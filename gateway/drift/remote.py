@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from gateway.drift.channel import AddressError
+
+if TYPE_CHECKING:
+    import httpx
 
 TIMEOUT = 2.0  # seconds an admin request waits for the worker
 
@@ -65,14 +66,19 @@ class HttpWorker:
         return self._url
 
     def _http(self) -> httpx.AsyncClient:
-        # Made on first use, on the loop that serves the admin API.
+        # Made on first use, on the loop that serves the admin API; httpx is imported
+        # then too, not by every gateway that has a --drift-status-url.
         if self._client is None:
+            import httpx
+
             self._client = httpx.AsyncClient(
                 timeout=self._timeout, headers=self._headers, transport=self._transport
             )
         return self._client
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        import httpx  # what _http loads anyway; named here for the except clause
+
         try:
             return await self._http().get(f"{self._url}{path}", params=params)
         except httpx.HTTPError as exc:
