@@ -13,9 +13,10 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 
@@ -54,6 +55,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
+    # Imported here: `switchyard serve` imports this module for its rollout options.
+    import httpx
+
     base = args.admin or os.environ.get("SWITCHYARD_ADMIN_URL") or DEFAULT_ADMIN
     token = args.admin_token or os.environ.get("SWITCHYARD_ADMIN_TOKEN")
     headers = {"x-switchyard-operator": f"cli:{os.environ.get('USER', '?')}"}
@@ -63,6 +67,8 @@ def _client(args: argparse.Namespace) -> httpx.Client:
 
 
 def _call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:
+    import httpx
+
     try:
         with _client(args) as client:
             reply = client.request(method, path)

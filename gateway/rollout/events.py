@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from gateway.observability.rollout_metrics import RolloutCounters
 from gateway.rollout.state import Event, RolloutState
+
+if TYPE_CHECKING:
+    import httpx
 
 WEBHOOK_TIMEOUT = 5.0
 
@@ -56,7 +58,10 @@ class EventSink:
     ) -> None:
         self._counters = counters
         self._log = logger
-        self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT, transport=transport)
+        # Made by the first webhook: every gateway has a sink, few post webhooks, and
+        # httpx brings ~10 MB of RSS.
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
     def publish(self, state: RolloutState, webhook: str | None) -> None:
@@ -72,6 +77,10 @@ class EventSink:
             task.add_done_callback(self._pending.discard)
 
     async def _post(self, route: str, url: str, body: dict[str, Any]) -> None:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT, transport=self._transport)
         try:
             response = await self._client.post(url, json=body)
             ok = response.is_success
@@ -89,4 +98,5 @@ class EventSink:
         if self._pending:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self._pending), timeout=WEBHOOK_TIMEOUT + 1)
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
-import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,11 +33,24 @@ from gateway.settings import Settings
 from gateway.stats import promql
 from gateway.stats.counts import ROUTE_SAMPLES, RouteStats, Sample, route_stats
 
+if TYPE_CHECKING:
+    import httpx
+
 # What `--stats-source` takes; `supervisor` is chosen for the workers of --workers N.
 KINDS = ("local", "prometheus")
 _WANTED = frozenset(ROUTE_SAMPLES)
 _WORKERS = "switchyard_workers"
 _RESTARTS = promql.WORKER_RESTARTS
+
+
+def _read_errors() -> tuple[type[Exception], ...]:
+    """What a failed read raises. httpx's errors among them once httpx is loaded: the
+    sources that read over HTTP import it when they first read (it costs ~10 MB of RSS,
+    which the local source, that of most gateways, has no use for), and no httpx error
+    exists before then."""
+    errors: tuple[type[Exception], ...] = (promql.PromQLError, ValueError, OSError)
+    httpx = sys.modules.get("httpx")
+    return errors if httpx is None else (cast("type[Exception]", httpx.HTTPError), *errors)
 
 
 class StatsConfigError(ValueError):
@@ -137,7 +150,7 @@ class StatsSource:
             got = await asyncio.wait_for(self._read(route, now), self.timeout)
         except TimeoutError:
             self._failed(now, f"no answer within {self.timeout:g}s")
-        except (httpx.HTTPError, promql.PromQLError, ValueError, OSError) as exc:
+        except _read_errors() as exc:
             self._failed(now, str(exc) or type(exc).__name__)
         self.up, self.last_read_at = True, now
         as_of = got.as_of if got.as_of is not None else now
@@ -213,6 +226,8 @@ class SupervisorSource(StatsSource):
         return "the supervisor's /metrics, merged over every worker of this gateway"
 
     async def _read(self, route: str, now: float) -> _Read:
+        import httpx
+
         assert self.url is not None
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             reply = await client.get(f"{self.url}/metrics")
@@ -241,6 +256,8 @@ class PrometheusSource(StatsSource):
         return f"every switchyard process Prometheus scrapes{narrowed}, summed"
 
     async def _read(self, route: str, now: float) -> _Read:
+        import httpx
+
         queries = (
             promql.route_query(route, self.selector),
             promql.processes_query(self.selector),
@@ -314,6 +331,8 @@ def options_problem(settings: Settings) -> str | None:
             "--stats-source prometheus needs --prometheus-url (or SWITCHYARD_PROMETHEUS_URL), "
             "e.g. http://prometheus:9090"
         )
+    import httpx
+
     try:
         url = httpx.URL(settings.prometheus_url)
     except httpx.InvalidURL as exc:
