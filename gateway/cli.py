@@ -11,8 +11,23 @@ import sys
 from collections.abc import Sequence
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command="serve"`, only `serve` is registered.
+
+    Each area's `add_commands` imports that area's CLI module (the simulators, the demo,
+    the compiler...): a few MB a long-running `serve` process would keep for nothing.
+    """
     from gateway.app import add_commands as add_serve
+
+    parser = argparse.ArgumentParser(
+        prog="switchyard",
+        description="Inference gateway with traffic control (canary, sticky, fallback).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve(sub)
+    if command == "serve":
+        return parser
+
     from gateway.controlplane.policy.cli import add_commands as add_policy
     from gateway.controlplane.registry.cli import add_commands as add_registry
     from gateway.drift.cli import add_commands as add_drift
@@ -21,12 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.rollout.cli import add_commands as add_rollout
     from gateway.simulate.cli import add_commands as add_simulate
 
-    parser = argparse.ArgumentParser(
-        prog="switchyard",
-        description="Inference gateway with traffic control (canary, sticky, fallback).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_serve(sub)
     add_demo(sub)  # serve, then demo: the order `switchyard --help` lists them
     add_policy(sub)
     add_registry(sub)
@@ -38,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # The first word names the command (no top-level option takes a value).
+    parser = build_parser("serve" if words[:1] == ["serve"] else None)
+    args = parser.parse_args(words)
     handler = args.handler
     try:
         code: int = handler(args)
