@@ -17,13 +17,11 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from gateway import COMPILED, __version__
-from gateway.admin.app import build_admin_app
-from gateway.admin.server import AdminServer
+from gateway.admin.lazy import LazyAdmin
 from gateway.controlplane.backends.context import ContextWatcher
 from gateway.controlplane.backends.health import HealthChecker
 from gateway.controlplane.backends.load import LoadWatcher
 from gateway.controlplane.k8s.client import KubeAccess
-from gateway.controlplane.k8s.configmap import ConfigMapPolicies
 from gateway.controlplane.k8s.discovery import EndpointDiscovery
 from gateway.controlplane.policy.loader import PolicyError
 from gateway.controlplane.policy.reload import PolicyReloader, ReloadResult
@@ -50,6 +48,9 @@ from gateway.settings import Settings, from_env
 from gateway.stats.sources import options_problem
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from gateway.controlplane.k8s.configmap import ConfigMapPolicies
     from gateway.dataplane.grpc.front import GrpcFront
 
 log = logging.getLogger("switchyard")
@@ -67,11 +68,14 @@ class Gateway:
         # Kubernetes is reached only if a ConfigMap or a k8s:// pool needs it (lazily).
         self.kube = KubeAccess(settings.kubeconfig)
         self.discovery = EndpointDiscovery(self.kube, self.metrics, log)
-        self.configmap = (
-            ConfigMapPolicies(settings.policy_configmap, self.kube, self.metrics, log)
-            if settings.policy_configmap
-            else None
-        )
+        self.configmap: ConfigMapPolicies | None = None
+        if settings.policy_configmap:
+            # The ConfigMap watcher is imported only when policies come from one.
+            from gateway.controlplane.k8s.configmap import ConfigMapPolicies
+
+            self.configmap = ConfigMapPolicies(
+                settings.policy_configmap, self.kube, self.metrics, log
+            )
         self.reloader = PolicyReloader(
             self.configmap or settings.policies,
             self.metrics,
@@ -179,17 +183,23 @@ class Gateway:
             resolver=self.resolver,
             logger=log,
         )
-        admin = AdminServer(
-            build_admin_app(
+
+        def admin_app() -> Starlette:
+            # Imported (in a worker thread, by LazyAdmin) when the first admin client
+            # connects: the admin API is not loaded by a gateway nobody asks.
+            from gateway.admin.app import build_admin_app
+
+            return build_admin_app(
                 plane,
                 self.reloader,
                 settings.admin_token,
                 webhook_secret=settings.registry_webhook_secret,
                 drift_dir=settings.drift_dir,
                 rollouts=rollouts,
-            ),
-            settings.admin_host,
-            settings.admin_port,
+            )
+
+        admin = LazyAdmin(
+            admin_app, settings.admin_host, settings.admin_port, preload=("gateway.admin.app",)
         )
         if not await admin.start():
             plane.stop_listening()

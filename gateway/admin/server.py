@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator
+import socket
+from collections.abc import Generator, Sequence
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -38,9 +39,11 @@ class AdminServer(uvicorn.Server):
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
-    async def start(self) -> bool:
-        """Serve in the background; True once listening, False if it cannot (logged)."""
-        self._task = asyncio.get_running_loop().create_task(self._serve_quietly())
+    async def start(self, sockets: Sequence[socket.socket] | None = None) -> bool:
+        """Serve in the background; True once listening, False if it cannot (logged).
+        `sockets`: already listening ones to serve (`gateway.admin.lazy`), instead of
+        binding host and port."""
+        self._task = asyncio.get_running_loop().create_task(self._serve_quietly(sockets))
         while not self.started:
             if self._task.done():
                 return False
@@ -50,10 +53,10 @@ class AdminServer(uvicorn.Server):
                 self.port = sock.getsockname()[1]
         return True
 
-    async def _serve_quietly(self) -> None:
+    async def _serve_quietly(self, sockets: Sequence[socket.socket] | None) -> None:
         # uvicorn logs why it cannot bind, then calls sys.exit: the caller decides.
         with contextlib.suppress(SystemExit):
-            await self.serve()
+            await self.serve(sockets=list(sockets) if sockets is not None else None)
 
     async def stop(self) -> None:
         """Stop serving and wait until the server has closed."""
