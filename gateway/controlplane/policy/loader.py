@@ -12,7 +12,6 @@ ConfigMap), or a Kubernetes ConfigMap manifest whose `data` values are policy fi
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -352,6 +351,8 @@ def _from_validation(exc: ValidationError, source: PolicySource) -> list[PolicyP
 
 
 def _unknown_field(loc: Loc) -> str:
+    import difflib  # for a misspelt field only: not kept by every serving process
+
     name = str(loc[-1])
     known = fields_at(loc[:-1])
     close = difflib.get_close_matches(name, known, n=1)
