@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -274,6 +275,11 @@ class Gateway:
         )
         if ready is not None:
             ready.set()
+        # Everything built so far (modules, policies, the snapshot) lives as long as the
+        # process: moved out of the collector's view, a full collection no longer walks
+        # a few hundred thousand objects mid-traffic (a pause of tens of milliseconds
+        # at a request's p99). The objects requests create are collected as before.
+        gc.freeze()
         await self.stopping.wait()
 
         # Drain: readiness fails first (so load balancers stop sending), then the
