@@ -642,10 +642,14 @@ class Exchange(ResponseSource):
             self.held_bytes += len(data)
             if self.held_bytes > MAX_CAPTURE_BYTES:
                 self._release("too_large")
+        out = self.out
         if self.chunked_out:
-            self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
+            # Three parts, joined once with the rest of this read in `_flush`.
+            out.append(wire.chunk_head(len(data)))
+            out.append(data)
+            out.append(b"\r\n")
         else:
-            self.out.append(data)
+            out.append(data)
         self.last_activity = self.plane.now
 
     # Ground truth ---------------------------------------------------------------------
@@ -711,9 +715,10 @@ class Exchange(ResponseSource):
             self.last_chunk_at = now
         # Usage comes once, at the end: searched for from the end, then the counts
         # after it, no JSON parse (and no regex: two of those measured ~2 us per
-        # response). Ollama's counts are top-level fields, searched for from the start.
+        # response). Ollama's counts are top-level fields, searched for from the start
+        # (and only on Ollama routes: every streamed chunk passes here).
         at = data.rfind(b'"usage"')
-        if at >= 0 or b'"eval_count"' in data:
+        if at >= 0 or (self.style.protocol == "ollama" and b'"eval_count"' in data):
             at = max(at, 0)
             prompt = _count_after(data, b'"prompt_tokens"', b'"prompt_eval_count"', at)
             done = _count_after(data, b'"completion_tokens"', b'"eval_count"', at)

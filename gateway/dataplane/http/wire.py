@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 from gateway.dataplane.quota import KeyState
 
@@ -61,6 +62,17 @@ LAST_CHUNK = b"0\r\n\r\n"
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body (RFC 9112 7.1)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+# The size lines of the chunks streamed events make (an SSE event is a few hundred
+# bytes), built once: a relayed chunk then costs a lookup, not a bytes formatting of
+# its size and a copy of its data (~1.5k instructions a chunk, compiled).
+_CHUNK_HEADS: Final = tuple(b"%x\r\n" % n for n in range(1024))
+
+
+def chunk_head(size: int) -> bytes:
+    """The size line of a chunk of `size` bytes; the data and a CRLF follow it."""
+    return _CHUNK_HEADS[size] if size < 1024 else b"%x\r\n" % size
 
 
 class Request:
