@@ -49,6 +49,14 @@ HOT_MODULES: Final = (
     "gateway.dataplane.http.server",
     "gateway.dataplane.shadow.mirror",
     "gateway.dataplane.shadow.call",
+    # What runs per shadowed request once both answers are in: the comparison (by
+    # protocol: LLM text, JSON labels, KServe tensors), its result type, and the
+    # shadow series it is counted in.
+    "gateway.dataplane.shadow.compare",
+    "gateway.dataplane.shadow.labels",
+    "gateway.dataplane.shadow.tensors",
+    "gateway.dataplane.shadow.verdict",
+    "gateway.observability.shadow_metrics",
     "gateway.dataplane.shared",
     "gateway.dataplane.snapshot",
     "gateway.dataplane.styles",
