@@ -21,21 +21,47 @@ class Tolerance:
 
 
 # Not frozen: one is built per comparison, and frozen dataclasses pay object.__setattr__
-# per field. Treat it as immutable all the same.
-@dataclass(slots=True)
+# per field. Treat it as immutable all the same. Its `__init__` is written out: the one
+# `@dataclass` generates is Python code even when this module is compiled (about 1 µs
+# per comparison, ten interpreted attribute stores); a written one compiles with it.
+@dataclass(init=False, slots=True)
 class Comparison:
     """The outcome of comparing one shadow answer with its primary's."""
 
     result: str  # "agree" | "disagree" | "uncomparable"
     kind: str  # "llm" | "tensor" | "classifier" | "embedding" | "json" | "status"
-    similarity: float | None = None  # 0..1: Jaccard (llm), cosine (embedding), share (tensor)
-    length_ratio: float | None = None  # llm: shadow tokens / primary tokens
-    probability_delta: float | None = None  # classifier: |p_shadow - p_primary| at the label
-    max_abs_error: float | None = None  # tensor, embedding: largest element difference
-    outputs: tuple[tuple[str, bool], ...] = ()  # tensor: (output name, agreed)
-    detail: str = ""  # why, for the comparison log
-    primary_excerpt: str = ""
-    shadow_excerpt: str = ""
+    similarity: float | None  # 0..1: Jaccard (llm), cosine (embedding), share (tensor)
+    length_ratio: float | None  # llm: shadow tokens / primary tokens
+    probability_delta: float | None  # classifier: |p_shadow - p_primary| at the label
+    max_abs_error: float | None  # tensor, embedding: largest element difference
+    outputs: tuple[tuple[str, bool], ...]  # tensor: (output name, agreed)
+    detail: str  # why, for the comparison log
+    primary_excerpt: str
+    shadow_excerpt: str
+
+    def __init__(
+        self,
+        result: str,
+        kind: str,
+        similarity: float | None = None,
+        length_ratio: float | None = None,
+        probability_delta: float | None = None,
+        max_abs_error: float | None = None,
+        outputs: tuple[tuple[str, bool], ...] = (),
+        detail: str = "",
+        primary_excerpt: str = "",
+        shadow_excerpt: str = "",
+    ) -> None:
+        self.result = result
+        self.kind = kind
+        self.similarity = similarity
+        self.length_ratio = length_ratio
+        self.probability_delta = probability_delta
+        self.max_abs_error = max_abs_error
+        self.outputs = outputs
+        self.detail = detail
+        self.primary_excerpt = primary_excerpt
+        self.shadow_excerpt = shadow_excerpt
 
     @property
     def agreed(self) -> bool:
