@@ -36,6 +36,7 @@ __all__ = ["Comparison", "Tolerance", "compare"]
 
 _WORD = re.compile(r"\w+")
 _EMBEDDING_PATHS = frozenset({b"/v1/embeddings", b"/api/embed", b"/api/embeddings"})
+_SAME_TEXT = "jaccard 1.000"  # the detail of two equal texts, not formatted each time
 
 
 def compare(
@@ -75,24 +76,28 @@ def compare(
 
 def compare_llm(primary: bytes, shadow: bytes, tolerance: Tolerance) -> Comparison:
     """Token-set Jaccard and length ratio of two generations (any OpenAI/Ollama shape)."""
-    a, b = llm_text(primary), llm_text(shadow)
+    a = llm_text(primary)
+    # The same bytes (a deterministic shadow, or one serving the same model) hold the
+    # same text: read it once, not parse the JSON twice.
+    b = a if shadow == primary else llm_text(shadow)
     if a is None or b is None:
         side = "primary" if a is None else "shadow"
         return Comparison("uncomparable", "llm", detail=f"{side} body is not a generation")
     ratio: float | None
     if a == b:  # the same text: no need to split it into words
-        similarity, ratio = 1.0, 1.0
+        similarity, ratio, detail = 1.0, 1.0, _SAME_TEXT
     else:
         a_words, b_words = words(a), words(b)
         similarity = jaccard(a_words, b_words)
         ratio = length_ratio(len(a_words), len(b_words))
+        detail = f"jaccard {similarity:.3f}"
     agreed = similarity >= tolerance.min_similarity
     return Comparison(
         "agree" if agreed else "disagree",
         "llm",
         similarity=similarity,
         length_ratio=ratio,
-        detail=f"jaccard {similarity:.3f}",
+        detail=detail,
         primary_excerpt=a[:EXCERPT_CHARS],
         shadow_excerpt=b[:EXCERPT_CHARS],
     )
@@ -106,8 +111,9 @@ def words(text: str) -> list[str]:
 def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
     """|A & B| / |A | B| of the token sets; two empty texts are the same (1.0)."""
     sa, sb = set(a), set(b)
-    union = len(sa | sb)
-    return len(sa & sb) / union if union else 1.0
+    common = len(sa & sb)
+    union = len(sa) + len(sb) - common  # counted, not built as a third set
+    return common / union if union else 1.0
 
 
 def length_ratio(primary_tokens: int, shadow_tokens: int) -> float | None:
