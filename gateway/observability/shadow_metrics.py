@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -87,6 +88,11 @@ RECENT = 1024  # comparisons kept per series for the admin view's percentiles
 MAX_OUTPUTS = 32  # distinct KServe output names tracked per series
 WINDOW_SECONDS = 10.0  # agreement buckets, for "since" queries
 WINDOW_BUCKETS = 360  # one hour of them
+
+# Copy outcomes without an answer (the "failed" of `Agreement`), and the column of the
+# agreement window each comparison result is counted in.
+_FAILED: Final = frozenset({"connect_error", "timeout", "reset", "invalid_response"})
+_COLUMNS: Final = {"agree": 1, "disagree": 2, "uncomparable": 3}
 
 # Numbers of one comparison, in this order (None where the kind has no such number):
 # similarity, length ratio, probability delta, max abs error, latency delta (s).
@@ -163,10 +169,11 @@ class ShadowSeries:
 
     def record_request(self, outcome: str, seconds: float | None, now: float) -> None:
         """A copy ended with `outcome` after `seconds` (None: it never got an answer)."""
-        self.count(self.requests, outcome)
+        requests = self.requests
+        requests[outcome] = requests.get(outcome, 0) + 1
         if seconds is not None:
             self.duration.observe(seconds)
-        if outcome in ("connect_error", "timeout", "reset", "invalid_response"):
+        if outcome in _FAILED:
             self._bucket(now)[4] += 1
 
     def record_comparison(
@@ -177,8 +184,9 @@ class ShadowSeries:
         now: float,
     ) -> None:
         """One comparison: its result, its numbers and per-output verdicts (tensors)."""
-        self.count(self.comparisons, result)
-        column = {"agree": 1, "disagree": 2, "uncomparable": 3}.get(result)
+        comparisons = self.comparisons
+        comparisons[result] = comparisons.get(result, 0) + 1
+        column = _COLUMNS.get(result)
         if column is None:
             return  # primary_failed, too_large, dropped: nothing was compared
         self._bucket(now)[column] += 1
