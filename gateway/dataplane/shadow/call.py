@@ -60,7 +60,6 @@ class ShadowCall:
     status = 0
     head_buf = b""
     head_done = False
-    framed = False
     keep_alive = False
     complete_pending = False
     size = 0
@@ -80,6 +79,9 @@ class ShadowCall:
     # saying how the primary failed; None while it is under way. Set in __init__: mypyc
     # drops a class-level default of a union of three types.
     primary: tuple[int, bytes | None, float, str, str] | str | None
+    # The monotonic time of the bytes being fed: the idle deadline's start, read once
+    # per read from the backend rather than once per parser callback.
+    fed_at = 0.0
 
     def __init__(
         self,
@@ -181,6 +183,7 @@ class ShadowCall:
         parser = self.parser
         if parser is None or self.outcome is not None:
             return
+        self.fed_at = self.mirror.now()
         if not self.head_done:
             # Kept until the head is parsed: its framing is read from it in one search,
             # not with a Python callback per header.
@@ -199,11 +202,9 @@ class ShadowCall:
         self.status = parser.get_status_code()
         self.head_done = True
         head = self.head_buf
-        self.head_buf = b""
-        probe = head[: head.find(b"\r\n\r\n") + 2].lower()
-        self.framed = b"\ncontent-length:" in probe or (
-            b"\ntransfer-encoding:" in probe and b"chunked" in probe
-        )
+        # Only the head is kept (the first read may hold body bytes too): its framing
+        # matters only if the backend closes the connection, so it is read then.
+        self.head_buf = head[: head.find(b"\r\n\r\n") + 2]
         self._touch()
 
     def on_body(self, data: bytes) -> None:
@@ -222,17 +223,24 @@ class ShadowCall:
         self.conn = None
         if self.outcome is not None:
             return
-        if self.head_done and not self.framed:
+        if self.head_done and not self._framed():
             self.end("error_status" if self.status >= 500 else "ok")  # read until close
         else:
             self.end("reset")
+
+    def _framed(self) -> bool:
+        """Whether the answer's head gave its length (content-length, chunked); if not,
+        it ends when the backend closes the connection."""
+        probe = self.head_buf.lower()
+        return b"\ncontent-length:" in probe or (
+            b"\ntransfer-encoding:" in probe and b"chunked" in probe
+        )
 
     def upstream_paused(self, paused: bool) -> None:
         return None  # the whole request went out in one write
 
     def _touch(self) -> None:
-        now = self.mirror.now()
-        self.idle_deadline = now + self.shadow.timeouts.idle
+        self.idle_deadline = self.fed_at + self.shadow.timeouts.idle
         self.deadline = min(self.idle_deadline, self.total_deadline)
 
     # Ending ------------------------------------------------------------------------
