@@ -418,7 +418,11 @@ class ShadowMirror(CallOwner):
 
     def _compare_settled(self, limit: int = COMPARE_BATCH) -> None:
         self._settle_handle = None
-        batch, self._settled = self._settled[:limit], self._settled[limit:]
+        batch = self._settled
+        if len(batch) <= limit:  # the usual case: one or two pairs, no slicing
+            self._settled = []
+        else:
+            batch, self._settled = batch[:limit], batch[limit:]
         if self._settled and not self.closed:
             self._settle_handle = self.loop.call_soon(self._compare_settled)
         for call in batch:
