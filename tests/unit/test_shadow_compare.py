@@ -64,6 +64,23 @@ def test_llm_agreement_is_jaccard_at_or_above_min_similarity() -> None:
     assert apart.result == "disagree" and apart.similarity == pytest.approx(0.2)
 
 
+def test_the_same_answer_twice_agrees_as_equal_texts_do() -> None:
+    # The same bytes are read once; the result is what two equal texts from different
+    # bytes give (here the stream and the whole answer say the same).
+    body = chat("Fraud rose 4%; chargebacks are flat.")
+    same = compare("openai", b"/v1/chat/completions", 200, body, 200, body, TOL)
+    other = compare("openai", b"/v1/chat/completions", 200, body, 200, bytes(body), TOL)
+    streamed = sse("Fraud rose 4%;", " chargebacks are flat.")
+    equal = compare("openai", b"/v1/chat/completions", 200, body, 200, streamed, TOL)
+    assert same == other == equal
+    assert same.result == "agree" and same.similarity == 1.0 and same.length_ratio == 1.0
+    assert same.detail == "jaccard 1.000"
+    assert same.primary_excerpt == same.shadow_excerpt == "Fraud rose 4%; chargebacks are flat."
+    error = b'{"error": {"message": "boom"}}'
+    both = compare("openai", b"/v1/chat/completions", 200, error, 200, error, TOL)
+    assert both.result == "uncomparable" and "primary" in both.detail
+
+
 def test_streams_are_assembled_before_comparing() -> None:
     streamed = sse("tok1", " tok2", " tok3")
     assert llm_text(streamed) == "tok1 tok2 tok3"

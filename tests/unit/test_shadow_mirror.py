@@ -185,6 +185,33 @@ async def test_garbage_from_the_shadow_is_counted_and_the_client_unaffected() ->
     assert series.agreement().failed == 1
 
 
+async def test_an_answer_without_a_length_ends_when_the_shadow_closes() -> None:
+    rig = ShadowRig(SHADOW)
+    rig.request()
+    rig.upstream.data_received(chat("a b c"))
+    shadow_conn, _ = rig.shadows[0]
+    head, _, body = chat("a b c").partition(b"\r\n\r\n")
+    unframed = head.replace(b"content-length", b"x-length") + b"\r\n\r\n"
+    shadow_conn.data_received(unframed + body[:10])
+    shadow_conn.data_received(body[10:])
+    assert not rig.series().requests  # no length given: more may come
+    shadow_conn.connection_lost(None)
+    await settle()
+    assert rig.series().requests == {"ok": 1} and rig.series().comparisons == {"agree": 1}
+
+
+async def test_an_answer_cut_short_of_its_length_is_a_reset() -> None:
+    rig = ShadowRig(SHADOW)
+    rig.request()
+    rig.upstream.data_received(chat("a b c"))
+    shadow_conn, _ = rig.shadows[0]
+    answer = chat("a b c")
+    shadow_conn.data_received(answer[:-5])  # content-length says 5 bytes more
+    shadow_conn.connection_lost(None)
+    await settle()
+    assert rig.series().requests == {"reset": 1} and rig.series().comparisons == {}
+
+
 async def test_a_silent_shadow_times_out_on_its_own_deadline() -> None:
     rig = ShadowRig(
         policy(
