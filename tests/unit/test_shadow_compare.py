@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import random
+import re
 import struct
 
 import orjson
@@ -50,6 +52,18 @@ def test_jaccard_and_length_ratio_by_hand() -> None:
     assert length_ratio(len(a), len(b)) == pytest.approx(4 / 3)
     assert jaccard([], []) == 1.0
     assert length_ratio(0, 0) == 1.0 and length_ratio(0, 3) is None
+
+
+def test_words_are_the_runs_of_word_characters_lower_cased() -> None:
+    tokens = ["card", "not", "present", "fraud", "rose", "4", "snake_case", "x", "y"]
+    assert words("Card-not-present fraud rose 4%; snake_case\tX\x1fY") == tokens
+    assert words("Straße ÜBER 2 Ärzte") == ["straße", "über", "2", "ärzte"]  # not ASCII
+    # ASCII texts take a faster path than the regex: the same tokens for any of them.
+    word = re.compile(r"\w+")
+    rng = random.Random(7)
+    for _ in range(2000):
+        text = "".join(chr(rng.randrange(128)) for _ in range(rng.randrange(40)))
+        assert words(text) == word.findall(text.lower()), repr(text)
 
 
 def test_llm_agreement_is_jaccard_at_or_above_min_similarity() -> None:

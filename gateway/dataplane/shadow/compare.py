@@ -24,7 +24,7 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -35,6 +35,10 @@ from gateway.dataplane.shadow.verdict import EXCERPT_CHARS, Comparison, Toleranc
 __all__ = ["Comparison", "Tolerance", "compare"]
 
 _WORD = re.compile(r"\w+")
+# ASCII to lower-case word characters, everything else to a blank (see `words`).
+_ASCII_WORDS: Final = {
+    i: (chr(i).lower() if chr(i).isalnum() or chr(i) == "_" else " ") for i in range(128)
+}
 _EMBEDDING_PATHS = frozenset({b"/v1/embeddings", b"/api/embed", b"/api/embeddings"})
 _SAME_TEXT = "jaccard 1.000"  # the detail of two equal texts, not formatted each time
 
@@ -104,7 +108,13 @@ def compare_llm(primary: bytes, shadow: bytes, tolerance: Tolerance) -> Comparis
 
 
 def words(text: str) -> list[str]:
-    """The lower-cased word tokens of `text` (a cheap, model-independent tokenisation)."""
+    """The lower-cased word tokens of `text` (a cheap, model-independent tokenisation):
+    the runs of `\\w` characters."""
+    if text.isascii():
+        # The same tokens in two C passes (lower-case and blank out non-word characters
+        # in one translate, then split on the blanks), several times faster than the
+        # regex: in ASCII, `\\w` is exactly [A-Za-z0-9_].
+        return text.translate(_ASCII_WORDS).split()
     return _WORD.findall(text.lower())
 
 
