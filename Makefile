@@ -10,8 +10,9 @@ TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 BENTOML_VENV ?= .venv-bentoml
 BENTOML_STAMP := $(BENTOML_VENV)/.installed-stamp
+LITELLM_STAMP := loadtests/.litellm-venv/.installed-stamp
 
-.PHONY: install compile wheel test-python run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench chaos soak docs clean
+.PHONY: install compile wheel test-python run serve test test-vllm test-vllm-pair vllm-env test-triton triton-env test-bentoml bentoml-env lint format schema bench litellm-env chaos soak docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -116,9 +117,18 @@ wheel: compile
 schema: install
 	$(VENV)/bin/switchyard policy schema --output policies/schema.json
 
-## Gateway vs nginx vs direct on this machine (needs: apt-get install -y nginx wrk).
-bench: compile
-	$(PY) loadtests/bench --duration 5 --repeat 3 --with-python --markdown
+## Gateway vs nginx vs direct vs the Python floor vs LiteLLM on this machine, compiled and
+## Python paths (needs: apt-get install -y nginx wrk; LiteLLM goes in its own venv).
+bench: compile litellm-env
+	$(PY) loadtests/bench --duration 5 --repeat 3 --with-python --litellm --markdown
+
+## LiteLLM's proxy in its own venv (loadtests/.litellm-venv, pinned in loadtests/bench),
+## for the bench's side-by-side row; installed once, a few minutes.
+litellm-env: $(LITELLM_STAMP)
+
+$(LITELLM_STAMP): loadtests/benchlib/cli.py | install
+	$(PY) loadtests/bench --install-litellm
+	touch $(LITELLM_STAMP)
 
 ## Chaos scenarios (reloads, alias moves, a killed endpoint, cut streams, disconnects,
 ## SIGTERM drain, a killed drift worker) against real processes on loopback under load:

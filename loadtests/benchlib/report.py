@@ -75,6 +75,8 @@ def throughput_table(result: Mapping[str, Any], markdown: bool = False) -> str:
         ratio_line += (
             f", compiled/Python path req/s {_ratio(ratios['gateway_vs_python_rps'])}"
             f" and CPU {_ratio(ratios['gateway_vs_python_cpu'])}"
+            f", Python path/nginx req/s {_ratio(ratios.get('python_vs_nginx_rps'))}"
+            f" and CPU {_ratio(ratios.get('python_vs_nginx_cpu'))}"
         )
     if "gateway_vs_floor_rps" in ratios:
         ratio_line += (

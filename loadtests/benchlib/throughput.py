@@ -218,6 +218,9 @@ def add_comparisons(
     if "gateway-py" in by_name:
         ratios["gateway_vs_python_rps"] = rps("gateway", "gateway-py")
         ratios["gateway_vs_python_cpu"] = cpu("gateway", "gateway-py")
+        # The Python path has targets of its own (users without a compiler).
+        ratios["python_vs_nginx_rps"] = rps("gateway-py", "nginx")
+        ratios["python_vs_nginx_cpu"] = cpu("gateway-py", "nginx")
     for name in by_name:
         if name.startswith("gateway-trace-"):  # tracing rows (--tracing): vs untraced
             ratios[f"{name}_vs_gateway_rps"] = rps(name, "gateway")
