@@ -9,6 +9,9 @@ path, by `DriftSender`. A full buffer drops the sample and counts it.
 The body is held by reference until the next flush (about 200 ms), so whoever offers it
 must not mutate it afterwards; the data plane only reads the parsed body.
 
+This module is compiled with the request path (`gateway.native.loader.HOT_MODULES`):
+it must stay mypyc-compatible, and its classes cannot be subclassed by Python code.
+
 On routes with a `ground_truth` block the exchange then names the request's feedback
 claim key (`keyed`, right after it mints the signed id, on the same loop turn as the
 offer): the sender puts it on the request's rows as `key`, so the drift worker can join

@@ -61,6 +61,11 @@ HOT_MODULES: Final = (
     "gateway.dataplane.snapshot",
     "gateway.dataplane.styles",
     "gateway.dataplane.http.upstream",
+    # The drift tap: `offer` runs for every request of a route with a drift block; and
+    # feature extraction, the larger part of a sampled request's cost (in the sender's
+    # batch, on the same event loop).
+    "gateway.drift.features",
+    "gateway.drift.tap",
     "gateway.observability.flow_metrics",
     "gateway.observability.histogram",
     "gateway.observability.metrics",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -109,3 +110,58 @@ def test_value_at_is_total() -> None:
     assert value_at({"a": [1]}, split_path("a.b")) is None
     assert value_at({"a": "x" * 1000}, split_path("a")) == "x" * 256
     assert value_at({"a": float("nan")}, split_path("a")) is None
+
+
+def reference_description(text: str) -> tuple[float, float | None]:
+    """prompt_words and mean_word_length as first defined: by splitting the text."""
+    words = text.split()
+    return float(len(words)), (sum(map(len, words)) / len(words)) if words else None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "one",
+        "  Order 42, please:\tnow\n\nthanks  ",
+        "a\x1cb\x1dc\x1ed\x1fe\x0bf\x0cg\rh",  # separators str.split splits on
+        "größe M und Straße",  # non-ASCII letters
+        "no\u00a0break\u2003em\u3000space\x85next",  # Unicode whitespace splits words
+        "\u00a0 \u2003",  # Unicode whitespace only: no words
+        "x" * 5000 + " y",
+    ],
+)
+def test_word_counts_match_splitting_the_text(text: str) -> None:
+    row = describe_text({"prompt": text})
+    assert (row["prompt_words"], row["mean_word_length"]) == reference_description(text)
+
+
+def test_every_descriptor_by_default_comes_in_the_declared_order() -> None:
+    # The default row is describe_text's own dict: its key order is the JSON the
+    # worker receives, so it must be TEXT_DESCRIPTORS' order.
+    assert list(describe_text(CHAT)) == list(TEXT_DESCRIPTORS)
+    assert list(build_extractor("openai", ())(CHAT)[0]) == list(TEXT_DESCRIPTORS)
+    # All of them named explicitly, in another order: that order, the same values.
+    reordered = [FeatureSpec(descriptor=name) for name in reversed(TEXT_DESCRIPTORS)]  # type: ignore[arg-type]
+    (row,) = build_extractor("openai", reordered)(CHAT)
+    assert list(row) == list(reversed(TEXT_DESCRIPTORS)) and row == describe_text(CHAT)
+
+
+def test_word_counts_match_splitting_random_ascii_and_unicode_text() -> None:
+    rng = random.Random(18)
+    alphabet = [chr(c) for c in range(128)] + ["\u00a0", "\u2003", "é", "ß", "\x85"]
+    for n in range(2000):
+        size = rng.randrange(0, 40)
+        # half the texts ASCII only (counted from the classes), half not (split)
+        pool = alphabet if n % 2 else alphabet[:128]
+        text = "".join(rng.choice(pool) for _ in range(size))
+        row = describe_text({"prompt": text})
+        assert (row["prompt_words"], row["mean_word_length"]) == reference_description(text), text
+        ascii_only = text.encode("ascii", "ignore")
+        assert row["digit_share"] == (
+            sum(c in b"0123456789" for c in ascii_only) / len(text) if text else None
+        )
+        assert row["uppercase_share"] == (
+            sum(65 <= c <= 90 for c in ascii_only) / len(text) if text else None
+        )
