@@ -199,11 +199,17 @@ class DriftSender:
                 self._drop(route, variant.version, "extract_failed", 1)
                 log.exception("drift feature extraction failed for route %s", route)
                 continue
-            key = keys.get(index)
-            if key is not None:  # a ground-truth route's request: labels join by it
-                for row in rows:
-                    row["key"] = key
-            groups.setdefault((route, variant.name, variant.version), []).extend(rows)
+            if keys:
+                key = keys.get(index)
+                if key is not None:  # a ground-truth route's request: labels join by it
+                    for row in rows:
+                        row["key"] = key
+            group_key = (route, variant.name, variant.version)
+            group = groups.get(group_key)
+            if group is None:
+                groups[group_key] = rows  # the extractor's own new list
+            else:
+                group.extend(rows)
         for (route, variant_name, version), rows in groups.items():
             encoded = 0
             limit = self.link.rows_limit

@@ -9,11 +9,13 @@ import random
 import socket
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.cli import main as cli_main
 from gateway.drift.channel import (
     BAD_TAG,
+    HEAD_MAX,
     MALFORMED,
     UNAUTHENTICATED,
     AddressError,
@@ -24,6 +26,7 @@ from gateway.drift.channel import (
     UdpAddress,
     UdpLink,
     Unreadable,
+    _chunked,
     decode,
     describe,
     encode,
@@ -223,6 +226,25 @@ def test_rows_datagrams_over_udp_stay_small() -> None:
         stream.seq = stream.rows = 10**19  # the longest numbers: 20 digits each
         sizes = [len(stream.frame(p)) for p, _ in encode("r", "v", "1", rows, 16_000)]
         assert len(sizes) > 5 and max(sizes) <= 16_000
+
+
+@pytest.mark.parametrize("limit", [16_000, 60_000])
+def test_rows_fitting_one_datagram_encode_as_row_by_row(limit: int) -> None:
+    # encode puts rows that fit one datagram in it with one orjson call: the payload
+    # must be the one the row-by-row chunking gives, at and around the budget's edge.
+    prefix = b'"route":"r","variant":"v","version":"1","rows":['
+    budget = limit - HEAD_MAX - len(prefix) - 2
+    datagrams = set()
+    for count in (0, 1, 2, 3, 7):
+        edge = budget // max(count, 1) - 12  # a row {"text":"x..."} is 11 bytes more
+        for size in range(edge - 2, edge + 3):
+            rows = [{"text": "x" * size} for _ in range(count)]
+            expected = list(_chunked(prefix, (orjson.dumps(row) for row in rows), limit))
+            assert list(encode("r", "v", "1", rows, limit)) == expected, (count, size)
+            datagrams.add(len(expected))
+    assert datagrams == {0, 1, 2}  # both sides of the edge were tried
+    big = [{"text": "y" * limit}, {"text": "z"}]  # a row too large for any datagram
+    assert list(encode("r", "v", "1", big, limit)) == [(prefix + b'{"text":"z"}]}', 1)]
 
 
 def free_udp_port() -> int:
