@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gateway.drift.channel import AddressError
+from gateway.importing import import_off_loop
 
 if TYPE_CHECKING:
     import httpx
@@ -77,6 +78,7 @@ class HttpWorker:
         return self._client
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+        await import_off_loop("httpx")  # the first time: in a thread
         import httpx  # what _http loads anyway; named here for the except clause
 
         try:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.importing import import_off_loop
 from gateway.observability.rollout_metrics import RolloutCounters
 from gateway.rollout.state import Event, RolloutState
 
@@ -77,6 +78,7 @@ class EventSink:
             task.add_done_callback(self._pending.discard)
 
     async def _post(self, route: str, url: str, body: dict[str, Any]) -> None:
+        await import_off_loop("httpx")  # the first time: in a thread
         import httpx
 
         if self._client is None:

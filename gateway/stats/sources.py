@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.importing import import_off_loop
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.rollout_metrics import SourceGauge
 from gateway.settings import Settings
@@ -146,6 +147,8 @@ class StatsSource:
     async def read(self, route: str) -> Evidence:
         """`route`'s numbers now; StatsUnavailable (counted) if the source fails."""
         now = self._clock()
+        if self.url is not None:  # it reads over HTTP: httpx, loaded outside the timed wait
+            await import_off_loop("httpx")
         try:
             got = await asyncio.wait_for(self._read(route, now), self.timeout)
         except TimeoutError:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -465,3 +468,57 @@ async def test_the_supervisor_source_reads_the_merged_workers(stand: Stand) -> N
     restarts = 2
     second = await source.read("chat")
     assert window(second.stats, first.stats).unknown is not None
+
+
+# A stand-in Prometheus with no third-party imports (the probe must start without httpx):
+# every query answers an empty vector, so the read ends in "no fresh build_info".
+_FIRST_READ = """
+import asyncio, sys
+from gateway.stats.sources import PrometheusSource
+
+BODY = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
+
+async def answer(reader, writer):
+    while True:
+        head = await reader.readuntil(b"\\r\\n\\r\\n")
+        if not head:
+            break
+        writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\n"
+                     b"content-length: %d\\r\\n\\r\\n%s" % (len(BODY), BODY))
+        await writer.drain()
+
+class Probe(PrometheusSource):
+    async def _read(self, route, now):
+        print("httpx loaded before the timed read:", "httpx" in sys.modules)
+        return await super()._read(route, now)
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert "httpx" not in sys.modules, "httpx was imported before the first read"
+    source = Probe(f"http://127.0.0.1:{port}", 'job="sy"', 10.0)
+    try:
+        await source.read("chat")
+    except Exception:
+        pass  # the stand has no scraped processes: the read fails on content, answered
+    print("answered:", source.last_error)
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_read_does_not_spend_its_timeout_importing_httpx() -> None:
+    # httpx is imported by the first read of a source that needs it (RSS: most gateways
+    # never do). The import (hundreds of milliseconds on a loaded machine) must not run
+    # inside the read's timed wait, where it failed reads with a 0.5 s timeout.
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_READ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "httpx loaded before the timed read: True", done.stdout
+    assert lines[1].startswith("answered: Prometheus has no fresh"), done.stdout

@@ -21,6 +21,7 @@ import orjson
 from gateway.controlplane.backends.load import describe_failure, new_client
 from gateway.dataplane.scorers import Picker
 from gateway.dataplane.snapshot import RuntimeSnapshot, SnapshotRef
+from gateway.importing import import_off_loop
 
 if TYPE_CHECKING:
     import httpx
@@ -111,6 +112,7 @@ class ContextWatcher:
         due = {b: t for b, t in targets.items() if self._due.get(b, 0.0) <= now}
         if not due:
             return 0
+        await import_off_loop("httpx")  # the first time: in a thread
         import httpx  # what _http loads anyway; named here for isinstance
 
         client = self._http()

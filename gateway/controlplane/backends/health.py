@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from gateway.controlplane.backends.load import new_client
 from gateway.dataplane.health import EndpointState
 from gateway.dataplane.snapshot import HealthCheck, SnapshotRef
+from gateway.importing import import_off_loop
 from gateway.observability.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class HealthChecker:
 
     async def probe_once(self, probe: Probe) -> None:
         """GET the probe's URL and record the result."""
+        await import_off_loop("httpx")  # the first time: in a thread
         import httpx  # what _http loads anyway; named here for the except clause
 
         why = ""

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from gateway.dataplane.health import EndpointState
 from gateway.dataplane.snapshot import SnapshotRef
+from gateway.importing import import_off_loop
 
 if TYPE_CHECKING:
     import httpx
@@ -160,6 +161,7 @@ class LoadWatcher:
         return out
 
     async def scrape_once(self, targets: Iterable[tuple[str, EndpointState]]) -> None:
+        await import_off_loop("httpx")  # the first time: in a thread
         import httpx  # what _http loads anyway; named here for isinstance
 
         pairs = list(targets)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from gateway.importing import import_off_loop
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -232,6 +233,7 @@ class MlflowRegistry:
 
     async def _get_bytes(self, endpoint: str, params: dict[str, str]) -> bytes:
         """A file's bytes from the tracking server (200), or RegistryError saying why."""
+        await import_off_loop("httpx")  # the first time: in a thread
         import httpx  # what _http loads anyway; named here for the except clauses
 
         try:
@@ -300,6 +302,7 @@ class MlflowRegistry:
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        await import_off_loop("httpx")  # the first time: in a thread
         import httpx  # what _http loads anyway; named here for the except clauses
 
         try:
