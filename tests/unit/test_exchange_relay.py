@@ -113,3 +113,44 @@ async def test_bodyless_statuses_relayed(status: int) -> None:
     assert out.startswith(b"HTTP/1.1 %d " % status)
     assert b"transfer-encoding" not in out
     assert rig.client.exchange is None
+
+
+def _sse_chunk(*events: bytes) -> bytes:
+    payload = b"".join(b"data: " + e + b"\n\n" for e in events)
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+_DELTA = (
+    b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%s"}}],'
+    b'"usage":null}'
+)
+_USAGE = (
+    b'{"object":"chat.completion.chunk","choices":[],'
+    b'"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}'
+)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["event-per-chunk", "events-in-one-chunk"])
+async def test_a_stream_counts_the_usage_report_not_each_chunks_null_usage(packed: bool) -> None:
+    # The client did not ask for usage: the gateway asked for it, reads the counts from
+    # the report and drops that event; `"usage": null` on every other chunk (OpenAI,
+    # vLLM) is not a report, also when the backend packs several events into one chunk.
+    rig = Rig()
+    rig.request(body=b'{"model":"chat","stream":true,"messages":[]}')
+    sent = bytes(rig.upstream_t.data)
+    assert b'"include_usage":true' in sent
+    events = [_DELTA % b"a", _DELTA % b"b", _DELTA % b"c", _USAGE, b"[DONE]"]
+    chunks = [_sse_chunk(*events)] if packed else [_sse_chunk(e) for e in events]
+    rig.upstream.data_received(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"".join(chunks)
+        + b"0\r\n\r\n"
+    )
+    out = bytes(rig.client_t.data)
+    body = out.split(b"\r\n\r\n", 1)[1]
+    assert body.count(b'"usage":null') == 3
+    assert b"prompt_tokens" not in body  # the report the client did not ask for
+    assert b"data: [DONE]" in body and body.endswith(b"0\r\n\r\n")
+    series = rig.metrics.series("chat", "main", "", "127.0.0.1:9")
+    assert (series.prompt_tokens, series.completion_tokens) == (7, 3)
+    assert rig.client.exchange is None
