@@ -177,6 +177,9 @@ class Exchange(ResponseSource):
     strip_usage = False  # we asked for a usage chunk the client did not: drop it
     first_chunk_at = 0.0
     last_chunk_at = 0.0
+    # A stream's chunks in the read being parsed, relayed together when the read ends
+    # (`_relay_read`); None for other responses, relayed chunk by chunk.
+    gathered: list[bytes] | None = None
     # Tracing: set for a sampled request only (tracing off or not sampled: None, and
     # nothing below touches tracing but a None check). Token counts of this request,
     # from the backend's usage report (-1: none), for its span and access log line.
@@ -533,6 +536,8 @@ class Exchange(ResponseSource):
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self.gathered:
+                self._relay_read()  # what arrived whole before the error goes out first
             if self.phase != DONE and self.phase != RESENDING:
                 cause = (
                     exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
@@ -546,6 +551,8 @@ class Exchange(ResponseSource):
                     UpstreamProtocolError(f"backend {self._backend()} sent {what}")
                 )
                 return
+        if self.gathered:
+            self._relay_read()
         if self.out and self.held_body is None:
             self._flush()
         if self.phase == COMPLETE:
@@ -595,6 +602,8 @@ class Exchange(ResponseSource):
             self.chunked_out = True  # the client's body length is unknown until the end
             self.sse = translator.front == "openai" and translator.stream and translator.ok
         self.streaming = self.sse or ctype.startswith(b"application/x-ndjson")
+        if self.streaming and translator is None:
+            self.gathered = []
         self.phase = RELAYING
         no_body = status in (204, 304)
         if not self.framed and not no_body:
@@ -625,6 +634,13 @@ class Exchange(ResponseSource):
     def on_body(self, data: bytes) -> None:
         if self.phase != RELAYING:
             return
+        gathered = self.gathered
+        if gathered is not None:
+            # A stream: its chunks (one token each on vLLM, often many per read) are
+            # relayed per read, as one client chunk. Per chunk this is all the work;
+            # re-framed one by one they measured ~0.3 us each, compiled.
+            gathered.append(data)
+            return
         trace = self.trace
         if trace is not None and trace.response_model is None:
             trace.saw_body(data)  # the model the backend names, from its first chunk
@@ -651,6 +667,57 @@ class Exchange(ResponseSource):
         else:
             out.append(data)
         self.last_activity = self.plane.now
+
+    def _relay_read(self) -> None:
+        """Relay the stream chunks of the read just parsed: timed and scanned for usage
+        once, framed as one chunk (HTTP gives chunk boundaries no meaning; SSE and NDJSON
+        clients read events from the bytes, as they do behind nginx)."""
+        gathered = self.gathered
+        if gathered is None:
+            return
+        data = gathered[0] if len(gathered) == 1 else b"".join(gathered)
+        gathered.clear()
+        trace = self.trace
+        if trace is not None and trace.response_model is None:
+            trace.saw_body(data)
+        if self.count_tokens:
+            self._time_events(data)
+            data = self._observe_tokens(data)
+            if not data:
+                return
+        out = self.out
+        if self.chunked_out:
+            out.append(wire.chunk_head(len(data)))
+            out.append(data)
+            out.append(b"\r\n")
+        else:
+            out.append(data)
+        self.last_activity = self.plane.now
+
+    def _time_events(self, data: bytes) -> None:
+        """Time to the first token, and the gaps between the events of a stream as they
+        arrive: the first event of a read after the time since the last read's, the
+        others of the same read after none (they came together)."""
+        series = self.series
+        if series is None:
+            return
+        # An SSE event is counted by its `data:` field (counting the blank lines that end
+        # events, in both line-end styles, measured ~200k instructions per 36 KB read);
+        # an NDJSON one by its newline.
+        events = data.count(b"data:") if self.sse else data.count(b"\n")
+        now = perf_counter()
+        if self.first_chunk_at == 0.0:
+            self.first_chunk_at = now
+            series.ttft.observe(now - self.sent_at)
+            events -= 1
+        elif events > 0:
+            series.itl.observe(now - self.last_chunk_at)
+            events -= 1
+        else:
+            return  # the rest of an event: timed when its start came
+        if events > 0:
+            series.itl.observe_many(0.0, events)
+        self.last_chunk_at = now
 
     # Ground truth ---------------------------------------------------------------------
 
@@ -701,18 +768,10 @@ class Exchange(ResponseSource):
         )
 
     def _observe_tokens(self, data: bytes) -> bytes:
-        """TTFT and chunk gaps of streams; token counts from the usage report."""
+        """Token counts from the usage report (streams are timed by `_time_events`)."""
         series = self.series
         if series is None:
             return data
-        if self.streaming:
-            now = perf_counter()
-            if self.first_chunk_at == 0.0:
-                self.first_chunk_at = now
-                series.ttft.observe(now - self.sent_at)
-            else:
-                series.itl.observe(now - self.last_chunk_at)
-            self.last_chunk_at = now
         # Usage comes once, at the end: searched for from the end, then the counts
         # after it, no JSON parse (and no regex: two of those measured ~2 us per
         # response). With include_usage every other chunk carries `"usage": null`
@@ -737,6 +796,8 @@ class Exchange(ResponseSource):
     def on_message_complete(self) -> None:
         if self.phase != RELAYING:
             return
+        if self.gathered:
+            self._relay_read()  # the last chunks come before the last-chunk marker
         if self.translator is not None:
             tail = self.translator.finish()
             if tail:

@@ -30,6 +30,11 @@ class Histogram:
         self.counts[bucket(self.bounds, value)] += 1
         self.total += value
 
+    def observe_many(self, value: float, times: int) -> None:
+        """`times` observations of the same `value` (a stream's events read together)."""
+        self.counts[bucket(self.bounds, value)] += times
+        self.total += value * times
+
     def exemplar(self, value: float, trace_id: str, at: float) -> None:
         """Keep `trace_id` as the exemplar of the bucket `value` falls in."""
         exemplars = self.exemplars

@@ -300,7 +300,8 @@ class GatewayMetrics:
         )
         itl = HistogramMetricFamily(
             "switchyard_inter_token_latency_seconds",
-            "Streamed LLM responses: gap between consecutive chunks (one token each on vLLM).",
+            "Streamed LLM responses: gap between consecutive events as they arrive "
+            "(one token each on vLLM).",
             labels=labels,
         )
         prompt = CounterMetricFamily(

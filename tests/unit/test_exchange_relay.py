@@ -154,3 +154,59 @@ async def test_a_stream_counts_the_usage_report_not_each_chunks_null_usage(packe
     series = rig.metrics.series("chat", "main", "", "127.0.0.1:9")
     assert (series.prompt_tokens, series.completion_tokens) == (7, 3)
     assert rig.client.exchange is None
+
+
+def _dechunked(body: bytes) -> tuple[bytes, int]:
+    """The payload of a chunked body and how many chunks carried it."""
+    payload, chunks, at = b"", 0, 0
+    while True:
+        line_end = body.index(b"\r\n", at)
+        size = int(body[at:line_end], 16)
+        if size == 0:
+            return payload, chunks
+        payload += body[line_end + 2 : line_end + 2 + size]
+        chunks += 1
+        at = line_end + 2 + size + 2
+
+
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+async def test_a_streams_chunks_read_together_go_out_as_one_chunk_with_each_event_timed() -> None:
+    rig = Rig()
+    rig.request(body=b'{"model":"chat","stream":true,"messages":[]}')
+    events = [_DELTA % b"a", _DELTA % b"b", _DELTA % b"c", _USAGE, b"[DONE]"]
+    # The first read: the head and two whole events; then one event cut in two reads;
+    # then the rest and the end.
+    rig.upstream.data_received(_SSE_HEAD + _sse_chunk(events[0]) + _sse_chunk(events[1]))
+    third = _sse_chunk(events[2])
+    rig.upstream.data_received(third[:20])
+    rig.upstream.data_received(third[20:])
+    rig.upstream.data_received(_sse_chunk(events[3]) + _sse_chunk(events[4]) + b"0\r\n\r\n")
+    out = bytes(rig.client_t.data)
+    payload, chunks = _dechunked(out.split(b"\r\n\r\n", 1)[1])
+    # What the client reads is every event but the usage report it did not ask for.
+    expected = b"".join(b"data: " + e + b"\n\n" for e in events if e != _USAGE)
+    assert payload == expected
+    assert chunks == 4  # one per read that held bytes of an event (the report's read too)
+    series = rig.metrics.series("chat", "main", "", "127.0.0.1:9")
+    assert sum(series.ttft.counts) == 1
+    # 5 events: the first is the time to first token, the other 4 each have a gap.
+    assert sum(series.itl.counts) == 4
+    assert (series.prompt_tokens, series.completion_tokens) == (7, 3)
+    assert rig.client.exchange is None
+
+
+async def test_a_stream_to_an_http10_client_is_relayed_as_it_comes() -> None:
+    rig = Rig()
+    rig.request(version=b"1.0", body=b'{"model":"chat","stream":true,"messages":[]}')
+    rig.upstream.data_received(
+        _SSE_HEAD + _sse_chunk(_DELTA % b"a") + _sse_chunk(_DELTA % b"b") + b"0\r\n\r\n"
+    )
+    out = bytes(rig.client_t.data)
+    assert out.split(b"\r\n\r\n", 1)[1] == b"".join(
+        b"data: " + _DELTA % t + b"\n\n" for t in (b"a", b"b")
+    )
+    assert rig.client_t.closed
