@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -107,6 +106,11 @@ class SqliteClaims(ClaimsStore):
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
+        # sqlite3 (its module and the library, ~1 MB resident) is loaded by the store
+        # that uses it: a gateway on memory or Redis claims never needs it.
+        import sqlite3
+
+        self._sqlite = sqlite3
         # Autocommit: each claim is one statement and its own transaction.
         self._db = sqlite3.connect(
             path, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -132,7 +136,7 @@ class SqliteClaims(ClaimsStore):
                 )
                 self._db.execute("CREATE INDEX IF NOT EXISTS claims_expires ON claims (expires)")
                 return
-            except sqlite3.OperationalError:
+            except self._sqlite.OperationalError:
                 if attempt == 9:
                     raise
                 time.sleep(0.05)
@@ -164,7 +168,7 @@ class SqliteClaims(ClaimsStore):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self.claim_now, key, ttl, time.time())
-        except (sqlite3.Error, OSError) as exc:
+        except (self._sqlite.Error, OSError) as exc:
             raise self.unavailable(str(exc) or type(exc).__name__) from None
 
     async def aclose(self) -> None:

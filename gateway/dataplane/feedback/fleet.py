@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -115,6 +114,8 @@ def open_store(spec: str | None, window: float) -> ClaimsStore:
     if spec is None or spec == "memory":
         return MemoryClaims(window)
     if spec.startswith("sqlite:"):
+        import sqlite3  # only for this store (see SqliteClaims)
+
         path = spec[len("sqlite:") :]
         try:
             return SqliteClaims(path)
