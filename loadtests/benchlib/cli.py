@@ -65,7 +65,8 @@ interleaved for --repeat rounds; reports the median req/s, p50/p99 at c=1, CPU
 microseconds per request of the proxy process and its RSS.
 
 --streaming instead measures SSE through the gateway against the bundled simulator:
-time to first byte and added time per chunk, direct vs nginx vs gateway, at c=1.
+time to first byte and added time per chunk, direct vs nginx vs gateway vs the Python
+floor (relaying each read as it comes), at c=1.
 """
 
 EPILOG = """\
@@ -461,7 +462,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
 _FLEET_SUMMARY = (
     "--feedback-store redis (local redis-server), --fleet-secret-file, --stats-source "
     "prometheus (local Prometheus scraping the admin port every 5 s), "
-    "--drift-worker-address udp (a port nobody reads)"
+    "--drift-worker-address udp (to a sink that discards them)"
 )
 
 
@@ -475,7 +476,7 @@ def _start_fleet_gateway(launcher: Launcher, args: argparse.Namespace, policy: s
     redis = launcher.start_redis()
     secret = launcher.root / "fleet-secret"
     secret.write_text(os.urandom(32).hex())
-    sink = free_port()  # drift datagrams to a port nobody reads, as the drift-free rows
+    sink = free_port()  # drift datagrams to a discarding sink, as the other gateway rows
     admin = free_port()
     prometheus = launcher.start_prometheus([f"127.0.0.1:{admin}"])
     extra = [
@@ -664,8 +665,16 @@ def streaming_mode(args: argparse.Namespace) -> int:
             compiled=_compiled_mode(args),
         )
         _check_gateway(gateway)
-        proxies: dict[str, Service | None] = {"direct": None, "nginx": proxy, "gateway": gateway}
-        urls = {"direct": sim.url, "nginx": proxy.url, "gateway": gateway.url}
+        # The Python floor relays a stream's reads as they come: what this runtime
+        # allows a streaming relay, beside what the gateway does.
+        floor = launcher.start_floor(args.python, sim.url)
+        proxies: dict[str, Service | None] = {
+            "direct": None,
+            "nginx": proxy,
+            "gateway": gateway,
+            "floor": floor,
+        }
+        urls = {"direct": sim.url, "nginx": proxy.url, "gateway": gateway.url, "floor": floor.url}
         for tokens in args.stream_tokens:
             print(f"bench: {streams} streams x {tokens} tokens", file=sys.stderr, flush=True)
             series = run_streams(proxies, urls, tokens, streams, warmup)

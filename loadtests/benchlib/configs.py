@@ -182,8 +182,9 @@ def shadow_and_drift_hook(
     request from the bytes held, the primary's answer kept, the comparison) while the
     backend stays the fixed nginx answer. Drift samples `drift_sample` of the requests
     into the tap; the gateway process extracts their features and sends them every
-    200 ms, as in production, to a worker address nobody reads (the bench starts the
-    gateway with --no-drift-worker: Evidently's evaluation is another process's CPU).
+    200 ms, as in production, to a sink on the worker's address that discards them
+    (the bench starts the gateway with --no-drift-worker and the sink beside it:
+    Evidently's evaluation is another process's CPU).
     """
     yaml = ""
     shadow = "off"
@@ -200,8 +201,8 @@ def shadow_and_drift_hook(
             " window: {size: 500, every: 10s, min_samples: 100}}\n"
         )
         drift = (
-            f"{drift_sample:.0%} of requests (features extracted and sent by the gateway; "
-            "no drift worker)"
+            f"{drift_sample:.0%} of requests (features extracted and sent by the gateway "
+            "to a discarding sink; no drift worker)"
         )
     return PolicyExtras(yaml=yaml, shadow=shadow, drift=drift)
 

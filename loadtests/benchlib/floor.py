@@ -12,9 +12,13 @@ what a light policy needs per request:
 - keep-alive connections to the upstream, one per client connection in flight, pooled;
 - the answer relayed with its status, content type and body, in one write.
 
-It is not a proxy to run: no streaming, no chunked bodies, no timeouts, no retries, no
-header forwarding beyond the body's type. It answers 502 if the upstream fails. What
-it prints: "floor listening on http://HOST:PORT", and its counters on SIGTERM.
+A chunked answer (a token stream, for `loadtests/bench --streaming`) is relayed as it
+comes instead: its head at once, then each read of the upstream's bytes as they are,
+framing included, in one write per read: the least a streaming relay does.
+
+It is not a proxy to run: no timeouts, no retries, no header forwarding beyond the
+body's type. It answers 502 if the upstream fails. What it prints: "floor listening on
+http://HOST:PORT", and its counters on SIGTERM.
 """
 
 from __future__ import annotations
@@ -54,9 +58,13 @@ class Upstream(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[tuple[int, bytes, bytes]] | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes, bytes | None]] | None = None
         self.content_type = b"application/json"
         self.body: list[bytes] = []
+        self.chunked = False
+        self.client: asyncio.Transport | None = None  # a stream's client, while relayed
+        self.relaying = False
+        self.head_left = b""  # a stream's first read: where its body starts
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -67,6 +75,7 @@ class Upstream(asyncio.Protocol):
             self.waiter.set_exception(ConnectionError("upstream closed the connection"))
 
     def data_received(self, data: bytes) -> None:
+        streaming = self.relaying
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -74,27 +83,57 @@ class Upstream(asyncio.Protocol):
                 self.waiter.set_exception(exc)
             if self.transport is not None:
                 self.transport.close()
+            return
+        client = self.client
+        if client is not None and self.relaying:
+            if not streaming:  # the read that held the head: its body part only
+                data = data[data.find(b"\r\n\r\n") + 4 :]
+            if data:
+                client.write(data)
+            if self.waiter is None:  # the stream ended in this read
+                self.relaying = False
+                self.client = None
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
+        lower = name.lower()
+        if lower == b"content-type":
             self.content_type = value
+        elif lower == b"transfer-encoding":
+            self.chunked = value.lower() == b"chunked"
+
+    def on_headers_complete(self) -> None:
+        client = self.client
+        if self.chunked and client is not None:
+            self.relaying = True
+            status = self.parser.get_status_code()
+            client.write(
+                b"HTTP/1.1 %d \r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n\r\n"
+                % (status, self.content_type)
+            )
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.relaying:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
-        body = b"".join(self.body)
+        body = None if self.relaying else b"".join(self.body)
         self.body = []
+        self.chunked = False
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result((status, self.content_type, body))
         self.pool.release(self)
 
-    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes, bytes]]:
+    def send(
+        self, request: bytes, client: asyncio.Transport | None
+    ) -> asyncio.Future[tuple[int, bytes, bytes | None]]:
+        """Send `request`; the answer's status, type and body (None: a stream, already
+        relayed to `client`)."""
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
+        self.client = client
         self.transport.write(request)
         return self.waiter
 
@@ -130,8 +169,9 @@ class Client(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.user = b""
+        self.extra = b""
         self.body: list[bytes] = []
-        self.queue: collections.deque[tuple[bytes, bytes, bytes]] = collections.deque()
+        self.queue: collections.deque[tuple[bytes, bytes, bytes, bytes]] = collections.deque()
         self.busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,35 +191,39 @@ class Client(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 9 and name.lower() == b"x-user-id":
             self.user = value
+        elif len(name) == 12 and name.lower() == b"x-sim-tokens":
+            self.extra = b"\r\nx-sim-tokens: " + value  # the simulator's stream length
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.queue.append((self.url, self.user, b"".join(self.body)))
-        self.url, self.user, self.body = b"", b"", []
+        self.queue.append((self.url, self.user, self.extra, b"".join(self.body)))
+        self.url, self.user, self.extra, self.body = b"", b"", b"", []
         if not self.busy:
             self.busy = True
             asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         while self.queue:
-            url, user, body = self.queue.popleft()
+            url, user, extra, body = self.queue.popleft()
             variant = "champion" if zlib.crc32(user) % 100 < CHAMPION_SHARE else "challenger"
             self.counters.variants[variant] += 1
-            answer = await self._forward(url, body)
+            answer = await self._forward(url, extra, body)
             if self.transport is None or self.transport.is_closing():
                 break
-            self.transport.write(answer)
+            if answer:  # empty: a stream, relayed as it came
+                self.transport.write(answer)
         self.busy = False
 
-    async def _forward(self, url: bytes, body: bytes) -> bytes:
+    async def _forward(self, url: bytes, extra: bytes, body: bytes) -> bytes:
         request = b"".join(
             (
                 b"POST ",
                 url,
                 b" HTTP/1.1\r\nhost: ",
                 self.host_header,
+                extra,
                 b"\r\ncontent-type: application/json\r\ncontent-length: ",
                 str(len(body)).encode(),
                 b"\r\n\r\n",
@@ -188,11 +232,13 @@ class Client(asyncio.Protocol):
         )
         try:
             upstream = await self.pool.acquire()
-            status, content_type, answer = await upstream.send(request)
+            status, content_type, answer = await upstream.send(request, self.transport)
         except (OSError, ConnectionError, httptools.HttpParserError):
             self.counters.classes[5] += 1
             return _BAD_GATEWAY
         self.counters.classes[status // 100] += 1
+        if answer is None:
+            return b""
         return b"".join(
             (
                 b"HTTP/1.1 ",

@@ -33,6 +33,25 @@ REPO = Path(__file__).resolve().parents[2]
 _LISTEN_GW = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)")
 _LISTEN_FLOOR = re.compile(r"floor listening on (http://\S+)")
 _LISTEN_SIM = re.compile(r"switchyard-sim \S+ listening on (http://\S+)")
+_SINK_READY = re.compile(r"drift sink reading")
+# The drift sink: binds the address the gateway sends drift samples to (a drift folder's,
+# or a udp:// one; the gateway's own code resolves it) and reads datagrams until
+# stopped, counting them for its log.
+_DRIFT_SINK = """
+import signal, sys
+from gateway.drift.channel import receiver_socket, target
+sock = receiver_socket(target(sys.argv[2] or None, sys.argv[1]))
+sock.setblocking(True)
+got = [0, 0]
+def stop(*_):
+    print(f"drift sink: {got[0]} datagrams, {got[1]} bytes", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("drift sink reading", flush=True)
+while True:
+    got[1] += len(sock.recv(1 << 20))
+    got[0] += 1
+"""
 _PR_SET_PDEATHSIG = 1
 _DIR_PREFIX = "switchyard-bench-"
 
@@ -219,7 +238,12 @@ class Launcher:
         # The HTTP request path is what the bench measures: no gRPC listener (it would
         # also need port 8082 free, and grpcio adds ~10 MB to the RSS column).
         args += ["--port", "0", "--admin-port", "0", "--watch-interval", "0", "--grpc-port", "-1"]
-        args += ["--no-drift-worker", "--drift-dir", str(self.root / f"drift-{name}")]
+        drift_dir = self.root / f"drift-{name}"
+        extra = extra or []
+        flag = "--drift-worker-address"
+        udp = extra[extra.index(flag) + 1] if flag in extra else ""
+        self.start_drift_sink(python, drift_dir, udp, name=f"{name}-drift-sink", tree=tree)
+        args += ["--no-drift-worker", "--drift-dir", str(drift_dir)]
         args += ["--log-level", "warning", *(extra or [])]
         popen, log = self._spawn(
             name, args, env={**(env or {}), "SWITCHYARD_COMPILED": compiled}, cwd=tree
@@ -227,6 +251,25 @@ class Launcher:
         service = self._track(Service(name, popen, "", log))
         match = self._wait_line(service, _LISTEN_GW, 30.0)
         service.url, service.admin_url = match.group(1), match.group(2)
+        return service
+
+    def start_drift_sink(
+        self,
+        python: str,
+        drift_dir: Path,
+        udp: str = "",
+        *,
+        name: str = "drift-sink",
+        tree: Path = REPO,
+    ) -> Service:
+        """A reader on the drift worker's address (of `drift_dir`, or `udp`) that
+        discards what it reads: the gateway's samples leave as in production (sent, not held for a
+        worker that is down), while Evidently's evaluation, another process's CPU in
+        production too, stays out of the bench. Started before the gateway, stopped
+        after it."""
+        popen, log = self._spawn(name, [python, "-c", _DRIFT_SINK, str(drift_dir), udp], cwd=tree)
+        service = self._track(Service(name, popen, "", log))
+        self._wait_line(service, _SINK_READY, 30.0)
         return service
 
     def start_redis(self) -> Service:
