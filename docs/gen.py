@@ -41,7 +41,8 @@ TARGETS = {
     "CPU per request vs nginx (Python path)": ("<=", 3.0, "x", ".2f"),
     "added p50 at c=1, beyond nginx's": ("<=", 0.03, " ms", ".3f"),
     "added p99 at c=1, beyond nginx's": ("<=", 0.1, " ms", ".3f"),
-    "RSS": ("<=", 50.0, " MB", ".1f"),
+    "RSS (admin API not loaded yet)": ("<=", 50.0, " MB", ".1f"),
+    "RSS after a /metrics scrape": ("<=", 50.0, " MB", ".1f"),
     "throughput vs LiteLLM (same run)": (">=", 300.0, "x", ",.0f"),
     "streaming relay CPU per chunk vs nginx": ("<=", 1.5, "x", ".2f"),
     "streaming added time to first byte": ("<=", 0.1, " ms", ".3f"),
@@ -166,6 +167,7 @@ def _throughput_table(result: Json) -> str:
         "added p99 ms",
         "CPU us/req",
         "RSS MB",
+        "RSS MB, scraped",
     ]
     rows = [
         [
@@ -177,6 +179,7 @@ def _throughput_table(result: Json) -> str:
             _num(entry.get("added_p99_ms"), ".3f", signed=True),
             _num(entry.get("cpu_us_per_req"), ",.1f"),
             _num(entry.get("rss_mb"), ".1f"),
+            _num(entry.get("rss_scraped_mb"), ".1f"),
         ]
         for key, entry in result["systems"].items()
     ]
@@ -347,7 +350,8 @@ def bench_targets() -> str:
         "CPU per request vs nginx (Python path)": ratios.get("python_vs_nginx_cpu"),
         "added p50 at c=1, beyond nginx's": _beyond(gw, nginx, "added_p50_ms"),
         "added p99 at c=1, beyond nginx's": _beyond(gw, nginx, "added_p99_ms"),
-        "RSS": gw.get("rss_mb"),
+        "RSS (admin API not loaded yet)": gw.get("rss_mb"),
+        "RSS after a /metrics scrape": gw.get("rss_scraped_mb"),
         "throughput vs LiteLLM (same run)": litellm_ratio,
         "streaming relay CPU per chunk vs nginx": chunk_cpu,
         "streaming added time to first byte": added_ttfb,

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchlib import configs, report
-from benchlib.machine import machine_info, pin, process_tree
+from benchlib.machine import machine_info, pin, process_tree, rss_bytes
 from benchlib.procs import (
     REPO,
     BenchError,
@@ -386,6 +386,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
         )
         run_rounds(systems, upstream, plan)
         results = {s.name: summarize(s) for s in systems}
+        _rss_after_a_scrape(systems, results)
         ratios = add_comparisons(systems, results)
         status, metrics = get(gateway.admin_url or "", "/metrics")
         split = variant_split(metrics.decode(), configs.ROUTE) if status == 200 else {}
@@ -455,6 +456,24 @@ def throughput_mode(args: argparse.Namespace) -> int:
                 print(f"bench: {system.name} answered {errors} non-2xx responses", file=sys.stderr)
                 failed = 1
     return failed
+
+
+def _rss_after_a_scrape(systems: list[System], results: dict[str, dict[str, Any]]) -> None:
+    """Each gateway row's RSS again after one scrape of its admin `/metrics`.
+
+    `rss_mb` is a worker nobody has scraped: the admin API (uvicorn, Starlette, the
+    views) loads on its first admin request. A production worker is scraped (the HPA
+    reads its metrics), so this is the figure an SRE sees; both are reported.
+    """
+    for system in systems:
+        service = system.proxy
+        if service is None or not service.admin_url:
+            continue
+        status, _ = get(service.admin_url, "/metrics")
+        if status != 200:
+            raise BenchError(f"{system.name}: GET /metrics answered {status}")
+        pids = process_tree(service.popen.pid)
+        results[system.name]["rss_scraped_mb"] = rss_bytes(pids) / 2**20
 
 
 # Fleet and before/after rows -----------------------------------------------------------
