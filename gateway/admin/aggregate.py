@@ -9,22 +9,24 @@ A scrape that asks for OpenMetrics gets it as one process serves it: the workers
 scraped in OpenMetrics, their values merged the same way, and each sample keeps the
 newest exemplar (trace id) any worker had on it, so a latency spike on a multi-worker
 gateway still links to a trace.
+
+Parsing takes prometheus-client, whose package imports its HTTP server and push
+gateway with it (a few MB of stdlib a process keeps): imported by the first merge, not
+with this module, so a process that never merges never loads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Exemplar, Sample
+from typing import TYPE_CHECKING
 
 from gateway.observability.drift_metrics import WORKER_SOURCED
+from gateway.observability.exposition import Sample
 from gateway.observability.rollout_metrics import MAX_MERGED as ROLLOUT_MAX_MERGED
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.samples import Exemplar
 
 # Sample names whose values must not be summed across workers.
 # Every worker watches Kubernetes itself, so its watch state and discovered endpoint
@@ -64,6 +66,8 @@ def _merged(sample_name: str, before: float | None, value: float) -> float:
 
 def merge_expositions(texts: Sequence[str]) -> str:
     """Merge Prometheus text expositions of several processes into one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     order: list[str] = []
     meta: dict[str, tuple[str, str]] = {}
     values: dict[str, dict[_Key, float]] = {}
@@ -87,6 +91,14 @@ def merge_openmetrics(texts: Sequence[str], own: str = "") -> str:
     (by its timestamp) of them. `own` (the supervisor's own families, in the classic
     text format) come last.
     """
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.samples import Sample as ParsedSample
+
     families: dict[str, Metric] = {}
     values: dict[str, dict[_Key, float]] = {}
     exemplars: dict[_Key, Exemplar] = {}
@@ -110,7 +122,8 @@ def merge_openmetrics(texts: Sequence[str], own: str = "") -> str:
     for name, family in families.items():
         for (sample_name, labels), value in _grouped(values[name]):
             found = exemplars.get((sample_name, labels))
-            family.samples.append(Sample(sample_name, dict(labels), value, None, _shown(found)))
+            shown = _shown(found)
+            family.samples.append(ParsedSample(sample_name, dict(labels), value, None, shown))
         out.append(family)
     out.extend(text_string_to_metric_families(own))
     rendered: bytes = openmetrics_latest(_Families(out))  # type: ignore[no-untyped-call]
@@ -146,7 +159,7 @@ def _shown(exemplar: Exemplar | None) -> Exemplar | None:
     """An exemplar as one process writes it: its timestamp a float, not (sec, nsec)."""
     if exemplar is None or exemplar.timestamp is None:
         return exemplar
-    return Exemplar(exemplar.labels, exemplar.value, float(exemplar.timestamp))
+    return exemplar._replace(timestamp=float(exemplar.timestamp))
 
 
 def _render(

@@ -15,9 +15,6 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,6 +33,12 @@ from gateway.controlplane.registry.webhook import WebhookRejected, verify
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.plane import DataPlane
 from gateway.errors import UnknownRoute
+from gateway.observability.exposition import (
+    CONTENT_TYPE_OPENMETRICS,
+    CONTENT_TYPE_TEXT,
+    generate_openmetrics,
+    generate_text,
+)
 from gateway.rollout.controller import RolloutController
 from gateway.stats.sources import LocalSource
 
@@ -64,9 +67,9 @@ def build_admin_app(
         # OpenMetrics when the scraper asks for it (Prometheus does, with exemplar
         # storage on): the only format that carries the trace-id exemplars.
         if "application/openmetrics-text" in request.headers.get("accept", ""):
-            text = openmetrics_latest(registry)  # type: ignore[no-untyped-call]
-            return Response(text, media_type=OPENMETRICS_TYPE)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+            text = generate_openmetrics(registry.collect())
+            return Response(text, media_type=CONTENT_TYPE_OPENMETRICS)
+        return Response(generate_text(registry.collect()), media_type=CONTENT_TYPE_TEXT)
 
     async def livez(_: Request) -> Response:
         return JSONResponse({"status": "alive"})

@@ -33,7 +33,6 @@ from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 import httpx
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.admin.aggregate import merge_expositions, merge_openmetrics
 from gateway.admin.endpoints import Feature, Handler, build_app, served
 from gateway.admin.shadow import merge_raw, summarise
+from gateway.observability.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
 
 # The bearer token, the body's type, who gave a rollout command, and what authenticates
 # a registry webhook (MLflow's `x-mlflow-*` HMAC signature headers).
@@ -87,7 +87,7 @@ def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feat
         # OpenMetrics when the scraper asks for it, as one process answers: the only
         # format that carries the workers' trace-id exemplars.
         openmetrics = "application/openmetrics-text" in request.headers.get("accept", "")
-        asked = {"accept": OPENMETRICS_TYPE} if openmetrics else {}
+        asked = {"accept": CONTENT_TYPE_OPENMETRICS} if openmetrics else {}
         async with httpx.AsyncClient(timeout=5) as client:
             replies = await asyncio.gather(
                 *(client.get(f"{a}/metrics", headers=asked) for a in sup.admins()),
@@ -106,9 +106,9 @@ def build_fleet_app(sup: Workers, token: str | None, *, enabled: Collection[Feat
             f"switchyard_worker_restarts_total {restarts}.0\n"
         )
         if openmetrics:
-            return Response(merge_openmetrics(texts, own), media_type=OPENMETRICS_TYPE)
+            return Response(merge_openmetrics(texts, own), media_type=CONTENT_TYPE_OPENMETRICS)
         body = merge_expositions(texts) + own
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(body, media_type=CONTENT_TYPE_TEXT)
 
     async def livez(_: Request) -> Response:
         return JSONResponse({"status": "alive", "workers": len(sup.admins())})

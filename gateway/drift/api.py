@@ -17,13 +17,11 @@ file and the report files give on one machine:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -31,23 +29,14 @@ from starlette.routing import Route
 
 from gateway.drift.status import REPORT_KINDS, report_path
 from gateway.observability.drift_metrics import worker_families
+from gateway.observability.exposition import CONTENT_TYPE_TEXT, generate_text
 
 Status = Callable[[], Mapping[str, Any]]
 
 
-class _WorkerCollector(Collector):
-    def __init__(self, status: Status) -> None:
-        self._status = status
-
-    def collect(self) -> Iterator[Any]:
-        yield from worker_families(self._status())
-
-
 def metrics_text(status: Status) -> bytes:
     """The worker's drift metrics in the Prometheus text format."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_WorkerCollector(status))
-    return generate_latest(registry)
+    return generate_text(worker_families(status()))
 
 
 def worker_app(status: Status, drift_dir: Path, token: str | None) -> Starlette:
@@ -59,7 +48,7 @@ def worker_app(status: Status, drift_dir: Path, token: str | None) -> Starlette:
         return Response(body, media_type="application/json")
 
     async def metrics(_: Request) -> Response:
-        return Response(metrics_text(status), media_type="text/plain; version=0.0.4")
+        return Response(metrics_text(status), media_type=CONTENT_TYPE_TEXT)
 
     async def livez(_: Request) -> Response:
         return JSONResponse({"status": "alive"})

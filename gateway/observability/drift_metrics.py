@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+from gateway.observability.exposition import CounterMetricFamily, GaugeMetricFamily, Metric
 from gateway.observability.labeled_window_metrics import (
     WORKER_SOURCED_LABELS,
     labeled_window_families,
@@ -102,14 +101,14 @@ def _versions(status: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str
                     yield route, version, data
 
 
-def drift_families(counters: DriftCounters) -> Iterator[object]:
+def drift_families(counters: DriftCounters) -> Iterator[Metric]:
     """Every drift metric family of a gateway process (empty families too: they
     document themselves); the worker's from its local status file, if any."""
     yield from sampling_families(counters)
     yield from worker_families(counters.status() if counters.status is not None else None)
 
 
-def sampling_families(counters: DriftCounters) -> Iterator[object]:
+def sampling_families(counters: DriftCounters) -> Iterator[Metric]:
     """What this gateway process sampled and sent, or dropped."""
     rv = ["route", "version"]
     sent = CounterMetricFamily(
@@ -134,7 +133,7 @@ def sampling_families(counters: DriftCounters) -> Iterator[object]:
     yield from (sent, dropped)
 
 
-def worker_families(status: Mapping[str, Any] | None) -> Iterator[object]:
+def worker_families(status: Mapping[str, Any] | None) -> Iterator[Metric]:
     """The drift worker's metrics, from its status (None: no worker reported yet)."""
     rv = ["route", "version"]
     share = GaugeMetricFamily(

@@ -13,8 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
+from gateway.observability.exposition import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from gateway.observability.histogram import Histogram
 
 # Priorities are integers 0..9, larger served first (as the keys file's `priority`); the
@@ -75,7 +79,7 @@ class FlowCounters:
         return found
 
 
-def flow_families(c: FlowCounters) -> Iterator[object]:
+def flow_families(c: FlowCounters) -> Iterator[Metric]:
     requests = CounterMetricFamily(
         "switchyard_flow_requests",
         "Requests at flow-controlled pools (routes with a `flow` block), by route, "

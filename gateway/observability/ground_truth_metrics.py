@@ -19,8 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-
+from gateway.observability.exposition import CounterMetricFamily, HistogramMetricFamily, Metric
 from gateway.observability.histogram import Histogram
 
 SCORE_BUCKETS: tuple[float, ...] = tuple(round(i * 0.05, 2) for i in range(21))
@@ -94,7 +93,7 @@ class GroundTruthMetrics:
         hist.observe(delay)
 
 
-def ground_truth_families(metrics: GroundTruthMetrics) -> Iterator[object]:
+def ground_truth_families(metrics: GroundTruthMetrics) -> Iterator[Metric]:
     """Every ground-truth metric family (empty ones too: they document themselves)."""
     key = ["route", "variant", "version"]
     captured = CounterMetricFamily(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from prometheus_client.samples import Exemplar
-
-Bucket = tuple[str, float] | tuple[str, float, Exemplar]
+from gateway.observability.exposition import Bucket, Exemplar
 
 
 class Histogram:

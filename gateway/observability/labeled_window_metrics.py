@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from gateway.observability.exposition import CounterMetricFamily, GaugeMetricFamily, Metric
 
 ACCURACY = "switchyard_model_accuracy"
 # The window's metrics (each family named literally: the metrics reference scans for them).
@@ -50,7 +50,7 @@ def _labeled(status: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str,
                     yield route, version, data
 
 
-def labeled_window_families(status: Mapping[str, Any] | None) -> Iterator[object]:
+def labeled_window_families(status: Mapping[str, Any] | None) -> Iterator[Metric]:
     """The labeled windows' metrics and the triggers' fires, from the worker's status."""
     rv = ["route", "version"]
     # By the key of the status's metrics that holds each.

@@ -1,9 +1,10 @@
 """Every metric the gateway exports, declared once.
 
-The request path pays for metrics in single microseconds, so it never calls
-prometheus-client: it bumps plain integers and floats on objects it already holds
-(a `RequestSeries` hangs off each compiled variant/endpoint pair), and a custom
-collector turns them into Prometheus families at scrape time. Label values come only
+The request path pays for metrics in single microseconds, so it never calls a metrics
+client: it bumps plain integers and floats on objects it already holds (a
+`RequestSeries` hangs off each compiled variant/endpoint pair), and a custom collector
+turns them into metric families at scrape time (`gateway.observability.exposition`,
+which renders them as Prometheus text or OpenMetrics). Label values come only
 from compiled policy (route, variant, version, backend), never from client input, so
 cardinality is bounded by the policy.
 """
@@ -14,15 +15,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import (
+from gateway.observability.drift_metrics import DriftCounters, drift_families
+from gateway.observability.exposition import (
+    Collector,
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
+    Metric,
+    Registry,
 )
-from prometheus_client.registry import Collector, CollectorRegistry
-
-from gateway.observability.drift_metrics import DriftCounters, drift_families
 from gateway.observability.flow_metrics import FlowCounters, flow_families
 from gateway.observability.ground_truth_metrics import GroundTruthMetrics, ground_truth_families
 from gateway.observability.histogram import Histogram
@@ -170,7 +172,7 @@ RELOAD_HOLD_REASONS = ("empty", "removes_routes")
 
 
 class GatewayMetrics:
-    """Holds the gateway's counters and renders them for a `CollectorRegistry`.
+    """Holds the gateway's counters and renders them as metric families for a `Registry`.
 
     One instance per process, built by the app factory and passed to whoever counts.
     """
@@ -263,15 +265,13 @@ class GatewayMetrics:
     def collector(self) -> Collector:
         return _Collector(self)
 
-    def registry(self) -> CollectorRegistry:
+    def registry(self) -> Registry:
         """A fresh registry holding only this gateway's metrics."""
-        reg = CollectorRegistry(auto_describe=False)
-        reg.register(self.collector())
-        return reg
+        return Registry([self.collector()])
 
     # Rendering -------------------------------------------------------------------
 
-    def families(self) -> Iterator[object]:
+    def families(self) -> Iterator[Metric]:
         labels = ["route", "variant", "version", "backend"]
         requests = CounterMetricFamily(
             "switchyard_requests",
@@ -495,7 +495,7 @@ class GatewayMetrics:
         yield from trace_families(self.tracing)
         yield from self._kubernetes_families()
 
-    def _registry_families(self) -> Iterator[object]:
+    def _registry_families(self) -> Iterator[Metric]:
         version = GaugeMetricFamily(
             "switchyard_registry_alias_version",
             "Model version a registry alias pointed at on its last successful lookup.",
@@ -537,7 +537,7 @@ class GatewayMetrics:
             lookups.add_metric([outcome], count)
         yield from (version, stale, age, problems, lookups)
 
-    def _kubernetes_families(self) -> Iterator[object]:
+    def _kubernetes_families(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(
             "switchyard_kubernetes_watch_restarts",
             "Kubernetes watches started again, by resource and reason: closed (the API "
@@ -569,9 +569,9 @@ class GatewayMetrics:
         yield from (restarts, synced, events, discovered)
 
 
-class _Collector(Collector):
+class _Collector:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterable[object]:  # type: ignore[override]
+    def collect(self) -> Iterable[Metric]:
         return list(self._metrics.families())

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from gateway.observability.exposition import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # Why an endpoint won a scored pick: the scorer whose weighted score put it furthest
 # ahead of the runner-up (the best endpoint that scored less); `tie` when every candidate
@@ -100,7 +100,7 @@ class PickerCounters:
         return found
 
 
-def picker_families(c: PickerCounters) -> Iterator[object]:
+def picker_families(c: PickerCounters) -> Iterator[Metric]:
     picks = CounterMetricFamily(
         "switchyard_picker_picks",
         "Scored endpoint picks (pools with a `picker`), by route, backend and the scorer "

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from gateway.observability.exposition import CounterMetricFamily, GaugeMetricFamily, Metric
 
 PICO = 1_000_000_000_000  # picodollars per USD
 
@@ -90,7 +90,7 @@ class QuotaMetrics:
         self.decisions[ident] = self.decisions.get(ident, 0) + 1
 
 
-def quota_families(q: QuotaMetrics) -> Iterator[object]:
+def quota_families(q: QuotaMetrics) -> Iterator[Metric]:
     decisions = CounterMetricFamily(
         "switchyard_quota_requests",
         "Requests of keys with limits, by key name, tenant, route and result: admitted, "

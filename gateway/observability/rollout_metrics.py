@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from gateway.observability.exposition import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # Every state a rollout can be in (a bounded label set).
 ROLLOUT_STATES = ("progressing", "paused", "rolled_back", "aborted", "promoted", "completed")
@@ -104,7 +104,7 @@ class RolloutCounters:
         self.webhooks[key] = self.webhooks.get(key, 0) + 1
 
 
-def rollout_families(counters: RolloutCounters) -> Iterator[object]:
+def rollout_families(counters: RolloutCounters) -> Iterator[Metric]:
     """The rollout and experiment metric families."""
     step = GaugeMetricFamily(
         "switchyard_rollout_step",
@@ -148,7 +148,7 @@ def rollout_families(counters: RolloutCounters) -> Iterator[object]:
     yield from _experiment_families(counters)
 
 
-def _source_families(counters: RolloutCounters) -> Iterator[object]:
+def _source_families(counters: RolloutCounters) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "switchyard_stats_source_up",
         "1 while the last read of the statistics that rollout gates, experiment reports "
@@ -169,7 +169,7 @@ def _source_families(counters: RolloutCounters) -> Iterator[object]:
     yield from (up, errors)
 
 
-def _experiment_families(counters: RolloutCounters) -> Iterator[object]:
+def _experiment_families(counters: RolloutCounters) -> Iterator[Metric]:
     labels = ["route", "variant", "version"]
     outcomes = CounterMetricFamily(
         "switchyard_experiment_outcomes",

@@ -19,8 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
+from gateway.observability.exposition import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from gateway.observability.histogram import Histogram
 
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -292,7 +296,7 @@ class ShadowMetrics:
         return total
 
 
-def shadow_families(metrics: ShadowMetrics) -> Iterator[object]:
+def shadow_families(metrics: ShadowMetrics) -> Iterator[Metric]:
     """Every shadow metric family (empty ones too: they document themselves)."""
     labels = ["route", "shadow", "version"]
     requests = CounterMetricFamily(

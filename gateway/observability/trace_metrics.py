@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from gateway.observability.exposition import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # Why spans were lost: the queue was full (exporter behind), the collector refused
 # or could not be reached, it did not answer within the timeout, or the gateway
@@ -32,7 +32,7 @@ class TraceCounters:
     access_log: dict[str, int] = field(default_factory=lambda: {"written": 0, "dropped": 0})
 
 
-def trace_families(c: TraceCounters) -> Iterator[object]:
+def trace_families(c: TraceCounters) -> Iterator[Metric]:
     sampled = CounterMetricFamily(
         "switchyard_trace_sampled_requests",
         "Requests traced: sampled in by the trace sampler (OTEL_TRACES_SAMPLER).",

@@ -20,12 +20,9 @@ import asyncio
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, cast
 
 from gateway.importing import import_off_loop
 from gateway.observability.metrics import GatewayMetrics
@@ -123,6 +120,8 @@ class StatsSource:
     """Reads one route's statistics; keeps count of how reading goes (for /metrics)."""
 
     kind: ClassVar[str] = ""
+    # Modules its reads import (besides httpx, for those over HTTP): loaded like httpx.
+    imports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, url: str | None, timeout: float, clock: Callable[[], float] = time.time
@@ -149,6 +148,8 @@ class StatsSource:
         now = self._clock()
         if self.url is not None:  # it reads over HTTP: httpx, loaded outside the timed wait
             await import_off_loop("httpx")
+        for name in self.imports:
+            await import_off_loop(name)
         try:
             got = await asyncio.wait_for(self._read(route, now), self.timeout)
         except TimeoutError:
@@ -197,9 +198,25 @@ class StatsSource:
         return SourceGauge(self.kind, self.up, self.errors)
 
 
-def _from_families(families: Iterable[object]) -> Iterator[Sample]:
+class _SampleRead(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+    @property
+    def value(self) -> float: ...
+
+
+class _Family(Protocol):
+    """A metric family: one of this process's, or one prometheus-client parsed."""
+
+    @property
+    def samples(self) -> Sequence[_SampleRead]: ...
+
+
+def _from_families(families: Iterable[_Family]) -> Iterator[Sample]:
     for family in families:
-        for s in cast(Metric, family).samples:
+        for s in family.samples:
             if s.name in _WANTED or s.name in (_WORKERS, _RESTARTS):
                 yield Sample(s.name, s.labels, s.value)
 
@@ -224,12 +241,16 @@ class SupervisorSource(StatsSource):
     """The merged `/metrics` of the supervisor of `--workers N` (every worker's counts)."""
 
     kind = "supervisor"
+    # Its parser: prometheus-client, which a worker that never reads it does not load
+    # (its package brings an HTTP server and push gateway: a few MB of RSS per worker).
+    imports = ("prometheus_client.parser",)
 
     def explains(self) -> str:
         return "the supervisor's /metrics, merged over every worker of this gateway"
 
     async def _read(self, route: str, now: float) -> _Read:
         import httpx
+        from prometheus_client.parser import text_string_to_metric_families
 
         assert self.url is not None
         async with httpx.AsyncClient(timeout=self.timeout) as client:

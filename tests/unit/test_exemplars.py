@@ -4,9 +4,9 @@ classic text format (what the supervisor merges) does not change."""
 from __future__ import annotations
 
 from prometheus_client import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from gateway.observability.exposition import generate_openmetrics
 from gateway.observability.histogram import Histogram
 from gateway.observability.metrics import GatewayMetrics
 
@@ -37,7 +37,7 @@ def test_openmetrics_scrapes_carry_exemplars_that_parse() -> None:
         h.observe(0.003)
     series.duration.exemplar(0.003, TRACE, 1_700_000_000.0)
     registry = metrics.registry()
-    text = openmetrics(registry).decode()
+    text = generate_openmetrics(registry.collect()).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = families["switchyard_request_duration_seconds"].samples
     with_exemplar = [s for s in samples if s.exemplar is not None]

@@ -18,6 +18,7 @@ from typing import Any
 import prometheus_client.core as prom
 import pytest
 from prometheus_client import generate_latest as prom_text
+from prometheus_client.metrics_core import Metric as PromMetric
 from prometheus_client.openmetrics.exposition import generate_latest as prom_openmetrics
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -30,10 +31,12 @@ from gateway.observability import exposition as ours
 from gateway.observability.exposition import (
     CONTENT_TYPE_OPENMETRICS,
     CONTENT_TYPE_TEXT,
+    Metric,
     format_float,
     generate_openmetrics,
     generate_text,
 )
+from gateway.observability.metrics import GatewayMetrics, RouteCounters
 
 # prometheus-client's classes under the names ours have.
 PROM = SimpleNamespace(
@@ -251,6 +254,70 @@ def test_an_exemplar_where_openmetrics_has_none_is_refused_as_prometheus_client_
         generate_openmetrics([mine])
     with pytest.raises(ValueError, match=refused):
         prom_openmetrics(Fixed([theirs]))
+
+
+def _as_prometheus_client(families: Iterable[Metric]) -> list[PromMetric]:
+    """The same families as prometheus-client objects, sample for sample."""
+    out = []
+    for f in families:
+        m = PromMetric(f.name, f.documentation, f.type)
+        for s in f.samples:
+            exemplar = None if s.exemplar is None else PromExemplar(*s.exemplar)
+            m.samples.append(PromSample(s.name, s.labels, s.value, s.timestamp, exemplar))
+        out.append(m)
+    return out
+
+
+def _busy_gateway() -> GatewayMetrics:
+    """A gateway's metrics with something in most families."""
+    metrics = GatewayMetrics()
+    for variant, backend in (("champion", "10.0.0.1:8000"), ("challenger", "10.0.0.2:8000")):
+        s = metrics.series("chat", variant, "3", backend)
+        s.by_class[2] += 5
+        s.by_class[5] += 1
+        s.by_class[0] += 1
+        s.failed_attempts += 2
+        s.prompt_tokens += 1000
+        s.completion_tokens += 333
+        for seconds in (0.00004, 0.003, 0.02, 1.5, 400.0):
+            s.duration.observe(seconds)
+            s.upstream.observe(seconds * 0.9)
+            s.overhead.observe(seconds * 0.1)
+            s.ttft.observe(seconds / 2)
+            s.itl.observe(seconds / 10)
+        s.duration.exemplar(0.003, "d" * 32, 1_700_000_000.125)
+        s.duration.exemplar(400.0, "e" * 32, 1_700_000_001.5)
+    route: RouteCounters = metrics.route("chat")
+    route.retries, route.fallbacks = 3, 1
+    route.errors_by_code["rate_limited"] = 4
+    metrics.refused("model_not_found", 404, None)
+    metrics.health_probes[("10.0.0.1:8000", "ok")] = 9
+    metrics.info_labels = {"version": "1.0", "python": "3.11"}
+    metrics.policy_hash, metrics.policy_routes = "abc", 1
+    metrics.api_keys[("team-a", "accepted")] = 11
+    metrics.kube_synced["endpointslices"] = True
+    metrics.discovered["k8s://ns/svc"] = 2
+    metrics.loop_tasks = lambda: 17
+    return metrics
+
+
+def test_the_gateways_metrics_render_as_prometheus_client_renders_them() -> None:
+    metrics = _busy_gateway()
+    families = list(metrics.registry().collect())
+    assert all(isinstance(f, Metric) for f in families)
+    theirs = Fixed(_as_prometheus_client(families))
+    text = generate_text(families)
+    assert text == prom_text(theirs)
+    om = generate_openmetrics(families)
+    assert om == prom_openmetrics(theirs)
+    assert f'trace_id="{"e" * 32}"'.encode() in om and b"trace_id" not in text
+    # And they parse: every histogram's buckets, counts and sums are consistent.
+    assert {f.name for f in parse_openmetrics(om.decode())} >= {  # type: ignore[no-untyped-call]
+        "switchyard_request_duration_seconds",
+        "switchyard_requests",
+        "switchyard_build",
+    }
+    assert any(f.name == "switchyard_requests" for f in parse_text(text.decode()))
 
 
 def test_content_types_name_the_formats_written() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from prometheus_client import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from gateway.admin.aggregate import merge_expositions, merge_openmetrics
+from gateway.observability.exposition import generate_openmetrics
 from gateway.observability.metrics import GatewayMetrics
 
 
@@ -97,7 +97,7 @@ def test_openmetrics_merge_keeps_the_newest_exemplar_of_each_bucket() -> None:
     # traced one in the 50 ms bucket; an untraced request leaves none.
     a = gateway_worker([(0.003, TRACE_A, 1_700_000_100.5), (0.04, TRACE_A, 1_700_000_050.0)])
     b = gateway_worker([(0.004, TRACE_B, 1_700_000_200.25), (0.3, None, 0.0)])
-    texts = [openmetrics_latest(m.registry()).decode() for m in (a, b)]
+    texts = [generate_openmetrics(m.registry().collect()).decode() for m in (a, b)]
     merged = merge_openmetrics(texts)
     assert merged.endswith("# EOF\n") and merged.count("# EOF") == 1
     found = samples(merged)  # it parses, histogram checks included
@@ -118,7 +118,8 @@ def test_openmetrics_merge_keeps_the_newest_exemplar_of_each_bucket() -> None:
 
 def test_one_workers_openmetrics_comes_through_unchanged() -> None:
     """A supervisor with one worker serves what that process serves, byte for byte."""
-    text = openmetrics_latest(gateway_worker([(0.003, TRACE_A, 1_700_000_100.5)]).registry())
+    one = gateway_worker([(0.003, TRACE_A, 1_700_000_100.5)])
+    text = generate_openmetrics(one.registry().collect())
     assert merge_openmetrics([text.decode()]) == text.decode()
 
 
