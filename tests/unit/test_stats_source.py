@@ -522,3 +522,52 @@ def test_the_first_read_does_not_spend_its_timeout_importing_httpx() -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == "httpx loaded before the timed read: True", done.stdout
     assert lines[1].startswith("answered: Prometheus has no fresh"), done.stdout
+
+
+# The same for the supervisor's /metrics, parsed with prometheus-client: a stand-in
+# supervisor with no third-party imports answers one worker's counts.
+_FIRST_SUPERVISOR_READ = """
+import asyncio, sys
+from gateway.stats.sources import SupervisorSource
+
+BODY = (b"# HELP switchyard_workers Workers.\\n# TYPE switchyard_workers gauge\\n"
+        b"switchyard_workers 1.0\\n")
+
+async def answer(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/plain\\r\\n"
+                 b"content-length: %d\\r\\nconnection: close\\r\\n\\r\\n%s" % (len(BODY), BODY))
+    await writer.drain()
+    writer.close()
+
+class Probe(SupervisorSource):
+    async def _read(self, route, now):
+        print("parser loaded before the timed read:", "prometheus_client.parser" in sys.modules)
+        return await super()._read(route, now)
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert "prometheus_client" not in sys.modules, "prometheus_client imported before a read"
+    evidence = await Probe(f"http://127.0.0.1:{port}", 10.0).read("chat")
+    print("processes:", ",".join(evidence.stats.processes))
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_supervisor_read_imports_its_parser_outside_the_timed_wait() -> None:
+    # prometheus-client (its package brings an HTTP server and push gateway: RSS) is
+    # loaded only by a worker that reads its supervisor's /metrics, and like httpx
+    # outside the read's timeout.
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_SUPERVISOR_READ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "parser loaded before the timed read: True", done.stdout
+    assert lines[1] == "processes: worker_restarts=0,workers=1", done.stdout
