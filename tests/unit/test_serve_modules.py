@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from gateway.observability.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
 from tests.procs import Simulator, spawn
 
-NEVER = ("prometheus_client", "http.server", "urllib.request")
+# sqlite3: only the `sqlite:` feedback claims store loads it (this gateway has memory claims).
+NEVER = ("prometheus_client", "http.server", "urllib.request", "sqlite3", "_sqlite3")
 
 # `python -m gateway`, run by runpy as `-m` runs it, and at exit (SIGTERM drains and
 # returns from main) the modules the process holds.
