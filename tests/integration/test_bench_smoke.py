@@ -51,6 +51,9 @@ def test_quick_bench_measures_four_systems(tmp_path: Path) -> None:
     assert systems["gateway"]["non2xx_total"] == 0
     assert systems["gateway"]["cpu_us_per_req"] > 0
     assert systems["gateway"]["rss_mb"] > 0
+    # Scraped once after the load: the admin API is loaded then, so the worker holds more.
+    assert systems["gateway"]["rss_scraped_mb"] > systems["gateway"]["rss_mb"]
+    assert "rss_scraped_mb" not in systems["nginx"]
     assert result["ratios"]["gateway_vs_nginx_rps"] > 0
     assert result["ratios"]["gateway_vs_floor_rps"] > 0
     assert systems["floor"]["non2xx_total"] == 0
@@ -59,3 +62,30 @@ def test_quick_bench_measures_four_systems(tmp_path: Path) -> None:
     assert result["machine"]["nproc"] >= 1
     assert "switchyard gateway" in done.stdout
     assert result["gateway"]["dataplane"] == dataplane
+
+
+@pytest.mark.timeout(90)
+def test_quick_streaming_bench_relays_every_stream_through_four_systems(tmp_path: Path) -> None:
+    require_program("nginx", "apt-get install nginx")
+    output = tmp_path / "streaming.json"
+    dataplane = "compiled" if gateway.COMPILED.active else "python"
+    args = ["--streaming", "--quick", "--output", str(output), "--dataplane", dataplane]
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert done.returncode == 0, f"bench failed:\n{done.stdout}\n{done.stderr}"
+    result = json.loads(output.read_text())
+    assert [run["tokens"] for run in result["runs"]] == [20, 200]
+    for run in result["runs"]:
+        systems = run["systems"]
+        # The Python floor relays the streams too (each read as it comes).
+        assert set(systems) == {"direct", "nginx", "gateway", "floor"}
+        for name, entry in systems.items():
+            # role chunk + one per token + finish chunk + [DONE], every stream checked
+            assert entry["events"] == run["tokens"] + 3, name
+        for name in ("nginx", "gateway", "floor"):
+            assert systems[name]["cpu_us_per_chunk"] > 0, name
