@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import COMPILED, __version__
 from gateway.admin.lazy import LazyAdmin
+from gateway.admin.probes import Probes
 from gateway.controlplane.backends.context import ContextWatcher
 from gateway.controlplane.backends.health import HealthChecker
 from gateway.controlplane.backends.load import LoadWatcher
@@ -186,8 +187,8 @@ class Gateway:
         )
 
         def admin_app() -> Starlette:
-            # Imported (in a worker thread, by LazyAdmin) when the first admin client
-            # connects: the admin API is not loaded by a gateway nobody asks.
+            # Imported (in a worker thread, by LazyAdmin) at the first admin request that
+            # is not a probe or a scrape: a gateway nobody asks does not load the admin API.
             from gateway.admin.app import build_admin_app
 
             return build_admin_app(
@@ -200,7 +201,11 @@ class Gateway:
             )
 
         admin = LazyAdmin(
-            admin_app, settings.admin_host, settings.admin_port, preload=("gateway.admin.app",)
+            admin_app,
+            settings.admin_host,
+            settings.admin_port,
+            preload=("gateway.admin.app",),
+            probes=Probes(plane).answer,
         )
         if not await admin.start():
             plane.stop_listening()

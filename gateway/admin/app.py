@@ -23,6 +23,7 @@ from gateway.admin.drift import drift_handlers
 from gateway.admin.endpoints import Handler, build_app, features
 from gateway.admin.ground_truth import ground_truth_handlers
 from gateway.admin.keys import key_handlers
+from gateway.admin.probes import ProbeReply, Probes
 from gateway.admin.rollouts import rollout_handlers
 from gateway.admin.shadow import shadow_handlers
 from gateway.admin.views import reload_status_view, reload_view, routes_view, snapshot_view
@@ -33,12 +34,6 @@ from gateway.controlplane.registry.webhook import WebhookRejected, verify
 from gateway.dataplane.decide import RequestHead
 from gateway.dataplane.plane import DataPlane
 from gateway.errors import UnknownRoute
-from gateway.observability.exposition import (
-    CONTENT_TYPE_OPENMETRICS,
-    CONTENT_TYPE_TEXT,
-    generate_openmetrics,
-    generate_text,
-)
 from gateway.rollout.controller import RolloutController
 from gateway.stats.sources import LocalSource
 
@@ -59,28 +54,19 @@ def build_admin_app(
     The registry webhook is not behind the bearer token (MLflow cannot send one); its
     HMAC signature with `webhook_secret` authenticates it instead.
     """
-    registry = plane.metrics.registry()
     # Where counts for experiments, shadows and rollout gates come from (gateway.stats).
     source = rollouts.stats if rollouts is not None else LocalSource(plane.metrics)
+    # The open endpoints answer as the admin listener answers them before this app loads.
+    probes = Probes(plane)
 
     async def metrics(request: Request) -> Response:
-        # OpenMetrics when the scraper asks for it (Prometheus does, with exemplar
-        # storage on): the only format that carries the trace-id exemplars.
-        if "application/openmetrics-text" in request.headers.get("accept", ""):
-            text = generate_openmetrics(registry.collect())
-            return Response(text, media_type=CONTENT_TYPE_OPENMETRICS)
-        return Response(generate_text(registry.collect()), media_type=CONTENT_TYPE_TEXT)
+        return _reply(probes.metrics(request.headers.get("accept", "")))
 
     async def livez(_: Request) -> Response:
-        return JSONResponse({"status": "alive"})
+        return _reply(probes.livez())
 
     async def readyz(_: Request) -> Response:
-        if plane.draining:
-            return JSONResponse({"status": "draining"}, status_code=503)
-        snap = plane.ref.current
-        if not snap.routes:
-            return JSONResponse({"status": "no routes loaded"}, status_code=503)
-        return JSONResponse({"status": "ready", "policy": snap.version})
+        return _reply(probes.readyz())
 
     async def reload(request: Request) -> Response:
         confirm, error = _removals_asked(request, plane.ref.current.routes)
@@ -171,6 +157,10 @@ def build_admin_app(
     }
     enabled = features(drift_dir=drift_dir, rollouts=rollouts is not None)
     return build_app(handlers, token, enabled=enabled)
+
+
+def _reply(reply: ProbeReply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
 
 def _removals_asked(

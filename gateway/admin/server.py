@@ -64,3 +64,14 @@ class AdminServer(uvicorn.Server):
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def connection_protocol(self) -> asyncio.Protocol:
+        """uvicorn's protocol for a connection accepted elsewhere (`gateway.admin.lazy`
+        hands it the connection whose request loaded the admin API): what uvicorn's own
+        listener makes for each connection it accepts."""
+        protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        return protocol

@@ -461,9 +461,9 @@ def throughput_mode(args: argparse.Namespace) -> int:
 def _rss_after_a_scrape(systems: list[System], results: dict[str, dict[str, Any]]) -> None:
     """Each gateway row's RSS again after one scrape of its admin `/metrics`.
 
-    `rss_mb` is a worker nobody has scraped: the admin API (uvicorn, Starlette, the
-    views) loads on its first admin request. A production worker is scraped (the HPA
-    reads its metrics), so this is the figure an SRE sees; both are reported.
+    `rss_mb` is a worker nobody has scraped. A production worker is scraped (the HPA
+    reads its metrics): the exposition of every counter is rendered, and whatever
+    the scrape loads stays. So this is the figure an SRE sees; both are reported.
     """
     for system in systems:
         service = system.proxy

@@ -1,4 +1,5 @@
-"""A serving process never loads prometheus-client, not even once `/metrics` is scraped.
+"""A serving process never loads prometheus-client, not even once `/metrics` is scraped;
+scrapes and probes do not load the admin API either.
 
 prometheus-client's package `__init__` imports its own HTTP server and push gateway
 (http.server, urllib.request...): megabytes a worker would keep for its whole life
@@ -11,6 +12,7 @@ traffic, scrapes both formats, stops it and reads what it had loaded.
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import httpx
@@ -20,23 +22,35 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from gateway.observability.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
-from tests.procs import Simulator, spawn
+from tests.procs import Proc, Simulator, spawn
 
 # sqlite3: only the `sqlite:` feedback claims store loads it (this gateway has memory claims).
 NEVER = ("prometheus_client", "http.server", "urllib.request", "sqlite3", "_sqlite3")
 
-# `python -m gateway`, run by runpy as `-m` runs it, and at exit (SIGTERM drains and
-# returns from main) the modules the process holds.
+# `python -m gateway`, run by runpy as `-m` runs it, and the modules the process holds:
+# at exit (SIGTERM drains and returns from main), and when sent SIGUSR1 (which the
+# gateway does not use).
 LAUNCHER = """\
 import atexit
 import runpy
+import signal
 import sys
 
-atexit.register(lambda: print("modules:", " ".join(sorted(sys.modules)), flush=True))
+def modules(when):
+    print(f"modules {when}:", " ".join(sorted(sys.modules)), flush=True)
+
+atexit.register(modules, "at exit")
+signal.signal(signal.SIGUSR1, lambda *_: modules("now"))
 runpy.run_module("gateway", run_name="__main__", alter_sys=True)
 """
 _LISTENING = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)")
-_MODULES = re.compile(r"^modules: (.*)$", re.M)
+_MODULES = re.compile(r"^modules at exit: (.*)$", re.M)
+_MODULES_NOW = re.compile(r"^modules now: (.*)$")
+
+
+def _modules_now(proc: Proc) -> set[str]:
+    proc.signal(signal.SIGUSR1)
+    return set(proc.wait_for(_MODULES_NOW, timeout=10).group(1).split())
 
 
 def test_a_scraped_gateway_never_imports_prometheus_client(
@@ -67,6 +81,10 @@ def test_a_scraped_gateway_never_imports_prometheus_client(
             headers={"accept": "application/openmetrics-text; version=1.0.0"},
             timeout=10,
         )
+        ready = httpx.get(f"{admin}/readyz", timeout=10)
+        alive = httpx.get(f"{admin}/livez", timeout=10)
+        scraped = _modules_now(proc)  # scraped and probed: the admin API is not loaded
+        routes = httpx.get(f"{admin}/admin/routes", timeout=30)  # now it is
     finally:
         assert proc.stop() == 0, proc.output()[-3000:]
     assert text.headers["content-type"] == CONTENT_TYPE_TEXT
@@ -80,10 +98,17 @@ def test_a_scraped_gateway_never_imports_prometheus_client(
     ]
     assert served == [("2xx", 3.0)]
     assert any(f.name == "switchyard_request_duration_seconds" for f in parse_openmetrics(om.text))
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert alive.json() == {"status": "alive"}
+    assert routes.status_code == 200 and "chat" in routes.text
+    # Probes and scrapes are answered by the admin listener itself (gateway.admin.probes):
+    # what keeps hitting a production worker loads neither uvicorn nor Starlette.
+    assert "gateway.observability.exposition" in scraped
+    assert [m for m in ("gateway.admin.app", "uvicorn", "starlette") if m in scraped] == []
     found = _MODULES.search(proc.output())
     assert found is not None, proc.output()[-3000:]
     modules = set(found.group(1).split())
-    # The admin API and its renderer were loaded (the scrape did): the list is complete.
-    assert {"gateway.admin.app", "gateway.observability.exposition"} <= modules
+    # The admin API was loaded (the admin request did): the list is complete.
+    assert "gateway.admin.app" in modules
     assert [m for m in NEVER if m in modules] == []
     assert [m for m in modules if m.startswith("prometheus_client")] == []
