@@ -55,10 +55,13 @@ from gateway.drift.channel import (
 )
 from gateway.drift.config import config_entries
 from gateway.drift.features import Extractor, Row, build_extractor
-from gateway.drift.tap import DriftTap
+from gateway.drift.tap import DriftTap, Sample
 from gateway.observability.drift_metrics import DriftCounters
 
 FLUSH_INTERVAL = 0.2  # seconds: how stale a sample may get before the worker sees it
+# Samples extracted per turn of the event loop (~2.5 us each): a flush holds the loop
+# for at most ~0.2 ms at a time, whatever the sample rate.
+SLICE = 64
 CONFIG_EVERY = 2.0  # seconds between config datagrams (a restarted worker learns it soon)
 # Rows kept for a worker that cannot take them yet. Encoded (~200 bytes a row), so this
 # bounds the memory at a few MB while covering a worker start (Python, pandas: seconds)
@@ -186,8 +189,35 @@ class DriftSender:
     def flush(self) -> int:
         """Send everything buffered (after the backlog); returns the rows sent."""
         samples, keys = self.tap.take_keyed()
+        self._encode_samples(samples, keys, 0, len(samples))
+        return self._send_all()
+
+    async def flush_sliced(self) -> int:
+        """`flush`, extracting `SLICE` samples at a time and letting the event loop run
+        between slices: at 10% of 30k requests/s, one flush extracts ~600 samples,
+        ~1.5 ms of the loop every interval that every connection would wait through."""
+        samples, keys = self.tap.take_keyed()
+        done = 0
+        try:
+            while done < len(samples):
+                if done:
+                    await asyncio.sleep(0)
+                end = min(done + SLICE, len(samples))
+                self._encode_samples(samples, keys, done, end)
+                done = end
+        finally:
+            if done < len(samples):  # cancelled between slices (a stop): keep the rest
+                self._encode_samples(samples, keys, done, len(samples))
+        return self._send_all()
+
+    def _encode_samples(
+        self, samples: list[Sample], keys: dict[int, str], start: int, end: int
+    ) -> None:
+        """Extract `samples[start:end]` and add their rows to the backlog, a datagram
+        (or more) per route and version."""
         groups: dict[tuple[str, str, str], list[Row]] = {}
-        for index, (decision, body) in enumerate(samples):
+        for index in range(start, end):
+            decision, body = samples[index]
             route, variant = decision.route.name, decision.variant
             extract = self._extractors.get(route)
             if extract is None:  # the route's drift block went away since the offer
@@ -219,6 +249,10 @@ class DriftSender:
                 encoded += n
             if encoded < len(rows):
                 self._drop(route, version, "too_large", len(rows) - encoded)
+
+    def _send_all(self) -> int:
+        """Encode the labels taken since the last flush, then send the backlog (rows
+        first, then labels); returns the rows sent."""
         records = self.tap.take_labels()
         if records:
             # One datagram names no single route: its first record's stands for it in
@@ -365,7 +399,7 @@ class DriftSender:
                 elif ticks % every == 0:
                     self.send_config()
                 try:
-                    self.flush()
+                    await self.flush_sliced()
                 except Exception:
                     log.exception("drift flush failed; retrying in %.1fs", interval)
         finally:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from pathlib import Path
+
+import pytest
 
 from gateway.controlplane.policy.compile import compile_snapshot
 from gateway.controlplane.policy.loader import LoadedPolicy, parse_policies
@@ -19,7 +22,7 @@ from gateway.drift.channel import (
     receiver_socket,
     worker_address,
 )
-from gateway.drift.sender import DriftSender
+from gateway.drift.sender import SLICE, DriftSender
 from gateway.drift.tap import DriftTap, NoTap
 from gateway.observability.drift_metrics import DriftCounters
 from gateway.observability.metrics import GatewayMetrics
@@ -218,3 +221,72 @@ def test_datagram_socket_family_is_unix() -> None:
         assert sock.family == socket.AF_UNIX
     finally:
         sock.close()
+
+
+async def test_a_flush_lets_the_event_loop_run_between_slices_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    # What the sender's loop flushes with: at most SLICE extractions per turn of the
+    # loop, so a big flush does not hold every connection of the worker at once.
+    policies, d = decisions()
+    counters = DriftCounters()
+    tap = DriftTap(10_000)
+    address = worker_address(tmp_path)
+    receiver = receiver_socket(address)
+    sender = DriftSender(tap, address, counters)
+    sender.configure(policies)
+    tap.configure({"chat": 1.0})
+    total = 5 * SLICE + 3
+    for n in range(total):
+        tap.offer(d["chat"], {"messages": [{"role": "user", "content": "x" * n}]})
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.get_running_loop().create_task(count_turns())
+    try:
+        assert await sender.flush_sliced() == total
+        # The loop turned between the six slices: 5 turns, the first of which started
+        # the counter.
+        assert turns >= 4
+        rows: list[float] = []
+        while len(rows) < total:
+            message = next_message(receiver)
+            if isinstance(message, Rows):
+                rows += [row["prompt_chars"] for row in message.rows]
+        assert rows == [float(n) for n in range(total)]  # every sample, in order
+        assert counters.sent == {("chat", "3"): total} and counters.dropped == {}
+    finally:
+        counter.cancel()
+        sender.close()
+        receiver.close()
+
+
+async def test_a_flush_stopped_between_slices_keeps_the_rest(tmp_path: Path) -> None:
+    policies, d = decisions()
+    counters = DriftCounters()
+    tap = DriftTap(10_000)
+    address = worker_address(tmp_path)
+    receiver = receiver_socket(address)
+    sender = DriftSender(tap, address, counters)
+    sender.configure(policies)
+    tap.configure({"chat": 1.0})
+    total = 3 * SLICE
+    for _ in range(total):
+        tap.offer(d["chat"], {"messages": [{"role": "user", "content": "x"}]})
+    flushing = asyncio.get_running_loop().create_task(sender.flush_sliced())
+    await asyncio.sleep(0)  # the first slice is extracted, then the loop turns
+    flushing.cancel()  # as the sender's task is cancelled when the gateway stops
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert len(tap) == 0 and sender.backlog_rows == total  # taken and encoded, not lost
+    try:
+        assert sender.flush() == total  # the final flush of a stop sends them
+        assert counters.sent == {("chat", "3"): total}
+    finally:
+        sender.close()
+        receiver.close()
