@@ -223,11 +223,10 @@ def test_datagram_socket_family_is_unix() -> None:
         sock.close()
 
 
-async def test_a_flush_lets_the_event_loop_run_between_slices_and_loses_nothing(
+def _listened_to(
     tmp_path: Path,
-) -> None:
-    # What the sender's loop flushes with: at most SLICE extractions per turn of the
-    # loop, so a big flush does not hold every connection of the worker at once.
+) -> tuple[dict[str, Decision], DriftCounters, DriftTap, DriftSender, socket.socket]:
+    """A sender sampling every `chat` request, and the worker's socket it sends to."""
     policies, d = decisions()
     counters = DriftCounters()
     tap = DriftTap(10_000)
@@ -236,6 +235,15 @@ async def test_a_flush_lets_the_event_loop_run_between_slices_and_loses_nothing(
     sender = DriftSender(tap, address, counters)
     sender.configure(policies)
     tap.configure({"chat": 1.0})
+    return d, counters, tap, sender, receiver
+
+
+async def test_a_flush_lets_the_event_loop_run_between_slices_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    # What the sender's loop flushes with: at most SLICE extractions per turn of the
+    # loop, so a big flush does not hold every connection of the worker at once.
+    d, counters, tap, sender, receiver = _listened_to(tmp_path)
     total = 5 * SLICE + 3
     for n in range(total):
         tap.offer(d["chat"], {"messages": [{"role": "user", "content": "x" * n}]})
@@ -267,14 +275,7 @@ async def test_a_flush_lets_the_event_loop_run_between_slices_and_loses_nothing(
 
 
 async def test_a_flush_stopped_between_slices_keeps_the_rest(tmp_path: Path) -> None:
-    policies, d = decisions()
-    counters = DriftCounters()
-    tap = DriftTap(10_000)
-    address = worker_address(tmp_path)
-    receiver = receiver_socket(address)
-    sender = DriftSender(tap, address, counters)
-    sender.configure(policies)
-    tap.configure({"chat": 1.0})
+    d, counters, tap, sender, receiver = _listened_to(tmp_path)
     total = 3 * SLICE
     for _ in range(total):
         tap.offer(d["chat"], {"messages": [{"role": "user", "content": "x"}]})
