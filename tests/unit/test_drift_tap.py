@@ -16,6 +16,7 @@ from gateway.dataplane.health import HealthRegistry
 from gateway.drift.channel import (
     PROBE,
     Config,
+    Labels,
     Rows,
     Unreadable,
     decode,
@@ -46,7 +47,7 @@ variants:
 """
 
 
-def next_message(receiver: socket.socket) -> Rows | Config | Unreadable:
+def next_message(receiver: socket.socket) -> Rows | Config | Labels | Unreadable:
     """The next datagram the worker would read, past the probes a sender sends before
     its config once a send was refused."""
     while (datagram := receiver.recv(65536)) == PROBE:
