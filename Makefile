@@ -120,7 +120,7 @@ schema: install
 ## Gateway vs nginx vs direct vs the Python floor vs LiteLLM on this machine, compiled and
 ## Python paths (needs: apt-get install -y nginx wrk; LiteLLM goes in its own venv).
 bench: compile litellm-env
-	$(PY) loadtests/bench --duration 5 --repeat 3 --with-python --litellm --markdown
+	$(PY) loadtests/bench --duration 5 --repeat 3 --with-python --compiled-floor --litellm --markdown
 
 ## LiteLLM's proxy in its own venv (loadtests/.litellm-venv, pinned in loadtests/bench),
 ## for the bench's side-by-side row; installed once, a few minutes.

@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         "httptools proxy with a sticky two-variant pick, what the runtime allows)",
     )
     parser.add_argument(
+        "--compiled-floor",
+        action="store_true",
+        help="add the same floor compiled with mypyc (built into the temp dir, ~10 s): "
+        "what compiled code doing that little reaches (throughput runs)",
+    )
+    parser.add_argument(
         "--litellm",
         action="store_true",
         help=f"add the LiteLLM proxy as a peer (needs {LITELLM_VENV.relative_to(REPO)})",
@@ -359,6 +365,10 @@ def throughput_mode(args: argparse.Namespace) -> int:
             systems.append(
                 System("floor", "Python floor (uvloop+httptools)", floor.url + path, floor)
             )
+        if args.compiled_floor:
+            built = launcher.start_floor(args.python, upstream.url, compiled=True)
+            label = "floor, compiled (mypyc)"
+            systems.append(System("floor-compiled", label, built.url + path, built))
         if args.litellm:
             litellm = launcher.start_litellm(LITELLM_VENV, upstream.url)
             systems.append(System("litellm", "litellm proxy", litellm.url + path, litellm))

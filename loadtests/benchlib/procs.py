@@ -31,6 +31,14 @@ from benchlib import configs
 REPO = Path(__file__).resolve().parents[2]
 
 _LISTEN_GW = re.compile(r"switchyard listening on (http://\S+) admin (http://\S+)")
+_COMPILED_FLOOR = """\
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+import floor
+if not floor.__file__.endswith((".so", ".pyd")):
+    sys.exit(f"floor is not compiled: {floor.__file__}")
+sys.exit(floor.main(sys.argv[1:]))
+"""
 _LISTEN_FLOOR = re.compile(r"floor listening on (http://\S+)")
 _LISTEN_SIM = re.compile(r"switchyard-sim \S+ listening on (http://\S+)")
 _SINK_READY = re.compile(r"drift sink reading")
@@ -306,12 +314,29 @@ class Launcher:
             time.sleep(0.05)
         raise BenchError(f"{service.name} did not listen on port {port}:\n{service.log_tail()}")
 
-    def start_floor(self, python: str, upstream_url: str) -> Service:
-        """The Python floor (floor.py): the least a proxy on this runtime does."""
+    def start_floor(self, python: str, upstream_url: str, *, compiled: bool = False) -> Service:
+        """The Python floor (floor.py): the least a proxy on this runtime does; with
+        `compiled`, the same file built with mypyc (here, into the temp dir)."""
         floor = Path(__file__).resolve().parent / "floor.py"
-        args = [python, str(floor), "--port", "0", "--upstream", upstream_url]
-        popen, log = self._spawn("floor", args)
-        service = self._track(Service("floor", popen, "", log))
+        name = "floor-compiled" if compiled else "floor"
+        args = [python, str(floor)]
+        if compiled:
+            build = self.root / "floor-compiled"
+            build.mkdir()
+            shutil.copyfile(floor, build / "floor.py")
+            done = subprocess.run(
+                [python, "-m", "mypyc", "floor.py"],
+                cwd=build,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if done.returncode != 0:
+                raise BenchError(f"mypyc could not build floor.py:\n{done.stdout}{done.stderr}")
+            # Run from the build, and refuse to measure floor.py interpreted by mistake.
+            args = [python, "-c", _COMPILED_FLOOR, str(build)]
+        popen, log = self._spawn(name, [*args, "--port", "0", "--upstream", upstream_url])
+        service = self._track(Service(name, popen, "", log))
         service.url = self._wait_line(service, _LISTEN_FLOOR, 30.0).group(1)
         self._wait_http(service, log)  # listening is not answering: one real request
         return service

@@ -85,6 +85,11 @@ def throughput_table(result: Mapping[str, Any], markdown: bool = False) -> str:
             f", floor/nginx req/s {_ratio(ratios['floor_vs_nginx_rps'])}"
             f" and CPU {_ratio(ratios['floor_vs_nginx_cpu'])}"
         )
+    if "floor_compiled_vs_nginx_rps" in ratios:
+        ratio_line += (
+            f", compiled floor/nginx req/s {_ratio(ratios['floor_compiled_vs_nginx_rps'])}"
+            f" and CPU {_ratio(ratios['floor_compiled_vs_nginx_cpu'])}"
+        )
     if "gateway_vs_litellm_rps" in ratios:
         ratio_line += f", gateway/litellm req/s {_ratio(ratios['gateway_vs_litellm_rps'])}"
     for name in systems:

@@ -245,6 +245,9 @@ def add_comparisons(
         ratios["gateway_vs_floor_cpu"] = cpu("gateway", "floor")
         ratios["floor_vs_nginx_rps"] = rps("floor", "nginx")
         ratios["floor_vs_nginx_cpu"] = cpu("floor", "nginx")
+    if "floor-compiled" in by_name:  # the floor again, compiled: beyond the interpreter
+        ratios["floor_compiled_vs_nginx_rps"] = rps("floor-compiled", "nginx")
+        ratios["floor_compiled_vs_nginx_cpu"] = cpu("floor-compiled", "nginx")
     if "litellm" in by_name:
         ratios["gateway_vs_litellm_rps"] = rps("gateway", "litellm")
         ratios["litellm_vs_gateway_cpu"] = cpu("litellm", "gateway")
