@@ -399,7 +399,10 @@ timeouts: {{first_byte: 120s, total: 300s}}
                 # Each pick is made on what the gateway last scraped: on a loaded machine a
                 # scrape can land in a gap of the holders' batch (two of six picks did in a
                 # CI run), so each request waits until the gateway sees the adapter running.
-                assert wait_until(gateway_sees_it_running, timeout=60), vllm_lora.log_tail()
+                # Generously: with the holders keeping vLLM busy on both cores, the
+                # gateway's own /metrics answered this poll 7 s, 32 s and 53 s apart in a
+                # debug run, and one CI run ran out of a 60 s wait.
+                assert wait_until(gateway_sees_it_running, timeout=180), vllm_lora.log_tail()
                 r = client.post(
                     f"{gw.url}/v1/chat/completions",
                     json={"model": "lora-pick", "messages": MESSAGES, "max_tokens": 2},
